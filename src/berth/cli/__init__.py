@@ -1,0 +1,86 @@
+"""berth: the guest manager's command line.  Thin: parse, call the library, print.
+
+Each verb lives in its own module, imported only when it is used (the start path is
+measured against runc).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+VERBS = {
+    "run": "berth.cli.run",
+    "template": "berth.cli.template",
+}
+USAGE = """usage: berth [--debug] VERB [ARGS...]
+
+verbs:
+  run        run a command in a new, isolated guest and remove it afterwards
+  template   build or list root filesystem templates (busybox)
+
+environment: BERTH_ROOT (store, default /var/lib/berth), BERTH_RUN (state, default /run/berth),
+BERTH_CGROUP_PARENT (default berth).  'berth VERB --help' for a verb's options.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0].startswith("-"):
+        opt = argv.pop(0)
+        if opt == "--debug":
+            debug = True
+        elif opt in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        elif opt == "--version":
+            from berth import __version__
+
+            print(f"berth {__version__}")
+            return 0
+        else:
+            sys.stderr.write(f"berth: unknown option {opt!r}\n{USAGE}")
+            return 125
+    if not argv:
+        sys.stderr.write(USAGE)
+        return 125
+    verb = argv.pop(0)
+    modname = VERBS.get(verb)
+    if modname is None:
+        sys.stderr.write(f"berth: unknown verb {verb!r} (try 'berth --help')\n")
+        return 125
+    from berth.errors import BerthError
+
+    try:
+        __import__(modname)
+        return int(sys.modules[modname].main(argv) or 0)
+    except BerthError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"berth: {e}\n")
+        return e.exit_status
+    except OSError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"berth: {e}\n")
+        return 125
+    except KeyboardInterrupt:
+        return 130
+
+
+def env_paths() -> tuple[str, str, str]:
+    """(store root, state root, cgroup parent) from the environment."""
+    return (
+        os.environ.get("BERTH_ROOT") or "/var/lib/berth",
+        os.environ.get("BERTH_RUN") or "/run/berth",
+        os.environ.get("BERTH_CGROUP_PARENT") or "berth",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""One container's lifecycle from the runtime's side: create, start, wait, kill, delete.
+
+``berth run`` and ``berth-runtime`` both come through here (shared/DESIGN.md: one path,
+two faces).  The container's side lives in :mod:`berth.runtime.init`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import time
+from typing import Any
+
+from berth.errors import (
+    BerthError,
+    CannotExecute,
+    CommandNotFound,
+    ContainerInitError,
+    NotFoundError,
+    StateError,
+)
+from berth.runtime import state as st
+from berth.runtime import sync
+from berth.runtime.init import InitOptions, stage1
+
+_ERRORS = {127: CommandNotFound, 126: CannotExecute}
+
+
+def _cgroups() -> Any:
+    import berth.cgroups as cgroups
+
+    return cgroups
+
+
+def _write_userns_maps(pid: int, linux: dict[str, Any]) -> None:
+    def fmt(maps: list[dict[str, int]]) -> str:
+        return "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
+
+    with open(f"/proc/{pid}/setgroups", "w") as f:
+        f.write("allow" if linux.get("gidMappings") else "deny")
+    with open(f"/proc/{pid}/uid_map", "w") as f:
+        f.write(fmt(linux.get("uidMappings") or []))
+    with open(f"/proc/{pid}/gid_map", "w") as f:
+        f.write(fmt(linux.get("gidMappings") or []))
+
+
+class Container:
+    """A container with a state directory under ``state_root``."""
+
+    def __init__(self, state_root: str, cid: str, data: dict[str, Any]) -> None:
+        self.root = state_root
+        self.id = cid
+        self.data = data
+        self.console_fd: int | None = None
+        self._sock: Any = None
+
+    # -- loading and status -------------------------------------------------------------
+    @classmethod
+    def load(cls, state_root: str, cid: str) -> Container:
+        return cls(state_root, cid, st.read(state_root, cid))
+
+    @property
+    def dir(self) -> str:
+        return st.container_dir(self.root, self.id)
+
+    @property
+    def pid(self) -> int:
+        return int(self.data.get("pid") or 0)
+
+    def status(self) -> str:
+        recorded = self.data.get("status", st.STOPPED)
+        if recorded == st.CREATING:
+            return st.CREATING
+        if not st.alive(self.data):
+            return st.STOPPED
+        if recorded == st.CREATED and not os.path.exists(os.path.join(self.dir, "exec.fifo")):
+            return st.RUNNING
+        cg = self.cgroup()
+        if cg is not None and recorded in (st.RUNNING, st.PAUSED):
+            try:
+                if cg.frozen():
+                    return st.PAUSED
+            except (OSError, BerthError):
+                pass
+            return st.RUNNING
+        return recorded
+
+    def oci_state(self) -> dict[str, Any]:
+        """The runtime spec's state object."""
+        status = self.status()
+        return {
+            "ociVersion": self.data.get("ociVersion", "1.2.0"),
+            "id": self.id,
+            "status": status,
+            "pid": self.pid if status != st.STOPPED else 0,
+            "bundle": self.data.get("bundle", ""),
+            "annotations": self.data.get("annotations") or {},
+        }
+
+    def cgroup(self) -> Any:
+        path = self.data.get("berth", {}).get("cgroup")
+        return _cgroups().open_cgroup(path) if path else None
+
+    def save(self) -> None:
+        st.write(self.root, self.id, self.data)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Release the container's init: it execs the command."""
+        status = self.status()
+        if not st.can_start(status):
+            raise StateError(f"container {self.id!r} is {status}: only a created container can be started")
+        fifo = os.path.join(self.dir, "exec.fifo")
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            deadline = time.monotonic() + timeout
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while True:
+                if poller.poll(100) and os.read(fd, 1):
+                    break
+                if not st.alive(self.data):
+                    raise ContainerInitError(f"container {self.id!r}: its init exited before it could start")
+                if time.monotonic() > deadline:
+                    raise ContainerInitError(f"container {self.id!r}: init did not start within {timeout:.0f}s")
+        finally:
+            os.close(fd)
+        os.unlink(fifo)
+        self.data["status"] = st.RUNNING
+        self.save()
+        if self._sock is not None:
+            # berth run: the child says "started" once it is guarded by pdeathsig, then the
+            # socket closes on exec (EOF) or carries the exec error.
+            while True:
+                msg, _fds = sync.recv(self._sock)
+                if msg is None:
+                    break
+                if msg["type"] == "error":
+                    raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
+            self._sock.close()
+            self._sock = None
+
+    def kill(self, sig: int = signal.SIGTERM, *, all_processes: bool = False) -> None:
+        status = self.status()
+        if not st.can_kill(status):
+            raise StateError(f"container {self.id!r} is {status}: nothing to signal")
+        if all_processes:
+            cg = self.cgroup()
+            if cg is not None:
+                cg.kill(sig)
+                return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def delete(self, *, force: bool = False) -> None:
+        """Remove the container: its processes (with ``force``), cgroup and state directory."""
+        status = self.status()
+        if not st.can_delete(status) and not force:
+            raise StateError(f"container {self.id!r} is {status}: stop it first or use --force")
+        cg = self.cgroup()
+        if cg is not None:
+            cg.destroy()
+        elif status != st.STOPPED and self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def create(
+    cid: str,
+    spec: dict[str, Any],
+    *,
+    state_root: str,
+    bundle: str,
+    cgroup_parent: str = "berth",
+    overlay: dict[str, Any] | None = None,
+    use_init: bool = False,
+    watch_parent: bool = False,
+    console_socket: str | None = None,
+    pid_file: str | None = None,
+    preserve_fds: int = 0,
+    seccomp_cache: str | None = None,
+    strict_rlimits: bool = False,
+) -> Container:
+    """Set up a container whose init waits for :meth:`Container.start`.
+
+    On any failure everything made so far (state dir, cgroup, processes) is removed and
+    the error is raised.
+    """
+    sdir = st.reserve(state_root, cid)
+    cg = None
+    pid = 0
+    parent_sock = child_sock = None
+    linux = spec.get("linux") or {}
+    try:
+        fifo = os.path.join(sdir, "exec.fifo")
+        os.mkfifo(fifo, 0o600)
+        rootfs = spec["root"]["path"]
+        if not os.path.isabs(rootfs):
+            rootfs = os.path.join(bundle, rootfs)
+        if overlay is not None:
+            rootfs = os.path.join(sdir, "rootfs")
+            os.mkdir(rootfs, 0o755)
+            overlay = dict(overlay)
+            overlay.setdefault("upper", os.path.join(sdir, "upper"))
+            overlay.setdefault("work", os.path.join(sdir, "work"))
+            os.makedirs(overlay["upper"], 0o755, exist_ok=True)
+            os.makedirs(overlay["work"], 0o700, exist_ok=True)
+        program = None
+        if linux.get("seccomp"):
+            from berth.linux.seccomp import compiled
+
+            program = compiled(linux["seccomp"], seccomp_cache or os.path.join(state_root, ".seccomp-cache"))
+        init_fd = None
+        if use_init:
+            from berth.runtime.process import init_memfd
+
+            init_fd = init_memfd()
+        cgpath = linux.get("cgroupsPath") or f"{cgroup_parent}/{cid}"
+        cg = _cgroups().open_cgroup(cgpath)
+        cg.create()
+        if linux.get("resources"):
+            cg.set(linux["resources"])
+        userns = any(n["type"] == "user" for n in linux.get("namespaces") or [])
+        opts = InitOptions(
+            state_dir=sdir,
+            fifo=fifo,
+            rootfs=rootfs,
+            overlay=overlay,
+            use_init=use_init,
+            init_fd=init_fd,
+            userns=userns,
+            preserve_fds=preserve_fds,
+            watch_parent=watch_parent,
+            strict_rlimits=strict_rlimits,
+            seccomp_program=program,
+        )
+        data: dict[str, Any] = {
+            "ociVersion": spec.get("ociVersion", "1.2.0"),
+            "id": cid,
+            "status": st.CREATING,
+            "pid": 0,
+            "bundle": bundle,
+            "annotations": spec.get("annotations") or {},
+            "berth": {"cgroup": cg.path, "rootfs": rootfs, "created": time.time()},
+        }
+        st.write(state_root, cid, data)
+        parent_sock, child_sock = sync.pair()
+        stage1_pid = os.fork()
+        if stage1_pid == 0:
+            parent_sock.close()
+            stage1(spec, opts, child_sock, cg)
+            os._exit(1)  # not reached
+        child_sock.close()
+        child_sock = None
+        if init_fd is not None:
+            os.close(init_fd)
+        console_fd = None
+        ready = False
+        try:
+            while not (ready and pid):
+                msg, fds = sync.recv(parent_sock)
+                if msg is None:
+                    raise ContainerInitError(f"container {cid!r}: init exited without a word")
+                kind = msg["type"]
+                if kind == "userns":
+                    _write_userns_maps(msg["pid"], linux)
+                    sync.send(parent_sock, "userns-done")
+                elif kind == "pid":
+                    pid = msg["pid"]
+                    os.waitpid(stage1_pid, 0)
+                    stage1_pid = 0
+                elif kind == "console":
+                    console_fd = fds[0]
+                elif kind == "ready":
+                    ready = True
+                elif kind == "error":
+                    raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
+        finally:
+            if stage1_pid:
+                os.waitpid(stage1_pid, 0)
+        data["pid"] = pid
+        data["status"] = st.CREATED
+        data["berth"]["start_time"] = st.proc_start_time(pid)
+        st.write(state_root, cid, data)
+        if pid_file:
+            tmp = f"{pid_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(pid))
+            os.rename(tmp, pid_file)
+        c = Container(state_root, cid, data)
+        if console_fd is not None:
+            if console_socket:
+                _send_console(console_socket, console_fd)
+                os.close(console_fd)
+            else:
+                c.console_fd = console_fd
+        if watch_parent:
+            c._sock = parent_sock
+            parent_sock = None
+        return c
+    except BaseException:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(pid)
+        if cg is not None:
+            try:
+                cg.destroy()
+            except BerthError:
+                pass
+        shutil.rmtree(sdir, ignore_errors=True)
+        raise
+    finally:
+        for s in (parent_sock, child_sock):
+            if s is not None:
+                s.close()
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _send_console(path: str, fd: int) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        socket.send_fds(s, [b"/dev/ptmx"], [fd])
+    finally:
+        s.close()
+
+
+def wait_exit(pid: int) -> int:
+    """Wait for our child ``pid``; its exit status, 128+N when killed by signal N."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return 255
+        except InterruptedError:
+            continue
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+
+
+def find(state_root: str, cid: str) -> Container:
+    try:
+        return Container.load(state_root, cid)
+    except NotFoundError:
+        raise

@@ -1,0 +1,245 @@
+"""The container's side of creation: the two forked children.
+
+``stage1`` (forked by the runtime) joins the cgroup, enters or creates the
+namespaces and forks ``stage2``, which is the container's pid 1.  ``stage2`` builds the
+root filesystem, pivots into it, drops privileges, waits on ``exec.fifo`` until the
+container is started and execs the command.  Any failure is sent to the runtime as one
+line before the child exits; nothing here returns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.errors import BerthError, CannotExecute, CommandNotFound
+from berth.linux import prctl
+from berth.linux.ns import NAMESPACES, Clone, setns, unshare
+from berth.runtime import mounts, process, sync
+
+TIOCGPTPEER = 0x5441
+TIOCSPTLCK = 0x40045431
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+@dataclass
+class InitOptions:
+    """What the runtime hands the container's init besides the spec."""
+
+    state_dir: str
+    fifo: str
+    rootfs: str
+    overlay: dict[str, Any] | None = None  # {"lower": [...], "upper": str, "work": str}
+    use_init: bool = False
+    init_fd: int | None = None
+    userns: bool = False
+    preserve_fds: int = 0
+    watch_parent: bool = False  # berth run: die with the runtime (PR_SET_PDEATHSIG)
+    strict_rlimits: bool = False
+    seccomp_program: bytes | None = None
+    extra_keep: list[int] = field(default_factory=list)
+
+
+def _fail(sock: socket.socket, exc: BaseException) -> None:
+    """Report ``exc`` to the runtime as one line and exit; never returns, whatever happens."""
+    code = 1
+    try:
+        if isinstance(exc, CommandNotFound):
+            code = 127
+        elif isinstance(exc, CannotExecute):
+            code = 126
+        msg = str(exc) if isinstance(exc, (BerthError, OSError)) else f"{type(exc).__name__}: {exc}"
+        sync.send(sock, "error", msg=msg, code=code, error_class=type(exc).__name__)
+    except BaseException:  # noqa: BLE001, S110 - nothing may escape a failing child
+        pass
+    finally:
+        os._exit(code)
+
+
+def ns_flags(spec: dict[str, Any]) -> tuple[int, list[tuple[str, str]]]:
+    """(flags to unshare, [(type, path) to join]) from ``linux.namespaces``."""
+    flags = 0
+    join = []
+    for ns in (spec.get("linux") or {}).get("namespaces") or []:
+        if ns.get("path"):
+            join.append((ns["type"], ns["path"]))
+        else:
+            flags |= NAMESPACES[ns["type"]][0]
+    return flags, join
+
+
+def _join(namespaces: list[tuple[str, str]]) -> None:
+    """Join existing namespaces, the user namespace first."""
+    opened = []
+    for kind, path in sorted(namespaces, key=lambda kp: kp[0] != "user"):
+        opened.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+    for kind, fd in opened:
+        setns(fd, NAMESPACES[kind][0])
+        os.close(fd)
+
+
+def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup: Any) -> None:
+    """First child: cgroup, namespaces, then fork the container's pid 1 and exit."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        prctl.set_dumpable(False)
+        if cgroup is not None:
+            cgroup.add(os.getpid())
+        flags, join = ns_flags(spec)
+        _join(join)
+        if flags & Clone.NEWUSER:
+            unshare(Clone.NEWUSER)
+            sync.send(sock, "userns", pid=os.getpid())
+            msg, _ = sync.recv(sock)
+            if not msg or msg["type"] != "userns-done":
+                os._exit(1)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        if flags & ~Clone.NEWUSER:
+            unshare(flags & ~Clone.NEWUSER)
+        pid = os.fork()
+        if pid == 0:
+            stage2(spec, opts, sock)
+        sync.send(sock, "pid", pid=pid)
+        os._exit(0)
+    except BaseException as e:  # noqa: BLE001 - the child reports everything, then exits
+        _fail(sock, e)
+
+
+def _lo_up() -> None:
+    """Bring up loopback in the new network namespace (an ioctl: no netlink library on this path)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+    finally:
+        s.close()
+
+
+def _open_console(rootfs: str) -> tuple[int, int]:
+    """A pty from the guest's own devpts instance: (master, slave)."""
+    master = os.open(os.path.join(rootfs, "dev/pts/ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def _sysctl(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        with open(path, "w") as f:
+            f.write(str(value))
+
+
+def _wait_start(fifo_fd: int) -> None:
+    """Block until ``start`` opens the fifo for reading, then tell it we are going."""
+    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)
+
+
+def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None:
+    """The container's pid 1 until it execs the command."""
+    try:
+        os.setsid()
+        proc = spec.get("process") or {}
+        linux = spec.get("linux") or {}
+        flags, _join_ns = ns_flags(spec)
+        fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
+        terminal = bool(proc.get("terminal"))
+
+        # Root filesystem.
+        mounts.bind_root(opts.rootfs, linux.get("rootfsPropagation"))
+        rootfs = opts.rootfs
+        if opts.overlay:
+            ov = opts.overlay
+            mounts.mount_overlay(ov["lower"], ov["upper"], ov["work"], rootfs)
+        mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None)
+        master = slave = -1
+        if terminal:
+            master, slave = _open_console(rootfs)
+            target = mounts._Target(rootfs, "/dev/console", is_file=True)
+            try:
+                mounts.mount(f"/proc/self/fd/{slave}", target.proc, None, mounts.MS.BIND)
+            finally:
+                target.close()
+        mounts.enter_root(rootfs)
+        mounts.mask_paths(linux.get("maskedPaths") or [])
+        mounts.readonly_paths(linux.get("readonlyPaths") or [])
+        if (spec.get("root") or {}).get("readonly"):
+            mounts.readonly_root()
+
+        if flags & Clone.NEWUTS:
+            if spec.get("hostname"):
+                socket.sethostname(spec["hostname"])
+            if spec.get("domainname"):
+                with open("/proc/sys/kernel/domainname", "w") as f:
+                    f.write(spec["domainname"])
+        if flags & Clone.NEWNET:
+            _lo_up()
+        if linux.get("sysctl"):
+            _sysctl(linux["sysctl"])
+
+        process.set_rlimits(proc.get("rlimits") or [], strict=opts.strict_rlimits)
+        process.set_oom_score_adj(proc.get("oomScoreAdj"))
+
+        if terminal:
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            size = proc.get("consoleSize")
+            if size:
+                fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0))
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.close(slave)
+            sync.send(sock, "console", fds=[master])
+            os.close(master)
+
+        env = list(proc.get("env") or [])
+        cwd = proc.get("cwd") or "/"
+        path = process.find_executable(proc["args"][0], env, cwd)
+
+        # Privileges: no_new_privs, seccomp, then the identity and capability sets.
+        seccomp_prog = opts.seccomp_program
+        if proc.get("noNewPrivileges"):
+            prctl.set_no_new_privs()
+        elif seccomp_prog:
+            _load_seccomp(seccomp_prog)
+            seccomp_prog = None
+        process.become(proc)
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise CannotExecute(f"process.cwd: cannot enter {cwd!r} in the guest: {e.strerror}") from None
+
+        sync.send(sock, "ready")
+        _wait_start(fifo_fd)
+        if opts.watch_parent:
+            prctl.set_pdeathsig(signal.SIGKILL)
+            # The runtime may have died before pdeathsig was armed: its end of the socket is then gone.
+            sync.send(sock, "started")
+        if seccomp_prog:
+            _load_seccomp(seccomp_prog)
+        preserved = range(3, 3 + opts.preserve_fds)
+        for fd in preserved:
+            os.set_inheritable(fd, True)
+        process.close_fds_except({0, 1, 2, *preserved})
+        process.execute(path, proc["args"], env, init_fd=opts.init_fd)
+    except BaseException as e:  # noqa: BLE001 - the child reports everything, then exits
+        _fail(sock, e)
+
+
+def _load_seccomp(program: bytes) -> None:
+    from berth.linux.seccomp import load_bpf
+
+    load_bpf(program)

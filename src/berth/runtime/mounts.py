@@ -1,0 +1,275 @@
+"""The guest's root filesystem: mounts, /dev, pivot_root, masked and read-only paths.
+
+Runs in the container's init process, inside its new mount namespace, before the
+command is exec'd.  Every mount target is resolved with :func:`secure_join` and then
+reached through an ``O_PATH|O_NOFOLLOW`` descriptor, so a rootfs that its owner filled
+with symlinks cannot redirect a mount onto the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any
+
+from berth.linux.mount import MNT_DETACH, MS, PROPAGATION_OPTIONS, mount, parse_options, pivot_root, umount
+from berth.linux.path import fd_path, mkdir_all, secure_join
+
+# The device nodes every guest gets (OCI "default devices").
+DEFAULT_DEVICES = (
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+)
+DEV_SYMLINKS = (
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+)
+_STATVFS_FLAGS = (
+    (os.ST_RDONLY, MS.RDONLY),
+    (os.ST_NOSUID, MS.NOSUID),
+    (os.ST_NODEV, MS.NODEV),
+    (os.ST_NOEXEC, MS.NOEXEC),
+    (os.ST_NOATIME, MS.NOATIME),
+    (os.ST_NODIRATIME, MS.NODIRATIME),
+    (os.ST_RELATIME, MS.RELATIME),
+)
+
+
+def locked_flags(path: str) -> int:
+    """The flags of the mount at ``path`` that a bind remount must keep (the kernel refuses to drop them)."""
+    f = os.statvfs(path).f_flag
+    return sum(int(ms) for st, ms in _STATVFS_FLAGS if f & st and ms != MS.RDONLY)
+
+
+class _Target:
+    """A mount target inside the root, opened O_PATH so it cannot be swapped for a symlink."""
+
+    def __init__(self, root: str, dest: str, *, is_file: bool) -> None:
+        path = secure_join(root, dest)
+        if not os.path.lexists(path):
+            parent = mkdir_all(root, os.path.dirname(dest))
+            path = os.path.join(parent, os.path.basename(path))
+            if is_file:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            else:
+                os.mkdir(path, 0o755)
+        self.fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.real = path
+        self.proc = fd_path(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _cgroup_mounts() -> list[tuple[str, str, str]]:
+    """(fstype, mountpoint, super options) of the host's cgroup hierarchies, from mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fstype, _src, opts = post.split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                out.append((fstype, pre.split()[4], opts))
+    return out
+
+
+def _mount_cgroup(root: str, dest: str, flags: int) -> None:
+    """/sys/fs/cgroup inside the guest: cgroup2, or a tmpfs of v1 hierarchies (hybrid hosts too).
+
+    The guest is in its own cgroup namespace, so each hierarchy shows the guest's cgroup as its root.
+    """
+    cg = _cgroup_mounts()
+    target = _Target(root, dest, is_file=False)
+    try:
+        if all(t == "cgroup2" for t, _m, _o in cg):
+            mount("cgroup2", target.proc, "cgroup2", flags)
+            return
+        mount("tmpfs", target.proc, "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755")
+        base = target.real
+        for fstype, point, opts in cg:
+            if not point.startswith("/sys/fs/cgroup/"):
+                continue
+            name = point[len("/sys/fs/cgroup/") :]
+            if "/" in name:
+                continue
+            sub = os.path.join(base, name)
+            os.mkdir(sub, 0o755)
+            if fstype == "cgroup2":
+                mount("cgroup2", sub, "cgroup2", flags)
+            else:
+                keep = [o for o in opts.split(",") if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")]
+                mount("cgroup", sub, "cgroup", flags, ",".join(keep))
+        # The O_PATH fd names the directory under the new tmpfs: remount through the path.
+        mount(None, base, None, MS.REMOUNT | MS.BIND | MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC)
+    finally:
+        target.close()
+
+
+def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool) -> None:
+    dest = m["destination"]
+    mtype = m.get("type") or ""
+    options = list(m.get("options") or [])
+    flags, prop, data = parse_options(options)
+    source = m.get("source") or mtype or "none"
+    if mtype == "cgroup" or mtype == "cgroup2":
+        _mount_cgroup(root, dest, flags)
+        return
+    if mtype == "sysfs" and shared_netns:
+        # Without its own network namespace a guest may not mount sysfs: bind the host's, read-only.
+        flags |= MS.BIND | MS.REC
+        source, mtype = "/sys", "bind"
+    is_bind = bool(flags & MS.BIND) or mtype == "bind"
+    if is_bind:
+        flags |= MS.BIND
+        if not os.path.exists(source):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"mount source {source}")
+        is_file = not os.path.isdir(source)
+    else:
+        is_file = False
+    target = _Target(root, dest, is_file=is_file)
+    try:
+        if is_bind:
+            mount(source, target.proc, None, flags & (MS.BIND | MS.REC))
+            rest = flags & ~(MS.BIND | MS.REC | MS.REMOUNT)
+            if rest:
+                # The O_PATH fd still names what lies under the new mount: open the mount itself.
+                top = _Target(root, dest, is_file=is_file)
+                try:
+                    mount(None, top.proc, None, MS.BIND | MS.REMOUNT | rest | locked_flags(top.proc))
+                finally:
+                    top.close()
+        else:
+            mount(source, target.proc, mtype, flags, data or None)
+        if prop:
+            mount(None, target.proc, None, prop)
+    finally:
+        target.close()
+
+
+def _make_devices(root: str, devices: list[dict[str, Any]], *, userns: bool) -> None:
+    """Device nodes: mknod, or (in a user namespace, where mknod is refused) a bind of the host's."""
+    for d in devices:
+        path = d["path"]
+        target = secure_join(root, path)
+        mkdir_all(root, os.path.dirname(path))
+        if os.path.lexists(target):
+            os.unlink(target)
+        kind = d.get("type", "c")
+        if userns:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000))
+            mount(path, target, None, MS.BIND)
+            continue
+        mode = (stat.S_IFBLK if kind == "b" else stat.S_IFIFO if kind == "p" else stat.S_IFCHR) | (
+            d.get("fileMode") or 0o666
+        )
+        os.mknod(target, mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+        os.chmod(target, mode & 0o7777)
+        uid, gid = d.get("uid"), d.get("gid")
+        if uid is not None or gid is not None:
+            os.chown(target, uid if uid is not None else -1, gid if gid is not None else -1)
+
+
+def _dev_links(root: str) -> None:
+    for src, dest in DEV_SYMLINKS:
+        target = secure_join(root, dest)
+        if os.path.lexists(target):
+            if os.path.islink(target) or dest == "/dev/ptmx":
+                os.unlink(target)
+            else:
+                continue
+        os.symlink(src, target)
+
+
+def default_device_list(spec_devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The spec's devices plus the OCI default devices it does not name."""
+    named = {d["path"] for d in spec_devices}
+    out = list(spec_devices)
+    for path, major, minor in DEFAULT_DEVICES:
+        if path not in named:
+            out.append({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
+    return out
+
+
+def prepare_root(spec: dict[str, Any], rootfs: str, *, userns: bool, console_slave: str | None) -> None:
+    """Mount everything under ``rootfs`` (already a mount point in our private mount namespace)."""
+    linux = spec.get("linux") or {}
+    ns_types = {n["type"] for n in linux.get("namespaces") or [] if not n.get("path")}
+    shared_netns = "network" not in ns_types
+    dev_is_tmpfs = False
+    for m in spec.get("mounts") or []:
+        _mount_one(rootfs, m, shared_netns=shared_netns)
+        if m["destination"] == "/dev" and m.get("type") == "tmpfs":
+            dev_is_tmpfs = True
+    if dev_is_tmpfs:
+        _make_devices(rootfs, default_device_list(linux.get("devices") or []), userns=userns)
+        _dev_links(rootfs)
+    elif linux.get("devices"):
+        _make_devices(rootfs, linux["devices"], userns=userns)
+    if console_slave:
+        target = _Target(rootfs, "/dev/console", is_file=True)
+        try:
+            mount(console_slave, target.proc, None, MS.BIND)
+        finally:
+            target.close()
+
+
+def bind_root(path: str, propagation: str | None) -> None:
+    """Make the host's tree private (or as the spec asks) and turn ``path`` into a mount point."""
+    prop = PROPAGATION_OPTIONS.get(propagation or "rprivate", MS.PRIVATE | MS.REC)
+    mount(None, "/", None, MS.REC | (prop & ~MS.REC if prop & ~MS.REC else MS.PRIVATE))
+    mount(path, path, None, MS.BIND | MS.REC)
+
+
+def mount_overlay(lower: list[str], upper: str, work: str, target: str) -> None:
+    """The guest's root as an overlay: shared read-only template layers, a private upper layer."""
+    data = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    mount("overlay", target, "overlay", 0, data)
+
+
+def enter_root(rootfs: str) -> None:
+    """pivot_root into ``rootfs`` and detach the old root: no path leads back to the host."""
+    os.chdir(rootfs)
+    pivot_root(".", ".")
+    # The old root is now mounted on top of '.': stop events reaching the host, then detach it.
+    mount(None, ".", None, MS.SLAVE | MS.REC)
+    umount(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def mask_paths(paths: list[str]) -> None:
+    """Hide host information: /dev/null over files, an empty read-only tmpfs over directories."""
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            mount("tmpfs", p, "tmpfs", MS.RDONLY, None)
+        else:
+            try:
+                mount("/dev/null", p, None, MS.BIND)
+            except PermissionError:
+                continue
+
+
+def readonly_paths(paths: list[str]) -> None:
+    """Bind each path onto itself and remount it read-only."""
+    for p in paths:
+        try:
+            mount(p, p, None, MS.BIND | MS.REC)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        mount(None, p, None, MS.BIND | MS.REMOUNT | MS.RDONLY | locked_flags(p))
+
+
+def readonly_root() -> None:
+    """The guest's / read-only (``root.readonly``)."""
+    mount(None, "/", None, MS.BIND | MS.REMOUNT | MS.RDONLY | locked_flags("/"))

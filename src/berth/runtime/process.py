@@ -1,0 +1,186 @@
+"""The container process's own settings: rlimits, identity, capabilities, the executable.
+
+Everything here runs in the container's init (or an exec'd process) just before ``execve``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import stat
+import sys
+from typing import Any
+
+from berth.errors import CannotExecute, CommandNotFound, UsageError
+from berth.linux import caps, prctl
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_NAMES = frozenset({"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"})
+TINI = "/usr/bin/tini-static"
+
+
+def warn(msg: str) -> None:
+    """A warning from inside the container's setup: to the runtime's stderr, one line."""
+    try:
+        os.write(2, f"berth: warning: {msg}\n".encode())
+    except OSError:
+        pass
+
+
+def set_rlimits(rlimits: list[dict[str, Any]], *, strict: bool = False) -> None:
+    """Apply OCI rlimits.  A hard limit above what this host lets us raise to (no
+    CAP_SYS_RESOURCE) is lowered to the current hard limit with a warning, unless ``strict``."""
+    for rl in rlimits:
+        name = rl["type"]
+        res = getattr(resource, name, None)
+        if res is None:
+            raise UsageError("process.rlimits", f"unknown rlimit {name!r}")
+        soft, hard = int(rl["soft"]), int(rl["hard"])
+        soft = resource.RLIM_INFINITY if soft < 0 or soft >= 2**64 - 1 else soft
+        hard = resource.RLIM_INFINITY if hard < 0 or hard >= 2**64 - 1 else hard
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (ValueError, PermissionError) as e:
+            if strict:
+                raise UsageError("process.rlimits", f"{name}: cannot set {soft}:{hard}: {e}") from None
+            cur_hard = resource.getrlimit(res)[1]
+
+            def lower(v: int, cap: int = cur_hard) -> int:
+                if cap == resource.RLIM_INFINITY:
+                    return v
+                return cap if v == resource.RLIM_INFINITY else min(v, cap)
+
+            resource.setrlimit(res, (lower(soft), lower(hard)))
+            warn(f"rlimit {name} {soft}:{hard} lowered to {lower(soft)}:{lower(hard)}: the host allows no more")
+
+
+def set_oom_score_adj(value: int | None) -> None:
+    if value is None:
+        return
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(value))
+
+
+def cap_masks(capabilities: dict[str, list[str]] | None) -> dict[str, int]:
+    """The five OCI capability sets as masks (unknown names refused)."""
+    capabilities = capabilities or {}
+    out = {}
+    for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        names = capabilities.get(key) or []
+        try:
+            out[key] = caps.to_mask(names)
+        except KeyError as e:
+            raise UsageError(f"process.capabilities.{key}", f"unknown capability {e.args[0]!r}") from None
+    return out
+
+
+def become(process: dict[str, Any]) -> None:
+    """Bounding set, then uid/gid/groups (keeping caps across the switch), then the other sets."""
+    masks = cap_masks(process.get("capabilities"))
+    user = process.get("user") or {}
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    groups = [int(g) for g in user.get("additionalGids") or []]
+    caps.drop_bounding(masks["bounding"])
+    prctl.set_keepcaps(True)
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    prctl.set_keepcaps(False)
+    caps.apply_sets(
+        effective=masks["effective"],
+        permitted=masks["permitted"],
+        inheritable=masks["inheritable"],
+        ambient=masks["ambient"],
+    )
+    if "umask" in user and user["umask"] is not None:
+        os.umask(int(user["umask"]))
+
+
+def env_path(env: list[str]) -> str:
+    for item in env:
+        if item.startswith("PATH="):
+            return item[5:]
+    return DEFAULT_PATH
+
+
+def find_executable(arg0: str, env: list[str], cwd: str = "/") -> str:
+    """Resolve the command as execvp would, inside the (already entered) guest root.
+
+    Raises :class:`CommandNotFound` (127) or :class:`CannotExecute` (126).
+    """
+    if "/" in arg0:
+        candidates = [arg0 if arg0.startswith("/") else os.path.join(cwd, arg0)]
+    else:
+        candidates = [os.path.join(d or ".", arg0) for d in env_path(env).split(":")]
+    denied = None
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.ELOOP):
+                denied = (path, e.strerror)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            denied = (path, "is a directory")
+            continue
+        if not os.access(path, os.X_OK):
+            denied = (path, "permission denied")
+            continue
+        return path
+    if denied:
+        raise CannotExecute(f"cannot execute {denied[0]!r} in the guest: {denied[1]}")
+    raise CommandNotFound(f"command not found in the guest: {arg0!r}")
+
+
+def wants_init(args: list[str]) -> bool:
+    """Is the command itself an init (so berth should not put tini in front of it)?"""
+    return os.path.basename(args[0]) in INIT_NAMES
+
+
+def init_memfd() -> int:
+    """tini, copied into a sealed memfd: the guest's pid 1 runs a file no host path leads to."""
+    src = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(src).st_size
+        fd = os.memfd_create("berth-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        done = 0
+        while done < size:
+            n = os.sendfile(fd, src, done, size - done)
+            if n == 0:
+                break
+            done += n
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        return fd
+    finally:
+        os.close(src)
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Mark every fd but ``keep`` close-on-exec (no runtime fd leaks into the guest)."""
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd in keep:
+            continue
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
+
+
+def execute(path: str, args: list[str], env: list[str], *, init_fd: int | None) -> None:
+    """execve the command (behind tini from ``init_fd`` when given).  Returns only by raising."""
+    envd = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    sys.stdout.flush()
+    try:
+        if init_fd is not None:
+            os.execve(init_fd, ["tini", "--", path, *args[1:]], envd)
+        os.execve(path, args, envd)
+    except OSError as e:
+        if e.errno in (errno.ENOENT,):
+            raise CommandNotFound(f"exec {path!r} in the guest: {e.strerror}") from None
+        raise CannotExecute(f"exec {path!r} in the guest: {e.strerror}") from None

@@ -1,0 +1,75 @@
+"""Run one guest to completion: create, start, relay, wait, remove (``berth run``)."""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: signal.py imports enum, which costs milliseconds here
+import os
+from typing import Any
+
+from berth.linux import prctl
+from berth.runtime import container
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run(
+    name: str,
+    spec: dict[str, Any],
+    *,
+    state_root: str,
+    cgroup_parent: str,
+    overlay: dict[str, Any] | None,
+    use_init: bool,
+    interactive: bool,
+    seccomp_cache: str | None = None,
+) -> int:
+    """Create and start the guest, forward signals to it, relay its terminal, and return its
+    exit status after everything it made is gone."""
+    target = {"pid": 0}
+    pending: list[int] = []
+
+    def forward(sig: int, _frame: Any) -> None:
+        if target["pid"]:
+            try:
+                os.kill(target["pid"], sig)
+            except ProcessLookupError:
+                pass
+        else:
+            pending.append(sig)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    # The guest's init is reparented to us when the intermediate child exits.
+    prctl.set_child_subreaper(True)
+    terminal = bool((spec.get("process") or {}).get("terminal"))
+    if not interactive and not terminal:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    c = container.create(
+        name,
+        spec,
+        state_root=state_root,
+        bundle=os.getcwd(),
+        cgroup_parent=cgroup_parent,
+        overlay=overlay,
+        use_init=use_init,
+        watch_parent=True,
+        seccomp_cache=seccomp_cache,
+    )
+    try:
+        target["pid"] = c.pid
+        for sig in pending:
+            os.kill(c.pid, sig)
+        if c.console_fd is not None:
+            from berth.runtime.console import Relay
+
+            with Relay(c.console_fd) as relay:
+                c.start()
+                relay.pump()
+        else:
+            c.start()
+        return container.wait_exit(c.pid)
+    finally:
+        target["pid"] = 0
+        c.delete(force=True)

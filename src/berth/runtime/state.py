@@ -1,0 +1,120 @@
+"""The state directory of one container and its status state machine.
+
+``<root>/<id>/`` holds ``state.json`` (the OCI state plus berth's own fields),
+``exec.fifo`` (the init waits on it between create and start) and, for guests whose root
+is an overlay, the overlay's ``upper`` and ``work`` directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from berth.errors import ExistsError, NotFoundError, UsageError
+
+CREATING = "creating"
+CREATED = "created"
+RUNNING = "running"
+STOPPED = "stopped"
+PAUSED = "paused"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+def check_id(cid: str, field: str = "id") -> str:
+    """A container id/name: letters, digits, ``_.+-``, at most 128, not starting with a symbol."""
+    if not _ID.match(cid):
+        raise UsageError(field, f"invalid name {cid!r}: use letters, digits and _.+- (at most 128)")
+    return cid
+
+
+def can_start(status: str) -> bool:
+    return status == CREATED
+
+
+def can_kill(status: str) -> bool:
+    return status in (CREATED, RUNNING, PAUSED)
+
+
+def can_delete(status: str) -> bool:
+    return status in (STOPPED, CREATED)
+
+
+def can_pause(status: str) -> bool:
+    return status == RUNNING
+
+
+def can_resume(status: str) -> bool:
+    return status == PAUSED
+
+
+def container_dir(root: str, cid: str) -> str:
+    return os.path.join(root, cid)
+
+
+def reserve(root: str, cid: str) -> str:
+    """Create the container's state directory; an existing one means the name is taken."""
+    os.makedirs(root, mode=0o711, exist_ok=True)
+    path = container_dir(root, check_id(cid))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise ExistsError(f"container {cid!r} exists already (state in {path})") from None
+    return path
+
+
+def write(root: str, cid: str, state: dict[str, Any]) -> None:
+    """Replace state.json atomically (write + rename)."""
+    path = container_dir(root, cid)
+    tmp = os.path.join(path, ".state.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.rename(tmp, os.path.join(path, "state.json"))
+
+
+def read(root: str, cid: str) -> dict[str, Any]:
+    """The stored state of ``cid``."""
+    path = os.path.join(container_dir(root, check_id(cid)), "state.json")
+    try:
+        with open(path) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        raise NotFoundError(f"container {cid!r} does not exist") from None
+    except ValueError as e:
+        raise NotFoundError(f"container {cid!r}: state.json is damaged ({e})") from None
+
+
+def ids(root: str) -> list[str]:
+    """Every container with a state directory under ``root``."""
+    try:
+        return sorted(d for d in os.listdir(root) if _ID.match(d))
+    except FileNotFoundError:
+        return []
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def alive(state: dict[str, Any]) -> bool:
+    """Is the container's init still the process we started (not a reused pid)?"""
+    pid = state.get("pid") or 0
+    if pid <= 0:
+        return False
+    start = proc_start_time(pid)
+    if start is None or start != state.get("berth", {}).get("start_time"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
+    except OSError:
+        return False
