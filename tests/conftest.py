@@ -24,7 +24,11 @@ def leaks(prefix: str) -> list[str]:
     for top in Path("/sys/fs/cgroup").iterdir():
         if top.is_dir():
             found += [f"cgroup {p}" for p in top.rglob(f"*{prefix}*") if p.is_dir()][:5]
-    found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if prefix in line]
+    found += [
+        f"mount {line.split()[4]}"
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if prefix in line
+    ]
     if shutil.which("ip"):
         out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         found += [f"link {ln.split(': ')[1]}" for ln in out.splitlines() if prefix in ln]

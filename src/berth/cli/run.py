@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from berth.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 HELP = """usage: berth run [OPTIONS] [--] COMMAND [ARG...]
 
@@ -86,7 +89,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
                 o[flags[f"-{c}"]] = True
         elif a == "--init":
             o["init"] = True
-        elif a == "--no-init" or a == "--init=false":
+        elif a in ("--no-init", "--init=false"):
             o["init"] = False
         elif a == "--rm":
             pass
@@ -171,14 +174,14 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
     seccomp, nnp = _seccomp(o, caps)
     uid, gid, groups, home = _user(o, rootfs)
     env = [f"HOME={home}"]
-    for item in o["env"]:
-        if "=" not in item:
-            if item not in os.environ:
-                continue
-            item = f"{item}={os.environ[item]}"
-        elif not item.split("=", 1)[0]:
-            raise UsageError("env", f"{item!r}: empty variable name")
-        env.append(item)
+    for raw in o["env"]:
+        if "=" not in raw:
+            if raw in os.environ:
+                env.append(f"{raw}={os.environ[raw]}")
+            continue
+        if not raw.split("=", 1)[0]:
+            raise UsageError("env", f"{raw!r}: empty variable name")
+        env.append(raw)
     hostname = o["hostname"] or name
     spec = default_spec(
         o["args"],

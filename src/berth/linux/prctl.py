@@ -75,4 +75,6 @@ def ambient_clear() -> None:
 
 def set_name(name: str) -> None:
     """The thread's comm name (as ps shows it)."""
-    libc.prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0, 0, 0, 0)
+    libc.prctl(
+        PR_SET_NAME, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0, 0, 0, 0
+    )

@@ -7,11 +7,7 @@ into place, under a lock, so a crash or a concurrent build never leaves half a t
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
-import subprocess
-import tempfile
 
 from berth.errors import NotFoundError, UnsupportedError, UsageError
 
@@ -19,6 +15,7 @@ DEFAULT_STORE = "/var/lib/berth"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 TEMPLATES = ("busybox",)
 
+# /etc/passwd of the template (no secret in it).
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
 bin:x:2:2:bin:/bin:/bin/false
@@ -49,23 +46,52 @@ def template_rootfs(store: str, name: str) -> str:
 
 
 def _static_busybox() -> str:
+    import shutil
+    import subprocess
+
     for path in BUSYBOX_CANDIDATES:
         if os.path.exists(path):
-            out = subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout if shutil.which("file") else ""
+            out = (
+                subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout
+                if shutil.which("file")
+                else ""
+            )
             if not out or "statically linked" in out or "static-pie" in out:
                 return path
-    raise UnsupportedError("template busybox: no static busybox on this host (apt-get install busybox-static)")
+    raise UnsupportedError(
+        "template busybox: no static busybox on this host (apt-get install busybox-static)"
+    )
 
 
 def _fill_busybox(rootfs: str, busybox: str) -> None:
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root", "home/user", "var/run", "var/log", "run", "mnt"):
+    import shutil
+    import subprocess
+
+    for d in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "root",
+        "home/user",
+        "var/run",
+        "var/log",
+        "run",
+        "mnt",
+    ):
         os.makedirs(os.path.join(rootfs, d), 0o755, exist_ok=True)
     os.makedirs(os.path.join(rootfs, "tmp"), exist_ok=True)
     os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
     os.chmod(os.path.join(rootfs, "root"), 0o700)
     os.chown(os.path.join(rootfs, "home/user"), 1000, 1000)
     shutil.copy2(busybox, os.path.join(rootfs, "bin/busybox"))
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
     for applet in applets:
         target = os.path.join(rootfs, applet)
         if applet == "bin/busybox" or os.path.lexists(target):
@@ -96,11 +122,17 @@ def ensure(store: str, name: str = "busybox") -> str:
 
 def build(store: str, name: str = "busybox", *, force: bool = False) -> str:
     """Build template ``name`` into the store; returns its rootfs."""
+    import fcntl
+    import shutil
+    import tempfile
+
     if name not in TEMPLATES:
         raise NotFoundError(f"template {name!r} does not exist (known: {', '.join(TEMPLATES)})")
     tdir = template_dir(store, name)
     os.makedirs(os.path.join(store, "templates"), 0o755, exist_ok=True)
-    lock = os.open(os.path.join(store, "templates", f".{name}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    lock = os.open(
+        os.path.join(store, "templates", f".{name}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
+    )
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(tdir) and not force:

@@ -46,6 +46,12 @@ def resolve(rootfs: str, spec: str, field: str = "user") -> tuple[int, int, list
     if uid >= 2**32 - 1 or gid >= 2**32 - 1:
         raise UsageError(field, f"{spec!r}: id out of range")
     name = entry[0] if entry else None
-    extra = sorted({int(e[2]) for e in groups_file if name and len(e) >= 4 and name in e[3].split(",") and int(e[2]) != gid})
+    extra = sorted(
+        {
+            int(e[2])
+            for e in groups_file
+            if name and len(e) >= 4 and name in e[3].split(",") and int(e[2]) != gid
+        }
+    )
     home = entry[5] if entry and entry[5] else "/"
     return uid, gid, extra, home

@@ -9,7 +9,10 @@ import os
 import select
 import termios
 import tty
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Relay:

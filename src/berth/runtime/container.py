@@ -6,12 +6,10 @@ two faces).  The container's side lives in :mod:`berth.runtime.init`.
 
 from __future__ import annotations
 
+import _signal as signal
 import os
 import select
-import shutil
-import signal
 import time
-from typing import Any
 
 from berth.errors import (
     BerthError,
@@ -25,11 +23,15 @@ from berth.runtime import state as st
 from berth.runtime import sync
 from berth.runtime.init import InitOptions, stage1
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _ERRORS = {127: CommandNotFound, 126: CannotExecute}
 
 
 def _cgroups() -> Any:
-    import berth.cgroups as cgroups
+    from berth import cgroups
 
     return cgroups
 
@@ -122,9 +124,14 @@ class Container:
                 if poller.poll(100) and os.read(fd, 1):
                     break
                 if not st.alive(self.data):
+                    reported = self._reported_error()
+                    if reported is not None:
+                        raise reported
                     raise ContainerInitError(f"container {self.id!r}: its init exited before it could start")
                 if time.monotonic() > deadline:
-                    raise ContainerInitError(f"container {self.id!r}: init did not start within {timeout:.0f}s")
+                    raise ContainerInitError(
+                        f"container {self.id!r}: init did not start within {timeout:.0f}s"
+                    )
         finally:
             os.close(fd)
         os.unlink(fifo)
@@ -141,6 +148,21 @@ class Container:
                     raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
             self._sock.close()
             self._sock = None
+
+    def _reported_error(self) -> BerthError | None:
+        """The error the init sent before it died (berth run keeps the sync socket), if any."""
+        if self._sock is None:
+            return None
+        self._sock.setblocking(False)
+        try:
+            msg, _fds = sync.recv(self._sock)
+        except OSError:
+            return None
+        finally:
+            self._sock.setblocking(True)
+        if msg is None or msg.get("type") != "error":
+            return None
+        return _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
 
     def kill(self, sig: int = signal.SIGTERM, *, all_processes: bool = False) -> None:
         status = self.status()
@@ -169,7 +191,7 @@ class Container:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+        st.remove_tree(self.dir)
 
 
 def create(
@@ -317,7 +339,7 @@ def create(
                 cg.destroy()
             except BerthError:
                 pass
-        shutil.rmtree(sdir, ignore_errors=True)
+        st.remove_tree(sdir)
         raise
     finally:
         for s in (parent_sock, child_sock):
@@ -332,13 +354,20 @@ def _reap(pid: int) -> None:
         pass
 
 
+def reap(pid: int) -> None:
+    """Collect our child ``pid`` if it is still there (already killed, or long gone)."""
+    if pid > 0:
+        _reap(pid)
+
+
 def _send_console(path: str, fd: int) -> None:
+    import array
     import socket
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         s.connect(path)
-        socket.send_fds(s, [b"/dev/ptmx"], [fd])
+        s.sendmsg([b"/dev/ptmx"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
     finally:
         s.close()
 

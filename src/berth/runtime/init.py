@@ -9,19 +9,22 @@ line before the child exits; nothing here returns.
 
 from __future__ import annotations
 
+import _signal as signal
+import _socket as socket
 import fcntl
 import os
-import signal
-import socket
 import struct
 import termios
-from dataclasses import dataclass, field
-from typing import Any
 
 from berth.errors import BerthError, CannotExecute, CommandNotFound
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
+from berth.linux.path import secure_join
 from berth.runtime import mounts, process, sync
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
@@ -30,22 +33,36 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 
-@dataclass
 class InitOptions:
-    """What the runtime hands the container's init besides the spec."""
+    """What the runtime hands the container's init besides the spec (a plain class:
+    dataclasses cost milliseconds to import on the start path)."""
 
-    state_dir: str
-    fifo: str
-    rootfs: str
-    overlay: dict[str, Any] | None = None  # {"lower": [...], "upper": str, "work": str}
-    use_init: bool = False
-    init_fd: int | None = None
-    userns: bool = False
-    preserve_fds: int = 0
-    watch_parent: bool = False  # berth run: die with the runtime (PR_SET_PDEATHSIG)
-    strict_rlimits: bool = False
-    seccomp_program: bytes | None = None
-    extra_keep: list[int] = field(default_factory=list)
+    def __init__(
+        self,
+        *,
+        state_dir: str,
+        fifo: str,
+        rootfs: str,
+        overlay: dict[str, Any] | None = None,
+        use_init: bool = False,
+        init_fd: int | None = None,
+        userns: bool = False,
+        preserve_fds: int = 0,
+        watch_parent: bool = False,
+        strict_rlimits: bool = False,
+        seccomp_program: bytes | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.fifo = fifo
+        self.rootfs = rootfs
+        self.overlay = overlay  # {"lower": [...], "upper": str, "work": str}
+        self.use_init = use_init
+        self.init_fd = init_fd
+        self.userns = userns
+        self.preserve_fds = preserve_fds
+        self.watch_parent = watch_parent  # berth run: die with the runtime (PR_SET_PDEATHSIG)
+        self.strict_rlimits = strict_rlimits
+        self.seccomp_program = seccomp_program
 
 
 def _fail(sock: socket.socket, exc: BaseException) -> None:
@@ -58,7 +75,7 @@ def _fail(sock: socket.socket, exc: BaseException) -> None:
             code = 126
         msg = str(exc) if isinstance(exc, (BerthError, OSError)) else f"{type(exc).__name__}: {exc}"
         sync.send(sock, "error", msg=msg, code=code, error_class=type(exc).__name__)
-    except BaseException:  # noqa: BLE001, S110 - nothing may escape a failing child
+    except BaseException:
         pass
     finally:
         os._exit(code)
@@ -89,8 +106,15 @@ def _join(namespaces: list[tuple[str, str]]) -> None:
 def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup: Any) -> None:
     """First child: cgroup, namespaces, then fork the container's pid 1 and exit."""
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ):
+            signal.signal(sig, signal.SIG_DFL)
         prctl.set_dumpable(False)
         if cgroup is not None:
             cgroup.add(os.getpid())
@@ -111,7 +135,7 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
             stage2(spec, opts, sock)
         sync.send(sock, "pid", pid=pid)
         os._exit(0)
-    except BaseException as e:  # noqa: BLE001 - the child reports everything, then exits
+    except BaseException as e:
         _fail(sock, e)
 
 
@@ -128,7 +152,10 @@ def _lo_up() -> None:
 
 def _open_console(rootfs: str) -> tuple[int, int]:
     """A pty from the guest's own devpts instance: (master, slave)."""
-    master = os.open(os.path.join(rootfs, "dev/pts/ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    # Resolved as in the guest: a plain join would follow the rootfs's own /dev symlink from the
+    # host's root (say /dev -> /proc/self/cwd/../../dev) to the host's devpts.
+    ptmx = secure_join(rootfs, "/dev/pts/ptmx")
+    master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     return master, slave
@@ -198,7 +225,9 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
             size = proc.get("consoleSize")
             if size:
-                fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0))
+                fcntl.ioctl(
+                    slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0)
+                )
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
             os.close(slave)
@@ -235,7 +264,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             os.set_inheritable(fd, True)
         process.close_fds_except({0, 1, 2, *preserved})
         process.execute(path, proc["args"], env, init_fd=opts.init_fd)
-    except BaseException as e:  # noqa: BLE001 - the child reports everything, then exits
+    except BaseException as e:
         _fail(sock, e)
 
 

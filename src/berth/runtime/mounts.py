@@ -11,10 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
+from berth.errors import UsageError
 from berth.linux.mount import MNT_DETACH, MS, PROPAGATION_OPTIONS, mount, parse_options, pivot_root, umount
 from berth.linux.path import fd_path, mkdir_all, secure_join
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The device nodes every guest gets (OCI "default devices").
 DEFAULT_DEVICES = (
@@ -54,9 +58,16 @@ class _Target:
 
     def __init__(self, root: str, dest: str, *, is_file: bool) -> None:
         path = secure_join(root, dest)
+        if path == os.path.abspath(root) and dest.strip("/"):
+            # e.g. /dev -> / or /proc -> ../..: a mount there would cover the whole guest root.
+            raise UsageError(
+                f"mount {dest}", "resolves to the guest's root directory (a symlink in the rootfs?)"
+            )
         if not os.path.lexists(path):
-            parent = mkdir_all(root, os.path.dirname(dest))
-            path = os.path.join(parent, os.path.basename(path))
+            # Create what ``dest`` resolved to (through the rootfs's symlinks), not ``dest`` itself.
+            rel = os.path.relpath(path, os.path.abspath(root))
+            parent = mkdir_all(root, os.path.dirname(rel))
+            path = os.path.join(parent, os.path.basename(rel))
             if is_file:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
             else:
@@ -105,7 +116,11 @@ def _mount_cgroup(root: str, dest: str, flags: int) -> None:
             if fstype == "cgroup2":
                 mount("cgroup2", sub, "cgroup2", flags)
             else:
-                keep = [o for o in opts.split(",") if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")]
+                keep = [
+                    o
+                    for o in opts.split(",")
+                    if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")
+                ]
                 mount("cgroup", sub, "cgroup", flags, ",".join(keep))
         # The O_PATH fd names the directory under the new tmpfs: remount through the path.
         mount(None, base, None, MS.REMOUNT | MS.BIND | MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC)
@@ -119,7 +134,7 @@ def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool) -> None:
     options = list(m.get("options") or [])
     flags, prop, data = parse_options(options)
     source = m.get("source") or mtype or "none"
-    if mtype == "cgroup" or mtype == "cgroup2":
+    if mtype in ("cgroup", "cgroup2"):
         _mount_cgroup(root, dest, flags)
         return
     if mtype == "sysfs" and shared_netns:
@@ -194,7 +209,17 @@ def default_device_list(spec_devices: list[dict[str, Any]]) -> list[dict[str, An
     out = list(spec_devices)
     for path, major, minor in DEFAULT_DEVICES:
         if path not in named:
-            out.append({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
+            out.append(
+                {
+                    "path": path,
+                    "type": "c",
+                    "major": major,
+                    "minor": minor,
+                    "fileMode": 0o666,
+                    "uid": 0,
+                    "gid": 0,
+                }
+            )
     return out
 
 

@@ -11,13 +11,18 @@ import os
 import resource
 import stat
 import sys
-from typing import Any
 
 from berth.errors import CannotExecute, CommandNotFound, UsageError
 from berth.linux import caps, prctl
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-INIT_NAMES = frozenset({"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"})
+INIT_NAMES = frozenset(
+    {"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"}
+)
 TINI = "/usr/bin/tini-static"
 
 
@@ -53,7 +58,9 @@ def set_rlimits(rlimits: list[dict[str, Any]], *, strict: bool = False) -> None:
                 return cap if v == resource.RLIM_INFINITY else min(v, cap)
 
             resource.setrlimit(res, (lower(soft), lower(hard)))
-            warn(f"rlimit {name} {soft}:{hard} lowered to {lower(soft)}:{lower(hard)}: the host allows no more")
+            warn(
+                f"rlimit {name} {soft}:{hard} lowered to {lower(soft)}:{lower(hard)}: the host allows no more"
+            )
 
 
 def set_oom_score_adj(value: int | None) -> None:
@@ -128,10 +135,67 @@ def find_executable(arg0: str, env: list[str], cwd: str = "/") -> str:
         if not os.access(path, os.X_OK):
             denied = (path, "permission denied")
             continue
+        outside = _outside_guest(path, cwd)
+        if outside:
+            raise CannotExecute(
+                f"cannot execute {path!r} in the guest: {outside} leads outside the guest's file systems"
+            )
         return path
     if denied:
         raise CannotExecute(f"cannot execute {denied[0]!r} in the guest: {denied[1]}")
     raise CommandNotFound(f"command not found in the guest: {arg0!r}")
+
+
+def _mount_id(fd: int) -> int | None:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _outside_guest(path: str, cwd: str) -> str | None:
+    """What part of executing ``path`` lies outside the guest's mounts, or None.
+
+    A /proc magic link (``/bin/sh -> /proc/self/exe``, ``/proc/1/exe``, ``/proc/self/fd/N``)
+    leads from the guest's root to a host file: the runtime's own interpreter, which the
+    guest could then run and reopen for writing (the CVE-2019-5736 class).  The kernel
+    resolves the command and each ``#!`` interpreter (up to 4 levels) in the context of
+    this process, so check each against the mount ids of our (the guest's) namespace.
+    """
+    try:
+        with open("/proc/self/mountinfo") as f:
+            ids = {int(line.split(maxsplit=1)[0]) for line in f}
+    except (OSError, ValueError):
+        return None  # no procfs in the guest: no magic links either
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None  # execve reports it
+        try:
+            mnt = _mount_id(fd)
+            if mnt is not None and mnt not in ids:
+                return repr(path)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            try:
+                with open(f"/proc/self/fd/{fd}", "rb") as f:
+                    head = f.read(256)
+            except OSError:
+                return None
+        finally:
+            os.close(fd)
+        if not head.startswith(b"#!"):
+            return None
+        interp = head[2:].split(b"\n", 1)[0].strip(b" \t").split(None, 1)
+        if not interp:
+            return None
+        path = os.path.join(cwd, os.fsdecode(interp[0]))
+    return None
 
 
 def wants_init(args: list[str]) -> bool:
@@ -151,7 +215,11 @@ def init_memfd() -> int:
             if n == 0:
                 break
             done += n
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
         return fd
     finally:
         os.close(src)

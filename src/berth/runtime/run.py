@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py imports enum, which costs milliseconds here
 import os
-from typing import Any
 
 from berth.linux import prctl
 from berth.runtime import container
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -73,3 +76,5 @@ def run(
     finally:
         target["pid"] = 0
         c.delete(force=True)
+        # If the guest's init died before wait_exit (a failed start), it is still our zombie.
+        container.reap(c.pid)

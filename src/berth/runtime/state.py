@@ -7,12 +7,13 @@ is an overlay, the overlay's ``upper`` and ``work`` directories.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from typing import Any
 
 from berth.errors import ExistsError, NotFoundError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CREATING = "creating"
 CREATED = "created"
@@ -20,14 +21,59 @@ RUNNING = "running"
 STOPPED = "stopped"
 PAUSED = "paused"
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("_.+-")
+
+
+def valid_id(cid: str) -> bool:
+    return 0 < len(cid) <= 128 and cid[0] in _ID_FIRST and all(c in _ID_CHARS for c in cid)
 
 
 def check_id(cid: str, field: str = "id") -> str:
     """A container id/name: letters, digits, ``_.+-``, at most 128, not starting with a symbol."""
-    if not _ID.match(cid):
+    if not valid_id(cid):
         raise UsageError(field, f"invalid name {cid!r}: use letters, digits and _.+- (at most 128)")
     return cid
+
+
+def dumps(value: Any) -> str:
+    """JSON text for plain data (dict, list, str, int, float, bool, None).
+
+    Written here because importing :mod:`json` pulls in :mod:`re`; this is the start path.
+    """
+    from _json import encode_basestring_ascii as q
+
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return q(value)  # type: ignore[no-any-return]
+    if isinstance(value, (int, float)):
+        return repr(value) if abs(value) < float("inf") else "null"  # NaN and inf are not JSON
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{q(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf without following symlinks (shutil costs milliseconds to import here)."""
+    try:
+        for _top, dirs, files, dfd in os.fwalk(path, topdown=False):
+            for name in files:
+                os.unlink(name, dir_fd=dfd)
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=dfd)
+                except NotADirectoryError:
+                    os.unlink(name, dir_fd=dfd)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
 
 
 def can_start(status: str) -> bool:
@@ -70,12 +116,14 @@ def write(root: str, cid: str, state: dict[str, Any]) -> None:
     path = container_dir(root, cid)
     tmp = os.path.join(path, ".state.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(state, f)
+        f.write(dumps(state))
     os.rename(tmp, os.path.join(path, "state.json"))
 
 
 def read(root: str, cid: str) -> dict[str, Any]:
     """The stored state of ``cid``."""
+    import json
+
     path = os.path.join(container_dir(root, check_id(cid)), "state.json")
     try:
         with open(path) as f:
@@ -89,7 +137,7 @@ def read(root: str, cid: str) -> dict[str, Any]:
 def ids(root: str) -> list[str]:
     """Every container with a state directory under ``root``."""
     try:
-        return sorted(d for d in os.listdir(root) if _ID.match(d))
+        return sorted(d for d in os.listdir(root) if valid_id(d))
     except FileNotFoundError:
         return []
 
