@@ -7,6 +7,8 @@ conditions, and ``includes``/``excludes`` conditions on capabilities, architectu
 The rule set mirrors moby's ``profiles/seccomp/default.json`` (Apache-2.0).
 """
 
+from __future__ import annotations
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
