@@ -10,6 +10,7 @@ from berth.runtime import container
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -25,9 +26,16 @@ def run(
     use_init: bool,
     interactive: bool,
     seccomp_cache: str | None = None,
+    on_created: Callable[[container.Container], None] | None = None,
+    on_exit: Callable[[container.Container], None] | None = None,
 ) -> int:
     """Create and start the guest, forward signals to it, relay its terminal, and return its
-    exit status after everything it made is gone."""
+    exit status after everything it made is gone.
+
+    ``on_created`` runs once the guest exists (its namespaces and cgroup are there, its command
+    not yet started): where the network is plugged in.  ``on_exit`` runs after the guest ended,
+    before its cgroup and state are removed: where host-side objects are taken down.
+    """
     target = {"pid": 0}
     pending: list[int] = []
 
@@ -61,6 +69,8 @@ def run(
         seccomp_cache=seccomp_cache,
     )
     try:
+        if on_created is not None:
+            on_created(c)
         target["pid"] = c.pid
         for sig in pending:
             os.kill(c.pid, sig)
@@ -75,6 +85,10 @@ def run(
         return container.wait_exit(c.pid)
     finally:
         target["pid"] = 0
-        c.delete(force=True)
+        try:
+            if on_exit is not None:
+                on_exit(c)
+        finally:
+            c.delete(force=True)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)
