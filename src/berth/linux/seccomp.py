@@ -15,8 +15,6 @@ program found there is loaded as it is.
 from __future__ import annotations
 
 import ctypes
-import functools
-import json
 import os
 import struct
 import sys
@@ -26,7 +24,10 @@ from berth.linux.libc import libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at import: annotations only
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 try:  # the builtin SHA-256: hashlib's OpenSSL binding costs ~5 ms to import on the start path
     from _sha256 import sha256 as _sha256  # Python 3.11
@@ -147,7 +148,20 @@ def _library_path() -> str | None:
     return None
 
 
-@functools.cache
+def _memo(fn: Callable[[], T]) -> Callable[[], T]:
+    """functools.cache for argument-less functions (functools costs milliseconds to import here)."""
+    box: list[T] = []
+
+    def wrapper() -> T:
+        if not box:
+            box.append(fn())
+        return box[0]
+
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@_memo
 def _lib() -> ctypes.CDLL:
     """libseccomp with every prototype berth uses declared."""
     path = _library_path() or "libseccomp.so.2"
@@ -182,7 +196,7 @@ def libseccomp_version() -> str:
     return f"{v.major}.{v.minor}.{v.micro}"
 
 
-@functools.cache
+@_memo
 def _build_id() -> bytes:
     """What identifies the libseccomp build and the machine in a cache key, without loading it.
 
@@ -439,7 +453,7 @@ def load_bpf(program: bytes, flags: int = 0) -> None:
         raise syscall_error(3, f"{op}: thread {ret} cannot take the filter")  # ESRCH
 
 
-@functools.cache
+@_memo
 def _seccomp_nr() -> int:
     nr = _NR_SECCOMP.get(os.uname().machine)
     if nr is None:
@@ -450,9 +464,21 @@ def _seccomp_nr() -> int:
 # -- cache -----------------------------------------------------------------------------------------
 
 
+def _canonical(value: Any) -> str:
+    """Deterministic text for plain data (dict keys sorted): the profile's part of the cache key.
+
+    Not json.dumps: importing json pulls in re, milliseconds on the start path.
+    """
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k!r}:{_canonical(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return repr(value)
+
+
 def cache_key(profile: dict[str, Any]) -> str:
-    """A hex digest of the profile (canonical JSON), the libseccomp build and the machine."""
-    text = json.dumps(profile, sort_keys=True, separators=(",", ":")).encode()
+    """A hex digest of the profile (canonical text), the libseccomp build and the machine."""
+    text = _canonical(profile).encode()
     return _sha256(b"\0".join((_CACHE_FORMAT, _build_id(), text))).hexdigest()
 
 

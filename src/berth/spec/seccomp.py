@@ -9,7 +9,6 @@ hold and emit the plain OCI dict a runtime compiles.
 
 from __future__ import annotations
 
-import functools
 import os
 
 from berth.errors import UsageError
@@ -91,9 +90,13 @@ def _kernel_version(release: str) -> tuple[int, int]:
         raise UsageError("minKernel", f"cannot parse kernel version {release!r}") from None
 
 
-@functools.cache
+_KERNEL: list[tuple[int, int]] = []
+
+
 def _host_kernel() -> tuple[int, int]:
-    return _kernel_version(os.uname().release)
+    if not _KERNEL:
+        _KERNEL.append(_kernel_version(os.uname().release))
+    return _KERNEL[0]
 
 
 def _strings(value: object, field: str) -> list[str]:
@@ -183,18 +186,25 @@ def resolve(
     return out
 
 
-@functools.cache
 def _docker_default() -> dict[str, Any]:
     from berth.spec import seccomp_data
 
-    data: dict[str, Any] = seccomp_data.profile()
-    return data
+    return seccomp_data.profile()
 
 
-@functools.lru_cache(maxsize=64)
+_RESOLVED: dict[tuple[frozenset[str], str], dict[str, Any]] = {}
+
+
 def _default_resolved(caps: frozenset[str], arch: str) -> dict[str, Any]:
-    profile = resolve(_docker_default(), caps, arch)
-    assert profile is not None
+    """The default profile for (caps, arch), resolved once per process (functools: see module top)."""
+    key = (caps, arch)
+    profile = _RESOLVED.get(key)
+    if profile is None:
+        if len(_RESOLVED) > 64:
+            _RESOLVED.clear()
+        profile = resolve(_docker_default(), caps, arch)
+        assert profile is not None
+        _RESOLVED[key] = profile
     return profile
 
 
