@@ -12,12 +12,35 @@ import sys
 VERBS = {
     "run": "berth.cli.run",
     "template": "berth.cli.template",
+    "stats": "berth.cli.stats",
+    "create": "berth.cli.create",
+    "start": "berth.cli.start",
+    "stop": "berth.cli.stop",
+    "restart": "berth.cli.restart",
+    "kill": "berth.cli.kill",
+    "list": "berth.cli.list",
+    "info": "berth.cli.info",
+    "logs": "berth.cli.logs",
+    "set": "berth.cli.set",
+    "clone": "berth.cli.clone",
+    "destroy": "berth.cli.destroy",
+    "gc": "berth.cli.gc",
+    "exec": "berth.cli.exec",
+    "enter": "berth.cli.enter",
 }
 USAGE = """usage: berth [--debug] VERB [ARGS...]
 
 verbs:
   run        run a command in a new, isolated guest and remove it afterwards
   template   build or list root filesystem templates (busybox)
+  create     make a long-lived guest (create NAME [--cmd ...] [--restart P] [--disk SIZE])
+  start, stop, restart, kill NAME   the guest lifecycle (guests outlive berth: supervised by guestd)
+  list, info, logs [-f]             look at guests
+  exec [-it] NAME -- CMD, enter NAME  run a command / a login shell inside a running guest
+  set NAME --memory ...             change a running guest's limits live, and persist them
+  clone NAME NEW, destroy NAME      copy or remove a guest
+  gc         remove what crashes left behind
+  stats      resource use of the running guests (cgroup accounting)
 
 environment: BERTH_ROOT (store, default /var/lib/berth), BERTH_RUN (state, default /run/berth),
 BERTH_CGROUP_PARENT (default berth).  'berth VERB --help' for a verb's options.

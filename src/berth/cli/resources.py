@@ -1,18 +1,247 @@
-"""Resource flags of `berth run` (and later of guest configs): parsed into OCI linux.resources."""
+"""Resource flags of `berth run` (and later of guest configs): parsed into the OCI spec.
+
+Everything the kernel has a knob for goes to ``linux.resources`` (and ``process.rlimits``);
+what berth itself enforces or computes across guests travels as annotations, read back by
+:mod:`berth.runtime.resources` when the guest is created:
+
+* ``berth.cpu.share``, ``berth.cpu.reserve``, ``berth.cpu.cap``, ``berth.cpu.burst-us``: the
+  guest's :class:`~berth.policy.cpu.CpuRequest`.  The weights depend on every running guest, so
+  the runtime computes ``cpu.shares`` / quota / burst at create time (after admission control).
+* ``berth.memory.anon``, ``berth.memory.memlock``: ANON and MEMLOCK limits in bytes, enforced by
+  the supervisor (:mod:`berth.runtime.supervise`).
+
+All values are parsed before anything is created; a bad one is a one-line
+:class:`~berth.errors.UsageError` naming the flag.
+"""
 
 from __future__ import annotations
+
+import os
+
+from berth.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FLAGS: dict[str, str] = {}
-HELP = ""
+FLAGS: dict[str, str] = {
+    "--cpu-share": "W",
+    "--cpu-shares": "W",
+    "--cpu-reserve": "R",
+    "--cpus": "C",
+    "--cpu-burst": "D",
+    "--cpuset-cpus": "LIST",
+    "--memory": "SIZE",
+    "-m": "SIZE",
+    "--memory-reservation": "SIZE",
+    "--memory-swap": "SIZE",
+    "--anon-memory": "SIZE",
+    "--memlock": "SIZE",
+    "--pids-limit": "N",
+    "--nofile": "N",
+    "--ulimit": "NAME=SOFT[:HARD]",
+    "--blkio-weight": "W",
+    "--device-read-bps": "DEV:RATE",
+    "--device-write-bps": "DEV:RATE",
+    "--device-read-iops": "DEV:RATE",
+    "--device-write-iops": "DEV:RATE",
+}
+
+HELP = """
+resources (checked before anything is created; see berth.runtime.resources):
+  --cpu-share W           fair-share weight 0-10000 (default 100); 0 = exactly the reservation
+  --cpu-reserve R         guaranteed CPUs (0.5) or percent of the host (25%); admission-controlled:
+                          the sum over running guests may not pass capacity minus the host reserve
+                          (BERTH_HOST_RESERVE, default 5%)
+  --cpus C                hard cap in CPUs (token-bucket fill rate)
+  --cpu-burst D           bucket size: CPU time saved while idle, spent above the cap (200ms)
+  --cpuset-cpus LIST      CPUs the guest may run on (0-1,3)
+  -m, --memory SIZE       hard RSS limit (OOM kill inside the guest)
+  --memory-reservation S  soft limit, reclaimed first under host pressure
+  --memory-swap SIZE      memory plus swap (-1 unlimited)
+  --anon-memory SIZE      anonymous memory of the guest (supervised, ~100 ms reaction)
+  --memlock SIZE          mlocked memory of the guest (RLIMIT_MEMLOCK + supervised sum)
+  --pids-limit N          processes and threads of the guest (-1 unlimited)
+  --nofile N              open files per process (soft = hard = N)
+  --ulimit NAME=SOFT[:HARD]  any rlimit (repeatable): nofile, nproc, core, stack, ...
+  --blkio-weight W        block I/O weight 10-1000
+  --device-read-bps DEV:RATE, --device-write-bps DEV:RATE     throttle (10mb)
+  --device-read-iops DEV:N,   --device-write-iops DEV:N       throttle in operations/s
+"""
+
+_ALIASES = {"--cpu-shares": "--cpu-share", "-m": "--memory"}
+_THROTTLES = {
+    "--device-read-bps": "throttleReadBpsDevice",
+    "--device-write-bps": "throttleWriteBpsDevice",
+    "--device-read-iops": "throttleReadIOPSDevice",
+    "--device-write-iops": "throttleWriteIOPSDevice",
+}
+
+
+def host_cpus() -> int:
+    """CPUs this process (and so the berth parent cpuset) may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def _device(flag: str, path: str) -> tuple[int, int]:
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(flag.lstrip("-"), f"{path}: {e.strerror}") from None
+    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        raise UsageError(flag.lstrip("-"), f"{path} is not a device")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def _int(flag: str, text: str, lo: int, hi: int, *, unlimited: bool = False) -> int:
+    s = text.strip()
+    if unlimited and s in ("-1", "unlimited", "max"):
+        return -1
+    if not (s.isascii() and s.isdigit()) or not lo <= int(s) <= hi:
+        more = " (or -1 for unlimited)" if unlimited else ""
+        raise UsageError(flag.lstrip("-"), f"{text!r} is not a whole number from {lo} to {hi}{more}")
+    return int(s)
+
+
+def parse(items: list[tuple[str, str]], ncpus: int | None = None) -> dict[str, Any]:
+    """The resource flags as ``{"resources": …, "rlimits": […], "annotations": {…}}``."""
+    from berth.policy import units
+
+    cpus = host_cpus() if ncpus is None else ncpus
+    res: dict[str, Any] = {}
+    rlimits: dict[str, tuple[int, int]] = {}
+    ann: dict[str, str] = {}
+    mem: dict[str, int] = {}
+
+    def field(flag: str) -> str:
+        return flag.lstrip("-")
+
+    for raw_flag, value in items:
+        flag = _ALIASES.get(raw_flag, raw_flag)
+        f = field(flag)
+        if flag == "--cpu-share":
+            ann["berth.cpu.share"] = str(_int(flag, value, 0, 10000))
+        elif flag == "--cpu-reserve":
+            ann["berth.cpu.reserve"] = repr(units.parse_cpus(f, value, cpus))
+        elif flag == "--cpus":
+            ann["berth.cpu.cap"] = repr(units.parse_cpus(f, value, cpus))
+        elif flag == "--cpu-burst":
+            ann["berth.cpu.burst-us"] = str(units.parse_duration(f, value))
+        elif flag == "--cpuset-cpus":
+            res.setdefault("cpu", {})["cpus"] = units.parse_cpuset(f, value, os.sched_getaffinity(0))
+        elif flag in ("--memory", "--memory-reservation", "--anon-memory", "--memlock"):
+            size = units.parse_size(f, value)
+            if size <= 0:
+                raise UsageError(f, f"{value!r}: must be more than 0")
+            mem[flag] = size
+        elif flag == "--memory-swap":
+            mem[flag] = -1 if value.strip() == "-1" else units.parse_size(f, value)
+        elif flag == "--pids-limit":
+            n = _int(flag, value, 1, 4_194_304, unlimited=True)
+            res["pids"] = {"limit": n}
+        elif flag == "--nofile":
+            n = _int(flag, value, 1, 1 << 30)
+            rlimits["RLIMIT_NOFILE"] = (n, n)
+        elif flag == "--ulimit":
+            name, soft, hard = units.parse_ulimit(f, value)
+            rlimits[name] = (soft, hard)
+        elif flag == "--blkio-weight":
+            res.setdefault("blockIO", {})["weight"] = _int(flag, value, 10, 1000)
+        elif flag in _THROTTLES:
+            if flag.endswith("-iops"):
+                path, rate = units.parse_device_iops(f, value)
+            else:
+                path, rate = units.parse_device_rate(f, value)
+            major, minor = _device(flag, path)
+            entry = {"major": major, "minor": minor, "rate": rate}
+            res.setdefault("blockIO", {}).setdefault(_THROTTLES[flag], []).append(entry)
+        else:
+            raise UsageError(f, "unknown resource flag")
+    if "--memory" in mem or "--memory-swap" in mem or "--memory-reservation" in mem:
+        from berth.policy.memory import validate_memory
+
+        limits = validate_memory(
+            mem.get("--memory"), mem.get("--memory-swap"), mem.get("--memory-reservation")
+        )
+        m: dict[str, int] = {}
+        if limits.memory is not None:
+            m["limit"] = limits.memory
+            m["swap"] = limits.memsw_limit
+        if limits.reservation is not None:
+            m["reservation"] = limits.reservation
+        res["memory"] = m
+    if "--anon-memory" in mem:
+        ann["berth.memory.anon"] = str(mem["--anon-memory"])
+    if "--memlock" in mem:
+        lock = mem["--memlock"]
+        ann["berth.memory.memlock"] = str(lock)
+        if "RLIMIT_MEMLOCK" not in rlimits:
+            rlimits["RLIMIT_MEMLOCK"] = (lock, lock)
+    _check_cpu(ann, cpus)
+    out_rl = [
+        {"type": k, "soft": _lower(k, s, "soft"), "hard": _lower(k, h, "hard")}
+        for k, (s, h) in rlimits.items()
+    ]
+    return {"resources": res, "rlimits": out_rl, "annotations": ann}
+
+
+def _lower(name: str, value: int, which: str) -> int:
+    """An rlimit as the spec wants it, lowered to the host's hard limit (berth has no
+    CAP_SYS_RESOURCE on every host; a soft limit above hard would be refused)."""
+    import resource
+
+    from berth.policy.units import RLIM_INFINITY
+
+    hard = resource.getrlimit(getattr(resource, name))[1]
+    if value == RLIM_INFINITY:
+        value = -1
+    if hard == resource.RLIM_INFINITY or (os.geteuid() == 0 and _can_raise()):
+        return value
+    return hard if value < 0 else min(value, hard)
+
+
+def _can_raise() -> bool:
+    """Whether we hold CAP_SYS_RESOURCE (may raise hard limits)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 24))
+    except OSError:
+        pass
+    return False
+
+
+def _check_cpu(ann: dict[str, str], ncpus: int) -> None:
+    """Check the CPU request on its own (share 0 without reserve, cap below reserve, burst
+    without cap or above the quota) before anything is created."""
+    keys = ("berth.cpu.share", "berth.cpu.reserve", "berth.cpu.cap", "berth.cpu.burst-us")
+    if not any(k in ann for k in keys):
+        return
+    from berth.policy.cpu import check_request
+    from berth.runtime.resources import request_from_annotations
+
+    check_request(request_from_annotations("new", ann))
 
 
 def apply(spec: dict[str, Any], items: list[tuple[str, str]]) -> None:
-    """Fold the resource flags into ``spec`` (filled in by the resource-isolation work)."""
-    for flag, _value in items:
-        from berth.errors import UsageError
-
-        raise UsageError(flag, "not supported yet")
+    """Fold the resource flags into ``spec``: ``linux.resources``, ``process.rlimits``, annotations."""
+    parsed = parse(items)
+    linux = spec.setdefault("linux", {})
+    resources = linux.setdefault("resources", {})
+    for key, value in parsed["resources"].items():
+        if isinstance(value, dict) and isinstance(resources.get(key), dict):
+            resources[key].update(value)
+        else:
+            resources[key] = value
+    if parsed["rlimits"]:
+        proc = spec.setdefault("process", {})
+        names = {r["type"] for r in parsed["rlimits"]}
+        proc["rlimits"] = [r for r in proc.get("rlimits") or [] if r["type"] not in names] + parsed["rlimits"]
+    if parsed["annotations"]:
+        spec.setdefault("annotations", {}).update(parsed["annotations"])

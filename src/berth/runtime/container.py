@@ -19,15 +19,22 @@ from berth.errors import (
     NotFoundError,
     StateError,
 )
+from berth.runtime import hooks, sync
 from berth.runtime import state as st
-from berth.runtime import sync
 from berth.runtime.init import InitOptions, stage1
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _ERRORS = {127: CommandNotFound, 126: CannotExecute}
+
+
+def _resources() -> Any:
+    from berth.runtime import resources
+
+    return resources
 
 
 def _cgroups() -> Any:
@@ -109,7 +116,7 @@ class Container:
         st.write(self.root, self.id, self.data)
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, *, timeout: float = 30.0) -> None:
+    def start(self, *, timeout: float = 30.0, warn: Callable[[str], None] | None = None) -> None:
         """Release the container's init: it execs the command."""
         status = self.status()
         if not st.can_start(status):
@@ -137,6 +144,9 @@ class Container:
         os.unlink(fifo)
         self.data["status"] = st.RUNNING
         self.save()
+        later = self.data.get("berth", {}).get("hooks")
+        if later and later.get("poststart"):
+            hooks.run_or_warn(later, "poststart", self.oci_state(), warn or _stderr_warn)
         if self._sock is not None:
             # berth run: the child says "started" once it is guarded by pdeathsig, then the
             # socket closes on exec (EOF) or carries the exec error.
@@ -178,8 +188,9 @@ class Container:
         except ProcessLookupError:
             pass
 
-    def delete(self, *, force: bool = False) -> None:
-        """Remove the container: its processes (with ``force``), cgroup and state directory."""
+    def delete(self, *, force: bool = False, warn: Callable[[str], None] | None = None) -> None:
+        """Remove the container: its processes (with ``force``), cgroup and state directory;
+        then the spec's poststop hooks."""
         status = self.status()
         if not st.can_delete(status) and not force:
             raise StateError(f"container {self.id!r} is {status}: stop it first or use --force")
@@ -191,7 +202,13 @@ class Container:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        later = self.data.get("berth", {}).get("hooks")
+        if later and later.get("poststop"):
+            state = {**self.oci_state(), "status": st.STOPPED, "pid": 0}
+            hooks.run_or_warn(later, "poststop", state, warn or _stderr_warn)
         st.remove_tree(self.dir)
+        berth = self.data.get("berth") or {}
+        _resources().forget(self.root, self.id, berth.get("cgroup") or "", berth.get("cpu"))
 
 
 def create(
@@ -209,20 +226,30 @@ def create(
     preserve_fds: int = 0,
     seccomp_cache: str | None = None,
     strict_rlimits: bool = False,
+    no_pivot: bool = False,
+    new_keyring: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Container:
     """Set up a container whose init waits for :meth:`Container.start`.
 
     On any failure everything made so far (state dir, cgroup, processes) is removed and
-    the error is raised.
+    the error is raised.  The spec's prestart, createRuntime and createContainer hooks run
+    here; ``warn`` receives the init's warnings (default: stderr).
     """
+    warn = warn or _stderr_warn
+    spec_hooks = spec.get("hooks") or {}
+    hook_sync = hooks.wanted(spec_hooks, *hooks.CREATE_PHASES, *hooks.CONTAINER_PHASES)
+    if spec_hooks.get("startContainer"):
+        import subprocess  # noqa: F401 - the init runs this hook after pivot_root, where it cannot import
     sdir = st.reserve(state_root, cid)
     cg = None
     pid = 0
+    res_lock = None
     parent_sock = child_sock = None
     linux = spec.get("linux") or {}
     try:
         fifo = os.path.join(sdir, "exec.fifo")
-        os.mkfifo(fifo, 0o600)
+        os.mkfifo(fifo, 0o622)  # the init may be root of a user namespace: it reopens through an fd
         rootfs = spec["root"]["path"]
         if not os.path.isabs(rootfs):
             rootfs = os.path.join(bundle, rootfs)
@@ -239,17 +266,23 @@ def create(
             from berth.linux.seccomp import compiled
 
             program = compiled(linux["seccomp"], seccomp_cache or os.path.join(state_root, ".seccomp-cache"))
+            with open(os.path.join(sdir, "seccomp.bpf"), "wb") as f:  # for exec
+                f.write(program)
         init_fd = None
         if use_init:
             from berth.runtime.process import init_memfd
 
             init_fd = init_memfd()
+        userns = any(n["type"] == "user" for n in linux.get("namespaces") or [])
+        if userns:
+            _share_with_userns_root(sdir, linux, [rootfs] + ([overlay["upper"], overlay["work"]] if overlay else []))
         cgpath = linux.get("cgroupsPath") or f"{cgroup_parent}/{cid}"
+        # Admission control and every guest's CPU weights (berth.runtime.resources).
+        res_lock, res_fields = _resources().place(state_root, cid, cgpath, spec, linux)
         cg = _cgroups().open_cgroup(cgpath)
         cg.create()
         if linux.get("resources"):
             cg.set(linux["resources"])
-        userns = any(n["type"] == "user" for n in linux.get("namespaces") or [])
         opts = InitOptions(
             state_dir=sdir,
             fifo=fifo,
@@ -262,6 +295,9 @@ def create(
             watch_parent=watch_parent,
             strict_rlimits=strict_rlimits,
             seccomp_program=program,
+            hook_sync=hook_sync,
+            no_pivot=no_pivot,
+            new_keyring=new_keyring,
         )
         data: dict[str, Any] = {
             "ociVersion": spec.get("ociVersion", "1.2.0"),
@@ -270,9 +306,14 @@ def create(
             "pid": 0,
             "bundle": bundle,
             "annotations": spec.get("annotations") or {},
-            "berth": {"cgroup": cg.path, "rootfs": rootfs, "created": time.time()},
+            "berth": {"cgroup": cg.path, "rootfs": rootfs, "created": time.time(), **res_fields},
         }
+        later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
+        if later:
+            data["berth"]["hooks"] = later
         st.write(state_root, cid, data)
+        _resources().unlock(res_lock)
+        res_lock = None
         parent_sock, child_sock = sync.pair()
         stage1_pid = os.fork()
         if stage1_pid == 0:
@@ -284,7 +325,7 @@ def create(
         if init_fd is not None:
             os.close(init_fd)
         console_fd = None
-        ready = False
+        ready = mounted = False
         try:
             while not (ready and pid):
                 msg, fds = sync.recv(parent_sock)
@@ -302,8 +343,20 @@ def create(
                     console_fd = fds[0]
                 elif kind == "ready":
                     ready = True
+                elif kind == "warning":
+                    warn(msg["msg"])
+                elif kind == "mounted":
+                    mounted = True
                 elif kind == "error":
                     raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
+                if mounted and pid:
+                    # The init waits after its mounts: prestart and createRuntime run now.
+                    mounted = False
+                    hook_state = {**Container(state_root, cid, data).oci_state(), "pid": pid}
+                    hook_state["status"] = st.CREATING
+                    for phase in hooks.CREATE_PHASES:
+                        hooks.run(spec_hooks, phase, hook_state)
+                    sync.send(parent_sock, "mounted-done", state=hook_state)
         finally:
             if stage1_pid:
                 os.waitpid(stage1_pid, 0)
@@ -342,9 +395,34 @@ def create(
         st.remove_tree(sdir)
         raise
     finally:
+        _resources().unlock(res_lock)
         for s in (parent_sock, child_sock):
             if s is not None:
                 s.close()
+
+
+def _host_id(maps: list[dict[str, int]] | None, cid: int) -> int:
+    for m in maps or []:
+        if m["containerID"] <= cid < m["containerID"] + m["size"]:
+            return m["hostID"] + cid - m["containerID"]
+    return 65534
+
+
+def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) -> None:
+    """Let a user namespace's root reach its state: the dir traversable, its own dirs owned by it."""
+    os.chmod(sdir, 0o711)
+    uid = _host_id(linux.get("uidMappings"), 0)
+    gid = _host_id(linux.get("gidMappings"), 0)
+    for path in owned:
+        if os.path.dirname(path) == sdir:
+            os.chown(path, uid, gid)
+
+
+def _stderr_warn(text: str) -> None:
+    try:
+        os.write(2, f"berth: warning: {text}\n".encode())
+    except OSError:
+        pass
 
 
 def _reap(pid: int) -> None:

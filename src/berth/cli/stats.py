@@ -1,0 +1,165 @@
+"""berth stats: what each running guest consumes, read from its cgroup (never from ps)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from berth.errors import NotFoundError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+HELP = """usage: berth stats [--json] [--interval SECONDS] [NAME...]
+
+Resource use of the running guests (under BERTH_RUN), from their cgroup files:
+CPU seconds, CPU % over the sampling interval (100% = one CPU) and over the guest's life,
+throttled time, memory (usage, rss, anon, file, mlocked, swap, peak, limit), OOM kills,
+processes, block I/O bytes and operations.
+
+  --json              one JSON object: {name: {cpu: …, memory: …, pids: …, blkio: …}}
+  --interval SECONDS  sampling interval for CPU % (default 0.5; 0: lifetime average only)
+"""
+
+
+def parse(argv: list[str]) -> dict[str, Any]:
+    o: dict[str, Any] = {"json": False, "interval": 0.5, "names": []}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            sys.stdout.write(HELP)
+            raise SystemExit(0)
+        if a == "--json":
+            o["json"] = True
+        elif a == "--interval" or a.startswith("--interval="):
+            if "=" in a:
+                val = a.split("=", 1)[1]
+            else:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError("interval", "needs a value")
+                val = argv[i]
+            try:
+                o["interval"] = float(val)
+            except ValueError:
+                raise UsageError("interval", f"{val!r} is not a number of seconds") from None
+            if not 0 <= o["interval"] <= 60:
+                raise UsageError("interval", f"{val!r} must be from 0 to 60 seconds")
+        elif a.startswith("-"):
+            raise UsageError(a, "unknown option (see 'berth stats --help')")
+        else:
+            o["names"].append(a)
+        i += 1
+    return o
+
+
+def collect(state_root: str, names: list[str], interval: float) -> dict[str, dict[str, Any]]:
+    """Stats of the running guests ``names`` (all when empty) under ``state_root``."""
+    from berth.runtime import state as st
+    from berth.runtime.container import Container
+
+    guests = []
+    for cid in names or st.ids(state_root):
+        try:
+            c = Container.load(state_root, cid)
+        except NotFoundError:
+            if names:
+                raise
+            continue
+        if c.status() not in (st.RUNNING, st.PAUSED, st.CREATED):
+            if names:
+                raise NotFoundError(f"guest {cid!r} is not running")
+            continue
+        cg = c.cgroup()
+        if cg is not None:
+            guests.append((c, cg))
+    first = {c.id: (time.monotonic(), cg.stats()) for c, cg in guests}
+    if interval > 0 and guests:
+        time.sleep(interval)
+    out: dict[str, dict[str, Any]] = {}
+    now_wall = time.time()
+    for c, cg in guests:
+        t1 = time.monotonic()
+        s = cg.stats() if interval > 0 else first[c.id][1]
+        t0, s0 = first[c.id]
+        cpu = dict(s["cpu"])
+        usage = cpu.get("usage_ns")
+        if usage is not None and interval > 0 and s0["cpu"].get("usage_ns") is not None:
+            cpu["percent"] = round(100 * (usage - s0["cpu"]["usage_ns"]) / 1e9 / max(t1 - t0, 1e-6), 1)
+        else:
+            cpu["percent"] = None
+        created = (c.data.get("berth") or {}).get("created")
+        if usage is not None and created:
+            cpu["percent_life"] = round(100 * usage / 1e9 / max(now_wall - created, 1e-6), 1)
+        cpu["seconds"] = None if usage is None else usage / 1e9
+        out[c.id] = {
+            "pid": c.pid,
+            "cgroup": cg.path,
+            "cpu": cpu,
+            "memory": dict(s["memory"]),
+            "pids": dict(s["pids"]),
+            "blkio": dict(s["blkio"]),
+            "request": (c.data.get("berth") or {}).get("cpu"),
+            "limits": (c.data.get("berth") or {}).get("limits") or {},
+        }
+    return out
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n}B"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def table(stats: dict[str, dict[str, Any]]) -> str:
+    cols = ["NAME", "CPU-S", "CPU%", "THROTTLED", "MEM", "RSS", "ANON", "FILE", "MLOCK", "SWAP",
+            "PEAK", "LIMIT", "OOM", "PIDS", "BLK-R", "BLK-W", "IOPS-R/W"]  # fmt: skip
+    rows = [cols]
+    for name, s in sorted(stats.items()):
+        cpu, mem, pids, blk = s["cpu"], s["memory"], s["pids"], s["blkio"]
+        thr = cpu.get("throttled_ns")
+        rows.append([
+            name,
+            _num(cpu.get("seconds"), ".2f"),
+            _num(cpu.get("percent"), ".1f"),
+            "-" if thr is None else f"{thr / 1e9:.2f}s",
+            _size(mem.get("usage")), _size(mem.get("rss")), _size(mem.get("anon")), _size(mem.get("file")),
+            _size(mem.get("mlocked")), _size(mem.get("swap")), _size(mem.get("max_usage")),
+            _size(mem.get("limit")),
+            _num(mem.get("oom_kills"), "d"),
+            f"{_num(pids.get('current'), 'd')}/{_num(pids.get('limit'), 'd') if pids.get('limit') else 'max'}",
+            _size(blk.get("read_bytes")), _size(blk.get("write_bytes")),
+            f"{_num(blk.get('read_ios'), 'd')}/{_num(blk.get('write_ios'), 'd')}",
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows
+    )
+
+
+def main(argv: list[str]) -> int:
+    from berth.cli import env_paths
+
+    o = parse(argv)
+    _store, state_root, _parent = env_paths()
+    stats = collect(state_root, o["names"], o["interval"])
+    if o["json"]:
+        import json
+
+        sys.stdout.write(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(table(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
