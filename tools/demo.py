@@ -16,7 +16,10 @@ BERTH = str(BIN / "berth")
 
 SHOW = "echo \"hostname: $(hostname)\"; echo 'processes:'; ps -o pid,user,comm; echo \"root: $(ls / | tr '\\n' ' ')\""
 CHECKS = [
-    ("only its own processes", "test $(ls -d /proc/[0-9]* | wc -l) -le 4"),
+    (
+        f"only its own processes (the host runs {sum(d.isdigit() for d in os.listdir('/proc'))})",
+        "test $(ls -d /proc/[0-9]* | wc -l) -lt 10",
+    ),
     ("host network links hidden (only lo)", 'test "$(ls /sys/class/net)" = lo'),
     ("mount is denied", "! mount -t tmpfs none /mnt 2>/dev/null"),
     ("block device mknod is denied", "! mknod /tmp/sda b 8 0 2>/dev/null"),
@@ -24,7 +27,7 @@ CHECKS = [
     ("/proc/kcore reads empty", 'test -z "$(head -c 16 /proc/kcore 2>/dev/null)"'),
     ("seccomp filter on", "grep -q '^Seccomp:.*2' /proc/self/status"),
     ("no_new_privs set", "grep -q '^NoNewPrivs:.*1' /proc/self/status"),
-    ("capability bound = Docker's default", "grep -q '^CapBnd:.*00000000a80425fb' /proc/self/status"),
+    ("capability bound = the Docker default set", "grep -q '^CapBnd:.*00000000a80425fb' /proc/self/status"),
     ("no fd beyond stdio", "test \"$(ls /proc/self/fd | tr -d '\\n')\" = 0123"),
 ]
 

@@ -208,7 +208,7 @@ def init_memfd() -> int:
     src = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src).st_size
-        fd = os.memfd_create("berth-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        fd = os.memfd_create("tini", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         done = 0
         while done < size:
             n = os.sendfile(fd, src, done, size - done)
