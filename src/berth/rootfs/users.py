@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from berth.errors import UsageError
 from berth.linux.path import secure_join
+
+_MAX_SIZE = 16 << 20
 
 
 def _read(rootfs: str, rel: str) -> list[list[str]]:
     path = secure_join(rootfs, rel)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK and a regular file only: a FIFO or /dev/zero in the user's rootfs must not hang berth.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return []
-    with os.fdopen(fd, errors="replace") as f:
-        return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        text = f.read(_MAX_SIZE).decode(errors="replace")
+    return [line.split(":") for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def resolve(rootfs: str, spec: str, field: str = "user") -> tuple[int, int, list[int], str]:

@@ -16,7 +16,7 @@ import os
 import struct
 import termios
 
-from berth.errors import BerthError, CannotExecute, CommandNotFound
+from berth.errors import BerthError, CannotExecute, CommandNotFound, UnsupportedError
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
 from berth.linux.path import secure_join
@@ -51,6 +51,9 @@ class InitOptions:
         watch_parent: bool = False,
         strict_rlimits: bool = False,
         seccomp_program: bytes | None = None,
+        hook_sync: bool = False,
+        no_pivot: bool = False,
+        new_keyring: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.fifo = fifo
@@ -63,6 +66,10 @@ class InitOptions:
         self.watch_parent = watch_parent  # berth run: die with the runtime (PR_SET_PDEATHSIG)
         self.strict_rlimits = strict_rlimits
         self.seccomp_program = seccomp_program
+        self.hook_sync = hook_sync  # OCI hooks: stop after the mounts for the runtime's hooks
+        self.no_pivot = no_pivot  # MS_MOVE + chroot instead of pivot_root (a rootfs on ramfs)
+        self.new_keyring = new_keyring  # a session keyring of the container's own
+        self.fifo_fd = -1  # set by stage1
 
 
 def _fail(sock: socket.socket, exc: BaseException) -> None:
@@ -118,6 +125,8 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
         prctl.set_dumpable(False)
         if cgroup is not None:
             cgroup.add(os.getpid())
+        # Opened while still the host's root: a user namespace's root may not reach the state dir.
+        opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, join = ns_flags(spec)
         _join(join)
         if flags & Clone.NEWUSER:
@@ -183,7 +192,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         proc = spec.get("process") or {}
         linux = spec.get("linux") or {}
         flags, _join_ns = ns_flags(spec)
-        fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
+        fifo_fd = opts.fifo_fd
         terminal = bool(proc.get("terminal"))
 
         # Root filesystem.
@@ -201,7 +210,26 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
                 mounts.mount(f"/proc/self/fd/{slave}", target.proc, None, mounts.MS.BIND)
             finally:
                 target.close()
-        mounts.enter_root(rootfs)
+        hook_state = None
+        if opts.hook_sync:
+            # prestart/createRuntime run in the runtime; createContainer here, in our namespaces.
+            sync.send(sock, "mounted")
+            msg, _ = sync.recv(sock)
+            if not msg or msg["type"] != "mounted-done":
+                os._exit(1)
+            hook_state = msg["state"]
+            from berth.runtime import hooks
+
+            hooks.run(spec.get("hooks"), "createContainer", hook_state)
+        if opts.no_pivot:
+            os.chdir(rootfs)
+            mounts.mount(rootfs, "/", None, mounts.MS.MOVE)
+            os.chroot(".")
+            os.chdir("/")
+        else:
+            mounts.enter_root(rootfs)
+        if linux.get("sysctl"):
+            _sysctl(linux["sysctl"])  # before /proc/sys turns read-only (as runc)
         mounts.mask_paths(linux.get("maskedPaths") or [])
         mounts.readonly_paths(linux.get("readonlyPaths") or [])
         if (spec.get("root") or {}).get("readonly"):
@@ -215,10 +243,14 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
                     f.write(spec["domainname"])
         if flags & Clone.NEWNET:
             _lo_up()
-        if linux.get("sysctl"):
-            _sysctl(linux["sysctl"])
 
+        # Warnings (an rlimit lowered) go to the runtime, which logs them, not to the guest's stderr.
+        process.warn = lambda text: sync.send(sock, "warning", msg=text)
         process.set_rlimits(proc.get("rlimits") or [], strict=opts.strict_rlimits)
+        if opts.new_keyring:
+            _join_session_keyring()
+        if linux.get("personality"):
+            set_personality(linux["personality"])
         process.set_oom_score_adj(proc.get("oomScoreAdj"))
 
         if terminal:
@@ -245,6 +277,12 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         elif seccomp_prog:
             _load_seccomp(seccomp_prog)
             seccomp_prog = None
+        if not os.path.isdir(cwd):
+            # As docker does: a working directory missing in the guest is created (by root).
+            try:
+                os.makedirs(cwd, 0o755, exist_ok=True)
+            except OSError as e:
+                raise CannotExecute(f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}") from None
         process.become(proc)
         try:
             os.chdir(cwd)
@@ -253,6 +291,10 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
 
         sync.send(sock, "ready")
         _wait_start(fifo_fd)
+        if hook_state is not None and (spec.get("hooks") or {}).get("startContainer"):
+            from berth.runtime import hooks
+
+            hooks.run(spec.get("hooks"), "startContainer", {**hook_state, "status": "created"})
         if opts.watch_parent:
             prctl.set_pdeathsig(signal.SIGKILL)
             # The runtime may have died before pdeathsig was armed: its end of the socket is then gone.
@@ -266,6 +308,40 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         process.execute(path, proc["args"], env, init_fd=opts.init_fd)
     except BaseException as e:
         _fail(sock, e)
+
+
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+
+
+def set_personality(personality: dict[str, Any]) -> None:
+    """personality(2) from ``linux.personality`` (the domain; runc supports no flags either)."""
+    import ctypes
+
+    from berth.linux.libc import check, libc
+
+    libc.personality.argtypes = [ctypes.c_ulong]
+    libc.personality.restype = ctypes.c_int
+    domain = personality.get("domain", "LINUX")
+    if personality.get("flags"):
+        raise UnsupportedError(f"linux.personality.flags: not supported ({personality['flags']!r})")
+    check(libc.personality(PERSONALITY_DOMAINS[domain]), f"personality({domain})")
+
+
+def _join_session_keyring() -> None:
+    """A new anonymous session keyring (what runc does unless --no-new-keyring): the container
+    does not share the runtime's.  Skipped where libkeyutils or the kernel's keyrings are missing."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libkeyutils.so.1", use_errno=True)
+    except OSError:
+        return
+    lib.keyctl_join_session_keyring.argtypes = [ctypes.c_char_p]
+    lib.keyctl_join_session_keyring.restype = ctypes.c_long
+    if lib.keyctl_join_session_keyring(None) < 0:
+        err = ctypes.get_errno()
+        if err not in (38, 13, 122):  # ENOSYS, EACCES, EDQUOT: as runc, not fatal
+            raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
 def _load_seccomp(program: bytes) -> None:

@@ -164,7 +164,12 @@ def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool) -> None:
         else:
             mount(source, target.proc, mtype, flags, data or None)
         if prop:
-            mount(None, target.proc, None, prop)
+            # As for the remount: the fd opened before the mount names what lies under it.
+            top = _Target(root, dest, is_file=is_file)
+            try:
+                mount(None, top.proc, None, prop)
+            finally:
+                top.close()
     finally:
         target.close()
 

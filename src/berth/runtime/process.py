@@ -86,6 +86,14 @@ def cap_masks(capabilities: dict[str, list[str]] | None) -> dict[str, int]:
 def become(process: dict[str, Any]) -> None:
     """Bounding set, then uid/gid/groups (keeping caps across the switch), then the other sets."""
     masks = cap_masks(process.get("capabilities"))
+    # A capability the runtime does not hold itself cannot be granted (this host, for one, has
+    # no CAP_SYS_RESOURCE): leave it out with a warning, as podman does, instead of failing.
+    held = caps.capget()[1]
+    missing = (masks["permitted"] | masks["effective"] | masks["ambient"]) & ~held
+    if missing:
+        warn(f"capabilities not held by the runtime, left out: {', '.join(caps.from_mask(missing))}")
+    for key in ("effective", "permitted", "inheritable", "ambient"):
+        masks[key] &= held
     user = process.get("user") or {}
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     groups = [int(g) for g in user.get("additionalGids") or []]
@@ -140,10 +148,27 @@ def find_executable(arg0: str, env: list[str], cwd: str = "/") -> str:
             raise CannotExecute(
                 f"cannot execute {path!r} in the guest: {outside} leads outside the guest's file systems"
             )
+        if not _runnable_format(path):
+            raise CannotExecute(f"cannot execute {path!r} in the guest: exec format error (not ELF, no #!)")
         return path
     if denied:
         raise CannotExecute(f"cannot execute {denied[0]!r} in the guest: {denied[1]}")
     raise CommandNotFound(f"command not found in the guest: {arg0!r}")
+
+
+def _runnable_format(path: str) -> bool:
+    """Does the file start like something execve runs (ELF or ``#!``)?  Unreadable: let execve say."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        head = os.read(fd, 4)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return head.startswith((b"\x7fELF", b"#!"))
 
 
 def _mount_id(fd: int) -> int | None:
