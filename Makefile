@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY ?= /usr/bin/python3
 VENV := .venv
-APT_PACKAGES := busybox-static tini runc iproute2 nftables libseccomp2 gcc libc6-dev python3-venv util-linux kmod procps
+APT_PACKAGES := busybox-static tini runc iproute2 nftables libseccomp2 gcc libc6-dev python3-venv util-linux kmod procps podman conmon containerd
 BERTH := $(VENV)/bin/berth
 PYTEST_ARGS ?=
 

@@ -144,8 +144,21 @@ class Cgroup:
         made: list[str] = []
         cpuset = self.layout.v1.get("cpuset")
         try:
-            for mnt in self.layout.mountpoints():
-                self._mkdir_p(mnt, made, cpuset=mnt == cpuset)
+            for attempt in range(3):
+                try:
+                    for mnt in self.layout.mountpoints():
+                        self._mkdir_p(mnt, made, cpuset=mnt == cpuset)
+                    break
+                except FileNotFoundError:
+                    # An empty parent was removed by a guest ending at this moment: start again.
+                    if attempt == 2:
+                        raise
+                    for d in reversed(made):
+                        try:
+                            os.rmdir(d)
+                        except OSError:
+                            pass
+                    made.clear()
             if self.layout.mode == "v2":
                 self._enable(self.layout.unified_controllers())
         except OSError as exc:

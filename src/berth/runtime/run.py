@@ -94,6 +94,10 @@ def run(
             if on_exit is not None:
                 on_exit(c)
         finally:
+            cg = c.cgroup()
             c.delete(force=True)
+            if cg is not None and cg.path.startswith(cgroup_parent.strip("/") + "/"):
+                # The parent goes with the last guest under it (a racing create retries).
+                cg.remove_empty_parents(cgroup_parent)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)

@@ -1,0 +1,39 @@
+"""berth-runtime list [--format table|json] [-q]: the containers under --root."""
+
+from __future__ import annotations
+
+from berth.oci.args import parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from berth.oci import Context
+
+
+def main(ctx: Context, argv: list[str]) -> int:
+    import json
+
+    from berth.errors import BerthError
+    from berth.oci.state import describe
+    from berth.runtime import state as st
+    from berth.runtime.container import Container
+
+    opts, _rest = parse(
+        argv, valued={"format": "format", "f": "format"}, flags={"quiet": "quiet", "q": "quiet"}
+    )
+    rows = []
+    for cid in st.ids(ctx.root):
+        try:
+            rows.append(describe(Container.load(ctx.root, cid)))
+        except BerthError:
+            continue
+    if opts.get("quiet"):
+        for r in rows:
+            print(r["id"])
+    elif opts.get("format") == "json":
+        print(json.dumps(rows))
+    else:
+        fmt = "{:<24} {:<8} {:<10} {:<40} {:<32} {}"
+        print(fmt.format("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"))
+        for r in rows:
+            print(fmt.format(r["id"], r["pid"], r["status"], r["bundle"], r["created"], "root"))
+    return 0
