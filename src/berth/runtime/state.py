@@ -122,12 +122,12 @@ def write(root: str, cid: str, state: dict[str, Any]) -> None:
 
 def read(root: str, cid: str) -> dict[str, Any]:
     """The stored state of ``cid``."""
-    import json
+    from berth.spec.jsontext import loads
 
     path = os.path.join(container_dir(root, check_id(cid)), "state.json")
     try:
         with open(path) as f:
-            return json.load(f)  # type: ignore[no-any-return]
+            return loads(f.read())  # type: ignore[no-any-return]
     except FileNotFoundError:
         raise NotFoundError(f"container {cid!r} does not exist") from None
     except ValueError as e:

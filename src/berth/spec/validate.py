@@ -8,7 +8,6 @@ of the spec: no schema library on the start path.  Fields berth does not know ar
 
 from __future__ import annotations
 
-import json
 import os
 
 from berth.errors import UsageError
@@ -190,10 +189,14 @@ def load_config(path: str | os.PathLike[str], *, check: bool = True) -> dict[str
         raise UsageError(name, f"cannot read: [Errno {exc.errno}] {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(name, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    from berth.spec.jsontext import loads
+
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(name, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        data = loads(text)
+    except ValueError as exc:  # json.JSONDecodeError
+        line, col, msg = (getattr(exc, a, None) for a in ("lineno", "colno", "msg"))
+        where = f"line {line} column {col}: {msg}" if line is not None else str(exc)
+        raise UsageError(name, f"invalid JSON at {where}") from None
     return validate(data) if check else _obj(data, name)
 
 
