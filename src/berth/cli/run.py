@@ -32,9 +32,25 @@ when it ends.  Exit status: the command's (128+N if killed by signal N); 125 ber
   --cap-add CAP           add a capability (or ALL); --cap-drop CAP removes one (or ALL)
   --security-opt OPT      seccomp=unconfined | seccomp=PROFILE.json | no-new-privileges[=false]
   --read-only             mount the guest's root filesystem read-only
-  --net MODE              none (default: loopback only) or host (the host's network stack)
+  --net MODE              none (default: loopback only), host (the host's network stack), bridge (own
+                          stack on a host bridge: veth, an address, NAT) or ip:ADDR[,ADDR] (the host's
+                          stack, but binding and connecting only from these addresses: cgroup BPF)
+  --ip ADDR               bridge: the guest's address (default: the next free one in the subnet)
+  -p, --publish H:G[/tcp|udp]  bridge: publish guest port G as host port H (also on 127.0.0.1)
+  --net-isolate           bridge: no traffic with other guests (bridge port isolation)
+  --net-rate RATE         bridge: guaranteed bandwidth (HTB rate), e.g. 100mbit
+  --net-ceil RATE         bridge: bandwidth cap (HTB ceil)
+  --net-share W           bridge: weight for spare bandwidth, 1…10000 (default 100)
+  --bridge NAME           bridge to use (default $BERTH_BRIDGE or berth0)
+  --subnet CIDR           the bridge's subnet (default $BERTH_SUBNET or 10.87.0.0/16)
   --privileged            every capability, no seccomp, no masked paths; still namespaced
   --rm                    accepted for docker compatibility: berth run always removes the guest
+  --userns MODE           host (default: root inside is the host's root, as docker and runc), auto (a
+                          user namespace with its own 65536 host ids from berth's pool; the template is
+                          idmapped, not copied; so is a --rootfs DIR) or START:SIZE (that host range)
+  --lxcfs / --no-lxcfs    bind lxcfs's /proc/meminfo, cpuinfo, stat, uptime, loadavg, diskstats, swaps
+                          and cpu/online views (the guest's own limits; lxcfs started on demand at
+                          $BERTH_LXCFS or /run/berth-lxcfs; if it cannot run, a warning); default off
 """
 
 
@@ -52,15 +68,18 @@ def parse(argv: list[str]) -> dict[str, Any]:
         "rootfs": None, "template": "busybox", "name": None, "hostname": None, "env": [], "workdir": None,
         "user": None, "interactive": False, "tty": False, "init": None, "cap_add": [], "cap_drop": [],
         "security_opt": [], "read_only": False, "net": "none", "privileged": False, "resources": [],
+        "ip": None, "publish": [], "net_isolate": False, "net_rate": None, "net_ceil": None, "net_share": None,
+        "bridge": None, "subnet": None, "userns": "host", "lxcfs": False,
     }  # fmt: skip
     valued = {
         "--rootfs": "rootfs", "--template": "template", "--name": "name", "--hostname": "hostname",
         "-e": "env", "--env": "env", "-w": "workdir", "--workdir": "workdir", "-u": "user", "--user": "user",
         "--cap-add": "cap_add", "--cap-drop": "cap_drop", "--security-opt": "security_opt", "--net": "net",
-        "--network": "net",
+        "--network": "net", "--ip": "ip", "-p": "publish", "--publish": "publish", "--net-rate": "net_rate",
+        "--net-ceil": "net_ceil", "--net-share": "net_share", "--bridge": "bridge", "--subnet": "subnet",
     }  # fmt: skip
     flags = {"-i": "interactive", "--interactive": "interactive", "-t": "tty", "--tty": "tty",
-             "--read-only": "read_only", "--privileged": "privileged"}  # fmt: skip
+             "--read-only": "read_only", "--privileged": "privileged", "--net-isolate": "net_isolate"}  # fmt: skip
     from berth.cli import resources
 
     i = 0
@@ -91,6 +110,10 @@ def parse(argv: list[str]) -> dict[str, Any]:
             o["init"] = True
         elif a in ("--no-init", "--init=false"):
             o["init"] = False
+        elif key == "--userns":
+            o["userns"], i = _take(argv, i, a)
+        elif a in ("--lxcfs", "--no-lxcfs"):
+            o["lxcfs"] = a == "--lxcfs"
         elif a == "--rm":
             pass
         elif key in resources.FLAGS:
@@ -102,9 +125,30 @@ def parse(argv: list[str]) -> dict[str, Any]:
     o["args"] = argv[i:]
     if not o["args"]:
         raise UsageError("COMMAND", "missing: berth run [OPTIONS] -- COMMAND [ARG...]")
-    if o["net"] not in ("none", "host"):
-        raise UsageError("net", f"unknown mode {o['net']!r} (none, host)")
+    o["net_options"] = _net_options(o)
     return o
+
+
+def _net_options(o: dict[str, Any]) -> Any:
+    """None for none/host (no import of berth.net), else checked :class:`berth.net.NetOptions`."""
+    plain = o["net"] in ("none", "host")
+    extras = (o["ip"], o["publish"], o["net_isolate"], o["net_rate"], o["net_ceil"], o["net_share"])
+    if plain and not any(extras) and o["bridge"] is None and o["subnet"] is None:
+        return None
+    from berth.net import options
+
+    net = options.parse(
+        o["net"],
+        ip=o["ip"],
+        publish=o["publish"],
+        isolate=o["net_isolate"],
+        rate=o["net_rate"],
+        ceil=o["net_ceil"],
+        share=o["net_share"],
+        bridge=o["bridge"],
+        subnet=o["subnet"],
+    )
+    return None if plain else net
 
 
 def _caps(o: dict[str, Any]) -> list[str]:
@@ -201,7 +245,7 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
     )
     if o["workdir"] and not o["workdir"].startswith("/"):
         raise UsageError("workdir", f"{o['workdir']!r} must be an absolute path")
-    if o["net"] == "host":
+    if o["net"] == "host" or o["net"].startswith("ip:"):
         spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
     if o["resources"]:
         from berth.cli import resources
@@ -222,7 +266,61 @@ def main(argv: list[str]) -> int:
     else:
         name = "b" + os.urandom(6).hex()
     spec, _rootfs, overlay = build(o, name, store)
+    if o["lxcfs"]:
+        _lxcfs(spec)
+    if o["userns"] != "host":
+        from berth.runtime import userns
+
+        owner = userns.run_owner(name)
+        host = userns.HostIds.read(pool=userns.parse_pool(os.environ.get("BERTH_USERNS_POOL")))
+        rng = userns.allocate(store, owner, userns.parse_mode(o["userns"]), host)
+        try:
+            assert rng is not None
+            userns.apply(spec, rng)
+            if overlay is None:  # --rootfs DIR: idmapped too (root inside writes as its owner)
+                spec.setdefault("annotations", {})["org.berth.rootfs.idmap"] = "true"
+            return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
+        finally:
+            userns.release(store, owner)
+    return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
+
+
+def _lxcfs(spec: dict[str, Any]) -> None:
+    """The lxcfs views in the spec, or a warning saying why not (the guest starts either way)."""
+    from berth.errors import UnsupportedError
+    from berth.runtime import lxcfs
+
+    try:
+        lxcfs.apply(spec, lxcfs.ensure(os.environ.get("BERTH_LXCFS") or lxcfs.DEFAULT_MOUNTPOINT))
+    except (UnsupportedError, OSError) as e:
+        sys.stderr.write(f"berth: warning: {e}\n")
+
+
+def _run(
+    o: dict[str, Any],
+    name: str,
+    spec: dict[str, Any],
+    overlay: dict[str, Any] | None,
+    store: str,
+    state_root: str,
+    cgroup_parent: str,
+) -> int:
     use_init = o["init"] if o["init"] is not None else not _is_init(o["args"][0])
+    hooks: dict[str, Any] = {}
+    net = o["net_options"]
+    if net is not None:
+        from berth import net as berth_net
+
+        berth_net.check(store, name, net)
+
+        def plug(c: Any) -> None:
+            berth_net.setup(c, net, store)
+
+        def unplug(c: Any) -> None:
+            cg = c.cgroup()
+            berth_net.teardown(c.id, net, store, cgroup_dir=cg.unified_dir() if cg is not None else None)
+
+        hooks = {"on_created": plug, "on_exit": unplug}
     from berth.runtime import run as runner
 
     return runner.run(
@@ -234,6 +332,7 @@ def main(argv: list[str]) -> int:
         use_init=use_init,
         interactive=o["interactive"],
         seccomp_cache=os.path.join(store, "cache", "seccomp"),
+        **hooks,
     )
 
 

@@ -10,9 +10,22 @@ if TYPE_CHECKING:
 
 
 def main(ctx: Context, argv: list[str]) -> int:
+    from berth.errors import NotFoundError
+    from berth.runtime import state as st
     from berth.runtime.container import Container
 
     opts, rest = parse(argv, flags={"force": "force", "f": "force"})
-    c = Container.load(ctx.root, need_id(rest, "delete"))
-    c.delete(force=bool(opts.get("force")), warn=ctx.log.warn)
+    cid = need_id(rest, "delete")
+    force = bool(opts.get("force"))
+    try:
+        c = Container.load(ctx.root, cid)
+    except NotFoundError:
+        if not force:
+            raise
+        # As runc: a forced delete of a container that does not exist succeeds (containerd's
+        # shim runs it when cleaning up after a task already deleted), removing what an
+        # aborted create may have left of its state directory.
+        st.remove_tree(st.container_dir(ctx.root, cid))
+        return 0
+    c.delete(force=force, warn=ctx.log.warn)
     return 0

@@ -18,6 +18,7 @@ from berth.errors import (
     ContainerInitError,
     NotFoundError,
     StateError,
+    UnsupportedError,
 )
 from berth.runtime import hooks, sync
 from berth.runtime import state as st
@@ -249,7 +250,9 @@ def create(
     linux = spec.get("linux") or {}
     try:
         fifo = os.path.join(sdir, "exec.fifo")
-        os.mkfifo(fifo, 0o622)  # the init may be root of a user namespace: it reopens through an fd
+        # Only its owner may open it: root, or a user namespace's root (chowned below), which
+        # reopens it through an O_PATH fd (mode 0o622 was cut to 0o600 by the umask anyway).
+        os.mkfifo(fifo, 0o600)
         rootfs = spec["root"]["path"]
         if not os.path.isabs(rootfs):
             rootfs = os.path.join(bundle, rootfs)
@@ -274,14 +277,32 @@ def create(
 
             init_fd = init_memfd()
         userns = any(n["type"] == "user" for n in linux.get("namespaces") or [])
+        idmap_src = None
+        if userns and overlay is None and (spec.get("annotations") or {}).get(IDMAP_ROOTFS) == "true":
+            # The idmapped rootfs is attached in the state dir: its own path may not be searchable.
+            idmap_src, rootfs = rootfs, os.path.join(sdir, "rootfs")
+            os.mkdir(rootfs, 0o755)
         if userns:
-            _share_with_userns_root(sdir, linux, [rootfs] + ([overlay["upper"], overlay["work"]] if overlay else []))
+            owned = [fifo, rootfs] + ([overlay["upper"], overlay["work"]] if overlay else [])
+            _share_with_userns_root(sdir, linux, owned)
+            if overlay is not None and overlay.get("idmap") is not False:
+                # The idmapped layers are attached here: the store's path may not be searchable.
+                overlay["lower_at"] = [os.path.join(sdir, f"lower{i}") for i in range(len(overlay["lower"]))]
+                for path in overlay["lower_at"]:
+                    os.mkdir(path, 0o755)
         cgpath = linux.get("cgroupsPath") or f"{cgroup_parent}/{cid}"
         # Admission control and every guest's CPU weights (berth.runtime.resources).
         res_lock, res_fields = _resources().place(state_root, cid, cgpath, spec, linux)
         cg = _cgroups().open_cgroup(cgpath)
-        cg.create()
-        if linux.get("resources"):
+        try:
+            cg.create()
+        except (BerthError, PermissionError) as e:
+            if not _rootless():
+                raise
+            # As runc: a rootless runtime without a delegated cgroup runs without limits.
+            warn(f"rootless: no cgroup ({e}); resource limits are skipped")
+            cg = None
+        if cg is not None and linux.get("resources"):
             cg.set(linux["resources"])
         opts = InitOptions(
             state_dir=sdir,
@@ -290,7 +311,7 @@ def create(
             overlay=overlay,
             use_init=use_init,
             init_fd=init_fd,
-            userns=userns,
+            userns=userns or _rootless(),  # no mknod: bind devices (rootless podman too)
             preserve_fds=preserve_fds,
             watch_parent=watch_parent,
             strict_rlimits=strict_rlimits,
@@ -306,7 +327,12 @@ def create(
             "pid": 0,
             "bundle": bundle,
             "annotations": spec.get("annotations") or {},
-            "berth": {"cgroup": cg.path, "rootfs": rootfs, "created": time.time(), **res_fields},
+            "berth": {
+                "cgroup": cg.path if cg is not None else "",
+                "rootfs": rootfs,
+                "created": time.time(),
+                **res_fields,
+            },
         }
         later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
         if later:
@@ -333,8 +359,17 @@ def create(
                     raise ContainerInitError(f"container {cid!r}: init exited without a word")
                 kind = msg["type"]
                 if kind == "userns":
-                    _write_userns_maps(msg["pid"], linux)
-                    sync.send(parent_sock, "userns-done")
+                    try:
+                        _write_userns_maps(msg["pid"], linux)
+                        layers = _idmapped_layers(msg["pid"], overlay, idmap_src or rootfs, spec)
+                    except BaseException:
+                        os.kill(msg["pid"], signal.SIGKILL)  # it waits for our answer: reaped below
+                        raise
+                    try:
+                        sync.send(parent_sock, "userns-done", fds=layers)
+                    finally:
+                        for fd in layers:
+                            os.close(fd)
                 elif kind == "pid":
                     pid = msg["pid"]
                     os.waitpid(stage1_pid, 0)
@@ -408,8 +443,70 @@ def _host_id(maps: list[dict[str, int]] | None, cid: int) -> int:
     return 65534
 
 
+IDMAP_ROOTFS = "org.berth.rootfs.idmap"  # annotation "true": idmap a plain rootfs too
+
+
+def _rootless() -> bool:
+    """Are we not the host's root (not uid 0, or in a user namespace: rootless podman)?"""
+    if os.geteuid() != 0:
+        return True
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def _idmapped_layers(
+    pid: int, overlay: dict[str, Any] | None, rootfs: str, spec: dict[str, Any]
+) -> list[int]:
+    """The overlay's lower layers (shared templates, owned by host ids), or with the
+    IDMAP_ROOTFS annotation the rootfs itself, idmapped through the guest's user namespace:
+    detached mounts (fds) for its init.  No per-guest chown copy.  (An OCI bundle's rootfs
+    is already owned by the mapped ids: idmapping it again would shift twice.)"""
+    if overlay:
+        trees = [] if overlay.get("idmap") is False else list(overlay["lower"])
+    else:
+        trees = [rootfs] if (spec.get("annotations") or {}).get(IDMAP_ROOTFS) == "true" else []
+    if not trees:
+        return []
+    from berth.linux import idmap
+
+    ns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    fds: list[int] = []
+    try:
+        for lower in trees:
+            try:
+                fds.append(idmap.idmapped_tree(lower, ns))
+            except OSError as e:
+                raise UnsupportedError(
+                    f"userns: cannot idmap {lower} (kernel or filesystem without "
+                    f"idmapped mounts?): {e.strerror or e}"
+                ) from None
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(ns)
+    return fds
+
+
 def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) -> None:
     """Let a user namespace's root reach its state: the dir traversable, its own dirs owned by it."""
+    import stat
+
+    parent = os.path.dirname(sdir)
+    while True:
+        mode = os.stat(parent).st_mode
+        if not mode & stat.S_IXOTH:
+            raise UnsupportedError(
+                f"userns: {parent} is not searchable by other users (mode {stat.S_IMODE(mode):04o}): "
+                "the guest's mapped root could not reach its state dir"
+            )
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
     os.chmod(sdir, 0o711)
     uid = _host_id(linux.get("uidMappings"), 0)
     gid = _host_id(linux.get("gidMappings"), 0)

@@ -70,6 +70,7 @@ class InitOptions:
         self.no_pivot = no_pivot  # MS_MOVE + chroot instead of pivot_root (a rootfs on ramfs)
         self.new_keyring = new_keyring  # a session keyring of the container's own
         self.fifo_fd = -1  # set by stage1
+        self.idmapped: list[int] = []  # set by stage1 in a user namespace
 
 
 def _fail(sock: socket.socket, exc: BaseException) -> None:
@@ -132,9 +133,10 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
         if flags & Clone.NEWUSER:
             unshare(Clone.NEWUSER)
             sync.send(sock, "userns", pid=os.getpid())
-            msg, _ = sync.recv(sock)
+            msg, layers = sync.recv(sock)
             if not msg or msg["type"] != "userns-done":
                 os._exit(1)
+            opts.idmapped = layers  # detached idmapped mounts: the overlay's lower layers or the rootfs
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
         if flags & ~Clone.NEWUSER:
@@ -200,7 +202,13 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         rootfs = opts.rootfs
         if opts.overlay:
             ov = opts.overlay
-            mounts.mount_overlay(ov["lower"], ov["upper"], ov["work"], rootfs)
+            lower = ov["lower"]
+            if opts.idmapped:
+                lower = ov["lower_at"]
+                mounts.attach_idmapped(opts.idmapped, lower)
+            mounts.mount_overlay(lower, ov["upper"], ov["work"], rootfs, userxattr=opts.userns)
+        elif opts.idmapped:
+            mounts.attach_idmapped(opts.idmapped, [rootfs])
         mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None)
         master = slave = -1
         if terminal:
@@ -282,7 +290,9 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             try:
                 os.makedirs(cwd, 0o755, exist_ok=True)
             except OSError as e:
-                raise CannotExecute(f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}") from None
+                raise CannotExecute(
+                    f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}"
+                ) from None
         process.become(proc)
         try:
             os.chdir(cwd)

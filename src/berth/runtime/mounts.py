@@ -113,15 +113,21 @@ def _mount_cgroup(root: str, dest: str, flags: int) -> None:
                 continue
             sub = os.path.join(base, name)
             os.mkdir(sub, 0o755)
-            if fstype == "cgroup2":
-                mount("cgroup2", sub, "cgroup2", flags)
-            else:
-                keep = [
-                    o
-                    for o in opts.split(",")
-                    if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")
-                ]
-                mount("cgroup", sub, "cgroup", flags, ",".join(keep))
+            try:
+                if fstype == "cgroup2":
+                    mount("cgroup2", sub, "cgroup2", flags)
+                else:
+                    keep = [
+                        o
+                        for o in opts.split(",")
+                        if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")
+                    ]
+                    mount("cgroup", sub, "cgroup", flags, ",".join(keep))
+            except PermissionError:
+                # A rootless runtime's user namespace may not mount cgroup v1 hierarchies: bind the
+                # host's, read-only (as runc does rootless).
+                mount(point, sub, None, MS.BIND | MS.REC)
+                mount(None, sub, None, MS.BIND | MS.REMOUNT | MS.RDONLY | locked_flags(sub))
         # The O_PATH fd names the directory under the new tmpfs: remount through the path.
         mount(None, base, None, MS.REMOUNT | MS.BIND | MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC)
     finally:
@@ -258,10 +264,29 @@ def bind_root(path: str, propagation: str | None) -> None:
     mount(path, path, None, MS.BIND | MS.REC)
 
 
-def mount_overlay(lower: list[str], upper: str, work: str, target: str) -> None:
-    """The guest's root as an overlay: shared read-only template layers, a private upper layer."""
+def mount_overlay(lower: list[str], upper: str, work: str, target: str, *, userxattr: bool = False) -> None:
+    """The guest's root as an overlay: shared read-only template layers, a private upper layer.
+
+    ``userxattr``: mounted from a user namespace, where trusted.* xattrs are refused, keep
+    whiteouts and opaque dirs in user.overlay.* (else removing a template dir fails with EIO).
+    """
     data = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    if userxattr:
+        data += ",userxattr"
     mount("overlay", target, "overlay", 0, data)
+
+
+def attach_idmapped(fds: list[int], paths: list[str]) -> None:
+    """Attach each detached idmapped mount at its path (in our mount namespace only).
+
+    overlayfs clones its layers' mounts, which it may only do for mounts in the mounter's own
+    namespace: the detached ones (in an anonymous namespace of the host's root) are refused.
+    """
+    from berth.linux.idmap import move_mount
+
+    for fd, path in zip(fds, paths, strict=True):
+        move_mount(fd, path)
+        os.close(fd)
 
 
 def enter_root(rootfs: str) -> None:

@@ -1,0 +1,203 @@
+"""The guest's own view of its limits: Debian's lxcfs, started on demand and bound into guests.
+
+One lxcfs daemon per host (per mount point) serves every guest: it answers reads of
+/proc/meminfo, cpuinfo, stat, uptime, loadavg, diskstats, swaps and
+/sys/devices/system/cpu/online from the reading process's cgroup (memory limit, cpuset,
+CFS quota) and its pid namespace's init (uptime).  Guests get read-only bind mounts of
+those files over their fresh /proc and /sys.
+
+:func:`ensure` is the supervision: it checks that the daemon's FUSE mount answers and
+(re)starts it when it does not (a dead FUSE mount, ENOTCONN, is detached first); guests
+started before a restart keep dead binds until they restart, as with LXC.  When lxcfs
+cannot run (not installed, no /dev/fuse, the mount never appears) the guest still starts
+without the views and the reason is reported.
+
+What lxcfs cannot change: tools that ask the kernel directly instead of reading these
+files still see the host: sysinfo(2) (busybox ``free``, ``uptime`` and ``top``'s header),
+sched_getaffinity(2) is the cpuset itself (so ``nproc`` is right with --cpuset-cpus but not
+with --cpus alone), and /proc/vmstat, /proc/zoneinfo, /proc/slabinfo are not virtualized.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from berth.errors import UnsupportedError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_MOUNTPOINT = "/run/berth-lxcfs"
+PROC_FILES = ("meminfo", "cpuinfo", "stat", "uptime", "loadavg", "diskstats", "swaps")
+SYS_FILES = ("/sys/devices/system/cpu/online",)
+START_TIMEOUT = 5.0
+
+
+def mounted(mountpoint: str) -> bool:
+    """Is an lxcfs FUSE mount at ``mountpoint`` (in our mount namespace)?"""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = pre.split()
+            if len(fields) > 4 and fields[4] == mountpoint and post.startswith("fuse.lxcfs "):
+                return True
+    return False
+
+
+def answers(mountpoint: str) -> bool:
+    """Does the mount serve reads (a dead daemon leaves ENOTCONN)?"""
+    try:
+        with open(os.path.join(mountpoint, "proc", "uptime"), "rb") as f:
+            return bool(f.read(64))
+    except OSError:
+        return False
+
+
+def _pidfile(mountpoint: str) -> str:
+    return mountpoint.rstrip("/") + ".pid"
+
+
+def _detach(mountpoint: str) -> None:
+    from berth.linux.mount import MNT_DETACH, umount
+
+    try:
+        umount(mountpoint, MNT_DETACH)
+    except OSError:
+        pass
+
+
+def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
+    """The mount point of a working lxcfs, started if need be.  Raises :class:`UnsupportedError`
+    with the reason when lxcfs cannot run."""
+    if mounted(mountpoint) and answers(mountpoint):
+        return mountpoint
+    import fcntl
+
+    binary = shutil.which("lxcfs") or ("/usr/bin/lxcfs" if os.path.exists("/usr/bin/lxcfs") else None)
+    if binary is None:
+        raise UnsupportedError("lxcfs: not installed (Debian package lxcfs): guests see the host's figures")
+    if not os.path.exists("/dev/fuse"):
+        raise UnsupportedError("lxcfs: no /dev/fuse on this host: guests see the host's figures")
+    os.makedirs(os.path.dirname(mountpoint.rstrip("/")) or "/", 0o755, exist_ok=True)
+    lock = os.open(mountpoint.rstrip("/") + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if mounted(mountpoint) and answers(mountpoint):
+            return mountpoint  # another berth started it meanwhile
+        while mounted(mountpoint):
+            _detach(mountpoint)  # a dead daemon's mount
+        _stop_pid(mountpoint)
+        os.makedirs(mountpoint, 0o755, exist_ok=True)
+        _start(binary, mountpoint)
+        return mountpoint
+    finally:
+        os.close(lock)
+
+
+def _start(binary: str, mountpoint: str) -> None:
+    import subprocess
+    import time
+
+    log = os.open(
+        mountpoint.rstrip("/") + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+    )
+    try:
+        # In the foreground of its own session, so it outlives us; -l: loadavg; --enable-cfs:
+        # cpuinfo and cpu/online follow the CFS quota (--cpus) as well as the cpuset.
+        proc = subprocess.Popen(
+            [binary, "-f", "-l", "--enable-cfs", "-p", _pidfile(mountpoint), mountpoint],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (mounted(mountpoint) and answers(mountpoint)):
+        if proc.poll() is not None:
+            raise UnsupportedError(
+                f"lxcfs: exited with status {proc.returncode} (see {mountpoint.rstrip('/')}.log): "
+                "guests see the host's figures"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise UnsupportedError(f"lxcfs: its mount did not appear within {START_TIMEOUT:.0f}s")
+        time.sleep(0.02)
+    # Not waited for: it is the host's daemon now (its exit is seen by the next ensure()).
+    proc.returncode = 0  # keep Popen.__del__ from warning about a running child
+
+
+def _stop_pid(mountpoint: str) -> int:
+    """End the daemon named in our pid file (if it is lxcfs); its pid or 0."""
+    try:
+        with open(_pidfile(mountpoint)) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "lxcfs":
+                return 0
+    except OSError:
+        return 0
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return 0
+    return pid
+
+
+def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
+    """Stop berth's lxcfs at ``mountpoint`` and remove its files (guests lose their views)."""
+    import time
+
+    pid = _stop_pid(mountpoint)
+    deadline = time.monotonic() + timeout
+    while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break  # our own child (a test started it)
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+    while mounted(mountpoint):
+        _detach(mountpoint)
+    for path in (mountpoint.rstrip("/") + s for s in (".pid", ".lock", ".log")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(mountpoint)
+    except OSError:
+        pass
+
+
+def spec_mounts(mountpoint: str) -> list[dict[str, Any]]:
+    """Read-only binds of the files lxcfs serves, over the guest's /proc and /sys."""
+    out = []
+    for name in PROC_FILES:
+        out.append(f"/proc/{name}")
+    out += SYS_FILES
+    return [
+        {
+            "destination": dest,
+            "type": "bind",
+            "source": os.path.join(mountpoint, dest.lstrip("/")),
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        }
+        for dest in out
+        if os.path.exists(os.path.join(mountpoint, dest.lstrip("/")))
+    ]
+
+
+def apply(spec: dict[str, Any], mountpoint: str) -> int:
+    """Add the views to ``spec`` (after its /proc and /sys mounts); how many were added."""
+    extra = spec_mounts(mountpoint)
+    spec.setdefault("mounts", []).extend(extra)
+    return len(extra)

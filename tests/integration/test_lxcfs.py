@@ -1,0 +1,108 @@
+"""lxcfs views (``berth run --lxcfs``): the guest's /proc files show its own limits.
+
+The daemon is started on demand by berth at ``$BERTH_LXCFS``; here that is
+``/run/<prefix>-lxcfs``, stopped by the module fixture at teardown (before the session's
+leak check, which would report a mount carrying the prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from berth.runtime import lxcfs
+
+
+@pytest.fixture(scope="module")
+def lxcfs_point(prefix):
+    if shutil.which("lxcfs") is None and not os.path.exists("/usr/bin/lxcfs"):
+        pytest.skip("lxcfs is not installed (Debian package lxcfs)")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    point = f"/run/{prefix}-lxcfs"
+    yield point
+    lxcfs.stop(point)
+    assert not lxcfs.mounted(point)
+
+
+@pytest.fixture
+def env(berth_env, lxcfs_point, tmp_path):
+    d = tmp_path  # --userns auto: the guest's mapped root must search its state root (see test_userns)
+    while str(d) not in ("/", "/tmp"):
+        os.chmod(d, os.stat(d).st_mode | 0o011)
+        d = d.parent
+    berth_env["BERTH_LXCFS"] = lxcfs_point
+    return berth_env
+
+
+def meminfo_total(text: str) -> int:
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no MemTotal in {text!r}")
+
+
+def host_uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+@pytest.mark.parametrize("userns", ["host", "auto"])
+@pytest.mark.parametrize("cpu", [("--cpuset-cpus", "0"), ("--cpus", "1")])
+def test_own_limits(berth, env, userns, cpu):
+    host_total = meminfo_total(Path("/proc/meminfo").read_text())
+    res = berth(
+        "--lxcfs", "--userns", userns, "--memory", "256M", *cpu, "--",
+        "sh", "-c", "cat /proc/meminfo; echo nproc: $(nproc); echo online: $(cat /sys/devices/system/cpu/online); "
+        "echo cpuinfo: $(grep -c ^processor /proc/cpuinfo); echo uptime: $(cat /proc/uptime); "
+        "grep -c lxcfs /proc/self/mountinfo",
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    assert res.stderr == "", res
+    assert meminfo_total(res.stdout) == 256 * 1024, res
+    assert res.field("online") == "0"
+    assert res.field("cpuinfo") == "1"
+    if cpu[0] == "--cpuset-cpus":
+        assert res.field("nproc") == "1"  # sched_getaffinity: the cpuset (lxcfs not involved)
+    guest_up = float(res.field("uptime").split()[0])
+    assert guest_up < 30 < host_uptime() or guest_up < host_uptime(), res
+    # The host's own views are untouched.
+    assert meminfo_total(Path("/proc/meminfo").read_text()) == host_total
+    assert host_total != 256 * 1024
+
+
+def test_off_by_default(berth, env):
+    res = berth("--memory", "256M", "--", "sh", "-c", "cat /proc/meminfo")
+    assert meminfo_total(res.stdout) == meminfo_total(Path("/proc/meminfo").read_text())
+
+
+def test_busybox_free_still_host(berth, env):
+    """busybox free asks sysinfo(2), which lxcfs cannot change: documented, asserted here."""
+    res = berth("--lxcfs", "--memory", "256M", "--", "free", "-k")
+    mem = next(ln for ln in res.lines() if ln.startswith("Mem:"))
+    assert int(mem.split()[1]) > 256 * 1024, res
+
+
+def test_restarted_when_dead(berth, env, lxcfs_point):
+    """ensure() is the supervision: a killed daemon is replaced on the next guest start."""
+    lxcfs.ensure(lxcfs_point)
+    pid = int(Path(lxcfs_point + ".pid").read_text())
+    os.kill(pid, 9)
+    try:
+        os.waitpid(pid, 0)  # started by ensure() above: our child
+    except ChildProcessError:
+        pass
+    res = berth("--lxcfs", "--memory", "256M", "--", "cat", "/proc/meminfo")
+    assert res.returncode == 0, res
+    assert meminfo_total(res.stdout) == 256 * 1024, res
+    assert int(Path(lxcfs_point + ".pid").read_text()) != pid
+
+
+def test_unavailable_still_starts(berth, berth_env):
+    berth_env["BERTH_LXCFS"] = "/proc/berth-nowhere/lxcfs"
+    res = berth("--lxcfs", "--", "echo", "started")
+    assert res.returncode == 0, res
+    assert res.stdout.strip() == "started"
+    assert res.error_line().startswith("berth: warning:")
