@@ -1,0 +1,116 @@
+"""Addresses: a guest's IPv4 address and class index on a bridge, allocated under a lock and kept
+in the store (``<store>/net/<bridge>.json``) so a guest gets the same address each time it starts.
+
+The file holds ``leases`` (name → address and index, for life when the guest is persistent) and
+``active`` (name → what a running guest has on the host: veth, ports, bandwidth, pid), which is
+also what :func:`berth.net.gc` reads after a crash.  The allocation itself (:func:`pick`) is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from berth.errors import UsageError
+
+
+def pick(subnet: str, taken: set[str], want: str | None = None) -> str:
+    """The address for a guest: ``want`` if free, else the lowest free host after the gateway."""
+    net = ipaddress.IPv4Network(subnet)
+    gateway = net.network_address + 1
+    if want is not None:
+        addr = ipaddress.IPv4Address(want)
+        if addr not in net or addr in (net.network_address, gateway, net.broadcast_address):
+            raise UsageError("ip", f"{want} is not a usable address in {subnet}")
+        if want in taken:
+            raise UsageError("ip", f"{want} is taken by another guest")
+        return want
+    for host in net.hosts():
+        if host != gateway and str(host) not in taken:
+            return str(host)
+    raise UsageError("subnet", f"no free address left in {subnet}")
+
+
+def pick_index(taken: set[int]) -> int:
+    """The lowest index no other guest holds (veth name and HTB class minor)."""
+    i = 0
+    while i in taken:
+        i += 1
+    return i
+
+
+class Leases:
+    """The allocation file of one bridge, open under an exclusive lock (use as a context manager)."""
+
+    def __init__(self, store: str, bridge: str) -> None:
+        self.dir = os.path.join(store, "net")
+        self.path = os.path.join(self.dir, f"{bridge}.json")
+        self.data: dict[str, Any] = {"leases": {}, "active": {}}
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Leases]:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.data = json.load(f)
+            except FileNotFoundError:
+                self.data = {"leases": {}, "active": {}}
+            yield self
+        finally:
+            os.close(fd)
+
+    def save(self) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    @property
+    def leases(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("leases", {})
+
+    @property
+    def active(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("active", {})
+
+    def taken_addrs(self, but: str | None = None) -> set[str]:
+        return {v["ip"] for k, v in self.leases.items() if k != but and v.get("ip")}
+
+    def taken_indexes(self, but: str | None = None) -> set[int]:
+        return {int(v["index"]) for k, v in self.leases.items() if k != but and "index" in v}
+
+    def lease(self, name: str, subnet: str, want: str | None, *, persist: bool) -> dict[str, Any]:
+        """The guest's lease (made now, or the one it kept), with ``want`` honoured or refused."""
+        old = self.leases.get(name)
+        if old is not None and old.get("subnet") == subnet and (want is None or want == old["ip"]):
+            old["persist"] = old.get("persist", False) or persist
+            return old
+        ip = pick(subnet, self.taken_addrs(but=name), want)
+        idx = old["index"] if old is not None else pick_index(self.taken_indexes(but=name))
+        new = {"ip": ip, "index": idx, "subnet": subnet, "persist": persist}
+        self.leases[name] = new
+        return new
+
+    def release(self, name: str) -> None:
+        """Forget a lease unless the guest keeps it across restarts."""
+        lease = self.leases.get(name)
+        if lease is not None and not lease.get("persist"):
+            del self.leases[name]
+
+    def published(self, but: str | None = None) -> dict[tuple[int, str], str]:
+        """(host port, proto) → the running guest that publishes it."""
+        out = {}
+        for name, rec in self.active.items():
+            if name == but:
+                continue
+            for p in rec.get("publish", []):
+                out[(int(p["host_port"]), p["proto"])] = name
+        return out

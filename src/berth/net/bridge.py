@@ -1,0 +1,72 @@
+"""The host bridge the guests' veths are plugged into (pyroute2, imported by the caller)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from berth.errors import NetworkError, UsageError
+
+
+def link_index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def check_subnet_free(ipr: Any, subnet: str, bridge: str) -> None:
+    """Refuse a subnet that overlaps a route of the host that is not the bridge's own."""
+    net = ipaddress.IPv4Network(subnet)
+    own = link_index(ipr, bridge)
+    for route in ipr.get_routes(family=2, table=254):
+        dst = route.get_attr("RTA_DST")
+        if dst is None:
+            continue  # the default route overlaps everything; it is not a conflict
+        other = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+        if other.overlaps(net) and route.get_attr("RTA_OIF") != own:
+            raise UsageError("subnet", f"{subnet} overlaps the host's route to {other}")
+
+
+def ensure(ipr: Any, name: str, subnet: str) -> int:
+    """The bridge ``name`` with the subnet's gateway address, up; created if missing.  Its index."""
+    idx = link_index(ipr, name)
+    if idx is None:
+        check_subnet_free(ipr, subnet, name)
+        try:
+            ipr.link("add", ifname=name, kind="bridge")
+        except Exception as exc:
+            raise NetworkError(f"bridge {name}: cannot create: {exc}") from None
+        idx = link_index(ipr, name)
+        if idx is None:
+            raise NetworkError(f"bridge {name}: vanished after creation")
+    net = ipaddress.IPv4Network(subnet)
+    gw = str(net.network_address + 1)
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+    if gw not in have:
+        ipr.addr("add", index=idx, address=gw, prefixlen=net.prefixlen)
+    ipr.link("set", index=idx, state="up")
+    _sysctl(name, "route_localnet", "1")  # published ports reachable from the host via 127.0.0.1
+    return idx
+
+
+def remove(ipr: Any, name: str) -> None:
+    idx = link_index(ipr, name)
+    if idx is not None:
+        try:
+            ipr.link("del", index=idx)
+        except Exception as exc:
+            if "No such device" not in str(exc):
+                raise
+
+
+def ports(ipr: Any, name: str) -> list[str]:
+    """Names of the links plugged into the bridge."""
+    idx = link_index(ipr, name)
+    if idx is None:
+        return []
+    return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == idx]
+
+
+def _sysctl(dev: str, key: str, value: str) -> None:
+    """A per-device IPv4 sysctl of a device berth made (never a host-wide one)."""
+    with open(f"/proc/sys/net/ipv4/conf/{dev}/{key}", "w", encoding="ascii") as f:
+        f.write(value)

@@ -1,0 +1,375 @@
+"""Plug a guest in and take it out again: the small API the CLI and the guest manager call.
+
+* :func:`check` — before the guest is created: the address and published ports are free.
+* :func:`setup` — from ``on_created``: the guest's host objects (bridge, veth, nft table, HTB,
+  BPF address filter), recorded in the store *before* they are made so :func:`gc` finds them.
+* :func:`teardown` — from ``on_exit``: everything the guest got; the bridge, IFB and nft table go
+  with the last guest.
+* :func:`gc` — after a crash: tears down every recorded guest whose init is gone.
+* :func:`set_rate` — live change of a running guest's bandwidth; :func:`info` — its class tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from typing import Any
+
+from berth.errors import NetworkError, UsageError
+from berth.net import addr as ipam
+from berth.net import nft
+from berth.net.options import NetOptions, Publish
+from berth.policy.htb import NetRequest, htb_tree
+
+
+def _starttime(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def check(store: str, name: str, opts: NetOptions) -> None:
+    """Refuse, before anything exists, an address or a published port another guest holds."""
+    if opts.mode not in ("bridge", "ip"):
+        return
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        if opts.mode == "bridge":
+            lease = db.leases.get(name)
+            if opts.ip is not None and not (lease and lease.get("ip") == opts.ip):
+                ipam.pick(opts.subnet, db.taken_addrs(but=name), opts.ip)
+            _check_ports(db, name, opts.publish)
+        else:
+            for rec_name, rec in db.active.items():
+                if rec_name != name and set(rec.get("addrs", [])) & set(opts.addrs):
+                    raise UsageError(
+                        "net", f"address {sorted(set(rec['addrs']) & set(opts.addrs))[0]} is taken"
+                    )
+
+
+def _check_ports(db: ipam.Leases, name: str, publish: tuple[Publish, ...]) -> None:
+    taken = db.published(but=name)
+    for p in publish:
+        owner = taken.get((p.host_port, p.proto))
+        if owner is not None:
+            raise UsageError("publish", f"host port {p.host_port}/{p.proto} is already published by {owner}")
+
+
+def setup(container: Any, opts: NetOptions, store: str) -> dict[str, Any]:
+    """Give the guest its network; returns its record (address, veth, ports…)."""
+    if opts.mode not in ("bridge", "ip"):
+        return {}
+    name = container.id
+    pid = container.pid
+    try:
+        with ipam.Leases(store, opts.bridge).locked() as db:
+            if opts.mode == "bridge":
+                return _setup_bridge(db, name, pid, opts)
+            return _setup_ip(db, name, pid, container, opts)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            teardown(name, opts, store, cgroup_dir=_cgroup_dir(container))
+        raise
+
+
+def _cgroup_dir(container: Any) -> str | None:
+    cg = container.cgroup()
+    return cg.unified_dir() if cg is not None else None
+
+
+def _record(name: str, pid: int, opts: NetOptions) -> dict[str, Any]:
+    return {
+        "mode": opts.mode,
+        "pid": pid,
+        "starttime": _starttime(pid),
+        "subnet": opts.subnet,
+        "nft_table": opts.nft_table,
+        "prefix": opts.prefix,
+        "link_rate_bps": opts.link_rate_bps,
+    }
+
+
+def _setup_bridge(db: ipam.Leases, name: str, pid: int, opts: NetOptions) -> dict[str, Any]:
+    from pyroute2 import IPRoute
+
+    from berth.net import bridge, veth
+
+    _check_ports(db, name, opts.publish)
+    lease = db.lease(name, opts.subnet, opts.ip, persist=opts.persist)
+    host = opts.veth(lease["index"])
+    rec = {
+        **_record(name, pid, opts),
+        "ip": lease["ip"],
+        "index": lease["index"],
+        "veth": host,
+        "isolate": opts.isolate,
+        "publish": [
+            {"host_port": p.host_port, "guest_port": p.guest_port, "proto": p.proto} for p in opts.publish
+        ],
+        "rate_bps": opts.rate_bps,
+        "ceil_bps": opts.ceil_bps,
+        "share": opts.share,
+    }
+    db.active[name] = rec
+    db.save()  # recorded before anything is made: gc can always find it
+    with IPRoute() as ipr:
+        br = bridge.ensure(ipr, opts.bridge, opts.subnet)
+        veth.create(ipr, host, br, pid, isolate=opts.isolate)
+        prefixlen = int(opts.subnet.split("/")[1])
+        veth.configure_guest(pid, f"{host}g", lease["ip"], prefixlen, opts.gateway)
+        _apply_nft(db, opts)
+        _apply_htb(ipr, db, opts)
+    _write_etc(db, opts)
+    return rec
+
+
+def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOptions) -> dict[str, Any]:
+    from pyroute2 import IPRoute
+
+    from berth.net import bridge, ipisolate
+
+    for other, r in db.active.items():
+        if other != name and set(r.get("addrs", [])) & set(opts.addrs):
+            raise UsageError("net", f"an address of {', '.join(opts.addrs)} is taken by {other}")
+    rec = {**_record(name, pid, opts), "addrs": list(opts.addrs), "added": []}
+    db.active[name] = rec
+    db.save()
+    with IPRoute() as ipr:
+        local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)}
+        missing = [a for a in opts.addrs if a not in local]
+        if missing:
+            br = bridge.ensure(ipr, opts.bridge, opts.subnet)
+            for a in missing:
+                ipr.addr("add", index=br, address=a, prefixlen=32)
+                rec["added"].append(a)
+                db.save()
+    ipisolate.attach(_cgroup_dir(container), list(opts.addrs))
+    return rec
+
+
+def teardown(name: str, opts: NetOptions, store: str, *, cgroup_dir: str | None = None) -> None:
+    """Remove what guest ``name`` has on the host (a no-op for a guest that has nothing)."""
+    if opts.mode not in ("bridge", "ip"):
+        return
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        _teardown_locked(db, name, opts, cgroup_dir)
+
+
+def _opts_of(rec: dict[str, Any], opts: NetOptions) -> NetOptions:
+    return replace(
+        opts,
+        subnet=rec.get("subnet", opts.subnet),
+        nft_table=rec.get("nft_table", opts.nft_table),
+        prefix=rec.get("prefix", opts.prefix),
+        link_rate_bps=rec.get("link_rate_bps", opts.link_rate_bps),
+    )
+
+
+def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: str | None) -> None:
+    from pyroute2 import IPRoute
+
+    from berth.net import bridge, htb, ipisolate, veth
+
+    rec = db.active.pop(name, None)
+    db.release(name)
+    errors: list[str] = []
+    if rec is not None:
+        opts = _opts_of(rec, opts)
+    with IPRoute() as ipr:
+        if rec is not None and rec.get("veth"):
+            try:
+                veth.remove(ipr, rec["veth"])
+            except Exception as exc:
+                errors.append(f"veth {rec['veth']}: {exc}")
+        for a in (rec or {}).get("added", []):
+            idx = ipr.link_lookup(ifname=opts.bridge)
+            if idx:
+                with contextlib.suppress(Exception):
+                    ipr.addr("del", index=idx[0], address=a, prefixlen=32)
+        if rec is not None and rec.get("mode") == "ip":
+            with contextlib.suppress(OSError):
+                ipisolate.detach(cgroup_dir)
+        if not db.active:
+            with contextlib.suppress(Exception):
+                nft.delete(opts.nft_table)
+            with contextlib.suppress(Exception):
+                bridge.remove(ipr, opts.ifb)
+            try:
+                bridge.remove(ipr, opts.bridge)
+            except Exception as exc:
+                errors.append(f"bridge {opts.bridge}: {exc}")
+        else:
+            try:
+                _apply_nft(db, opts)
+                _apply_htb(ipr, db, opts)
+            except Exception as exc:
+                errors.append(str(exc))
+            if not _bridge_guests(db):
+                with contextlib.suppress(Exception):
+                    nft.delete(opts.nft_table)
+                with contextlib.suppress(Exception):
+                    htb.remove_root(ipr, opts.bridge)
+    db.save()
+    if rec is not None and rec.get("mode") == "bridge":
+        _write_etc(db, opts)
+    if errors:
+        raise NetworkError(f"network teardown of {name}: {'; '.join(errors)}")
+
+
+def _bridge_guests(db: ipam.Leases) -> dict[str, dict[str, Any]]:
+    return {n: r for n, r in db.active.items() if r.get("mode") == "bridge"}
+
+
+def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
+    guests = _bridge_guests(db)
+    if not guests:
+        return
+    publishes = [
+        (r["ip"], int(p["host_port"]), int(p["guest_port"]), p["proto"])
+        for r in guests.values()
+        for p in r.get("publish", [])
+    ]
+    isolated = [r["veth"] for r in guests.values() if r.get("isolate")]
+    nft.apply(nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated))
+
+
+def _apply_htb(ipr: Any, db: ipam.Leases, opts: NetOptions) -> None:
+    from berth.net import htb
+
+    shaped = {
+        n: r
+        for n, r in _bridge_guests(db).items()
+        if r.get("rate_bps") is not None or r.get("ceil_bps") is not None or r.get("share") is not None
+    }
+    if not shaped:
+        htb.remove_root(ipr, opts.ifb)
+        htb.remove_root(ipr, opts.bridge)
+        return
+    plan = htb_tree(
+        opts.link_rate_bps,
+        [
+            NetRequest(n, int(r["index"]), r.get("rate_bps"), r.get("ceil_bps"), int(r.get("share") or 100))
+            for n, r in shaped.items()
+        ],
+    )
+    ifb = htb.ensure_ifb(ipr, opts.ifb)
+    addrs = {n: (r["ip"], int(r["index"])) for n, r in shaped.items()}
+    htb.apply_tree(ipr, opts.ifb, plan, addrs, htb.SRC_OFFSET)
+    htb.apply_tree(ipr, opts.bridge, plan, addrs, htb.DST_OFFSET)
+    for r in shaped.values():
+        if not r.get("redirected"):
+            htb.redirect_ingress(ipr, r["veth"], ifb)
+            r["redirected"] = True
+    db.save()
+
+
+def set_rate(
+    store: str,
+    name: str,
+    opts: NetOptions,
+    *,
+    rate_bps: int | None = None,
+    ceil_bps: int | None = None,
+    share: int | None = None,
+) -> None:
+    """Change a running bridge guest's bandwidth now (``berth set``)."""
+    from pyroute2 import IPRoute
+
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        rec = db.active.get(name)
+        if rec is None or rec.get("mode") != "bridge":
+            raise UsageError("name", f"{name!r} is not a running guest on bridge {opts.bridge}")
+        old = dict(rec)
+        rec.update(rate_bps=rate_bps, ceil_bps=ceil_bps, share=share if share is not None else 100)
+        try:
+            with IPRoute() as ipr:
+                _apply_htb(ipr, db, _opts_of(rec, opts))
+        except BaseException:
+            rec.clear()
+            rec.update(old)
+            raise
+        db.save()
+
+
+def info(store: str, name: str, opts: NetOptions) -> dict[str, Any]:
+    """The guest's record and the HTB classes on the IFB (``berth info``)."""
+    from pyroute2 import IPRoute
+
+    from berth.net import htb
+
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        rec = dict(db.active.get(name) or {})
+    if rec.get("rate_bps") is not None or rec.get("ceil_bps") is not None or rec.get("share") is not None:
+        with IPRoute() as ipr:
+            rec["htb"] = htb.show(ipr, opts.ifb)
+    return rec
+
+
+def gc(store: str, opts: NetOptions) -> list[str]:
+    """Tear down every guest on ``opts.bridge`` whose init is gone; the names cleaned up."""
+    if not os.path.exists(os.path.join(store, "net", f"{opts.bridge}.json")):
+        return []
+    done = []
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        for name, rec in list(db.active.items()):
+            if _starttime(int(rec.get("pid") or 0)) != rec.get("starttime") or not rec.get("pid"):
+                with contextlib.suppress(NetworkError):
+                    _teardown_locked(db, name, opts, None)
+                done.append(name)
+    return done
+
+
+# -- /etc/hosts and /etc/resolv.conf in the guests ----------------------------------------------
+
+
+def _resolvers() -> list[str]:
+    out = []
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                    out.append(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def _write_etc(db: ipam.Leases, opts: NetOptions) -> None:
+    """Every running bridge guest's /etc/hosts names all the others; resolv.conf the host's servers."""
+    guests = _bridge_guests(db)
+    table = "".join(f"{r['ip']}\t{n}\n" for n, r in sorted(guests.items()))
+    resolv = "".join(f"nameserver {ns}\n" for ns in _resolvers()) or f"nameserver {opts.gateway}\n"
+    for r in guests.values():
+        pid = int(r["pid"])
+        if _starttime(pid) != r.get("starttime"):
+            continue
+        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + table
+        _write_in_guest(pid, "hosts", hosts)
+        if not r.get("resolv_written"):
+            _write_in_guest(pid, "resolv.conf", resolv)
+            r["resolv_written"] = True
+
+
+def _write_in_guest(pid: int, fname: str, text: str) -> None:
+    """Write /etc/<fname> through /proc/PID/root without following a symlink the guest made."""
+    try:
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        etc = os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+        try:
+            fd = os.open(
+                fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=etc
+            )
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        finally:
+            os.close(etc)
+    except OSError:
+        pass  # a read-only root or no /etc: the guest does without
+    finally:
+        os.close(root)

@@ -1,0 +1,187 @@
+"""Apply an :class:`~berth.policy.htb.HtbPlan` with pyroute2 tc, in both directions:
+
+* what the guests send: each shaped guest's host-side veth has an ``ingress`` qdisc whose u32
+  filter redirects everything to the bridge's IFB device; the IFB carries the HTB tree, a u32
+  filter per guest on the source address picks the guest's class.
+* what the guests receive from the host: the same tree on the bridge device, classified on the
+  destination address.
+
+Leaves are pfifo (fq_codel where the kernel has it).  Applying is idempotent: classes are
+replaced, classes and filters of guests no longer in the plan are deleted, so a live change
+(``berth set``) is just another :func:`apply`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from berth.errors import NetworkError
+from berth.policy.htb import HtbPlan
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+INGRESS = 0xFFFF0000
+FILTER_PRIO_BASE = 100
+SRC_OFFSET, DST_OFFSET = 12, 16
+LEAF_LIMIT = 1000
+
+
+def _idx(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_ifb(ipr: Any, name: str) -> int:
+    idx = _idx(ipr, name)
+    if idx is None:
+        try:
+            ipr.link("add", ifname=name, kind="ifb")
+        except Exception as exc:
+            raise NetworkError(f"ifb {name}: cannot create (is the ifb module loaded?): {exc}") from None
+        idx = _idx(ipr, name)
+        if idx is None:
+            raise NetworkError(f"ifb {name}: vanished after creation")
+        ipr.link("set", index=idx, txqlen=LEAF_LIMIT)
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def _key(addr: str, offset: int) -> str:
+    value = int(ipaddress.IPv4Address(addr))
+    return f"0x{value:08x}/0xffffffff+{offset}"
+
+
+def _root_is_htb(ipr: Any, idx: int, handle: int) -> bool:
+    for q in ipr.get_qdiscs(index=idx):
+        if q["parent"] == 0xFFFFFFFF and q["handle"] == handle and q.get_attr("TCA_KIND") == "htb":
+            return True
+    return False
+
+
+def _leaves(ipr: Any, idx: int) -> set[int]:
+    return {q["parent"] for q in ipr.get_qdiscs(index=idx) if q["parent"] not in (0xFFFFFFFF, INGRESS)}
+
+
+def apply_tree(ipr: Any, dev: str, plan: HtbPlan, addrs: dict[str, tuple[str, int]], offset: int) -> None:
+    """Make ``dev``'s root qdisc the plan's tree; ``addrs``: guest name → (address, index)."""
+    idx = _idx(ipr, dev)
+    if idx is None:
+        raise NetworkError(f"htb: no device {dev}")
+    if not _root_is_htb(ipr, idx, plan.root_handle):
+        try:
+            ipr.tc("del", index=idx)
+        except Exception:
+            pass
+        ipr.tc("add", "htb", idx, plan.root_handle, default=plan.default_minor)
+    for cls in plan.classes():
+        ipr.tc(
+            "replace-class",
+            "htb",
+            idx,
+            cls.handle,
+            parent=cls.parent,
+            rate=f"{cls.rate_bps}bit",
+            ceil=f"{cls.ceil_bps}bit",
+            quantum=cls.quantum,
+            # ~1 ms of traffic plus a frame: the kernel's default burst is far too small at Gbit rates
+            burst=cls.rate_bps // 8000 + 1600,
+            cburst=cls.ceil_bps // 8000 + 1600,
+        )
+    leaves = _leaves(ipr, idx)
+    for cls in plan.classes():
+        if cls.leaf_major is not None and cls.handle not in leaves:
+            _leaf(ipr, idx, cls.leaf_major << 16, cls.handle)
+    wanted = {cls.minor for cls in plan.classes()}
+    # Classes of guests that left: filter first, then the class (its leaf goes with it).
+    for c in ipr.get_classes(index=idx):
+        minor = c["handle"] & 0xFFFF
+        if c["handle"] >> 16 == plan.root_handle >> 16 and minor not in wanted:
+            _del_filter(ipr, idx, plan.root_handle, FILTER_PRIO_BASE + minor)
+            try:
+                ipr.tc("del-class", "htb", idx, c["handle"], parent=c["parent"])
+            except Exception:
+                pass
+    for cls in plan.guests:
+        addr, _ = addrs[cls.name]
+        prio = FILTER_PRIO_BASE + cls.minor
+        _del_filter(ipr, idx, plan.root_handle, prio)
+        ipr.tc(
+            "add-filter",
+            "u32",
+            idx,
+            parent=plan.root_handle,
+            prio=prio,
+            protocol=ETH_P_IP,
+            target=cls.handle,
+            keys=[_key(addr, offset)],
+        )
+
+
+def _leaf(ipr: Any, idx: int, handle: int, parent: int) -> None:
+    try:
+        ipr.tc("add", "fq_codel", idx, handle, parent=parent)
+    except Exception:
+        ipr.tc("add", "pfifo", idx, handle, parent=parent, limit=LEAF_LIMIT)
+
+
+def _del_filter(ipr: Any, idx: int, parent: int, prio: int) -> None:
+    try:
+        ipr.tc(
+            "del-filter", index=idx, parent=parent, prio=prio, protocol=ETH_P_IP, info=_info(ETH_P_IP, prio)
+        )
+    except Exception:
+        pass
+
+
+def _info(proto: int, prio: int) -> int:
+    return socket.htons(proto) | (prio << 16)
+
+
+def redirect_ingress(ipr: Any, veth: str, ifb_idx: int) -> None:
+    """Send everything arriving on ``veth`` (what its guest sends) through the IFB."""
+    idx = _idx(ipr, veth)
+    if idx is None:
+        raise NetworkError(f"htb: no device {veth}")
+    ipr.tc("add", "ingress", idx, INGRESS)
+    ipr.tc(
+        "add-filter",
+        "u32",
+        idx,
+        parent=INGRESS,
+        prio=1,
+        protocol=ETH_P_ALL,
+        keys=["0x0/0x0+0"],
+        target=0x10001,
+        action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": ifb_idx},
+    )
+
+
+def remove_root(ipr: Any, dev: str) -> None:
+    idx = _idx(ipr, dev)
+    if idx is not None:
+        try:
+            ipr.tc("del", index=idx)
+        except Exception:
+            pass
+
+
+def show(ipr: Any, dev: str) -> list[dict[str, Any]]:
+    """The classes on ``dev`` as plain data (for ``berth info``)."""
+    idx = _idx(ipr, dev)
+    if idx is None:
+        return []
+    out = []
+    for c in ipr.get_classes(index=idx):
+        opts = c.get_attr("TCA_OPTIONS")
+        parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
+        out.append(
+            {
+                "classid": f"{c['handle'] >> 16:x}:{c['handle'] & 0xFFFF:x}",
+                "parent": f"{c['parent'] >> 16:x}:{c['parent'] & 0xFFFF:x}",
+                "rate_bps": parms["rate"] * 8 if parms else None,
+                "ceil_bps": parms["ceil"] * 8 if parms else None,
+            }
+        )
+    return out

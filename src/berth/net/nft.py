@@ -1,0 +1,173 @@
+"""berth's own nftables table: outbound NAT for the guests' subnet and published ports (DNAT).
+
+:func:`ruleset` builds the whole table as ``nft -j`` JSON from the running guests (pure);
+:func:`apply` replaces the table atomically (one ``nft -j -f -`` transaction: add, delete, add
+again, so it works whether the table exists or not) and :func:`delete` removes it with the last
+guest.  No rule ever goes outside berth's table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from berth.errors import NetworkError, UnsupportedError
+
+FAMILY = "ip"
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(proto: str, fld: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    net = ipaddress.IPv4Network(cidr)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def ruleset(
+    table: str,
+    bridge: str,
+    subnet: str,
+    publishes: list[tuple[str, int, int, str]],
+    isolated: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The tables for a bridge: ``publishes`` is (guest address, host port, guest port, proto),
+    ``isolated`` the host ends of the veths of guests that may not talk to other guests.
+
+    * ``prerouting`` and ``output`` (nat): a packet for a local address of the host (``fib daddr
+      type local``, 127.0.0.1 included) on a published port goes to the guest.
+    * ``postrouting`` (nat): the guests' traffic leaving by another interface is masqueraded; so is
+      loopback-sourced traffic DNAT'ed onto the bridge (the guest must answer the bridge's address).
+    * a ``bridge`` family table of the same name, chain ``forward``: frames from or to an isolated
+      guest's port are dropped between bridge ports (bridge port isolation alone only separates
+      isolated ports from each other); the host, reached through the bridge device, stays reachable.
+    """
+    t = {"family": FAMILY, "table": table}
+    items: list[dict[str, Any]] = [{"table": {"family": FAMILY, "name": table}}]
+    for name, hook, prio in (("prerouting", "prerouting", -100), ("output", "output", -100)):
+        items.append(
+            {"chain": {**t, "name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}
+        )
+    items.append(
+        {
+            "chain": {
+                **t,
+                "name": "postrouting",
+                "type": "nat",
+                "hook": "postrouting",
+                "prio": 100,
+                "policy": "accept",
+            }
+        }
+    )
+    for addr, host_port, guest_port, proto in sorted(publishes, key=lambda p: (p[1], p[3])):
+        expr = [
+            _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+            _match(_payload(proto, "dport"), host_port),
+            {"dnat": {"addr": addr, "port": guest_port}},
+        ]
+        for chain in ("prerouting", "output"):
+            items.append(
+                {"rule": {**t, "chain": chain, "comment": f"publish {host_port}/{proto}", "expr": expr}}
+            )
+    items.append(
+        {
+            "rule": {
+                **t,
+                "chain": "postrouting",
+                "comment": "guests out",
+                "expr": [
+                    _match(_payload("ip", "saddr"), _prefix(subnet)),
+                    _match({"meta": {"key": "oifname"}}, bridge, "!="),
+                    {"masquerade": None},
+                ],
+            }
+        }
+    )
+    items.append(
+        {
+            "rule": {
+                **t,
+                "chain": "postrouting",
+                "comment": "published, from loopback",
+                "expr": [
+                    _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
+                    _match({"meta": {"key": "oifname"}}, bridge),
+                    {"masquerade": None},
+                ],
+            }
+        }
+    )
+    b = {"family": "bridge", "table": table}
+    items.append({"table": {"family": "bridge", "name": table}})
+    items.append(
+        {
+            "chain": {
+                **b,
+                "name": "forward",
+                "type": "filter",
+                "hook": "forward",
+                "prio": 0,
+                "policy": "accept",
+            }
+        }
+    )
+    for port in sorted(isolated):
+        for key in ("iifname", "oifname"):
+            items.append(
+                {
+                    "rule": {
+                        **b,
+                        "chain": "forward",
+                        "comment": "isolated",
+                        "expr": [_match({"meta": {"key": key}}, port), {"drop": None}],
+                    }
+                }
+            )
+    return {"nftables": [{"add": item} for item in items]}
+
+
+def _nft(payload: dict[str, Any], what: str) -> str:
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    if nft is None:
+        raise UnsupportedError(
+            "nft: not installed (apt install nftables): needed for NAT and published ports"
+        )
+    proc = subprocess.run([nft, "-j", "-f", "-"], input=json.dumps(payload), capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.strip().startswith("^")]
+        raise NetworkError(f"nft: {what}: {lines[0] if lines else 'failed'}")
+    return proc.stdout
+
+
+def apply(rules: dict[str, Any]) -> None:
+    """Replace the tables in ``rules`` in one transaction."""
+    tables = [i["add"]["table"] for i in rules["nftables"] if "table" in i["add"]]
+    head = [op for t in tables for op in ({"add": {"table": t}}, {"delete": {"table": t}})]
+    _nft({"nftables": head + rules["nftables"]}, f"load table {tables[0]['name']}")
+
+
+def delete(table: str) -> None:
+    """Remove berth's tables (nothing if they are not there)."""
+    ops: list[dict[str, Any]] = []
+    for family in (FAMILY, "bridge"):
+        tbl = {"family": family, "name": table}
+        ops += [{"add": {"table": tbl}}, {"delete": {"table": tbl}}]
+    _nft({"nftables": ops}, f"delete table {table}")
+
+
+def exists(table: str) -> bool:
+    nft = shutil.which("nft")
+    if nft is None:
+        return False
+    proc = subprocess.run([nft, "list", "table", FAMILY, table], capture_output=True, text=True)
+    return proc.returncode == 0

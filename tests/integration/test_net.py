@@ -1,0 +1,430 @@
+"""Guest networking on the real kernel: bridge mode (ping, TCP, published ports, isolation), bad
+input, HTB shaping, and VServer-style IP isolation with cgroup BPF.
+
+All traffic stays between the test's own bridge, its guests and the host's loopback.  Every name
+carries the session prefix; the session leak check looks for links and nft tables with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from berth import net as berth_net
+
+
+def _free_subnet() -> str:
+    """A /24 in 10.0.0.0/8 that no host route overlaps."""
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    routes = []
+    for line in out.splitlines():
+        dst = line.split()[0]
+        if dst in ("default", "broadcast", "local", "unreachable"):
+            dst = line.split()[1] if dst != "default" else "0.0.0.0/32"
+        with contextlib.suppress(ValueError):
+            routes.append(ipaddress.IPv4Network(dst, strict=False))
+    for _ in range(100):
+        net = ipaddress.IPv4Network(f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(250)}.0/24")
+        if not any(r.overlaps(net) and r.prefixlen > 0 for r in routes):
+            return str(net)
+    pytest.skip("no free 10.x /24 for a test subnet")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def net_env(berth_env: dict[str, str], prefix: str) -> dict[str, str]:
+    """berth_env with this session's bridge, nft table, name prefix and a free subnet."""
+    berth_env.update(
+        BERTH_NET_PREFIX=prefix,
+        BERTH_BRIDGE=f"{prefix}br0",
+        BERTH_NFT_TABLE=prefix,
+        BERTH_SUBNET=_free_subnet(),
+    )
+    return berth_env
+
+
+@pytest.fixture
+def guests(net_env: dict[str, str], background):
+    """``guests(*args)``: a berth run in the background; stopped by SIGTERM at teardown (so its
+    on_exit runs), killed if it hangs, and whatever it left is collected with ``berth_net.gc``."""
+    started = []
+
+    def start(*args: str):
+        g = background(*args)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        if g.proc.poll() is None:
+            g.proc.send_signal(signal.SIGTERM)
+    for g in started:
+        try:
+            g.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            g.kill()
+    opts = berth_net.parse("bridge", env=net_env)
+    berth_net.gc(net_env["BERTH_ROOT"], opts)
+
+
+def _links(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [ln.split(": ")[1] for ln in out.splitlines() if prefix in ln]
+
+
+def _tables(prefix: str) -> list[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if prefix in ln]
+
+
+def _assert_nothing_left(prefix: str) -> None:
+    deadline = time.monotonic() + 5
+    while (_links(prefix) or _tables(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _links(prefix), _links(prefix)
+    assert not _tables(prefix), _tables(prefix)
+
+
+def _connect_read(port: int, timeout: float = 10) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                if data:
+                    return data
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing from 127.0.0.1:{port}")
+        time.sleep(0.1)
+
+
+# -- bridge mode ---------------------------------------------------------------------------------
+
+
+def test_two_guests_ping_tcp_and_published_port(guests, net_env, prefix) -> None:
+    port = _free_port()
+    a = guests(
+        "--name", f"{prefix}a", "--net", "bridge", "-p", f"{port}:80", "--",
+        "sh", "-c",
+        "nc -ll -p 80 -e echo published-hello & "
+        "echo ADDR $(ip -4 -o addr show eth0 | awk '{print $4}'); "
+        "nc -l -p 7000; echo; echo TCP-DONE; sleep 30",
+    )  # fmt: skip
+    addr = a.wait_for(r"^ADDR ").split()[1]
+    assert ipaddress.IPv4Address(addr.split("/")[0]) in ipaddress.IPv4Network(net_env["BERTH_SUBNET"])
+    b = guests(
+        "--name", f"{prefix}b", "--net", "bridge", "--",
+        "sh", "-c",
+        f"ping -c1 -W3 {prefix}a >/dev/null && echo PING-OK; sleep 0.3; echo hello-over-tcp | nc {prefix}a 7000; "
+        "echo SENT",
+    )  # fmt: skip
+    b.wait_for("PING-OK")
+    b.wait_for("SENT")
+    a.wait_for("hello-over-tcp")
+    assert b.finish().returncode == 0
+    assert _connect_read(port).strip() == b"published-hello"
+    # The rules are in berth's own table: DNAT for the port, masquerade for the subnet.
+    rules = subprocess.run(["nft", "list", "table", "ip", prefix], capture_output=True, text=True).stdout
+    assert f"dport {port} dnat to {addr.split('/')[0]}:80" in rules
+    assert f"ip saddr {net_env['BERTH_SUBNET']}" in rules
+    assert "masquerade" in rules
+    a.proc.send_signal(signal.SIGTERM)
+    a.finish()
+    _assert_nothing_left(prefix)
+
+
+def test_isolated_guest_cannot_reach_others(guests, net_env, prefix) -> None:
+    a = guests("--name", f"{prefix}c", "--net", "bridge", "--", "sh", "-c", "echo UP; sleep 30")
+    a.wait_for("UP")
+    iso = guests(
+        "--name", f"{prefix}d", "--net", "bridge", "--net-isolate", "--",
+        "sh", "-c",
+        f"ping -c1 -W1 {prefix}c >/dev/null && echo GUEST-REACHED || echo GUEST-BLOCKED; "
+        f"ping -c1 -W2 {ipaddress.IPv4Network(net_env['BERTH_SUBNET'])[1]} >/dev/null && echo HOST-OK",
+    )  # fmt: skip
+    res = iso.finish(timeout=20)
+    assert "GUEST-BLOCKED" in res.stdout, res
+    assert "HOST-OK" in res.stdout, res
+    a.proc.send_signal(signal.SIGTERM)
+    a.finish()
+    _assert_nothing_left(prefix)
+
+
+def test_raw_socket_cannot_sniff_other_guests(guests, net_env, prefix) -> None:
+    """The bridge forwards unicast only to its destination port: a third guest sees none of it."""
+    a = guests("--name", f"{prefix}e", "--net", "bridge", "--", "sh", "-c", "echo UP; nc -ll -p 7100 -e cat")
+    a.wait_for("UP")
+    spy = guests(
+        "--name", f"{prefix}f", "--net", "bridge", "--cap-add", "NET_RAW", "--cap-add", "NET_ADMIN", "--",
+        "sh", "-c", "ip link set eth0 promisc on; echo SPY; timeout 4 nc -l -p 1 >/dev/null 2>&1; "
+        "cat /sys/class/net/eth0/statistics/rx_packets",
+    )  # fmt: skip
+    spy.wait_for("SPY")
+    rx_before = None
+    b = guests(
+        "--name", f"{prefix}g", "--net", "bridge", "--",
+        "sh", "-c", f"for i in $(seq 200); do echo secret-$i; done | nc -w1 {prefix}e 7100 | tail -1",
+    )  # fmt: skip
+    res_b = b.finish(timeout=20)
+    assert "secret-200" in res_b.stdout, res_b
+    res = spy.finish(timeout=20)
+    rx = int(res.stdout.strip().splitlines()[-1])
+    del rx_before
+    # ARP broadcasts and IPv6 neighbour discovery reach it; a 200-line TCP exchange would not fit.
+    assert rx < 30, f"the spy guest received {rx} packets"
+    a.proc.send_signal(signal.SIGTERM)
+    a.finish()
+    _assert_nothing_left(prefix)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--net", "bridge", "--ip", "192.0.2.77"], "ip: 192.0.2.77 is outside the subnet"),
+        (["--net", "bogus"], "net: unknown mode 'bogus'"),
+        (["--net", "bridge", "--net-rate", "fast"], "net-rate:"),
+        (["--net", "bridge", "-p", "80"], "publish:"),
+        (["--net", "none", "-p", "8080:80"], "publish: needs --net bridge"),
+        (["--net", "bridge", "--net-rate", "300mbit", "--net-ceil", "100mbit"], "net-ceil:"),
+        (["--net", "ip:not-an-address"], "net:"),
+    ],
+)
+def test_bad_input_one_line_nothing_created(berth, net_env, prefix, args, field) -> None:
+    res = berth(*args, "--", "true")
+    assert res.returncode == 125, res
+    assert field in res.error_line(), res
+    _assert_nothing_left(prefix)
+
+
+def test_taken_address_and_port_refused(guests, berth, net_env, prefix) -> None:
+    port = _free_port()
+    ip = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[10])
+    a = guests("--name", f"{prefix}h", "--net", "bridge", "--ip", ip, "-p", f"{port}:80", "--", "sh", "-c",
+               "echo UP; sleep 30")  # fmt: skip
+    a.wait_for("UP")
+    links = _links(prefix)
+    res = berth("--net", "bridge", "--ip", ip, "--", "true", check_clean=False)
+    assert res.returncode == 125, res
+    assert f"ip: {ip} is taken" in res.error_line(), res
+    res = berth("--net", "bridge", "-p", f"{port}:81", "--", "true", check_clean=False)
+    assert res.returncode == 125
+    assert f"publish: host port {port}/tcp is already published" in res.error_line()
+    assert _links(prefix) == links
+    a.proc.send_signal(signal.SIGTERM)
+    a.finish()
+    _assert_nothing_left(prefix)
+
+
+def test_gc_after_crash(guests, net_env, prefix) -> None:
+    """berth killed outright: its guest dies with it, gc removes what it had."""
+    a = guests("--name", f"{prefix}i", "--net", "bridge", "--", "sh", "-c", "echo UP; sleep 30")
+    a.wait_for("UP")
+    assert _links(prefix)
+    a.proc.kill()
+    a.proc.wait(timeout=10)
+    opts = berth_net.parse("bridge", env=net_env)
+    deadline = time.monotonic() + 10
+    cleaned: list[str] = []
+    while not cleaned and time.monotonic() < deadline:
+        cleaned = berth_net.gc(net_env["BERTH_ROOT"], opts)
+        time.sleep(0.1)
+    assert f"{prefix}i" in cleaned
+    _assert_nothing_left(prefix)
+    # The runtime's own leftovers (state dir, cgroup) are the guest manager's gc, not the network's.
+    from berth.runtime import container
+
+    container.find(net_env["BERTH_RUN"], f"{prefix}i").delete(force=True)
+
+
+def test_address_persists_for_a_persistent_guest(net_env, prefix, tmp_path) -> None:
+    from berth.net import addr
+
+    opts = berth_net.parse("bridge", env=net_env)
+    store = str(tmp_path)
+    with addr.Leases(store, opts.bridge).locked() as db:
+        first = db.lease("keeper", opts.subnet, None, persist=True)
+        db.lease("other", opts.subnet, None, persist=False)
+        db.release("keeper")
+        db.release("other")
+        db.save()
+    with addr.Leases(store, opts.bridge).locked() as db:
+        db.lease("newcomer", opts.subnet, None, persist=False)
+        again = db.lease("keeper", opts.subnet, None, persist=True)
+    assert again == first
+
+
+# -- HTB -------------------------------------------------------------------------------------------
+
+
+def _class_bytes(dev: str) -> dict[str, int]:
+    """Bytes sent per HTB class on ``dev`` (what each guest got through)."""
+    out = subprocess.run(["tc", "-s", "class", "show", "dev", dev], capture_output=True, text=True).stdout
+    found: dict[str, int] = {}
+    cls = None
+    for line in out.splitlines():
+        if line.startswith("class htb "):
+            cls = line.split()[2]
+        elif line.strip().startswith("Sent ") and cls:
+            found[cls] = int(line.split()[1])
+    return found
+
+
+def _listening(port: int) -> bool:
+    return any(
+        line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+    )
+
+
+def _rates(dev: str, window: float) -> dict[str, float]:
+    before = _class_bytes(dev)
+    time.sleep(window)
+    after = _class_bytes(dev)
+    return {k: (v - before.get(k, 0)) * 8 / window for k, v in after.items()}
+
+
+def _sender(guests, name: str, gw: str, port: int, *extra: str):
+    return guests(
+        "--name", name, "--net", "bridge", *extra, "--",
+        "sh", "-c", f"echo ADDR $(ip -4 -o addr show eth0 | awk '{{print $4}}'); "
+        f"dd if=/dev/zero bs=64k count=100000 2>/dev/null | nc {gw} {port}",
+    )  # fmt: skip
+
+
+def test_htb_rates_under_contention_ceil_alone_and_live_change(guests, net_env, prefix) -> None:
+    net_env["BERTH_NET_LINK_RATE"] = "400mbit"
+    gw = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[1])
+    ifb = f"{prefix}br0ifb"
+    sinks = []
+    ports = [_free_port(), _free_port()]
+    for port in ports:  # one process per sink: a GIL-bound Python sink starves one of the flows
+        sinks.append(
+            subprocess.Popen(
+                ["busybox", "nc", "-l", "-p", str(port)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+            )
+        )
+    deadline = time.monotonic() + 5
+    while not all(_listening(p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        a = _sender(guests, f"{prefix}ha", gw, ports[0], "--net-rate", "100mbit", "--net-ceil", "200mbit")
+        a.wait_for("^ADDR")
+        cls_a = "1:10"
+        time.sleep(1)
+        alone = _rates(ifb, 2.0).get(cls_a, 0)
+        b = _sender(guests, f"{prefix}hb", gw, ports[1], "--net-rate", "300mbit")
+        b.wait_for("^ADDR")
+        cls_b = "1:11"
+        time.sleep(1)
+        both = _rates(ifb, 2.5)
+        opts = berth_net.parse("bridge", env=net_env)
+        berth_net.set_rate(
+            net_env["BERTH_ROOT"], f"{prefix}ha", opts, rate_bps=50_000_000, ceil_bps=50_000_000
+        )
+        time.sleep(0.5)
+        changed = _rates(ifb, 2.0)
+        info = berth_net.info(net_env["BERTH_ROOT"], f"{prefix}ha", opts)
+    finally:
+        for s in sinks:
+            s.kill()
+            s.wait()
+    figures = (
+        f"alone A {alone / 1e6:.0f}, both A {both.get(cls_a, 0) / 1e6:.0f} B {both.get(cls_b, 0) / 1e6:.0f}, "
+        f"after set A {changed.get(cls_a, 0) / 1e6:.0f} Mbit/s (layer 2)"
+    )
+    print(figures)
+    assert 180e6 <= alone <= 220e6, figures
+    if both.get(cls_a, 0) + both.get(cls_b, 0) < 0.9 * 400e6:
+        # Not HTB's doing: the senders (dd|nc, 2 CPUs) could not fill the link, so A rightly borrowed.
+        pytest.skip(f"the host is too busy to saturate the 400mbit link under contention: {figures}")
+    assert 90e6 <= both.get(cls_a, 0) <= 110e6, figures
+    assert 270e6 <= both.get(cls_b, 0) <= 330e6, figures
+    assert 45e6 <= changed.get(cls_a, 0) <= 55e6, figures
+    assert any(c["ceil_bps"] and abs(c["ceil_bps"] - 50e6) < 1e6 for c in info["htb"]), info
+
+
+# -- ip:ADDR mode ----------------------------------------------------------------------------------
+
+BINDER_C = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+/* bind ADDR PORT | connect ADDR PORT : print what happened and the local address */
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[3]));
+    inet_pton(AF_INET, argv[2], &a.sin_addr);
+    int r = !strcmp(argv[1], "bind") ? bind(s, (void *)&a, sizeof a) : connect(s, (void *)&a, sizeof a);
+    if (r < 0) { printf("%s %s: errno %d %s\n", argv[1], argv[2], errno, strerror(errno)); return 1; }
+    socklen_t n = sizeof a;
+    getsockname(s, (void *)&a, &n);
+    char buf[64];
+    inet_ntop(AF_INET, &a.sin_addr, buf, sizeof buf);
+    printf("%s %s: ok local %s\n", argv[1], argv[2], buf);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def binder_rootfs(busybox_rootfs: Path, tmp_path_factory) -> Path:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    d = tmp_path_factory.mktemp("binder")
+    (d / "binder.c").write_text(BINDER_C)
+    subprocess.run(
+        [gcc, "-static", "-O2", "-o", str(busybox_rootfs / "binder"), str(d / "binder.c")], check=True
+    )
+    return busybox_rootfs
+
+
+def test_ip_mode_binds_only_own_address(binder_rootfs, guests, net_env, prefix) -> None:
+    net = ipaddress.IPv4Network(net_env["BERTH_SUBNET"])
+    own, other = str(net[20]), str(net[21])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    try:
+        g = guests(
+            "--rootfs", str(binder_rootfs), "--net", f"ip:{own}", "--",
+            "sh", "-c",
+            f"/binder bind {own} 0; /binder bind 0.0.0.0 0; /binder bind 127.0.0.1 0; "
+            f"/binder bind {other} 0; /binder bind {net[1]} 0; /binder connect 127.0.0.1 {port}",
+        )  # fmt: skip
+        res = g.finish(timeout=20)
+    finally:
+        srv.close()
+    out = res.stdout
+    assert f"bind {own}: ok local {own}" in out, res
+    assert f"bind 0.0.0.0: ok local {own}" in out, res  # narrowed
+    assert "bind 127.0.0.1: errno 1 " in out, res
+    assert f"bind {other}: errno 1 " in out, res
+    assert f"connect 127.0.0.1: ok local {own}" in out, res
+    _assert_nothing_left(prefix)
