@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,9 @@ def _rmdir_cgroups(prefix: str) -> None:
 def podman(tmp_path_factory: pytest.TempPathFactory, prefix: str):
     from berth.rootfs import template
 
-    base = tmp_path_factory.mktemp(f"{prefix}-podman")
+    # podman refuses a runroot longer than 50 characters: a short directory of our own, not
+    # pytest's numbered temp tree (its path grows with every run on the machine).
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-pm-", dir="/tmp"))
     store = tmp_path_factory.mktemp("store")
     rootfs = template.build(str(store), "busybox")
     tar = base / "busybox.tar"
@@ -93,6 +96,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory, prefix: str):
         yield p
     finally:
         p.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
         _rmdir_cgroups(f"{prefix}/podman")
         _rmdir_cgroups(prefix)
 

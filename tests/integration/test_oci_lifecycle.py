@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / ".venv" / "bin" / "berth-runtime"
 
 
-def _subreaper() -> None:
+def _subreaper(on: bool = True) -> None:
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
 def _reap_all() -> None:
@@ -114,6 +114,7 @@ def rt(tmp_path: Path, busybox_rootfs: Path, prefix: str, unique: str):
     r = Runtime(tmp_path, busybox_rootfs, f"/{prefix}/{unique}/c")
     yield r
     r.cleanup()
+    _subreaper(False)  # other tests expect orphans to go to the host's init
     for top in Path("/sys/fs/cgroup").iterdir():
         for d in (top / prefix / unique / "c", top / prefix / unique, top / prefix):
             try:

@@ -27,6 +27,10 @@ VERBS = {
     "gc": "berth.cli.gc",
     "exec": "berth.cli.exec",
     "enter": "berth.cli.enter",
+    "checkpoint": "berth.cli.checkpoint",
+    "restore": "berth.cli.restore",
+    "migrate": "berth.cli.migrate",
+    "receive": "berth.cli.receive",
 }
 USAGE = """usage: berth [--debug] VERB [ARGS...]
 
@@ -38,6 +42,8 @@ verbs:
   list, info, logs [-f]             look at guests
   exec [-it] NAME -- CMD, enter NAME  run a command / a login shell inside a running guest
   set NAME --memory ...             change a running guest's limits live, and persist them
+  checkpoint NAME, restore NAME     freeze a running guest to disk (CRIU) and bring it back
+  migrate NAME --to ADDR:PORT, receive --listen ADDR:PORT   move a running guest between hosts
   clone NAME NEW, destroy NAME      copy or remove a guest
   gc         remove what crashes left behind
   stats      resource use of the running guests (cgroup accounting)
@@ -94,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         return 125
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug in berth: one line, the traceback with --debug
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(
+            f"berth: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)\n"
+        )
+        return 125
 
 
 def env_paths() -> tuple[str, str, str]:

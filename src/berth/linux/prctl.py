@@ -13,6 +13,7 @@ PR_SET_NAME = 15
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
@@ -41,6 +42,13 @@ def set_pdeathsig(sig: int) -> None:
 def set_child_subreaper(on: bool = True) -> None:
     """Orphaned descendants are reparented to this process instead of init."""
     prctl(PR_SET_CHILD_SUBREAPER, int(on), name="PR_SET_CHILD_SUBREAPER")
+
+
+def get_child_subreaper() -> bool:
+    """Is this process a child subreaper?"""
+    flag = ctypes.c_int(0)
+    prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), name="PR_GET_CHILD_SUBREAPER")
+    return bool(flag.value)
 
 
 def set_dumpable(on: bool) -> None:

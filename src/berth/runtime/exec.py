@@ -14,12 +14,19 @@ When the caller waits (``detach=False``) it becomes a child subreaper, so the ne
 from __future__ import annotations
 
 import _signal as signal
+import fcntl
 import os
+import struct
+import termios
 
-from berth.errors import ContainerInitError, StateError
+from berth.errors import CannotExecute, ContainerInitError, StateError
+from berth.linux import prctl
+from berth.linux.ns import NAMESPACES, setns
 from berth.runtime import container as ct
+from berth.runtime import process as proc_mod
 from berth.runtime import state as st
 from berth.runtime import sync
+from berth.runtime.init import _fail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,15 +47,24 @@ class ExecHandle:
     status (128+N when killed by signal N) and works when the handle was made with ``detach=False``.
     """
 
-    def __init__(self, pid: int, console_fd: int | None, *, waitable: bool) -> None:
+    def __init__(
+        self, pid: int, console_fd: int | None, *, waitable: bool, restore_subreaper: bool = False
+    ) -> None:
         self.pid = pid
         self.console_fd = console_fd
         self.waitable = waitable
+        self._restore_subreaper = restore_subreaper
 
     def wait(self) -> int:
         if not self.waitable:
             raise StateError("a detached exec cannot be waited for (it is not our child)")
-        return ct.wait_exit(self.pid)
+        try:
+            return ct.wait_exit(self.pid)
+        finally:
+            if self._restore_subreaper:
+                # We became a subreaper only to adopt this process: stop adopting other orphans.
+                prctl.set_child_subreaper(False)
+                self._restore_subreaper = False
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         try:
@@ -88,22 +104,14 @@ def exec_process(
         with open(sfile, "rb") as f:
             seccomp = f.read()
     cg = c.cgroup()
-    # Everything the children use, imported now: once in the container's mount namespace the
-    # package's files are out of reach.
-    import fcntl  # noqa: F401
-    import struct  # noqa: F401
-    import termios  # noqa: F401
-
-    from berth.linux import caps, ns, prctl  # noqa: F401
-    from berth.runtime import init as _init  # noqa: F401
-    from berth.runtime import process as _process  # noqa: F401
-
+    # Everything the children use is imported at the top of this module, and the seccomp
+    # binding here: once in the container's mount namespace imports are sealed off.
     if seccomp:
         from berth.linux import seccomp as _seccomp  # noqa: F401
-    if not detach:
-        from berth.linux import prctl
-
+    restore = False
+    if not detach and not prctl.get_child_subreaper():
         prctl.set_child_subreaper(True)
+        restore = True
     parent_sock, child_sock = sync.pair()
     stage1_pid = os.fork()
     if stage1_pid == 0:
@@ -150,7 +158,7 @@ def exec_process(
         ct._send_console(console_socket, console_fd)
         os.close(console_fd)
         console_fd = None
-    return ExecHandle(pid, console_fd, waitable=not detach)
+    return ExecHandle(pid, console_fd, waitable=not detach, restore_subreaper=restore)
 
 
 def _same_ns(kind: str, init_pid: int) -> bool:
@@ -168,15 +176,18 @@ def _stage1(
     sock: Any,
     preserve_fds: int,
 ) -> None:
-    """Join the container (cgroup, namespaces), fork the process; report its pid and exit."""
-    from berth.linux.ns import NAMESPACES, setns
-    from berth.runtime.init import _fail
+    """Join the container (cgroup, namespaces), fork the process; report its pid and exit.
 
+    Every module it needs is imported at the top of this file: once in the container's mount
+    namespace an import would read the guest's files (see process.seal_imports).
+    """
     flag_of = {entry: flag for flag, entry in NAMESPACES.values()}
 
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
+        # Non-dumpable before joining: guest processes cannot open our /proc entries (exe, fds, mem).
+        prctl.set_dumpable(False)
         if cg is not None:
             cg.add(os.getpid())
         # Open them all first: once in the container's mount namespace /proc is the container's.
@@ -187,6 +198,7 @@ def _stage1(
         for kind, fd in opened:
             setns(fd, flag_of[kind])
             os.close(fd)
+        proc_mod.seal_imports()
         if any(kind == "user" for kind, _ in opened):
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
@@ -201,15 +213,6 @@ def _stage1(
 
 def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_fds: int) -> None:
     """In the container: the process's settings, then exec."""
-    import fcntl
-    import struct
-    import termios
-
-    from berth.errors import CannotExecute
-    from berth.linux import prctl
-    from berth.runtime import process as proc_mod
-    from berth.runtime.init import _fail
-
     try:
         os.setsid()
         proc_mod.warn = lambda text: sync.send(sock, "warning", msg=text)

@@ -236,6 +236,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             os.chdir("/")
         else:
             mounts.enter_root(rootfs)
+        process.seal_imports()  # from here on nothing may be imported from the guest
         if linux.get("sysctl"):
             _sysctl(linux["sysctl"])  # before /proc/sys turns read-only (as runc)
         mounts.mask_paths(linux.get("maskedPaths") or [])
@@ -337,18 +338,23 @@ def set_personality(personality: dict[str, Any]) -> None:
     check(libc.personality(PERSONALITY_DOMAINS[domain]), f"personality({domain})")
 
 
+# keyctl(2) has no glibc wrapper, and loading libkeyutils here would load it from the *guest's*
+# files (we are past pivot_root): the syscall number, per arch.
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s390x": 280}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
 def _join_session_keyring() -> None:
     """A new anonymous session keyring (what runc does unless --no-new-keyring): the container
-    does not share the runtime's.  Skipped where libkeyutils or the kernel's keyrings are missing."""
+    does not share the runtime's.  Skipped where the kernel's keyrings are missing."""
     import ctypes
 
-    try:
-        lib = ctypes.CDLL("libkeyutils.so.1", use_errno=True)
-    except OSError:
+    from berth.linux.libc import libc
+
+    nr = _SYS_KEYCTL.get(os.uname().machine)
+    if nr is None:
         return
-    lib.keyctl_join_session_keyring.argtypes = [ctypes.c_char_p]
-    lib.keyctl_join_session_keyring.restype = ctypes.c_long
-    if lib.keyctl_join_session_keyring(None) < 0:
+    if libc.syscall(nr, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         err = ctypes.get_errno()
         if err not in (38, 13, 122):  # ENOSYS, EACCES, EDQUOT: as runc, not fatal
             raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")

@@ -34,6 +34,24 @@ def warn(msg: str) -> None:
         pass
 
 
+def seal_imports() -> None:
+    """Once inside a guest's root, no module may be loaded from the guest's files.
+
+    A lazy ``import`` after pivot_root (or after setns into a guest's mount namespace) would
+    search sys.path *inside the guest*, where the guest's owner can plant ``berth/…`` or a
+    stdlib module and have it run in a process that still holds every capability.  Leave only
+    the builtin and frozen importers: such an import then fails instead.
+    """
+    import sys
+
+    sys.path[:] = []
+    sys.path_hooks[:] = []
+    sys.path_importer_cache.clear()
+    sys.meta_path[:] = [
+        f for f in sys.meta_path if getattr(f, "__name__", "") in ("BuiltinImporter", "FrozenImporter")
+    ]
+
+
 def set_rlimits(rlimits: list[dict[str, Any]], *, strict: bool = False) -> None:
     """Apply OCI rlimits.  A hard limit above what this host lets us raise to (no
     CAP_SYS_RESOURCE) is lowered to the current hard limit with a warning, unless ``strict``."""

@@ -51,6 +51,8 @@ def run(
     for sig in FORWARDED:
         signal.signal(sig, forward)
     # The guest's init is reparented to us when the intermediate child exits.
+    # (Restored afterwards: a library caller must not stay the reaper of unrelated orphans.)
+    was_subreaper = prctl.get_child_subreaper()
     prctl.set_child_subreaper(True)
     terminal = bool((spec.get("process") or {}).get("terminal"))
     if not interactive and not terminal:
@@ -99,5 +101,7 @@ def run(
             if cg is not None and cg.path.startswith(cgroup_parent.strip("/") + "/"):
                 # The parent goes with the last guest under it (a racing create retries).
                 cg.remove_empty_parents(cgroup_parent)
+            if not was_subreaper:
+                prctl.set_child_subreaper(False)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)

@@ -1,0 +1,50 @@
+"""A guest's config -> its OCI spec, with the option logic of `berth run` (one path for both).
+
+The spec is built here, in the CLI layer that owns `berth run`'s options, and saved with the
+guest as ``spec.json``; guestd's workers (lower layer) start and restart from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from berth.guests.store import Store
+
+
+def check_resources(cfg: dict[str, Any], path: str) -> None:
+    """Every [resources] key must be a resource flag of `berth run`."""
+    from berth.cli import resources as rflags
+    from berth.guests.config import ConfigError
+
+    for key in cfg.get("resources", {}):
+        if f"--{key}" not in rflags.FLAGS:
+            raise ConfigError(path, f"resources.{key}", "unknown resource")
+
+
+def load(store: Store, name: str) -> dict[str, Any]:
+    from berth.guests import config
+
+    store.require(name)
+    cfg = config.load(store.config(name))
+    check_resources(cfg, store.config(name))
+    return cfg
+
+
+def build(store: Store, name: str) -> None:
+    """Build ``name``'s spec from its config and save it as ``spec.json`` in the guest's dir."""
+    from berth.cli import run as runcli
+    from berth.guests import config
+    from berth.guests.store import atomic_write
+    from berth.runtime.process import wants_init
+
+    cfg = load(store, name)
+    o = config.run_options(cfg)
+    spec, _rootfs, overlay = runcli.build(o, name, store.root)
+    use_init = o["init"] if o["init"] is not None else not wants_init(o["args"])
+    saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", [])}
+    atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved))

@@ -1,0 +1,94 @@
+"""berth create NAME: a long-lived guest from a template (its config goes to the store)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from berth.errors import UsageError
+
+HELP = """usage: berth create NAME [--template busybox] [--cmd 'CMD ARGS' | -- CMD ARGS...]
+                    [--restart no|on-failure|always] [--disk SIZE] [options of berth run]
+
+Without --cmd the guest is a system guest that boots its own /sbin/init.
+  --restart POLICY   restart the guest when it ends: no (default), on-failure, always
+  --disk SIZE        give the guest a writable layer of SIZE (an ext4 image): ENOSPC past it
+"""
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(HELP)
+        return 0 if argv else 125
+    name, rest = argv[0], argv[1:]
+    cmd: list[str] | None = None
+    extra: dict[str, str] = {}
+    passthru: list[str] = []
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        key = a.split("=", 1)[0]
+        if a == "--":
+            cmd = rest[i + 1 :]
+            break
+        if key in ("--cmd", "--restart", "--disk"):
+            if "=" in a:
+                val = a.split("=", 1)[1]
+            elif i + 1 < len(rest):
+                i += 1
+                val = rest[i]
+            else:
+                raise UsageError(a, "needs a value")
+            if key == "--cmd":
+                cmd = shlex.split(val)
+            else:
+                extra[key[2:]] = val
+        else:
+            passthru.append(a)
+        i += 1
+    from berth.cli import run as runcli
+
+    for opt in ("-i", "--interactive", "-t", "--tty", "--rootfs", "--name", "--rm"):
+        if any(p == opt or p.startswith(opt + "=") for p in passthru):
+            raise UsageError(opt, "not an option of berth create")
+    o = runcli.parse([*passthru, "--", "/sbin/init"])
+    cfg: dict = {"template": o["template"]}
+    if cmd is not None:
+        if not cmd:
+            raise UsageError("cmd", "empty command")
+        cfg["cmd"] = cmd
+    for key in ("hostname", "workdir", "user"):
+        if o[key]:
+            cfg[key] = o[key]
+    for key in ("env", "cap_add", "cap_drop", "security_opt"):
+        if o[key]:
+            cfg[key] = o[key]
+    for key in ("read_only", "privileged"):
+        if o[key]:
+            cfg[key] = True
+    if o["init"] is not None:
+        cfg["init"] = o["init"]
+    if o["net"] != "none":
+        cfg["net"] = o["net"]
+    if o["resources"]:
+        from berth.guests.config import flag_key
+
+        cfg["resources"] = {flag_key(flag): val for flag, val in o["resources"]}
+    cfg["restart"] = extra.get("restart", "no")
+    if "disk" in extra:
+        cfg["disk"] = extra["disk"]
+    from berth.cli._args import store
+    from berth.guests import lifecycle
+
+    s = store()
+    lifecycle.create(s, name, cfg)
+    # Build the spec now (users, capabilities, profiles, resources): remove the guest if it fails.
+    try:
+        from berth.cli import _guestspec
+
+        _guestspec.build(s, name)
+    except BaseException:
+        lifecycle.destroy(s, name, force=True)
+        raise
+    print(name)
+    return 0

@@ -1,0 +1,108 @@
+"""berth exec [-it] NAME [--user U] [--env K=V] [--workdir D] -- CMD...: run a command inside a
+running guest (all its namespaces, its cgroup, its capabilities and seccomp profile)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from berth.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def process_for(name: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The OCI process object for a command in guest ``name``: the guest's own settings
+    (capabilities, seccomp, rlimits) with the exec's user, env, workdir and terminal."""
+    from berth.cli import run as runcli
+    from berth.cli._args import store
+    from berth.guests import config, instance
+
+    s = store()
+    s.require(name)
+    if not instance.running(s.read_run(name)):
+        from berth.errors import StateError
+
+        raise StateError(f"guest {name!r} is not running")
+    base = config.run_options(config.load(s.config(name)))
+    base.update(args=o["args"], tty=o["tty"], interactive=o["interactive"], resources=[])
+    base["env"] = base["env"] + o["env"]
+    if o["user"]:
+        base["user"] = o["user"]
+    if o["workdir"]:
+        base["workdir"] = o["workdir"]
+    spec, _rootfs, _ov = runcli.build(base, name, s.root)
+    return spec["process"]  # type: ignore[no-any-return]
+
+
+def run_in(name: str, o: dict[str, Any]) -> int:
+    import berth.linux.seccomp  # noqa: F401 - exec's child imports it after entering the guest's root
+    from berth.cli._args import store
+    from berth.runtime.exec import exec_process
+
+    process = process_for(name, o)
+    if not o["interactive"] and not o["tty"]:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    h = exec_process(store().state_root, name, process)
+    if h.console_fd is not None:
+        from berth.runtime.console import Relay
+
+        with Relay(h.console_fd) as relay:
+            relay.pump()
+    return h.wait()
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    o: dict[str, Any] = {"interactive": False, "tty": False, "user": None, "workdir": None, "env": []}
+    i = 0
+    name = None
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if name is not None and not a.startswith("-"):
+            break
+        if not a.startswith("-"):
+            name = a
+        elif a in ("-i", "--interactive"):
+            o["interactive"] = True
+        elif a in ("-t", "--tty"):
+            o["tty"] = True
+        elif a in ("-it", "-ti"):
+            o["interactive"] = o["tty"] = True
+        elif a.split("=", 1)[0] in ("-u", "--user", "-e", "--env", "-w", "--workdir"):
+            key = a.split("=", 1)[0]
+            if "=" in a and a.startswith("--"):
+                val = a.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                val = argv[i]
+            else:
+                raise UsageError(a, "needs a value")
+            dest = {"-u": "user", "--user": "user", "-e": "env", "--env": "env"}.get(key, "workdir")
+            if dest == "env":
+                o["env"].append(val)
+            else:
+                o[dest] = val
+        elif a in ("-h", "--help"):
+            sys.stdout.write(__doc__ + "\n")
+            raise SystemExit(0)
+        else:
+            raise UsageError(a, "unknown option of berth exec")
+        i += 1
+    if name is None:
+        raise UsageError("NAME", "missing: berth exec [-it] NAME -- CMD...")
+    o["args"] = argv[i:]
+    if not o["args"]:
+        raise UsageError("CMD", "missing: berth exec [-it] NAME -- CMD...")
+    return name, o
+
+
+def main(argv: list[str]) -> int:
+    name, o = parse(argv)
+    return run_in(name, o)

@@ -1,0 +1,25 @@
+"""berth migrate NAME --to ADDR:PORT [--live|--stop-and-copy]: move a running guest to
+another berth host (``berth receive`` there); it is removed here only once it runs there."""
+
+from __future__ import annotations
+
+
+def main(argv: list[str]) -> int:
+    from berth.cli._args import Parser, store
+    from berth.guests import migrate
+
+    p = Parser(prog="berth migrate", description="live-migrate a guest to another host")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="ADDR:PORT", help="where 'berth receive' listens")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--live", dest="live", action="store_true", default=True, help="pre-copy (default)")
+    mode.add_argument("--stop-and-copy", dest="live", action="store_false", help="no pre-copy")
+    p.add_argument("--max-downtime", metavar="DURATION", help="accepted: the pre-copy target (e.g. 200ms)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds for each network step")
+    args = p.parse_args(argv)
+    t = migrate.migrate(store(), args.name, args.to, live=args.live, timeout=args.timeout)
+    print(
+        f"{args.name}: migrated to {args.to}: downtime {t['downtime'] * 1000:.0f} ms, "
+        f"total {t['total'] * 1000:.0f} ms, {t['bytes'] / 1048576:.1f} MiB"
+    )
+    return 0

@@ -1,0 +1,18 @@
+"""berth restore NAME [--image DIR]: bring a checkpointed guest back (same processes)."""
+
+from __future__ import annotations
+
+
+def main(argv: list[str]) -> int:
+    from berth.cli._args import Parser, store
+    from berth.cli.checkpoint import default_image
+    from berth.guests import migrate
+
+    p = Parser(prog="berth restore", description="restore a guest from its checkpoint")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--image", metavar="DIR", help="the images (default: the guest's checkpoint dir)")
+    args = p.parse_args(argv)
+    s = store()
+    pid = migrate.restore(s, args.name, args.image or default_image(s, args.name))
+    print(f"{args.name}: restored, init pid {pid}")
+    return 0

@@ -1,0 +1,168 @@
+"""A guest's config: one TOML file, validated on load (errors name the file, key and reason).
+
+Top-level keys (all optional but ``template``)::
+
+    template = "busybox"           # a template in the store
+    cmd = ["/bin/sh", "-c", "..."] # an application guest; absent: a system guest booting /sbin/init
+    init = true                    # tini in front of cmd (default: yes unless cmd is an init)
+    restart = "no"                 # no | on-failure | always
+    hostname = "web1"  env = ["K=V"]  workdir = "/"  user = "1000:1000"  net = "none"  # or "host"
+    cap_add = []  cap_drop = []  security_opt = []  read_only = false  privileged = false
+    disk = "256M"                  # the writable layer is an ext4 image of this size
+    created = 1700000000.0
+
+    [resources]                    # the resource flags of `berth run`, without the leading --
+    memory = "512M"
+"""
+
+from __future__ import annotations
+
+from berth.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+RESTART = ("no", "on-failure", "always")
+SYSTEM_INIT = ["/sbin/init"]
+
+_STR = ("template", "restart", "hostname", "workdir", "user", "net", "disk")
+_LIST = ("cmd", "env", "cap_add", "cap_drop", "security_opt")
+_BOOL = ("init", "read_only", "privileged")
+_NUM = ("created",)
+KEYS = frozenset((*_STR, *_LIST, *_BOOL, *_NUM, "resources"))
+
+
+class ConfigError(UsageError):
+    """A guest's config.toml is malformed or has a key or value berth cannot use."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(f"{path}: {key}", reason)
+
+
+def parse_size(text: str, field: str = "disk") -> int:
+    """Bytes from ``512M``, ``1G``, ``1048576``."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units and t[-1] != "" else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except (ValueError, KeyError):
+        raise UsageError(field, f"{text!r} is not a size (like 256M or 1G)") from None
+    if value <= 0:
+        raise UsageError(field, f"{text!r} must be positive")
+    return value
+
+
+def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Check every key of a loaded config; the config with defaults filled in."""
+    for key, value in data.items():
+        if key not in KEYS:
+            raise ConfigError(path, key, "unknown key")
+        if key in _STR and not isinstance(value, str):
+            raise ConfigError(path, key, f"must be a string, not {type(value).__name__}")
+        if key in _LIST and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(path, key, "must be a list of strings")
+        if key in _BOOL and not isinstance(value, bool):
+            raise ConfigError(path, key, f"must be true or false, not {value!r}")
+        if key in _NUM and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(path, key, "must be a number")
+    if "template" not in data:
+        raise ConfigError(path, "template", "missing")
+    if "cmd" in data and not data["cmd"]:
+        raise ConfigError(path, "cmd", "must not be empty")
+    if data.get("restart", "no") not in RESTART:
+        raise ConfigError(path, "restart", f"{data['restart']!r} is not one of {', '.join(RESTART)}")
+    if data.get("net", "none") not in ("none", "host"):
+        raise ConfigError(path, "net", f"{data['net']!r} is not one of none, host")
+    if "disk" in data:
+        try:
+            parse_size(data["disk"])
+        except UsageError as e:
+            raise ConfigError(path, "disk", e.reason) from None
+    if data.get("workdir") and not data["workdir"].startswith("/"):
+        raise ConfigError(path, "workdir", "must be an absolute path")
+    res = data.get("resources", {})
+    if not isinstance(res, dict):
+        raise ConfigError(path, "resources", "must be a table")
+    # Which keys are resource flags is the CLI's to say (berth.cli._guestspec.check_resources).
+    for key, value in res.items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(path, f"resources.{key}", "must be a string or a number")
+    return data
+
+
+def load(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "-", "missing") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "-", f"not valid TOML ({e})") from None
+    return validate(data, path)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        import json
+
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps(data: dict[str, Any]) -> str:
+    lines = ["# berth guest config (see berth.guests.config)"]
+    lines += [f"{k} = {_value(v)}" for k, v in data.items() if k != "resources"]
+    if data.get("resources"):
+        lines += ["", "[resources]"]
+        lines += [f'"{k}" = {_value(v)}' for k, v in data["resources"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def save(path: str, data: dict[str, Any]) -> None:
+    from berth.guests.store import atomic_write
+
+    validate(data, path)
+    atomic_write(path, dumps(data))
+
+
+def run_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The option dict of `berth run` (berth.cli.run.parse) for this config."""
+    return {
+        "rootfs": None,
+        "template": cfg["template"],
+        "name": None,
+        "hostname": cfg.get("hostname") or None,
+        "env": list(cfg.get("env", [])),
+        "workdir": cfg.get("workdir") or None,
+        "user": cfg.get("user") or None,
+        "interactive": False,
+        "tty": False,
+        "init": cfg.get("init"),
+        "cap_add": list(cfg.get("cap_add", [])),
+        "cap_drop": list(cfg.get("cap_drop", [])),
+        "security_opt": list(cfg.get("security_opt", [])),
+        "read_only": bool(cfg.get("read_only", False)),
+        "net": cfg.get("net", "none"),
+        "privileged": bool(cfg.get("privileged", False)),
+        "resources": [(f"--{k}", str(v)) for k, v in cfg.get("resources", {}).items()],
+        "args": list(cfg.get("cmd") or SYSTEM_INIT),
+    }
+
+
+def flag_key(flag: str) -> str:
+    """The [resources] key of a resource flag (``--memory`` and ``-m`` -> ``memory``)."""
+    return {"-m": "memory", "--cpu-shares": "cpu-share"}.get(flag, flag.lstrip("-"))
+
+
+def is_system(cfg: dict[str, Any]) -> bool:
+    return not cfg.get("cmd")

@@ -1,0 +1,71 @@
+"""Per-guest disk quota: an ext4 image (named after the guest) on a loop device holds the
+overlay's upper and work directories, so writing past its size gives ENOSPC in that guest only.
+
+The image is mounted on the host at ``guests/<name>/disk`` while the guest runs (the guest's
+mount namespace is copied from the host's, so the overlay inside can use it) and unmounted,
+its loop device detached, when the guest stops, is destroyed, or by ``berth gc``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from berth.errors import BerthError, UnsupportedError
+
+
+def _run(args: list[str]) -> str:
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    except FileNotFoundError:
+        raise UnsupportedError(f"{args[0]} is not installed (apt-get install e2fsprogs mount)") from None
+    if p.returncode != 0:
+        raise BerthError(f"{' '.join(args)}: {p.stderr.strip() or f'exit status {p.returncode}'}")
+    return p.stdout
+
+
+def make_image(path: str, size: int) -> None:
+    """A sparse ext4 image of ``size`` bytes."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", path])
+
+
+def loops_of(image: str) -> list[str]:
+    """Loop devices backed by ``image``."""
+    out = subprocess.run(["losetup", "-j", image], capture_output=True, text=True, check=False).stdout
+    return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
+
+
+def is_mounted(path: str) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def attach(image: str, mnt: str) -> str:
+    """Mount ``image`` on ``mnt`` through a loop device (reused if already there); the device."""
+    os.makedirs(mnt, 0o755, exist_ok=True)
+    if is_mounted(mnt):
+        loops = loops_of(image)
+        return loops[0] if loops else ""
+    dev = _run(["losetup", "--find", "--show", image]).strip()
+    try:
+        _run(["mount", "-t", "ext4", "-o", "nodev,nosuid", dev, mnt])
+    except BaseException:
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+        raise
+    for d in ("upper", "work"):
+        os.makedirs(os.path.join(mnt, d), 0o755, exist_ok=True)
+    return dev
+
+
+def detach(image: str, mnt: str) -> None:
+    """Unmount and free every loop device of ``image`` (idempotent)."""
+    while is_mounted(mnt):
+        p = subprocess.run(["umount", mnt], capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
+            break
+    for dev in loops_of(image):
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)

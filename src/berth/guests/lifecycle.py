@@ -1,0 +1,427 @@
+"""The guest lifecycle as library calls: create, start, stop, kill, destroy, clone, status, gc.
+
+Every call that changes a guest holds its lock; every file is replaced atomically.  A guest's
+state is reconciled on each look: a run record whose init is gone reads as stopped, and the
+caller holding the lock cleans what it left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import time
+
+from berth.errors import BerthError, ExistsError, NotFoundError, StateError, UsageError
+from berth.guests import client, config, disk, instance
+from berth.guests.store import Store, check_name, fault
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+# -- create / destroy / clone ---------------------------------------------------------------
+def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
+    """Make guest ``name`` from ``cfg`` (validated; the template must exist or be buildable)."""
+    from berth.rootfs import template
+
+    check_name(name)
+    cfg = {**cfg, "created": time.time()}
+    config.validate(cfg, f"{name}: config")
+    if cfg["template"] not in template.TEMPLATES and not os.path.isdir(
+        template.template_rootfs(store.root, cfg["template"])
+    ):
+        raise NotFoundError(f"template {cfg['template']!r} does not exist")
+    template.ensure(store.root, cfg["template"])
+    os.makedirs(store.guests, 0o711, exist_ok=True)
+    with store.lock(name):
+        if os.path.lexists(store.dir(name)):
+            raise ExistsError(f"guest {name!r} exists already")
+        tmp = os.path.join(store.guests, f".new-{name}-{secrets.token_hex(3)}")
+        os.mkdir(tmp, 0o711)
+        try:
+            if cfg.get("disk"):
+                disk.make_image(os.path.join(tmp, f"{name}.disk.img"), config.parse_size(cfg["disk"]))
+            else:
+                os.mkdir(os.path.join(tmp, "upper"), 0o755)
+                os.mkdir(os.path.join(tmp, "work"), 0o700)
+            fault("create:layer")
+            config.save(os.path.join(tmp, "config.toml"), cfg)
+            os.rename(tmp, store.dir(name))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        store.write_run(name, {"status": "stopped", "desired": "stopped", "store": store.root})
+
+
+def destroy(store: Store, name: str, *, force: bool = False) -> None:
+    store.require(name)
+    with store.lock(name):
+        rec = store.read_run(name)
+        if instance.running(rec):
+            if not force:
+                raise StateError(f"guest {name!r} is running: stop it first or use --force")
+            _stop_locked(store, name, rec, timeout=0)
+        instance.cleanup(store, name, rec)
+        trash = os.path.join(store.guests, f".destroy-{name}-{secrets.token_hex(3)}")
+        os.rename(store.dir(name), trash)
+        try:
+            os.unlink(store.run_file(name))
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clone(store: Store, name: str, new: str) -> None:
+    """A new guest with a copy of ``name``'s config and writable layer (the template is shared)."""
+    store.require(name)
+    check_name(new)
+    import subprocess
+
+    with store.lock(name):
+        if instance.running(store.read_run(name)):
+            raise StateError(f"guest {name!r} is running: stop it before cloning")
+        with store.lock(new):
+            if os.path.lexists(store.dir(new)):
+                raise ExistsError(f"guest {new!r} exists already")
+            cfg = config.load(store.config(name))
+            cfg["created"] = time.time()
+            tmp = os.path.join(store.guests, f".new-{new}-{secrets.token_hex(3)}")
+            os.mkdir(tmp, 0o711)
+            try:
+                if os.path.exists(store.image(name)):
+                    subprocess.run(
+                        ["cp", "--sparse=always", store.image(name), os.path.join(tmp, f"{new}.disk.img")],
+                        check=True,
+                    )
+                else:
+                    subprocess.run(["cp", "-a", store.layer(name, False)[0], tmp], check=True)
+                    os.mkdir(os.path.join(tmp, "work"), 0o700)
+                config.save(os.path.join(tmp, "config.toml"), cfg)
+                os.rename(tmp, store.dir(new))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            store.write_run(new, {"status": "stopped", "desired": "stopped", "store": store.root})
+
+
+# -- start / stop / kill ----------------------------------------------------------------------
+def reconcile(store: Store, name: str) -> dict[str, Any]:
+    """The guest's run record, with a dead init, or a start that died half-way, shown (and,
+    when nobody holds the guest's lock, cleaned) as stopped."""
+    rec = store.read_run(name)
+    if rec.get("status") not in ("running", "starting") or instance.running(rec):
+        return rec
+    lock = store.lock(name)
+    if not lock.acquire(blocking=False):  # a command or worker is at it: show, do not touch
+        starting = rec.get("status") == "starting" and instance.alive(rec)
+        return {**rec, "status": "starting" if starting else "stopped"}
+    try:
+        rec = store.read_run(name)
+        if rec.get("status") in ("running", "starting") and not instance.running(rec):
+            rec.update(status="stopped", finished_at=rec.get("finished_at") or time.time())
+            store.write_run(name, rec)
+            instance.cleanup(store, name, rec)
+        return rec
+    finally:
+        lock.release()
+
+
+def start(store: Store, names: list[str]) -> dict[str, int]:
+    """Start the guests (concurrently, through guestd); their init pids.
+
+    Under each guest's lock: check it is not running and record that it should run; then the
+    lock goes to guestd's worker (which checks again), so a start whose command is killed
+    still completes, and a concurrent start of the same guest is a no-op."""
+    for n in names:
+        store.require(n)
+        config.load(store.config(n))
+    pending = {}
+    pids = {}
+    for n in names:
+        with store.lock(n):
+            rec = store.read_run(n)
+            if instance.running(rec):
+                pids[n] = rec["pid"]  # already running: nothing to do (as docker start)
+                continue
+            store.update_run(n, desired="running", store=store.root)
+            pending[n] = None
+    fault("start:locked")
+    for n in pending:
+        pending[n] = client.send(store, {"op": "start", "name": n})
+    fault("start:sent")
+    errors = []
+    for n, s in pending.items():
+        reply = client.receive(s)
+        if reply.get("ok"):
+            pids[n] = reply["pid"]
+        else:
+            errors.append(f"start {n}: {reply.get('error')}" if len(names) > 1 else str(reply.get("error")))
+    if errors:
+        raise BerthError("; ".join(errors))
+    return pids
+
+
+def _wait_dead(rec: dict[str, Any], timeout: float) -> bool:
+    pid = rec.get("pid") or 0
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return True
+    try:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while instance.alive(rec):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([fd], [], [], min(left, 0.2))
+        return True
+    finally:
+        os.close(fd)
+
+
+def _stop_locked(store: Store, name: str, rec: dict[str, Any], timeout: float, *, term: bool = True) -> None:
+    rec = store.update_run(name, desired="stopped")
+    if instance.alive(rec):
+        if term:
+            try:
+                os.kill(rec["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if not _wait_dead(rec, timeout):
+            from berth.cgroups import open_cgroup
+
+            try:
+                open_cgroup(rec["cgroup"]).kill(signal.SIGKILL)
+            except (BerthError, OSError):
+                os.kill(rec["pid"], signal.SIGKILL)
+            _wait_dead(rec, 10)
+    rec = store.read_run(name)
+    rec.update(status="stopped", finished_at=rec.get("finished_at") or time.time())
+    store.write_run(name, rec)
+    instance.cleanup(store, name, rec)
+
+
+def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
+    """Stop guests together: SIGTERM to each init, SIGKILL to all that remain after ``timeout``."""
+    for n in names:
+        store.require(n)
+    locks = [store.lock(n) for n in names]
+    try:
+        for lock in locks:
+            lock.acquire()
+        recs = {n: store.update_run(n, desired="stopped") for n in names}
+        for rec in recs.values():
+            if instance.alive(rec):
+                try:
+                    os.kill(rec["pid"], signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for n, rec in recs.items():
+            _stop_locked(store, n, rec, max(0.0, deadline - time.monotonic()), term=False)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def kill(store: Store, name: str, sig: int) -> None:
+    store.require(name)
+    rec = store.read_run(name)
+    if not instance.running(rec):
+        raise StateError(f"guest {name!r} is not running")
+    os.kill(rec["pid"], sig)
+
+
+def status(store: Store, name: str) -> dict[str, Any]:
+    """What `berth list` and `berth info` show for one guest."""
+    cfg = config.load(store.config(name))
+    rec = reconcile(store, name)
+    up = instance.running(rec)
+    info: dict[str, Any] = {
+        "name": name,
+        "state": "running" if up else ("starting" if rec.get("status") == "starting" else "stopped"),
+        "pid": rec.get("pid") if up else None,
+        "template": cfg["template"],
+        "kind": "system" if config.is_system(cfg) else "application",
+        "cmd": cfg.get("cmd") or config.SYSTEM_INIT,
+        "restart": cfg.get("restart", "no"),
+        "restarts": rec.get("restarts", 0),
+        "exit_code": rec.get("exit_code"),
+        "uptime": round(time.time() - rec["started_at"], 1) if up and rec.get("started_at") else None,
+        "memory": None,
+        "disk": cfg.get("disk"),
+    }
+    if up and rec.get("cgroup"):
+        from berth.cgroups import open_cgroup
+
+        try:
+            mem = open_cgroup(rec["cgroup"]).stats().get("memory", {})
+            info["memory"] = mem.get("usage") or mem.get("current")
+        except (BerthError, OSError):
+            pass
+    return info
+
+
+def disk_use(store: Store, name: str) -> int:
+    """Bytes the guest's own writable layer uses (the template is shared and not counted)."""
+    has_disk = os.path.exists(store.image(name))
+    if has_disk:
+        return os.stat(store.image(name)).st_blocks * 512
+    total = 0
+    for top, _dirs, files in os.walk(store.layer(name, False)[0]):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(top, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+# -- set ----------------------------------------------------------------------------------------
+def set_resources(store: Store, name: str, items: list[tuple[str, str]], parsed: dict[str, Any]) -> bool:
+    """Persist resource flags (``items``: (flag, value)) to the config and apply them live
+    (``parsed``: OCI resources and annotations from berth.cli.resources.parse) if the guest runs.
+
+    rlimits (--nofile, --ulimit) are saved but take effect at the next start."""
+    store.require(name)
+    with store.lock(name):
+        cfg = config.load(store.config(name))
+        res = dict(cfg.get("resources", {}))
+        for flag, value in items:
+            res[config.flag_key(flag)] = value
+        cfg["resources"] = res
+        rec = store.read_run(name)
+        live = instance.running(rec)
+        if live:
+            from berth.runtime import resources as rtres
+
+            rtres.update(store.state_root, name, parsed["resources"], parsed["annotations"])
+        config.save(store.config(name), cfg)
+        return live
+
+
+# -- gc -----------------------------------------------------------------------------------------
+def gc(store: Store) -> list[str]:
+    """Remove what crashes left: half-made guests, stale run state, container state dirs,
+    empty cgroups under the parent, disk mounts and loop devices of guests not running."""
+    from berth.runtime import state as st
+
+    done: list[str] = []
+    names = set(store.names())
+    for entry in os.listdir(store.guests) if os.path.isdir(store.guests) else []:
+        if entry.startswith((".new-", ".destroy-")):
+            path = os.path.join(store.guests, entry)
+            guest = entry.split("-", 1)[1].rsplit("-", 1)[0]
+            image = os.path.join(path, f"{guest}.disk.img")
+            if os.path.exists(image):
+                disk.detach(image, os.path.join(path, "disk"))
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path}")
+    for name in sorted(names):
+        lock = store.lock(name)
+        if not lock.acquire(blocking=False):
+            continue
+        try:
+            rec = store.read_run(name)
+            if instance.running(rec):
+                continue
+            had = os.path.isdir(st.container_dir(store.state_root, name)) or (
+                os.path.exists(store.image(name)) and disk.loops_of(store.image(name))
+            )
+            if rec.get("status") == "running":
+                rec.update(status="stopped")
+                store.write_run(name, rec)
+            instance.cleanup(store, name, rec)
+            if had:
+                done.append(f"cleaned {name}")
+        finally:
+            lock.release()
+    # Runtime state dirs and run records of guests that no longer exist.
+    for cid in st.ids(store.state_root):
+        if cid == "guests" or cid in names:
+            continue
+        if os.path.exists(os.path.join(store.state_root, cid, "state.json")) or os.path.isdir(
+            os.path.join(store.state_root, cid)
+        ):
+            from berth.runtime import container
+
+            try:
+                c = container.Container.load(store.state_root, cid)
+                if c.status() == st.STOPPED or c.data.get("status") == st.CREATING:
+                    c.delete(force=True)
+                    done.append(f"removed state {cid}")
+            except (NotFoundError, BerthError):
+                st.remove_tree(os.path.join(store.state_root, cid))
+                done.append(f"removed state {cid}")
+    if os.path.isdir(store.run_dir()):
+        for f in os.listdir(store.run_dir()):
+            if f.endswith(".json") and f[:-5] not in names:
+                os.unlink(os.path.join(store.run_dir(), f))
+                done.append(f"removed record {f[:-5]}")
+    done += _gc_loops(store, names)
+    done += _gc_cgroups(store, names)
+    return done
+
+
+def _gc_loops(store: Store, names: set[str]) -> list[str]:
+    """Loop devices backed by an image in this store whose guest is not running (or gone)."""
+    import subprocess
+
+    done = []
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    prefix = os.path.realpath(store.guests) + "/"
+    for line in out.splitlines():
+        dev, _, rest = line.partition(":")
+        backing = rest[rest.find("(") + 1 : rest.rfind(")")].removesuffix(" (deleted)")
+        if not backing.startswith(prefix):
+            continue
+        owner = backing[len(prefix) :].split("/", 1)[0]
+        if owner in names and instance.running(store.read_run(owner)):
+            continue
+        mnt = os.path.join(os.path.dirname(backing), "disk")
+        if disk.is_mounted(mnt):
+            subprocess.run(["umount", mnt], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+        done.append(f"detached {dev} ({backing})")
+    return done
+
+
+def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
+    from berth.cgroups import open_cgroup
+
+    done = []
+    running = {n for n in names if instance.running(store.read_run(n))}
+    seen: set[str] = set()
+    for top in os.listdir("/sys/fs/cgroup"):
+        base = os.path.join("/sys/fs/cgroup", top, store.cgroup_parent)
+        if not os.path.isdir(base):
+            continue
+        for child in os.listdir(base):
+            if os.path.isdir(os.path.join(base, child)) and child not in running:
+                seen.add(child)
+    for child in sorted(seen):
+        cg = open_cgroup(f"{store.cgroup_parent}/{child}")
+        try:
+            if cg.pids():
+                continue
+            cg.destroy()
+            done.append(f"removed cgroup {cg.path}")
+        except (BerthError, OSError):
+            pass
+    return done
+
+
+def parse_signal(text: str) -> int:
+    t = text.upper()
+    if t.isdigit():
+        return int(t)
+    t = t if t.startswith("SIG") else f"SIG{t}"
+    try:
+        return int(signal.Signals[t])
+    except KeyError:
+        raise UsageError("signal", f"unknown signal {text!r}") from None

@@ -1,0 +1,186 @@
+"""Where a guest's files live, per-guest locks and atomic writes.
+
+Store (``BERTH_ROOT``)::
+
+    guests/<name>/config.toml     the guest's config (the only thing a user edits)
+    guests/<name>/upper, work     the overlay's writable layer (persistent root filesystem)
+    guests/<name>/<name>.disk.img with --disk: an ext4 image, mounted on guests/<name>/disk
+    guests/<name>/console.log     the guest's stdout and stderr
+    guests/.locks/<name>          the guest's lock (a POSIX record lock)
+    guests/.new-<name>-<tag>      a guest being created (renamed into place when complete)
+
+State root (``BERTH_RUN``)::
+
+    <name>/                       the runtime's container state (the container id is the name)
+    .guests/<name>.json           the guest's run record: desired state, init pid, exit status
+    .guests/guestd.sock, .pid     the supervisor daemon (dot names: the runtime owns the rest)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+
+from berth.errors import BerthError, NotFoundError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+NAME_MAX = 48
+_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_CHARS = _FIRST | frozenset("_.-")
+
+
+def check_name(name: str) -> str:
+    """A guest name: letters, digits and ``_.-``, starting with a letter or digit, at most 48."""
+    if not (0 < len(name) <= NAME_MAX and name[0] in _FIRST and all(c in _CHARS for c in name)):
+        raise UsageError(
+            "name", f"invalid guest name {name!r}: use letters, digits and _.- (at most {NAME_MAX})"
+        )
+    return name
+
+
+class Store:
+    """Paths of one store and one state root."""
+
+    def __init__(self, root: str, state_root: str, cgroup_parent: str = "berth") -> None:
+        self.root = root
+        self.state_root = state_root
+        self.cgroup_parent = cgroup_parent
+
+    @property
+    def guests(self) -> str:
+        return os.path.join(self.root, "guests")
+
+    def dir(self, name: str) -> str:
+        return os.path.join(self.guests, name)
+
+    def config(self, name: str) -> str:
+        return os.path.join(self.dir(name), "config.toml")
+
+    def log(self, name: str) -> str:
+        return os.path.join(self.dir(name), "console.log")
+
+    def image(self, name: str) -> str:
+        return os.path.join(self.dir(name), f"{name}.disk.img")
+
+    def disk_mnt(self, name: str) -> str:
+        return os.path.join(self.dir(name), "disk")
+
+    def layer(self, name: str, disk: bool) -> tuple[str, str]:
+        """(upper, work) of the guest's overlay."""
+        base = self.disk_mnt(name) if disk else self.dir(name)
+        return os.path.join(base, "upper"), os.path.join(base, "work")
+
+    def run_dir(self) -> str:
+        return os.path.join(self.state_root, ".guests")
+
+    def run_file(self, name: str) -> str:
+        return os.path.join(self.run_dir(), f"{name}.json")
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self.config(name))
+
+    def require(self, name: str) -> str:
+        check_name(name)
+        if not self.exists(name):
+            raise NotFoundError(f"guest {name!r} does not exist")
+        return name
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.guests) if not n.startswith(".") and self.exists(n))
+        except FileNotFoundError:
+            return []
+
+    # -- run records --------------------------------------------------------------------
+    def read_run(self, name: str) -> dict[str, Any]:
+        try:
+            with open(self.run_file(name)) as f:
+                return json.load(f)  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def write_run(self, name: str, record: dict[str, Any]) -> None:
+        os.makedirs(self.run_dir(), 0o700, exist_ok=True)
+        atomic_write(self.run_file(name), json.dumps(record, sort_keys=True))
+
+    def update_run(self, name: str, **fields: Any) -> dict[str, Any]:
+        record = self.read_run(name)
+        record.update(fields)
+        self.write_run(name, record)
+        return record
+
+    def lock(self, name: str, *, wait: float = 30.0) -> Lock:
+        return Lock(os.path.join(self.guests, ".locks", name), name, wait)
+
+
+def fault(point: str) -> None:
+    """Fault injection for the crash tests: SIGKILL ourselves at ``point`` if BERTH_FAULT names it."""
+    if os.environ.get("BERTH_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` by write + fsync + rename: readers see the old or the new file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+class Lock:
+    """An exclusive per-guest lock on a file under guests/.locks; a context manager.
+
+    A POSIX record lock (``lockf``), not ``flock``: a flock belongs to the open file and is
+    shared with forked children, so a guest's init (forked by the runtime, holding our fds until
+    it execs) would keep the guest locked if its starter died.  Record locks are not inherited.
+    """
+
+    def __init__(self, path: str, name: str, wait: float) -> None:
+        self.path = path
+        self.name = name
+        self.wait = wait
+        self.fd = -1
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        os.makedirs(os.path.dirname(self.path), 0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except (BlockingIOError, PermissionError) as e:
+                if not blocking:
+                    os.close(self.fd)
+                    self.fd = -1
+                    return False
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise BerthError(
+                        f"guest {self.name!r} is busy (another berth command holds its lock)"
+                    ) from e
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

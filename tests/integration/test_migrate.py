@@ -1,0 +1,117 @@
+"""Live migration between two berth "hosts" on one machine: two stores, two state roots, two
+cgroup parents, two network namespaces joined by a veth (the stream goes over it), all made here."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_checkpoint import Host, criu_or_skip, make_host, start_guest, wait
+
+PORT = 7711
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, prefix: str, unique: str, berth_env: dict[str, str]):
+    criu_or_skip()
+    a = make_host(tmp_path, prefix, f"{unique}a", berth_env["BERTH_ROOT"])
+    b = make_host(tmp_path, prefix, f"{unique}b", berth_env["BERTH_ROOT"])
+    ns_a, ns_b = f"{unique}na", f"{unique}nb"
+    made = []
+    try:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+        va, vb = f"{unique}va", f"{unique}vb"
+        subprocess.run(
+            ["ip", "link", "add", va, "netns", ns_a, "type", "veth", "peer", vb, "netns", ns_b], check=True
+        )
+        for ns, dev, addr in ((ns_a, va, "10.213.0.1/24"), (ns_b, vb, "10.213.0.2/24")):
+            subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        a.netns, b.netns = ns_a, ns_b  # type: ignore[attr-defined]
+        yield a, b
+    finally:
+        a.cleanup()
+        b.cleanup()
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def in_ns(ns: str, h: Host, *args: str) -> list[str]:
+    from test_checkpoint import BERTH
+
+    return ["nsenter", f"--net=/run/netns/{ns}", BERTH, *args]
+
+
+def receiver(b: Host, fault: str = "") -> subprocess.Popen:
+    env = {**b.env, "BERTH_FAULT": fault}
+    p = subprocess.Popen(
+        in_ns(b.netns, b, "receive", "--listen", f"10.213.0.2:{PORT}"),  # type: ignore[attr-defined]
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert "listening" in line, (line, p.stderr.read() if p.poll() is not None else "")
+    return p
+
+
+def migrate(a: Host, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        in_ns(a.netns, a, "migrate", name, "--to", f"10.213.0.2:{PORT}", "--timeout", "30", *extra),  # type: ignore[attr-defined]
+        env=a.env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def b_has_nothing(b: Host, name: str) -> None:
+    guests = b.store / "guests"
+    left = [n for n in (guests.iterdir() if guests.is_dir() else []) if name in n.name]
+    assert not left, left
+    assert not b.record(name).get("pid")
+    assert not list(Path("/sys/fs/cgroup/pids").glob(f"{b.parent}/{name}"))
+
+
+def test_live_migration_keeps_processes_and_connection(hosts: tuple[Host, Host], unique: str) -> None:
+    a, b = hosts
+    name = f"{unique}-m"
+    start_guest(a, name)
+    r = receiver(b)
+    out = migrate(a, name)
+    rc = r.wait(60)
+    err = r.stderr.read() if r.stderr else ""
+    assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
+    assert "downtime" in out.stdout
+    rec = b.record(name)
+    assert rec["status"] == "running" and rec["pid"]
+    n = len(b.replies(name))
+    c = b.count(name)
+    wait(lambda: b.count(name) > c + 3, what="the counter to continue on B")
+    wait(lambda: len(b.replies(name)) > n + 3, what="the connection to answer on B")
+    # A has nothing of it left.
+    assert not (a.store / "guests" / name).exists()
+    assert not a.record(name)
+    assert not list(Path("/sys/fs/cgroup/pids").glob(f"{a.parent}/{name}"))
+    b("destroy", "--force", name)
+
+
+@pytest.mark.parametrize("point", ["receive:precopy", "receive:transfer", "receive:restore"])
+def test_receiver_killed_guest_stays_on_source(hosts: tuple[Host, Host], unique: str, point: str) -> None:
+    a, b = hosts
+    name = f"{unique}-f"
+    start_guest(a, name)
+    r = receiver(b, fault=point)
+    out = migrate(a, name)
+    r.wait(60)
+    assert out.returncode != 0, out
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    rec = a.record(name)
+    assert rec["status"] == "running" and rec["pid"], rec
+    c, n = a.count(name), len(a.replies(name))
+    wait(lambda: a.count(name) > c + 3, what="the guest to run on A")
+    wait(lambda: len(a.replies(name)) > n + 2, what="the connection to answer on A")
+    time.sleep(0.2)
+    b_has_nothing(b, name)
+    a("destroy", "--force", name)
