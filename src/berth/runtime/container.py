@@ -416,6 +416,10 @@ def create(
             parent_sock = None
         return c
     except BaseException:
+        if not pid and parent_sock is not None:
+            # The init's error may come before the intermediate child's "pid" message: collect it,
+            # so the init is killed and reaped here, not left to finish on its own after we return.
+            pid = _drain_for_pid(parent_sock)
         if pid:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -520,6 +524,23 @@ def _stderr_warn(text: str) -> None:
         os.write(2, f"berth: warning: {text}\n".encode())
     except OSError:
         pass
+
+
+def _drain_for_pid(sock: Any, timeout: float = 5.0) -> int:
+    """Read what is left on the sync socket until its end (or ``timeout``); the init's pid if sent."""
+    sock.settimeout(timeout)
+    pid = 0
+    try:
+        while True:
+            msg, fds = sync.recv(sock)
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                return pid
+            if msg.get("type") == "pid":
+                pid = int(msg["pid"])
+    except OSError:
+        return pid
 
 
 def _reap(pid: int) -> None:
