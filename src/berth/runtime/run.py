@@ -84,11 +84,12 @@ def run(
                 relay.pump()
         else:
             c.start()
-        from berth.runtime import supervise
+        if (c.data.get("berth") or {}).get("limits"):
+            from berth.runtime import supervise
 
-        sup = supervise.supervisor_for(c)  # ANON / MEMLOCK limits: poll the guest while waiting
-        if sup is not None:
-            return supervise.wait(c.pid, sup)
+            sup = supervise.supervisor_for(c)  # ANON / MEMLOCK limits: poll the guest while waiting
+            if sup is not None:
+                return supervise.wait(c.pid, sup)
         return container.wait_exit(c.pid)
     finally:
         target["pid"] = 0
