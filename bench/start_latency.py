@@ -72,9 +72,10 @@ def breakdown(env: dict[str, str]) -> None:
     tops: list[tuple[int, str]] = []
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
-        if m and len(m.group(3)) == 1:
-            total += int(m.group(2))
-            tops.append((int(m.group(2)), m.group(4)))
+        if m:
+            total += int(m.group(1))  # self times add up to the whole
+            if not m.group(3):
+                tops.append((int(m.group(2)), m.group(4)))
     tops.sort(reverse=True)
     print("\nwhere berth's time goes (one run; importtime inflates imports a little):")
     print(f"  bare interpreter (python -I -S -c pass): {bare * 1000:.1f} ms")
