@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 # What berth needs to run guests, and what the tests need beyond that (real clients and peers).
 APT_PACKAGES := busybox-static tini iproute2 nftables libseccomp2 python3-venv util-linux procps lxcfs uidmap
-TEST_APT_PACKAGES := gcc libc6-dev runc podman conmon containerd kmod iptables
+TEST_APT_PACKAGES := gcc libc6-dev runc podman conmon containerd kmod iptables iperf3 tmux debootstrap
 # CRIU 4.1.1 from Debian 13 with its libraries, unpacked into berth's tools dir (never installed over libc).
 CRIU_DIR ?= /var/lib/berth/tools/criu
 # The lab (bench/lab): separate-kernel guests and the cgroup-v2 test kernel. Installed by lab-setup only.

@@ -85,7 +85,7 @@ def run(n: int, app: bool, batch: int) -> dict[str, float]:
         berth("template", "build", "busybox")
         t = time.perf_counter()
         for name in names:
-            berth("create", name, *cmd)
+            berth("create", name, "--net", "none", *cmd)  # density without networking
         t_create = time.perf_counter() - t
         berth("list")  # starts guestd: measure it apart from the guests
         time.sleep(1)

@@ -1,12 +1,27 @@
-"""Network throughput: host loopback (native) vs a bridge guest over veth+bridge vs an ip:ADDR guest
-(host stack + cgroup BPF filter), as ratios to loopback.  busybox dd|nc on both ends, so the three
-paths pay the same tool overhead.  Run as root: ``.venv/bin/python bench/net.py``."""
+"""Guest networking benchmark: iperf3 throughput and TCP round-trip latency (1-byte ping-pong)
+for host loopback (native), guest->host over veth+bridge, guest<->guest over the bridge and an
+ip:ADDR guest (host stack + cgroup BPF), as ratios to loopback; then the HTB accuracy table
+(target vs achieved).
+
+The guests are made with ``berth create`` (busybox) and driven with ``berth exec``; iperf3 and
+its libraries (the host's, run through the host's ld.so) and a static ping-pong program are
+copied into each guest's own root, so both ends really run inside the guests.  Every object
+has a random prefix; all traffic stays on loopback, the bench's bridge and its guests.
+
+Run as root: ``.venv/bin/python bench/net.py`` (BENCH_SECONDS, BENCH_REPS, BENCH_PINGPONG).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
 import os
 import secrets
+import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -14,25 +29,68 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BERTH = str(REPO / ".venv" / "bin" / "berth")
-MB = int(os.environ.get("BENCH_MB", "2000"))
-PREFIX = f"bb{secrets.token_hex(3)}"
-SUBNET = os.environ.get("BENCH_SUBNET", "10.213.77.0/24")
-GW = SUBNET.rsplit(".", 1)[0] + ".1"
-GUEST_IP = SUBNET.rsplit(".", 1)[0] + ".50"
-SEND = f"dd if=/dev/zero bs=64k count={MB * 16} 2>/dev/null | busybox nc {{host}} {{port}}"
+SECONDS = int(os.environ.get("BENCH_SECONDS", "4"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+N_PINGPONG = int(os.environ.get("BENCH_PINGPONG", "10000"))
+TAG = f"bn{secrets.token_hex(2)}"
+OPT = "/opt/berthbench"
 
-
-SINK = """
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
-c, _ = s.accept(); left = int(sys.argv[2]); buf = bytearray(1 << 20)
-while left > 0:
-    n = c.recv_into(buf)
-    if not n: break
-    left -= n
-c.close()
+PINGPONG_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+/* pp s ADDR PORT: answer each byte with a byte (one connection); pp c ADDR PORT N: N round trips */
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+    inet_pton(AF_INET, argv[2], &a.sin_addr);
+    int one = 1, s = socket(AF_INET, SOCK_STREAM, 0);
+    char b = 'x';
+    if (argv[1][0] == 's') {
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(s, (void *)&a, sizeof a) || listen(s, 1)) { perror("bind"); return 1; }
+        printf("LISTENING\n"); fflush(stdout);
+        int c = accept(s, 0, 0);
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        while (read(c, &b, 1) == 1) if (write(c, &b, 1) != 1) break;
+        return 0;
+    }
+    long n = atol(argv[4]);
+    for (int i = 0; connect(s, (void *)&a, sizeof a); i++) {
+        if (i > 100) { perror("connect"); return 1; }
+        usleep(20000); close(s); s = socket(AF_INET, SOCK_STREAM, 0);
+    }
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++)
+        if (write(s, &b, 1) != 1 || read(s, &b, 1) != 1) { perror("pingpong"); return 1; }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.2f\n", ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n / 1000.0);
+    return 0;
+}
 """
+
+
+def _free_subnet(third: int = 0) -> str:
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    routes = []
+    for line in out.splitlines():
+        words = line.split()
+        dst = words[1] if words[0] in ("broadcast", "local", "unreachable") else words[0]
+        with contextlib.suppress(ValueError):
+            if dst != "default":
+                routes.append(ipaddress.IPv4Network(dst, strict=False))
+    for _ in range(200):
+        net = ipaddress.IPv4Network(f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(250)}.0/24")
+        if not any(r.overlaps(net) for r in routes):
+            return str(net)
+    raise SystemExit("no free 10.x /24 for the bench")
 
 
 def _port() -> int:
@@ -41,42 +99,249 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _timed(cmd: list[str], env: dict[str, str], host: str) -> float:
-    port = _port()
-    sink = subprocess.Popen(
-        ["busybox", "nc", "-l", "-p", str(port)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+class Bench:
+    def __init__(self, tmp: Path, link_rate: str = "10gbit") -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.subnet = _free_subnet()
+        self.gw = str(ipaddress.IPv4Network(self.subnet)[1])
+        self.env = dict(
+            os.environ,
+            BERTH_ROOT=str(tmp / "store"),
+            BERTH_RUN=str(tmp / "run"),
+            BERTH_CGROUP_PARENT=TAG,
+            BERTH_NET_PREFIX=TAG,
+            BERTH_BRIDGE=f"{TAG}br0",
+            BERTH_NFT_TABLE=TAG,
+            BERTH_SUBNET=self.subnet,
+            BERTH_NET_LINK_RATE=link_rate,
+        )
+        self.names: list[str] = []
+        self.pp = str(tmp / "pp")
+
+    def berth(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("check", True)
+        return subprocess.run([BERTH, *args], env=self.env, capture_output=True, text=True, **kw)
+
+    def guest(self, name: str, *net: str) -> str:
+        name = f"{TAG}-{name}"
+        self.berth("create", name, *net, "--cmd", "sleep 100000")
+        self.names.append(name)
+        self.berth("start", name)
+        self._inject(name)
+        return name
+
+    def info(self, name: str) -> dict:
+        return json.loads(self.berth("info", name, "--json").stdout)
+
+    def _inject(self, name: str) -> None:
+        """iperf3, its libraries, the host's ld.so and the ping-pong program into the guest's root."""
+        pid = self.info(name)["pid"]
+        dest = Path(f"/proc/{pid}/root{OPT}")
+        dest.mkdir(parents=True, exist_ok=True)
+        libs = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True, check=True).stdout
+        for line in libs.splitlines():
+            path = line.split("=>")[-1].split("(")[0].strip()
+            if path.startswith("/"):
+                shutil.copy2(path, dest / os.path.basename(path))
+        shutil.copy2("/usr/bin/iperf3", dest / "iperf3")
+        shutil.copy2(self.pp, dest / "pp")
+
+    def iperf_in(self, name: str) -> list[str]:
+        return [
+            BERTH,
+            "exec",
+            name,
+            "--",
+            f"{OPT}/ld-linux-x86-64.so.2",
+            "--library-path",
+            OPT,
+            f"{OPT}/iperf3",
+        ]
+
+    def pp_in(self, name: str) -> list[str]:
+        return [BERTH, "exec", name, "--", f"{OPT}/pp"]
+
+    def cleanup(self) -> None:
+        for n in self.names:
+            self.berth("destroy", "--force", n, check=False)
+        pid = self.tmp / "run" / ".guests" / "guestd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+        self.berth("gc", check=False)
+
+
+def _server(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    full = [c.replace("{host}", host).replace("{port}", str(port)) for c in cmd]
-    subprocess.run(full, env=env, check=True, stdout=subprocess.DEVNULL)
-    dt = time.monotonic() - t0
-    sink.kill()
-    sink.wait()
-    return MB * 16 * 65536 * 8 / dt / 1e6
+    time.sleep(0.6)
+    return p
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def iperf(b: Bench, server: list[str], client: list[str], host: str, *, seconds: int = SECONDS) -> float:
+    """Gbit/s received by the server, one TCP stream."""
+    port = _port()
+    srv = _server([*server, "-s", "-1", "-p", str(port)], b.env)
+    try:
+        out = subprocess.run(
+            [*client, "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
+            env=b.env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
+        data = json.loads(out.stdout)
+        if "error" in data:
+            raise RuntimeError(data["error"])
+        return data["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        _stop(srv)
+
+
+def pingpong(b: Bench, server: list[str], client: list[str], bind: str, host: str) -> float:
+    """Mean round trip in microseconds (N 1-byte request/response over one TCP connection)."""
+    port = _port()
+    srv = _server([*server, "s", bind, str(port)], b.env)
+    try:
+        out = subprocess.run(
+            [*client, "c", host, str(port), str(N_PINGPONG)],
+            env=b.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip() or out.stdout.strip())
+        return float(out.stdout.split()[-1])
+    finally:
+        _stop(srv)
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def throughput_table(tmp: Path) -> None:
+    b = Bench(tmp / "tput")
+    subprocess.run(
+        ["gcc", "-O2", "-static", "-o", b.pp, "-x", "c", "-"], input=PINGPONG_C, text=True, check=True
+    )
+    host_iperf, host_pp = ["iperf3"], [b.pp]
+    try:
+        ga = b.guest("a")
+        gb = b.guest("b")
+        ip_addr = str(ipaddress.IPv4Network(b.subnet)[200])
+        gi = b.guest("i", "--net", f"ip:{ip_addr}")
+        ip_b = b.info(gb)["ips"][0]
+        paths = [
+            ("host loopback (native)", host_iperf, host_iperf, host_pp, host_pp, "127.0.0.1", "127.0.0.1"),
+            ("guest->host veth+bridge", host_iperf, b.iperf_in(ga), host_pp, b.pp_in(ga), b.gw, b.gw),
+            ("guest<->guest bridge", b.iperf_in(gb), b.iperf_in(ga), b.pp_in(gb), b.pp_in(ga), ip_b, ip_b),
+            (
+                "ip:ADDR guest (BPF)",
+                host_iperf,
+                b.iperf_in(gi),
+                host_pp,
+                b.pp_in(gi),
+                "127.0.0.1",
+                "127.0.0.1",
+            ),
+        ]
+        rows = []
+        for name, srv, cli, psrv, pcli, bind, host in paths:
+            g = [iperf(b, srv, cli, host) for _ in range(REPS)]
+            lat = pingpong(b, psrv, pcli, bind, host)
+            rows.append((name, statistics.median(g), max(g), lat))
+        base_g, base_lat = rows[0][1], rows[0][3]
+        print(
+            f"\nthroughput (iperf3, 1 TCP stream, {SECONDS}s x {REPS}, median) and latency ({N_PINGPONG} x 1-byte TCP ping-pong)"
+        )
+        print(f"{'path':<26}{'Gbit/s':>9}{'max':>8}{'ratio':>8}{'RTT us':>9}{'ratio':>8}")
+        for name, med, mx, lat in rows:
+            print(f"{name:<26}{med:>9.2f}{mx:>8.2f}{med / base_g:>8.2f}{lat:>9.1f}{lat / base_lat:>8.2f}")
+        mtu = subprocess.run(["ip", "-o", "link", "show", f"{TAG}br0"], capture_output=True, text=True).stdout
+        print(f"(bridge: {mtu.split('mtu')[1].split()[0] if 'mtu' in mtu else '?'} MTU; loadavg {_load()})")
+    finally:
+        b.cleanup()
+
+
+def htb_table(tmp: Path) -> None:
+    """Guests sending to the host at full speed through their HTB classes (link = 400mbit)."""
+    b = Bench(tmp / "htb", link_rate="400mbit")
+    subprocess.run(
+        ["gcc", "-O2", "-static", "-o", b.pp, "-x", "c", "-"], input=PINGPONG_C, text=True, check=True
+    )
+    rows = []
+    try:
+        ga = b.guest("ha", "--net-rate", "100mbit", "--net-ceil", "200mbit")
+        gb = b.guest("hb", "--net-rate", "300mbit")
+        secs = max(SECONDS, 5)
+        rows.append(
+            ("A alone: rate 100 ceil 200", 200, iperf(b, ["iperf3"], b.iperf_in(ga), b.gw, seconds=secs))
+        )
+        rows.append(
+            (
+                "B alone: rate 300 ceil 400 (link)",
+                400,
+                iperf(b, ["iperf3"], b.iperf_in(gb), b.gw, seconds=secs),
+            )
+        )
+        # Both at once: each its rate.
+        pa, pb = _port(), _port()
+        srvs = [_server(["iperf3", "-s", "-1", "-p", str(p)], b.env) for p in (pa, pb)]
+        clients = [
+            subprocess.Popen(
+                [*b.iperf_in(g), "-c", b.gw, "-p", str(p), "-t", str(secs), "-J"],
+                env=b.env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for g, p in ((ga, pa), (gb, pb))
+        ]
+        got = [
+            json.loads(c.communicate(timeout=secs + 30)[0])["end"]["sum_received"]["bits_per_second"]
+            for c in clients
+        ]
+        for s in srvs:
+            _stop(s)
+        rows.append(("A with B: rate 100", 100, got[0] / 1e9))
+        rows.append(("B with A: rate 300", 300, got[1] / 1e9))
+        b.berth("set", ga, "--net-rate", "40mbit", "--net-ceil", "60mbit")
+        rows.append(
+            ("A after set (live): ceil 60", 60, iperf(b, ["iperf3"], b.iperf_in(ga), b.gw, seconds=secs))
+        )
+    finally:
+        b.cleanup()
+    print("\nHTB accuracy (guest -> host, IFB egress classes; link 400mbit)")
+    print(f"{'configuration':<36}{'target':>9}{'achieved':>10}{'error':>8}")
+    for name, target, gbps in rows:
+        mbit = gbps * 1000
+        print(f"{name:<36}{target:>8}M{mbit:>9.1f}M{(mbit - target) / target:>+8.1%}")
+    print(f"(loadavg {_load()})")
 
 
 def main() -> None:
-    store = tempfile.mkdtemp(prefix=f"{PREFIX}-")
-    env = dict(os.environ, BERTH_ROOT=store, BERTH_RUN=f"{store}/run", BERTH_CGROUP_PARENT=PREFIX,
-               BERTH_NET_PREFIX=PREFIX, BERTH_BRIDGE=f"{PREFIX}br0", BERTH_NFT_TABLE=PREFIX, BERTH_SUBNET=SUBNET)  # fmt: skip
-    holder = subprocess.Popen([BERTH, "run", "--net", "bridge", "--", "sleep", "600"], env=env)
+    if os.geteuid() != 0 or not shutil.which("iperf3"):
+        raise SystemExit("bench/net.py: needs root and iperf3 (make setup-test)")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TAG}-"))
+    print(f"bench/net.py  {TAG}  loadavg {_load()}  {os.cpu_count()} CPUs")
     try:
-        time.sleep(2)
-        loop = _timed(["sh", "-c", SEND], env, "127.0.0.1")
-        veth = _timed([BERTH, "run", "--net", "bridge", "--", "sh", "-c", SEND], env, GW)
-        ipm = _timed([BERTH, "run", "--net", f"ip:{GUEST_IP}", "--", "sh", "-c", SEND], env, "127.0.0.1")
+        throughput_table(tmp)
+        htb_table(tmp)
     finally:
-        holder.terminate()
-        holder.wait()
-    print(f"{'path':<28}{'Mbit/s':>10}{'ratio':>8}")
-    for name, v in (
-        ("host loopback (native)", loop),
-        ("guest->host veth+bridge", veth),
-        ("ip:ADDR (cgroup BPF)", ipm),
-    ):
-        print(f"{name:<28}{v:>10.0f}{v / loop:>8.2f}")
-    print(f"({MB} MB each, dd|nc; includes berth run start-up for the two guest paths)")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def host_a(tmp_path: Path, prefix: str, unique: str, berth_env: dict[str, str]):
 
 
 def start_guest(h: Host, name: str) -> None:
-    h("create", name, "--no-init", "--", "sh", "-c", GUEST)
+    h("create", name, "--net", "none", "--no-init", "--", "sh", "-c", GUEST)
     h("start", name)
     wait(lambda: len(h.replies(name)) >= 3, what="the guest's client to get replies")
 

@@ -13,6 +13,7 @@ VERBS = {
     "run": "berth.cli.run",
     "template": "berth.cli.template",
     "stats": "berth.cli.stats",
+    "top": "berth.cli.top",
     "create": "berth.cli.create",
     "start": "berth.cli.start",
     "stop": "berth.cli.stop",
@@ -36,7 +37,7 @@ USAGE = """usage: berth [--debug] VERB [ARGS...]
 
 verbs:
   run        run a command in a new, isolated guest and remove it afterwards
-  template   build or list root filesystem templates (busybox)
+  template   build, import or list root filesystem templates (busybox, debian, oci:PATH)
   create     make a long-lived guest (create NAME [--cmd ...] [--restart P] [--disk SIZE])
   start, stop, restart, kill NAME   the guest lifecycle (guests outlive berth: supervised by guestd)
   list, info, logs [-f]             look at guests
@@ -47,6 +48,7 @@ verbs:
   clone NAME NEW, destroy NAME      copy or remove a guest
   gc         remove what crashes left behind
   stats      resource use of the running guests (cgroup accounting)
+  top        a live, refreshing view of every guest (--once: one frame)
 
 environment: BERTH_ROOT (store, default /var/lib/berth), BERTH_RUN (state, default /run/berth),
 BERTH_CGROUP_PARENT (default berth).  'berth VERB --help' for a verb's options.

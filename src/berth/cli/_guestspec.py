@@ -46,5 +46,8 @@ def build(store: Store, name: str) -> None:
     o = config.run_options(cfg)
     spec, _rootfs, overlay = runcli.build(o, name, store.root)
     use_init = o["init"] if o["init"] is not None else not wants_init(o["args"])
-    saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", [])}
+    # The network as resolved now (bridge, subnet, nft table, name prefix from the config and the
+    # environment): guestd's workers plug the guest in with exactly this at every (re)start.
+    net = config.net_to_dict(config.net_options(cfg))
+    saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", []), "net": net}
     atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved))

@@ -13,7 +13,11 @@ HELP = """usage: berth create NAME [--template busybox] [--cmd 'CMD ARGS' | -- C
 Without --cmd the guest is a system guest that boots its own /sbin/init.
   --restart POLICY   restart the guest when it ends: no (default), on-failure, always
   --disk SIZE        give the guest a writable layer of SIZE (an ext4 image): ENOSPC past it
+  --net MODE         bridge (default for guests: own stack, an address kept for the guest's life),
+                     none, host or ip:ADDR[,ADDR]; with bridge: --ip, -p H:G[/proto], --net-isolate,
+                     --net-rate, --net-ceil, --net-share, --bridge, --subnet (see berth run --help)
 """
+NET_FLAGS = ("--net", "--network")
 
 
 def main(argv: list[str]) -> int:
@@ -51,6 +55,8 @@ def main(argv: list[str]) -> int:
     for opt in ("-i", "--interactive", "-t", "--tty", "--rootfs", "--name", "--rm"):
         if any(p == opt or p.startswith(opt + "=") for p in passthru):
             raise UsageError(opt, "not an option of berth create")
+    if not any(p.split("=", 1)[0] in NET_FLAGS for p in passthru):
+        passthru = ["--net", "bridge", *passthru]  # guests are on the network unless told otherwise
     o = runcli.parse([*passthru, "--", "/sbin/init"])
     cfg: dict = {"template": o["template"]}
     if cmd is not None:
@@ -68,8 +74,7 @@ def main(argv: list[str]) -> int:
             cfg[key] = True
     if o["init"] is not None:
         cfg["init"] = o["init"]
-    if o["net"] != "none":
-        cfg["net"] = o["net"]
+    cfg.update(_net_config(o))
     if o["resources"]:
         from berth.guests.config import flag_key
 
@@ -92,3 +97,26 @@ def main(argv: list[str]) -> int:
         raise
     print(name)
     return 0
+
+
+def _net_config(o: dict) -> dict:
+    """The network keys of the config from `berth run`'s parsed options (already checked); a bridge
+    guest's bridge and subnet are pinned: its address lives in them."""
+    cfg: dict = {"net": o["net"]}
+    net = o["net_options"]
+    if net is None:
+        return cfg
+    if o["ip"]:
+        cfg["ip"] = net.ip
+    if net.publish:
+        cfg["publish"] = [str(p) for p in net.publish]
+    if net.isolate:
+        cfg["net_isolate"] = True
+    for key in ("net_rate", "net_ceil"):
+        if o[key] is not None:
+            cfg[key] = o[key]
+    if o["net_share"] is not None:
+        cfg["net_share"] = net.share
+    if net.mode == "bridge":
+        cfg["bridge"], cfg["subnet"] = net.bridge, net.subnet
+    return cfg

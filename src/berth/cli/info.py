@@ -1,4 +1,5 @@
-"""berth info NAME [--json]: a guest's config, state and own disk use."""
+"""berth info NAME [--json]: a guest's config, state, own disk use, addresses and (running, with
+bandwidth settings) its HTB class tree."""
 
 from __future__ import annotations
 
@@ -17,11 +18,47 @@ def main(argv: list[str]) -> int:
     info["disk_use"] = lifecycle.disk_use(s, args.name)
     info["config"] = s.config(args.name)
     info["log"] = s.log(args.name)
+    net = lifecycle.net_info(s, args.name)
+    if net is not None:
+        info["network"] = net
     if args.json:
         import json
 
         print(json.dumps(info, indent=1))
         return 0
     for key, value in info.items():
-        print(f"{key}: {value}")
+        if key == "network":
+            _print_network(value)
+        else:
+            print(f"{key}: {value}")
     return 0
+
+
+def _print_network(net: dict) -> None:
+    from berth.policy.units import format_rate
+
+    def rate(v: int | None) -> str:
+        return format_rate(v) if v is not None else "-"
+
+    what = {k: net.get(k) for k in ("mode", "ip", "addrs", "veth", "isolate", "publish") if net.get(k)}
+    print(f"network: {' '.join(f'{k}={v}' for k, v in what.items())}")
+    if net.get("rate_bps") is not None or net.get("ceil_bps") is not None:
+        print(
+            f"bandwidth: rate={rate(net.get('rate_bps'))} ceil={rate(net.get('ceil_bps'))} share={net.get('share')}"
+        )
+    classes = net.get("htb") or []
+    if classes:
+        print("htb classes (guests' egress, on the IFB):")
+        kids: dict[str, list[dict]] = {}
+        for c in classes:
+            kids.setdefault(c["parent"], []).append(c)
+        ids = {c["classid"] for c in classes}
+
+        def walk(c: dict, depth: int) -> None:
+            print(f"  {'  ' * depth}{c['classid']}  rate {rate(c['rate_bps'])}  ceil {rate(c['ceil_bps'])}")
+            for k in sorted(kids.get(c["classid"], []), key=lambda x: x["classid"]):
+                walk(k, depth + 1)
+
+        for c in sorted(classes, key=lambda x: x["classid"]):
+            if c["parent"] not in ids:
+                walk(c, 0)

@@ -29,11 +29,12 @@ def main(argv: list[str]) -> int:
 
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'NAME':<24} {'STATE':<8} {'PID':>7} {'TEMPLATE':<10} {'UPTIME':>8} {'MEMORY':>7}")
+    print(f"{'NAME':<24} {'STATE':<8} {'PID':>7} {'IPS':<16} {'TEMPLATE':<10} {'UPTIME':>8} {'MEMORY':>7}")
     for r in rows:
         up = f"{r['uptime']:.0f}s" if r["uptime"] is not None else "-"
+        ips = ",".join(r.get("ips") or []) or ("host" if r.get("net") == "host" else "-")
         print(
-            f"{r['name']:<24} {r['state']:<8} {r['pid'] or '-':>7} {r['template']:<10} {up:>8} "
+            f"{r['name']:<24} {r['state']:<8} {r['pid'] or '-':>7} {ips:<16} {r['template']:<10} {up:>8} "
             f"{_human(r['memory']):>7}"
         )
     return 0

@@ -16,8 +16,15 @@ def main(argv: list[str]) -> int:
     mode.add_argument("--stop-and-copy", dest="live", action="store_false", help="no pre-copy")
     p.add_argument("--max-downtime", metavar="DURATION", help="accepted: the pre-copy target (e.g. 200ms)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for each network step")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the shared token 'berth receive --token-file' was given (authenticates this host with "
+        "an HMAC-SHA256 of the stream's nonce)",
+    )
     args = p.parse_args(argv)
-    t = migrate.migrate(store(), args.name, args.to, live=args.live, timeout=args.timeout)
+    token = migrate.read_token(args.token_file) if args.token_file else None
+    t = migrate.migrate(store(), args.name, args.to, live=args.live, timeout=args.timeout, token=token)
     print(
         f"{args.name}: migrated to {args.to}: downtime {t['downtime'] * 1000:.0f} ms, "
         f"total {t['total'] * 1000:.0f} ms, {t['bytes'] / 1048576:.1f} MiB"

@@ -1,4 +1,5 @@
-"""berth receive --listen ADDR:PORT [--keep]: accept guests migrated from another berth host."""
+"""berth receive --listen ADDR:PORT [--keep] [--token-file F]: accept guests migrated from another
+berth host (without a token, the port must be reachable only from the trusted source host)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,26 @@ def main(argv: list[str]) -> int:
     from berth.cli._args import Parser, store
     from berth.guests import migrate
 
-    p = Parser(prog="berth receive", description="receive migrated guests")
+    p = Parser(
+        prog="berth receive",
+        description="receive migrated guests.  Without --token-file any host that reaches ADDR:PORT can "
+        "place a guest here: the port must then be reachable only from the trusted source host.",
+    )
     p.add_argument("--listen", required=True, metavar="ADDR:PORT")
     p.add_argument("--keep", action="store_true", help="keep listening after the first guest")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="accept only senders with this shared token (berth migrate --token-file): HMAC-SHA256 of "
+        "the stream's nonce, and of its checksum",
+    )
 
     def ready(addr: tuple) -> None:  # type: ignore[type-arg]
         sys.stdout.write(f"listening on {addr[0]}:{addr[1]}\n")
         sys.stdout.flush()
 
     args = p.parse_args(argv)
-    for name in migrate.receive(store(), args.listen, once=not args.keep, ready=ready):
+    token = migrate.read_token(args.token_file) if args.token_file else None
+    for name in migrate.receive(store(), args.listen, once=not args.keep, ready=ready, token=token):
         print(f"received {name}")
     return 0

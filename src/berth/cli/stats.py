@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 
-from berth.errors import NotFoundError, UsageError
+from berth.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,54 +56,9 @@ def parse(argv: list[str]) -> dict[str, Any]:
 
 def collect(state_root: str, names: list[str], interval: float) -> dict[str, dict[str, Any]]:
     """Stats of the running guests ``names`` (all when empty) under ``state_root``."""
-    from berth.runtime import state as st
-    from berth.runtime.container import Container
+    from berth.monitor.sample import container_stats
 
-    guests = []
-    for cid in names or st.ids(state_root):
-        try:
-            c = Container.load(state_root, cid)
-        except NotFoundError:
-            if names:
-                raise
-            continue
-        if c.status() not in (st.RUNNING, st.PAUSED, st.CREATED):
-            if names:
-                raise NotFoundError(f"guest {cid!r} is not running")
-            continue
-        cg = c.cgroup()
-        if cg is not None:
-            guests.append((c, cg))
-    first = {c.id: (time.monotonic(), cg.stats()) for c, cg in guests}
-    if interval > 0 and guests:
-        time.sleep(interval)
-    out: dict[str, dict[str, Any]] = {}
-    now_wall = time.time()
-    for c, cg in guests:
-        t1 = time.monotonic()
-        s = cg.stats() if interval > 0 else first[c.id][1]
-        t0, s0 = first[c.id]
-        cpu = dict(s["cpu"])
-        usage = cpu.get("usage_ns")
-        if usage is not None and interval > 0 and s0["cpu"].get("usage_ns") is not None:
-            cpu["percent"] = round(100 * (usage - s0["cpu"]["usage_ns"]) / 1e9 / max(t1 - t0, 1e-6), 1)
-        else:
-            cpu["percent"] = None
-        created = (c.data.get("berth") or {}).get("created")
-        if usage is not None and created:
-            cpu["percent_life"] = round(100 * usage / 1e9 / max(now_wall - created, 1e-6), 1)
-        cpu["seconds"] = None if usage is None else usage / 1e9
-        out[c.id] = {
-            "pid": c.pid,
-            "cgroup": cg.path,
-            "cpu": cpu,
-            "memory": dict(s["memory"]),
-            "pids": dict(s["pids"]),
-            "blkio": dict(s["blkio"]),
-            "request": (c.data.get("berth") or {}).get("cpu"),
-            "limits": (c.data.get("berth") or {}).get("limits") or {},
-        }
-    return out
+    return container_stats(state_root, names, interval)
 
 
 def _size(n: int | None) -> str:

@@ -6,9 +6,14 @@ Top-level keys (all optional but ``template``)::
     cmd = ["/bin/sh", "-c", "..."] # an application guest; absent: a system guest booting /sbin/init
     init = true                    # tini in front of cmd (default: yes unless cmd is an init)
     restart = "no"                 # no | on-failure | always
-    hostname = "web1"  env = ["K=V"]  workdir = "/"  user = "1000:1000"  net = "none"  # or "host"
+    hostname = "web1"  env = ["K=V"]  workdir = "/"  user = "1000:1000"
+    net = "bridge"                 # bridge (default of berth create) | none | host | ip:ADDR[,ADDR]
+    ip = "10.87.0.5"  publish = ["8080:80/tcp"]  net_isolate = false   # bridge only
+    net_rate = "100mbit"  net_ceil = "200mbit"  net_share = 100           # bridge only (HTB)
+    bridge = "berth0"  subnet = "10.87.0.0/16"  # pinned at create (the address lives in it)
     cap_add = []  cap_drop = []  security_opt = []  read_only = false  privileged = false
     disk = "256M"                  # the writable layer is an ext4 image of this size
+    stop_signal = "SIGRTMIN+3"     # what `berth stop` sends the init (default SIGTERM; systemd: SIGRTMIN+3)
     created = 1700000000.0
 
     [resources]                    # the resource flags of `berth run`, without the leading --
@@ -26,11 +31,17 @@ if TYPE_CHECKING:
 RESTART = ("no", "on-failure", "always")
 SYSTEM_INIT = ["/sbin/init"]
 
-_STR = ("template", "restart", "hostname", "workdir", "user", "net", "disk")
-_LIST = ("cmd", "env", "cap_add", "cap_drop", "security_opt")
-_BOOL = ("init", "read_only", "privileged")
+_NET_STR = ("net", "ip", "net_rate", "net_ceil", "bridge", "subnet")
+_STR = ("template", "restart", "hostname", "workdir", "user", "disk", *_NET_STR)
+_LIST = ("cmd", "env", "cap_add", "cap_drop", "security_opt", "publish")
+_BOOL = ("init", "read_only", "privileged", "net_isolate")
 _NUM = ("created",)
-KEYS = frozenset((*_STR, *_LIST, *_BOOL, *_NUM, "resources"))
+_INT = ("net_share",)
+KEYS = frozenset((*_STR, *_LIST, *_BOOL, *_NUM, *_INT, "resources"))
+# berth.net.options.parse's field names -> config keys
+_NET_FIELDS = {"net": "net", "ip": "ip", "publish": "publish", "net-isolate": "net_isolate",
+               "net-rate": "net_rate", "net-ceil": "net_ceil", "net-share": "net_share",
+               "bridge": "bridge", "subnet": "subnet"}  # fmt: skip
 
 
 class ConfigError(UsageError):
@@ -67,19 +78,25 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
             raise ConfigError(path, key, f"must be true or false, not {value!r}")
         if key in _NUM and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(path, key, "must be a number")
+        if key in _INT and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(path, key, "must be a whole number")
     if "template" not in data:
         raise ConfigError(path, "template", "missing")
     if "cmd" in data and not data["cmd"]:
         raise ConfigError(path, "cmd", "must not be empty")
     if data.get("restart", "no") not in RESTART:
         raise ConfigError(path, "restart", f"{data['restart']!r} is not one of {', '.join(RESTART)}")
-    if data.get("net", "none") not in ("none", "host"):
-        raise ConfigError(path, "net", f"{data['net']!r} is not one of none, host")
+    _validate_net(data, path)
     if "disk" in data:
         try:
             parse_size(data["disk"])
         except UsageError as e:
             raise ConfigError(path, "disk", e.reason) from None
+    if "stop_signal" in data:
+        try:
+            parse_signal(data["stop_signal"])
+        except UsageError as e:
+            raise ConfigError(path, "stop_signal", e.reason) from None
     if data.get("workdir") and not data["workdir"].startswith("/"):
         raise ConfigError(path, "workdir", "must be an absolute path")
     res = data.get("resources", {})
@@ -90,6 +107,117 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(path, f"resources.{key}", "must be a string or a number")
     return data
+
+
+def _validate_net(data: dict[str, Any], path: str) -> None:
+    """The network keys, checked by the parser of `berth run --net …` (the address against the
+    subnet only when the options are resolved: :func:`net_options`)."""
+    if not any(k in data for k in _NET_FIELDS.values()):
+        return
+    import ipaddress
+
+    if "ip" in data:
+        try:
+            ipaddress.IPv4Address(data["ip"])
+        except ValueError:
+            raise ConfigError(path, "ip", f"{data['ip']!r} is not an IPv4 address") from None
+    try:
+        net_options({k: v for k, v in data.items() if k != "ip"}, env={})
+    except UsageError as e:
+        raise ConfigError(path, _NET_FIELDS.get(e.field, e.field), e.reason) from None
+
+
+def net_options(cfg: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """The guest's :class:`berth.net.NetOptions` (None for ``none``), defaults from ``env``
+    (BERTH_BRIDGE, BERTH_SUBNET, BERTH_NFT_TABLE, BERTH_NET_PREFIX; os.environ if None).
+    A config without ``net`` (made before guests had networking) is ``none``."""
+    mode = cfg.get("net", "none")
+    if mode == "none" and not any(
+        k in cfg for k in _NET_FIELDS.values() if k not in ("net", "bridge", "subnet")
+    ):
+        return None
+    from dataclasses import replace
+
+    from berth.net import options
+
+    share = cfg.get("net_share")
+    opts = options.parse(
+        mode,
+        ip=cfg.get("ip"),
+        publish=list(cfg.get("publish", [])),
+        isolate=bool(cfg.get("net_isolate", False)),
+        rate=cfg.get("net_rate"),
+        ceil=cfg.get("net_ceil"),
+        share=str(share) if share is not None else None,
+        bridge=cfg.get("bridge"),
+        subnet=cfg.get("subnet"),
+        env=env,
+    )
+    return replace(opts, persist=True) if opts.mode != "none" else None
+
+
+def net_to_dict(opts: Any) -> dict[str, Any] | None:
+    """NetOptions as JSON-able data (spec.json, the run record); None stays None."""
+    if opts is None:
+        return None
+    from dataclasses import asdict
+
+    return asdict(opts)
+
+
+def net_from_dict(data: dict[str, Any] | None) -> Any:
+    if not data:
+        return None
+    from berth.net.options import NetOptions, Publish
+
+    return NetOptions(
+        **{
+            **data,
+            "addrs": tuple(data.get("addrs", ())),
+            "publish": tuple(Publish(**p) for p in data.get("publish", ())),
+            "extra": dict(data.get("extra", {})),
+        }
+    )
+
+
+def parse_signal(text: str) -> int:
+    """A signal number from ``TERM``, ``SIGTERM``, ``15``, ``SIGRTMIN+3``."""
+    import signal
+
+    t = text.strip().upper()
+    if t.isdigit():
+        return int(t)
+    t = t if t.startswith("SIG") else f"SIG{t}"
+    for base, num in (("SIGRTMIN", signal.SIGRTMIN), ("SIGRTMAX", signal.SIGRTMAX)):
+        if t.startswith(base) and (t == base or t[len(base)] in "+-"):
+            try:
+                n = int(num) + int(t[len(base) :] or 0)
+            except ValueError:
+                break
+            if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
+                return n
+            break
+    try:
+        return int(signal.Signals[t])
+    except KeyError:
+        raise UsageError("signal", f"unknown signal {text!r}") from None
+
+
+def stop_signal(cfg: dict[str, Any], rootfs: str | None) -> int:
+    """What `berth stop` sends the guest's init: ``stop_signal``, else SIGRTMIN+3 for a system
+    guest whose /sbin/init is systemd (SIGTERM makes systemd re-execute itself), else SIGTERM."""
+    import os
+    import signal
+
+    if cfg.get("stop_signal"):
+        return parse_signal(cfg["stop_signal"])
+    if is_system(cfg) and rootfs:
+        try:
+            if "systemd" in os.readlink(os.path.join(rootfs, "sbin", "init")):
+                return int(signal.SIGRTMIN) + 3
+        except OSError:
+            pass
+    return int(signal.SIGTERM)
 
 
 def load(path: str) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Daemon:
         self.adopted: dict[int, tuple[str, int]] = {}  # pidfd -> (name, pid) not our children
         self.workers: dict[int, dict] = {}  # worker pid -> its request
         self.early: dict[int, int | None] = {}  # pids reaped before a worker told us whose they were
+        self.supervised: dict[int, object] = {}  # init pid -> ANON/MEMLOCK supervisor of its guest
+        self.next_check = 0.0
 
     # -- run records ----------------------------------------------------------------------
     def _record(self, name: str) -> dict:
@@ -87,6 +89,7 @@ class Daemon:
             ppid = 0
         if ppid == os.getpid():
             self.guests[pid] = name
+            self.supervise(name, pid, rec)
             return
         try:
             fd = os.pidfd_open(pid)
@@ -94,6 +97,38 @@ class Daemon:
             self.exited(name, pid, None, rec)
             return
         self.adopted[fd] = (name, pid)
+        self.supervise(name, pid, rec)
+
+    # -- ANON / MEMLOCK supervision (berth.runtime.supervise), for guests that set a limit -----
+    def supervise(self, name: str, pid: int, rec: dict) -> None:
+        import json
+
+        try:
+            with open(os.path.join(self.root, name, "state.json")) as f:
+                limits = (json.load(f).get("berth") or {}).get("limits")
+        except (OSError, ValueError):
+            return
+        if not limits:  # the common case: nothing to import, nothing to poll
+            return
+        from berth.guests import worker
+
+        sup = worker.supervisor(self.root, name, rec)
+        if sup is not None:
+            self.supervised[pid] = sup
+
+    def check_limits(self) -> None:
+        import time
+
+        live = set(self.guests) | {pid for _name, pid in self.adopted.values()}
+        for pid, sup in list(self.supervised.items()):
+            if pid not in live:
+                del self.supervised[pid]
+                continue
+            try:
+                sup.check()  # type: ignore[attr-defined]
+            except Exception as e:  # a guest going away mid-check: the next round drops it
+                _log(f"supervisor of {pid}: {e}")
+        self.next_check = time.monotonic() + 0.1
 
     def adopt(self) -> None:
         try:
@@ -205,12 +240,17 @@ class Daemon:
         self.adopt()
         self.reap()
         _log("ready")
+        import time
+
         while True:
             fds = [listener.fileno(), rfd, *self.adopted]
+            timeout = max(0.0, self.next_check - time.monotonic()) if self.supervised else None
             try:
-                ready, _, _ = select.select(fds, [], [])
+                ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
+            if self.supervised and time.monotonic() >= self.next_check:
+                self.check_limits()
             for fd in ready:
                 if fd == rfd:
                     try:

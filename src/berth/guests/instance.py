@@ -30,8 +30,58 @@ def running(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "running" and alive(rec)
 
 
+def net() -> Any:
+    """:mod:`berth.net`, importable also in guestd's workers: guestd runs ``python -I -S`` (no
+    site-packages), and the network code needs pyroute2 from the environment berth is installed in."""
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:  # guestd's python is the venv's: its site-packages (found from the executable)
+        import sys
+
+        venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+        path = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+        if path not in sys.path and os.path.isdir(os.path.join(path, "pyroute2")):
+            sys.path.append(path)
+    import berth.net
+
+    return berth.net
+
+
+def _unplug(store: Store, name: str, rec: dict[str, Any]) -> None:
+    """Take the guest's network away (veth, address, nft rules, HTB classes; the bridge with the
+    last guest).  Idempotent: a guest that has nothing on the host costs one look at the lease file."""
+    opts = config.net_from_dict(rec.get("net"))
+    if opts is None or opts.mode not in ("bridge", "ip"):
+        return
+    import json
+
+    try:  # written by atomic rename: safe to read without the lock; the guest's lock is ours
+        with open(os.path.join(store.root, "net", f"{opts.bridge}.json"), encoding="utf-8") as f:
+            if name not in json.load(f).get("active", {}):
+                return
+    except FileNotFoundError:
+        return
+    except ValueError:
+        pass
+    cgroup_dir = None
+    if rec.get("cgroup") and opts.mode == "ip":
+        from berth.cgroups import open_cgroup
+
+        try:
+            cgroup_dir = open_cgroup(rec["cgroup"]).unified_dir()
+        except (BerthError, OSError):
+            pass
+    try:
+        net().teardown(name, opts, store.root, cgroup_dir=cgroup_dir)
+    except (BerthError, OSError) as e:  # logged (guestd's log, or the command's stderr); gc retries
+        import sys
+
+        sys.stderr.write(f"berth: {name}: {e}\n")
+
+
 def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
-    """Remove what a run of ``name`` left: container state, cgroup (and its processes), disk mount."""
+    """Remove what a run of ``name`` left: container state, network, cgroup (and its processes),
+    disk mount."""
     from berth.runtime import container
 
     rec = store.read_run(name) if rec is None else rec
@@ -39,6 +89,7 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
         container.Container.load(store.state_root, name).delete(force=True)
     except NotFoundError:
         pass
+    _unplug(store, name, rec)
     cg_path = rec.get("cgroup")
     if cg_path:
         from berth.cgroups import open_cgroup
@@ -67,6 +118,7 @@ def start(store: Store, name: str, *, restarts: int = 0) -> int:
     except (FileNotFoundError, ValueError):
         raise BerthError(f"guest {name!r}: no spec built (start it with berth start)") from None
     spec, use_init = saved["spec"], saved["use_init"]
+    net_opts = config.net_from_dict(saved.get("net"))
     overlay: dict[str, Any] = {"lower": saved["lower"]}
     rec = store.read_run(name)
     cleanup(store, name, rec)
@@ -110,10 +162,16 @@ def start(store: Store, name: str, *, restarts: int = 0) -> int:
         cgroup_parent=store.cgroup_parent,
         loop=loop,
         restarts=restarts,
+        net=config.net_to_dict(net_opts),
     )
     store.write_run(name, rec)
     fault("start:recorded")
     try:
+        if net_opts is not None:
+            # Plugged in between create and start (as `berth run`'s on_created): the guest's
+            # command starts with its address, routes and /etc/hosts in place.
+            net().setup(c, net_opts, store.root)
+            fault("start:net")
         c.start()
     except BaseException:
         store.update_run(name, status="stopped", pid=0)

@@ -30,6 +30,9 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
     check_name(name)
     cfg = {**cfg, "created": time.time()}
     config.validate(cfg, f"{name}: config")
+    net_opts = config.net_options(cfg)  # the address against the subnet, free address and ports
+    if net_opts is not None:
+        instance.net().check(store.root, name, net_opts)
     if cfg["template"] not in template.TEMPLATES and not os.path.isdir(
         template.template_rootfs(store.root, cfg["template"])
     ):
@@ -49,11 +52,47 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
                 os.mkdir(os.path.join(tmp, "work"), 0o700)
             fault("create:layer")
             config.save(os.path.join(tmp, "config.toml"), cfg)
+            _reserve_address(store, name, net_opts)
             os.rename(tmp, store.dir(name))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            _forget_address(store, name)
             raise
         store.write_run(name, {"status": "stopped", "desired": "stopped", "store": store.root})
+
+
+def _reserve_address(store: Store, name: str, opts: Any) -> None:
+    """A bridge guest's address is allocated once, at create, and kept for its life (the lease is
+    persistent: every start gets it back); released by destroy."""
+    if opts is None or opts.mode != "bridge":
+        return
+    from berth.net import addr as ipam
+
+    with ipam.Leases(store.root, opts.bridge).locked() as db:
+        db.lease(name, opts.subnet, opts.ip, persist=True)
+        db.save()
+
+
+def _lease_files(store: Store) -> list[str]:
+    d = os.path.join(store.root, "net")
+    try:
+        return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".json"))
+    except FileNotFoundError:
+        return []
+
+
+def _forget_address(store: Store, name: str) -> None:
+    """Drop ``name``'s persistent leases (on every bridge of the store) unless it runs there."""
+    bridges = _lease_files(store)
+    if not bridges:
+        return
+    from berth.net import addr as ipam
+
+    for bridge in bridges:
+        with ipam.Leases(store.root, bridge).locked() as db:
+            if name in db.leases and name not in db.active:
+                del db.leases[name]
+                db.save()
 
 
 def destroy(store: Store, name: str, *, force: bool = False) -> None:
@@ -65,6 +104,7 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
                 raise StateError(f"guest {name!r} is running: stop it first or use --force")
             _stop_locked(store, name, rec, timeout=0)
         instance.cleanup(store, name, rec)
+        _forget_address(store, name)
         trash = os.path.join(store.guests, f".destroy-{name}-{secrets.token_hex(3)}")
         os.rename(store.dir(name), trash)
         try:
@@ -88,6 +128,7 @@ def clone(store: Store, name: str, new: str) -> None:
                 raise ExistsError(f"guest {new!r} exists already")
             cfg = config.load(store.config(name))
             cfg["created"] = time.time()
+            cfg.pop("ip", None)  # the copy gets its own address (at its first start)
             tmp = os.path.join(store.guests, f".new-{new}-{secrets.token_hex(3)}")
             os.mkdir(tmp, 0o711)
             try:
@@ -189,7 +230,7 @@ def _stop_locked(store: Store, name: str, rec: dict[str, Any], timeout: float, *
     if instance.alive(rec):
         if term:
             try:
-                os.kill(rec["pid"], signal.SIGTERM)
+                os.kill(rec["pid"], _stop_signal(store, name))
             except ProcessLookupError:
                 pass
         if not _wait_dead(rec, timeout):
@@ -206,6 +247,16 @@ def _stop_locked(store: Store, name: str, rec: dict[str, Any], timeout: float, *
     instance.cleanup(store, name, rec)
 
 
+def _stop_signal(store: Store, name: str) -> int:
+    from berth.rootfs import template
+
+    try:
+        cfg = config.load(store.config(name))
+    except BerthError:
+        return int(signal.SIGTERM)
+    return config.stop_signal(cfg, template.template_rootfs(store.root, cfg["template"]))
+
+
 def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
     """Stop guests together: SIGTERM to each init, SIGKILL to all that remain after ``timeout``."""
     for n in names:
@@ -215,10 +266,10 @@ def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
         for lock in locks:
             lock.acquire()
         recs = {n: store.update_run(n, desired="stopped") for n in names}
-        for rec in recs.values():
+        for n, rec in recs.items():
             if instance.alive(rec):
                 try:
-                    os.kill(rec["pid"], signal.SIGTERM)
+                    os.kill(rec["pid"], _stop_signal(store, n))
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
@@ -255,6 +306,7 @@ def status(store: Store, name: str) -> dict[str, Any]:
         "uptime": round(time.time() - rec["started_at"], 1) if up and rec.get("started_at") else None,
         "memory": None,
         "disk": cfg.get("disk"),
+        **net_view(store, name, cfg),
     }
     if up and rec.get("cgroup"):
         from berth.cgroups import open_cgroup
@@ -282,7 +334,67 @@ def disk_use(store: Store, name: str) -> int:
     return total
 
 
+def net_view(store: Store, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``net`` (the mode) and ``ips`` (a bridge guest's address is shown stopped or running)."""
+    try:
+        opts = config.net_options(cfg)
+    except UsageError:
+        opts = None
+    if opts is None:
+        return {"net": cfg.get("net", "none"), "ips": []}
+    if opts.mode == "host":
+        return {"net": "host", "ips": []}
+    if opts.mode == "ip":
+        return {"net": "ip", "ips": list(opts.addrs)}
+    import json
+
+    try:
+        with open(os.path.join(store.root, "net", f"{opts.bridge}.json"), encoding="utf-8") as f:
+            lease = json.load(f).get("leases", {}).get(name) or {}
+    except (OSError, ValueError):
+        lease = {}
+    return {"net": "bridge", "ips": [lease["ip"]] if lease.get("ip") else [], "bridge": opts.bridge}
+
+
+def net_info(store: Store, name: str) -> dict[str, Any] | None:
+    """A running guest's network record and HTB class tree (``berth info``); None if it has none."""
+    rec = store.read_run(name)
+    opts = config.net_from_dict(rec.get("net"))
+    if opts is None or opts.mode not in ("bridge", "ip") or not instance.running(rec):
+        return None
+    return instance.net().info(store.root, name, opts)
+
+
 # -- set ----------------------------------------------------------------------------------------
+NET_SET_KEYS = ("net_rate", "net_ceil", "net_share")
+
+
+def set_net(store: Store, name: str, values: dict[str, Any]) -> bool:
+    """Persist bandwidth settings (``values``: net_rate / net_ceil / net_share) and apply them
+    live to the guest's HTB class if it runs (its rate, ceil and share are replaced)."""
+    store.require(name)
+    with store.lock(name):
+        cfg = config.load(store.config(name))
+        new = {**cfg, **values}
+        if new.get("net", "none") != "bridge":
+            raise UsageError(
+                "net-rate", f"bandwidth settings need a bridge guest (the mode is {new.get('net', 'none')!r})"
+            )
+        opts = config.net_options(new)  # rate/ceil/share checked together
+        config.validate(new, store.config(name))
+        rec = store.read_run(name)
+        live = instance.running(rec) and rec.get("net") is not None
+        if live:
+            ropts = config.net_from_dict(rec["net"])
+            instance.net().set_rate(
+                store.root, name, ropts, rate_bps=opts.rate_bps, ceil_bps=opts.ceil_bps, share=opts.share
+            )
+            rec["net"].update(rate_bps=opts.rate_bps, ceil_bps=opts.ceil_bps, share=opts.share)
+            store.write_run(name, rec)
+        config.save(store.config(name), new)
+        return live
+
+
 def set_resources(store: Store, name: str, items: list[tuple[str, str]], parsed: dict[str, Any]) -> bool:
     """Persist resource flags (``items``: (flag, value)) to the config and apply them live
     (``parsed``: OCI resources and annotations from berth.cli.resources.parse) if the guest runs.
@@ -365,6 +477,29 @@ def gc(store: Store) -> list[str]:
                 done.append(f"removed record {f[:-5]}")
     done += _gc_loops(store, names)
     done += _gc_cgroups(store, names)
+    done += _gc_net(store)
+    return done
+
+
+def _gc_net(store: Store) -> list[str]:
+    """Network objects (veth, addresses, nft rules, HTB; the bridge with its last guest) of every
+    guest in the store's lease files whose init is gone (``berth run`` guests included)."""
+    bridges = _lease_files(store)
+    if not bridges:
+        return []
+    from dataclasses import replace
+
+    from berth.net import options
+
+    net = instance.net()
+    done = []
+    base = options.parse("bridge", env={})
+    for bridge in bridges:
+        try:
+            for n in net.gc(store.root, replace(base, bridge=bridge)):
+                done.append(f"removed network of {n} (bridge {bridge})")
+        except (BerthError, OSError) as e:
+            done.append(f"network of bridge {bridge}: {e}")
     return done
 
 

@@ -7,7 +7,8 @@ re-reads the record and follows the new init with a pidfd).
 
 **Migration** is one TCP stream from ``berth migrate`` to ``berth receive``, framed as::
 
-    HELLO  {"name", "config" (TOML text), "spec" (spec.json text), "live"}   sender -> receiver
+    NONCE  32 random bytes                      receiver -> sender, first (not hashed)
+    HELLO  {"name", "config" (TOML text), "spec" (spec.json text), "live", "auth"}   sender -> receiver
     VERDICT {"ok"} or {"ok": false, "error"}   the receiver validated before creating anything
     [PRECOPY tar of the upper layer]           live: copied while the guest still runs
     FINAL  tar of the CRIU images + the upper layer, then the stream's SHA-256
@@ -20,6 +21,12 @@ directory of its store and moves it in place only when the restore succeeded; an
 broken connection removes it.  The source keeps the images until the RESULT: if anything fails
 before, it restores the guest from them in place (same processes, connections, counters).
 
+**Authentication** (optional): with a shared token on both sides (``--token-file``), HELLO's
+``auth`` is HMAC-SHA256(token, NONCE) and the final digest is HMAC-SHA256(token, NONCE + the
+stream's SHA-256): the receiver refuses a sender without the token before it looks at anything
+else, and a stream altered on the way.  Without a token the receiver accepts any connection: its
+port must be reachable only from the trusted source host.
+
 Pre-copy: CRIU's iterative ``pre-dump --track-mem`` needs soft-dirty page tracking; where the
 kernel has it, live migration runs pre-dump rounds (until the dirty set is small or stops
 shrinking) and ships each round ahead.  Where it does not, as on this project's test machine
@@ -30,6 +37,7 @@ in the final, frozen transfer.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -49,6 +57,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAGIC = b"BERTHMIG1\n"
+NONCE_BYTES = 32
 CHUNK = 1 << 20
 MAX_FRAME = 1 << 40
 
@@ -244,6 +253,27 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - receive --listen :PORT means all
 
 
+def read_token(path: str) -> bytes:
+    """The shared token in ``path`` (surrounding whitespace removed); it must not be empty."""
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise UsageError("--token-file", f"{path}: {e.strerror}") from None
+    if not token:
+        raise UsageError("--token-file", f"{path}: empty")
+    return token
+
+
+def _mac(token: bytes, *parts: bytes) -> str:
+    return hmac.new(token, b"".join(parts), hashlib.sha256).hexdigest()
+
+
+def _final_digest(s: Stream, token: bytes | None, nonce: bytes) -> str:
+    digest = s.sha.hexdigest()
+    return _mac(token, nonce, digest.encode()) if token else digest
+
+
 # -- sender ------------------------------------------------------------------------------------
 def migrate(
     store: Store,
@@ -253,14 +283,18 @@ def migrate(
     live: bool = True,
     criu: str | None = None,
     timeout: float = 120.0,
+    token: bytes | None = None,
 ) -> dict[str, float]:
     """Move the running guest ``name`` to the receiver at ``to``; timings in seconds.
 
     The guest is destroyed here only after the receiver reported it running; on any failure
-    before that, it runs here again (restored from the local images if it had been dumped)."""
+    before that, it runs here again (restored from the local images if it had been dumped).
+    ``token``: the receiver's shared token (see the module's notes)."""
     from berth.runtime import checkpoint as ck
 
     store.require(name)
+    # Found (and checked with 'criu check') now, not after the freeze below.
+    criu = criu or _criu(store)
     t0 = time.monotonic()
     times: dict[str, float] = {}
     with open(store.config(name)) as f:
@@ -273,14 +307,18 @@ def migrate(
     images = tempfile.mkdtemp(prefix=f".migrate-{name}-", dir=store.guests)
     dumped = False
     try:
+        if struct.unpack(">Q", s._exact(8))[0] != NONCE_BYTES:
+            raise BerthError(f"migrate {name}: {to} is not a berth receiver (or an older one)")
+        nonce = s._exact(NONCE_BYTES)
         sock.sendall(MAGIC)
-        s.send_json({"name": name, "config": cfg_text, "spec": spec_text, "live": live})
+        auth = _mac(token, nonce) if token else None
+        s.send_json({"name": name, "config": cfg_text, "spec": spec_text, "live": live, "auth": auth})
         verdict = s.recv_json()
         if not verdict.get("ok"):
             raise BerthError(f"migrate {name}: the destination refused: {verdict.get('error')}")
         upper, _work = store.layer(name, False)
         if live:
-            why = ck.can_pre_dump(criu or _criu(store))
+            why = ck.can_pre_dump(criu)
             s.send_json({"precopy": "upper", "memory": why is None, "why": why})
             s.send(_tar({"upper": upper}))
             times["precopy"] = time.monotonic() - t0
@@ -302,7 +340,7 @@ def migrate(
             instance.cleanup(store, name, store.read_run(name))
         times["dump"] = time.monotonic() - t_freeze
         s.send(_tar({"images": images, "upper": upper}))
-        s.send(s.sha.hexdigest().encode(), hashed=False)
+        s.send(_final_digest(s, token, nonce).encode(), hashed=False)
         result = s.recv_json()
         if not result.get("ok"):
             raise BerthError(f"migrate {name}: the destination failed: {result.get('error')}")
@@ -370,8 +408,11 @@ def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     return name
 
 
-def receive(store: Store, listen: str, *, once: bool = True, ready: Any = None) -> list[str]:
-    """Accept migrations on ``listen`` (ADDR:PORT); the names of the guests received.
+def receive(
+    store: Store, listen: str, *, once: bool = True, ready: Any = None, token: bytes | None = None
+) -> list[str]:
+    """Accept migrations on ``listen`` (ADDR:PORT); the names of the guests received.  With
+    ``token``, only from a sender that has it (HMAC of the stream's nonce).
 
     Each connection is served by a forked worker; if the worker dies (killed, crashed), this
     process removes what it staged or placed, so the destination keeps nothing."""
@@ -389,7 +430,7 @@ def receive(store: Store, listen: str, *, once: bool = True, ready: Any = None) 
                 srv.close()
                 code = 1
                 try:
-                    name = _receive_one(store, conn, progress=wfd)
+                    name = _receive_one(store, conn, progress=wfd, token=token)
                     os.write(wfd, f"done {name}\n".encode())
                     code = 0
                 except BaseException as e:
@@ -429,15 +470,19 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
                 _undo(store, value)
 
 
-def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1) -> str:
+def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token: bytes | None = None) -> str:
     from berth.rootfs import template
 
     conn.settimeout(300)
     s = Stream(conn)
+    nonce = os.urandom(NONCE_BYTES)
+    s.send(nonce, hashed=False)
     if s._exact(len(MAGIC)) != MAGIC:
         raise BerthError("not a berth migration stream")
     hello = s.recv_json()
     try:
+        if token and not hmac.compare_digest(str(hello.get("auth") or ""), _mac(token, nonce)):
+            raise BerthError("the sender did not authenticate (wrong or missing --token-file)")
         name = validate_incoming(store, hello)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
@@ -460,8 +505,8 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1) -> st
             _untar(data, staging)
         fault("receive:transfer")
         data = s.recv()
-        digest = s.sha.hexdigest()
-        if s.recv(hashed=False).decode() != digest:
+        digest = _final_digest(s, token, nonce)
+        if not hmac.compare_digest(s.recv(hashed=False).decode(errors="replace"), digest):
             raise BerthError(f"migration of {name}: checksum mismatch: the stream was damaged")
         shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
         _untar(data, staging)

@@ -58,6 +58,39 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     return 0 if reply["ok"] else 1
 
 
+def supervisor(state_root: str, name: str, rec: dict[str, Any]) -> Any:
+    """The ANON/MEMLOCK supervisor (:mod:`berth.runtime.supervise`) of the running guest ``name``,
+    None if it has neither limit.  guestd calls its ``check()`` every 100 ms; each kill is
+    reported in the guest's console log (``berth logs``) and guestd's log."""
+    from berth.runtime import supervise
+    from berth.runtime.container import Container
+
+    try:
+        c = Container.load(state_root, name)
+    except (BerthError, OSError):
+        return None
+    sup = supervise.supervisor_for(c)
+    if sup is None:
+        return None
+    log = Store(rec["store"], state_root).log(name) if rec.get("store") else None
+
+    def report(line: str) -> None:
+        text = f"berth: {line}\n".encode()
+        os.write(2, f"{time.strftime('%F %T')} guestd[{os.getpid()}]: ".encode() + text)
+        if log:
+            try:
+                fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                try:
+                    os.write(fd, text)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+
+    sup.report = report
+    return sup
+
+
 def should_restart(policy: str, code: int | None) -> bool:
     if policy == "always":
         return True

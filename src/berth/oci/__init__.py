@@ -33,6 +33,8 @@ RUNC_VERBS = {
     "update": "berth.oci.update",
     "features": "berth.oci.features",
     "spec": "berth.oci.spec",
+    "checkpoint": "berth.oci.checkpoint",
+    "restore": "berth.oci.restore",
 }
 VERBS = {**OCI_VERBS, **RUNC_VERBS}
 DEFAULT_ROOT = "/run/berth-runtime"
@@ -41,7 +43,8 @@ USAGE = """usage: berth-runtime [GLOBAL OPTIONS] VERB [ARGS...]
 An OCI runtime with runc's command line, running containers with berth's isolation.
 
 verbs (OCI):   create, start, state, kill, delete
-verbs (runc):  run, exec, list, ps, pause, resume, events, update, features, spec
+verbs (runc):  run, exec, list, ps, pause, resume, events, update, features, spec,
+               checkpoint, restore
 
 global options:
   --root DIR              state directory (default /run/berth-runtime)

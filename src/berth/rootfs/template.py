@@ -13,7 +13,9 @@ from berth.errors import NotFoundError, UnsupportedError, UsageError
 
 DEFAULT_STORE = "/var/lib/berth"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-TEMPLATES = ("busybox",)
+TEMPLATES = ("busybox", "debian")  # the ones berth can build; imported images sit beside them
+META = "template.json"  # {kind, created, ...} of a template, next to its rootfs
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 # /etc/passwd of the template (no secret in it).
 PASSWD = """root:x:0:0:root:/root:/bin/sh
@@ -112,22 +114,46 @@ def _fill_busybox(rootfs: str, busybox: str) -> None:
             f.write(text)
 
 
+def check_template_name(name: str) -> str:
+    if not (0 < len(name) <= 64 and name[0].isalnum() and all(c in _NAME_CHARS for c in name)):
+        raise UsageError("name", f"invalid template name {name!r}: use letters, digits and _.- (at most 64)")
+    return name
+
+
 def ensure(store: str, name: str = "busybox") -> str:
-    """The template's rootfs, built on first use."""
+    """The template's rootfs: one in the store (built or imported), or a buildable one built now."""
     rootfs = template_rootfs(store, name)
     if os.path.isdir(rootfs):
         return rootfs
     return build(store, name)
 
 
-def build(store: str, name: str = "busybox", *, force: bool = False) -> str:
-    """Build template ``name`` into the store; returns its rootfs."""
+def _write_meta(tdir: str, meta: dict) -> None:
+    import json
+    import time
+
+    with open(os.path.join(tdir, META), "w") as f:
+        json.dump({"created": time.time(), **meta}, f, indent=1)
+
+
+def read_meta(store: str, name: str) -> dict:
+    import json
+
+    try:
+        with open(os.path.join(template_dir(store, name), META)) as f:
+            meta = json.load(f)
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {"kind": name} if name in TEMPLATES else {}
+
+
+def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_ok: bool = True) -> str:
+    """Make ``templates/<name>`` by ``fill(rootfs)`` in a temporary directory renamed into place,
+    under the template's lock."""
     import fcntl
     import shutil
     import tempfile
 
-    if name not in TEMPLATES:
-        raise NotFoundError(f"template {name!r} does not exist (known: {', '.join(TEMPLATES)})")
     tdir = template_dir(store, name)
     os.makedirs(os.path.join(store, "templates"), 0o755, exist_ok=True)
     lock = os.open(
@@ -136,22 +162,105 @@ def build(store: str, name: str = "busybox", *, force: bool = False) -> str:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(tdir) and not force:
-            return os.path.join(tdir, "rootfs")
+            if exists_ok:
+                return os.path.join(tdir, "rootfs")
+            from berth.errors import ExistsError
+
+            raise ExistsError(f"template {name!r} exists already (use --force to replace it)")
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(store, "templates"))
         try:
             os.chmod(tmp, 0o755)
             rootfs = os.path.join(tmp, "rootfs")
-            os.mkdir(rootfs, 0o755)
-            _fill_busybox(rootfs, _static_busybox())
+            extra = fill(rootfs) or {}
+            _write_meta(tmp, {**meta, **extra})
             if os.path.isdir(tdir):
-                shutil.rmtree(tdir)
-            os.rename(tmp, tdir)
+                old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=os.path.join(store, "templates"))
+                os.rename(tdir, os.path.join(old, "t"))
+                os.rename(tmp, tdir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, tdir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return os.path.join(tdir, "rootfs")
     finally:
         os.close(lock)
+
+
+def build(store: str, name: str = "busybox", *, force: bool = False, suite: str | None = None) -> str:
+    """Build template ``name`` (busybox or debian) into the store; returns its rootfs."""
+    if name not in TEMPLATES:
+        raise NotFoundError(f"template {name!r} does not exist (known: {', '.join(TEMPLATES)})")
+    if name == "debian":
+        from berth.rootfs import debian
+
+        suite = suite or debian.DEFAULT_SUITE
+        return _build_into(
+            store, name, lambda r: debian.fill(r, suite), {"kind": "debian", "suite": suite}, force=force
+        )
+
+    def fill(rootfs: str) -> None:
+        os.mkdir(rootfs, 0o755)
+        _fill_busybox(rootfs, _static_busybox())
+
+    return _build_into(store, name, fill, {"kind": "busybox"}, force=force)
+
+
+def import_image(store: str, name: str, image: str, *, force: bool = False) -> str:
+    """Import the OCI image at ``image`` (layout directory or docker/podman/OCI archive) as
+    template ``name``; returns its rootfs.  Nothing is left behind if it fails."""
+    from berth.rootfs import oci
+
+    check_template_name(name)
+    if name in TEMPLATES:
+        raise UsageError("name", f"{name!r} is the name of a built template")
+    if not os.path.exists(image):
+        raise NotFoundError(f"image {image!r} does not exist")
+    image = os.path.abspath(image)
+
+    def fill(rootfs: str) -> dict:
+        os.mkdir(rootfs, 0o755)
+        return oci.unpack(image, rootfs)
+
+    return _build_into(store, name, fill, {"kind": "oci", "source": image}, force=force, exists_ok=False)
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated under ``path`` (each inode once, symlinks not followed)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for n in dirs + files:
+            try:
+                st = os.lstat(os.path.join(top, n))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def list_templates(store: str) -> list[dict]:
+    """Every template in the store: name, kind, size (bytes), created."""
+    tdir = os.path.join(store, "templates")
+    out = []
+    for name in sorted(os.listdir(tdir)) if os.path.isdir(tdir) else []:
+        if name.startswith(".") or not os.path.isdir(template_rootfs(store, name)):
+            continue
+        meta = read_meta(store, name)
+        out.append(
+            {
+                "name": name,
+                "kind": meta.get("kind", "?"),
+                "size": disk_usage(template_rootfs(store, name)),
+                "created": meta.get("created"),
+                **({"source": meta["source"]} if meta.get("source") else {}),
+                **({"suite": meta["suite"]} if meta.get("suite") else {}),
+            }
+        )
+    return out
 
 
 def check_rootfs(path: str, field: str = "rootfs") -> str:

@@ -36,7 +36,7 @@ from berth.runtime import state as st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from berth.runtime.container import Container
@@ -147,10 +147,12 @@ def dump(
     criu: str | None = None,
     resources: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    criu_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Checkpoint ``c`` into ``images``; the metadata written there as berth.json.
 
     ``parent``: an earlier pre-dump's image dir (relative paths are taken from ``images``).
+    ``criu_args``: more options for ``criu dump`` (berth-runtime's external mounts and namespaces).
     Without ``leave_running`` (and unless ``pre_dump``) the container's processes are gone
     afterwards and its state directory is kept for :func:`forget`.
     """
@@ -183,6 +185,7 @@ def dump(
             args += ["--external", f["key"]]
     if parent:
         args += ["--prev-images-dir", parent, "--track-mem"]
+    args += list(criu_args)
     freezer = _freezer_dir(c)
     if freezer and status == st.RUNNING:
         args += ["--freeze-cgroup", freezer]
@@ -242,13 +245,17 @@ def restore(
     tcp_established: bool = True,
     criu: str | None = None,
     pid_file: str | None = None,
+    criu_args: Sequence[str] = (),
+    inherit: Sequence[tuple[int, str]] = (),
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
     ``overlay`` (lower/upper/work) or ``rootfs`` give the root filesystem (default: what was
     recorded at dump time); ``cgroup_path`` the cgroup (default: the recorded one), created and
     given ``resources`` (default: the recorded ones); ``reopen(file)`` maps an external file
-    recorded at dump time to the path to open now (default: the same path).  On failure
+    recorded at dump time to the path to open now (default: the same path).  ``inherit``:
+    (fd, CRIU key) pairs of the caller's open fds CRIU is to use for the key (``--inherit-fd``:
+    stdio pipes, an external network namespace); ``criu_args``: more options.  On failure
     nothing is left: no state directory, cgroup or process.
     """
     from berth.cgroups import open_cgroup
@@ -303,6 +310,11 @@ def restore(
             os.set_inheritable(fd, True)
             fds.append(fd)
             args += ["--inherit-fd", f"fd[{fd}]:{f['key']}"]
+        for theirs, key in inherit:
+            fd = os.dup(theirs)  # criu gets it under this number (pass_fds)
+            fds.append(fd)
+            args += ["--inherit-fd", f"fd[{fd}]:{key}"]
+        args += list(criu_args)
         data = dict(old)
         berth = dict(old.get("berth") or {})
         berth.update(cgroup=cg.path, rootfs=target, restored=time.time())
