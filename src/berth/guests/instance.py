@@ -39,7 +39,9 @@ def net() -> Any:
         import sys
 
         venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
-        path = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+        path = os.path.join(
+            venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages"
+        )
         if path not in sys.path and os.path.isdir(os.path.join(path, "pyroute2")):
             sys.path.append(path)
     import berth.net
