@@ -466,11 +466,11 @@ def test_debian_system_guest_boots_systemd(debian_env: Guests) -> None:
     """A system guest (no --cmd) boots the template's /sbin/init, systemd, to running or degraded;
     `berth stop` sends it SIGRTMIN+3 (SIGTERM would make systemd re-execute itself).
 
-    --privileged: with berth's default spec (read-only v1 controllers, no name=systemd or unified
-    hierarchy) systemd 252 cannot set up its cgroups and exits at once."""
+    Unprivileged: berth gives systemd what podman's --systemd mode does (/run, /run/lock and /tmp
+    as tmpfs, container=berth, its own name=systemd and unified cgroups writable)."""
     g = debian_env
     n = g.name("sysd")
-    g("create", n, "--template", "debian", "--privileged")
+    g("create", n, "--template", "debian", "--net", "none")
     g("start", n)
     state = ""
 
@@ -484,6 +484,13 @@ def test_debian_system_guest_boots_systemd(debian_env: Guests) -> None:
     failed = g("exec", n, "--", "systemctl", "--failed", "--no-legend", "--plain").stdout
     print(f"systemd: {state}; failed units: {failed.split() or 'none'}")
     assert g("exec", n, "--", "cat", "/proc/1/comm").stdout.strip() == "systemd"
+    # Not privileged: the default capability bound, and the memory controller still read-only.
+    status = g("exec", n, "--", "cat", "/proc/1/status").stdout
+    assert "CapBnd:\t00000000a80425fb" in status
+    denied = g(
+        "exec", n, "--", "sh", "-c", "echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes", check=False
+    )
+    assert denied.returncode != 0
     t0 = time.monotonic()
     g("stop", "--timeout", "30", n)
     took = time.monotonic() - t0

@@ -251,7 +251,47 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
         from berth.cli import resources
 
         resources.apply(spec, o["resources"])
+    if not o["privileged"] and runs_systemd(rootfs, o["args"][0]):
+        systemd_mode(spec)
     return spec, rootfs, overlay
+
+
+def runs_systemd(rootfs: str, arg0: str) -> bool:
+    """Is the command systemd (directly, or /sbin/init linking to it inside the guest)?"""
+    from berth.linux.path import secure_join
+
+    path = arg0 if arg0.startswith("/") else f"/sbin/{arg0}" if arg0 == "init" else arg0
+    if os.path.basename(path) == "systemd":
+        return True
+    if not path.startswith("/"):
+        return False
+    try:
+        return os.path.basename(secure_join(rootfs, path)) == "systemd"
+    except OSError:
+        return False
+
+
+def systemd_mode(spec: dict[str, Any]) -> None:
+    """What systemd needs to boot as a guest's init, as podman's --systemd mode gives it: /run,
+    /run/lock and /tmp as tmpfs, ``container=berth`` in its environment, and its own cgroup in the
+    controller-less hierarchies writable (the resource controllers stay read-only)."""
+    from berth.runtime.mounts import SYSTEMD_CGROUP_OPTION
+
+    spec["process"]["env"].append("container=berth")
+    tmpfs = [
+        ("/run", ["nosuid", "nodev", "mode=755", "size=65536k"]),
+        ("/run/lock", ["nosuid", "nodev", "noexec", "size=5120k"]),
+        ("/tmp", ["nosuid", "nodev", "mode=1777"]),
+    ]
+    have = {m["destination"] for m in spec["mounts"]}
+    for dest, options in tmpfs:
+        if dest not in have:
+            spec["mounts"].append(
+                {"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options}
+            )
+    for m in spec["mounts"]:
+        if m.get("type") == "cgroup":
+            m["options"] = [*m.get("options", []), SYSTEMD_CGROUP_OPTION]
 
 
 def main(argv: list[str]) -> int:

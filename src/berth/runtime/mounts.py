@@ -92,7 +92,14 @@ def _cgroup_mounts() -> list[tuple[str, str, str]]:
     return out
 
 
-def _mount_cgroup(root: str, dest: str, flags: int) -> None:
+# A berth mount option on the cgroup mount of a system guest running systemd: its own cgroup in the
+# controller-less hierarchies (name=systemd, the hybrid unified one) writable, so systemd can make
+# its units' cgroups there.  The resource controllers stay read-only: on v1 a guest that could
+# write its cgroup namespace's root could raise its own limits.
+SYSTEMD_CGROUP_OPTION = "x-berth-systemd"
+
+
+def _mount_cgroup(root: str, dest: str, flags: int, *, systemd: bool = False) -> None:
     """/sys/fs/cgroup inside the guest: cgroup2, or a tmpfs of v1 hierarchies (hybrid hosts too).
 
     The guest is in its own cgroup namespace, so each hierarchy shows the guest's cgroup as its root.
@@ -113,16 +120,19 @@ def _mount_cgroup(root: str, dest: str, flags: int) -> None:
                 continue
             sub = os.path.join(base, name)
             os.mkdir(sub, 0o755)
+            hier_flags = flags
+            if systemd and (fstype == "cgroup2" or "name=systemd" in opts.split(",")):
+                hier_flags = flags & ~MS.RDONLY
             try:
                 if fstype == "cgroup2":
-                    mount("cgroup2", sub, "cgroup2", flags)
+                    mount("cgroup2", sub, "cgroup2", hier_flags)
                 else:
                     keep = [
                         o
                         for o in opts.split(",")
                         if o not in ("rw", "ro", "clone_children") and not o.startswith("release_agent")
                     ]
-                    mount("cgroup", sub, "cgroup", flags, ",".join(keep))
+                    mount("cgroup", sub, "cgroup", hier_flags, ",".join(keep))
             except PermissionError:
                 # A rootless runtime's user namespace may not mount cgroup v1 hierarchies: bind the
                 # host's, read-only (as runc does rootless).
@@ -141,7 +151,7 @@ def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool) -> None:
     flags, prop, data = parse_options(options)
     source = m.get("source") or mtype or "none"
     if mtype in ("cgroup", "cgroup2"):
-        _mount_cgroup(root, dest, flags)
+        _mount_cgroup(root, dest, flags, systemd=SYSTEMD_CGROUP_OPTION in options)
         return
     if mtype == "sysfs" and shared_netns:
         # Without its own network namespace a guest may not mount sysfs: bind the host's, read-only.
