@@ -182,6 +182,20 @@ def processes_in(parent: str) -> list[int]:
     return pids
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+    except OSError:
+        return "(gone)"
+    cmd = raw.replace(bytes(1), b" ").decode(errors="replace").strip() or status.get("Name", "?")
+    return f"{cmd!r} state {status.get('State', '?')} parent {status.get('PPid', '?')}"
+
+
 def assert_clean(env: dict[str, str]) -> None:
     """After a run: no state dir, cgroup, mount or process of berth's is left."""
     state_root = env["BERTH_RUN"]
@@ -190,7 +204,12 @@ def assert_clean(env: dict[str, str]) -> None:
     if os.path.isdir(state_root):
         left += [f"state {n}" for n in os.listdir(state_root) if not n.startswith(".")]
     left += [f"cgroup {p}" for p in cgroup_dirs(parent)]
-    left += [f"process {pid}" for pid in processes_in(parent)]
+    # A guest init SIGKILLed by a test is reparented to the host's pid 1, which reaps it when it
+    # gets to it: give zombies a few seconds before calling them left behind.
+    deadline = time.monotonic() + 5
+    while processes_in(parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left += [f"process {pid} {_cmdline(pid)}" for pid in processes_in(parent)]
     left += [
         f"mount {line.split()[4]}"
         for line in Path("/proc/self/mountinfo").read_text().splitlines()

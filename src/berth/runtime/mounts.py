@@ -108,7 +108,18 @@ def _mount_cgroup(root: str, dest: str, flags: int, *, systemd: bool = False) ->
     target = _Target(root, dest, is_file=False)
     try:
         if all(t == "cgroup2" for t, _m, _o in cg):
-            mount("cgroup2", target.proc, "cgroup2", flags)
+            try:
+                mount("cgroup2", target.proc, "cgroup2", flags)
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                # The host's cgroup2 is already here (a /sys bound in whole for a guest without its
+                # own network namespace): the same superblock cannot be mounted on it again.  Take
+                # the bound one away (in our private mount namespace only) and mount the guest's.
+                umount(target.real, MNT_DETACH)
+                target.close()
+                target = _Target(root, dest, is_file=False)
+                mount("cgroup2", target.proc, "cgroup2", flags)
             return
         mount("tmpfs", target.proc, "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, "mode=755")
         base = target.real
