@@ -1,0 +1,132 @@
+"""User-Mode Linux (Debian's ``user-mode-linux``): a whole Linux 6.1 kernel as a host process.
+
+The guest's root is the host's root over hostfs, mounted read-only, with a tmpfs overlay on
+top (overlay.ko from /usr/lib/uml/modules), so the repository and Debian's tools work inside.
+Note: hostfs is not a security boundary — guest root could mount hostfs read-write again — so
+the lab runs only its own commands in UML. Debian's UML kernel has ``CONFIG_NR_CPUS=1``: one
+vCPU whatever is asked. No network device is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.lab import initramfs
+from bench.lab.console import Console, run_guest
+from bench.lab.errors import ToolMissing
+
+UML_CANDIDATES = ("linux.uml", "linux")
+MODULES = Path("/usr/lib/uml/modules")
+
+INIT = r"""#!{busybox} sh
+B={busybox}
+D={dir}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+die() {{ echo "lab: $*"; $B poweroff -f; }}
+$B mount -t proc proc /proc
+$B mount -t tmpfs -o mode=0755 lab-rw $D/rw || die "cannot mount tmpfs"
+$B mkdir -p $D/rw/upper $D/rw/work
+if [ -n "{overlay_ko}" ]; then
+  $B grep -q overlay /proc/filesystems || $B insmod {overlay_ko} || die "cannot load overlay.ko"
+  $B mount -t overlay -o lowerdir=/,upperdir=$D/rw/upper,workdir=$D/rw/work lab-root $D/root \
+    || die "cannot mount the overlay root"
+  R=$D/root
+else
+  R=/
+fi
+$B mount -t proc proc $R/proc
+$B mount -t sysfs sysfs $R/sys
+$B mount -t devtmpfs devtmpfs $R/dev 2>/dev/null
+$B mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+$B mount -t tmpfs -o mode=0755 tmpfs $R/run
+$B mkdir -p $R/run/lab $R/dev/pts $R/dev/shm
+$B mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
+$B mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
+[ -d $R/mnt/sandboxing ] && $B mount -t tmpfs -o ro,size=4k tmpfs $R/mnt/sandboxing
+$B mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
+$B cp $B $R/run/lab/busybox
+$B cp $D/cmd $R/run/lab/lab.cmd
+$B hostname lab
+$B ip link set lo up 2>/dev/null
+cd /
+echo BERTH-LAB-READY
+$B chroot $R /bin/sh /run/lab/lab.cmd </dev/null
+rc=$?
+echo "BERTH-LAB-EXIT=$rc"
+$B poweroff -f
+"""
+
+
+def uml_binary() -> str:
+    for c in UML_CANDIDATES:
+        if (p := shutil.which(c)) is not None:
+            return p
+    raise ToolMissing("user-mode-linux is not installed (no linux.uml)")
+
+
+def _overlay_ko() -> str:
+    found = sorted(MODULES.glob("*/kernel/fs/overlayfs/overlay.ko*"))
+    return str(found[-1]) if found else ""
+
+
+def run(
+    command: str,
+    *,
+    vcpus: int = 1,
+    memory_mb: int = 512,
+    timeout: float = 60.0,
+    boot_timeout: float | None = None,
+    kernel_args: Sequence[str] = (),
+    share_host_ro: bool = True,
+    stream: Callable[[str], None] | None = None,
+    watch: Callable[[int], None] | None = None,
+) -> Console:
+    """Boot UML on the host's root (read-only, tmpfs overlay) and run ``command`` with /bin/sh.
+
+    ``share_host_ro=False`` still boots on hostfs (UML has no other root here) but without the
+    overlay: the guest sees the host read-only and has only tmpfs to write in.
+    """
+    del vcpus  # CONFIG_NR_CPUS=1 in Debian's UML
+    linux = uml_binary()
+    busybox = initramfs.static_busybox()
+    # Under /tmp on the host: visible to the guest through hostfs as the same path.
+    with tempfile.TemporaryDirectory(prefix="berth-lab-uml-") as tmp:
+        d = Path(tmp)
+        for sub in ("rw", "root", "uml"):
+            (d / sub).mkdir()
+        (d / "cmd").write_text(command + "\n")
+        init = d / "init"
+        init.write_text(
+            INIT.format(busybox=busybox, dir=d, overlay_ko=_overlay_ko() if share_host_ro else "")
+        )
+        init.chmod(0o755)
+        argv = [
+            linux,
+            f"mem={memory_mb}M",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "ro",
+            f"init={init}",
+            "con=null",
+            "con0=null,fd:1",
+            "quiet",
+            f"uml_dir={d / 'uml'}",
+            *kernel_args,
+        ]
+        env = dict(os.environ, TMPDIR=str(d / "uml"))
+        bt = boot_timeout if boot_timeout is not None else 30.0
+        return run_guest(
+            argv, boot_timeout=bt, timeout=timeout, what="uml", stream=stream, env=env, watch=watch
+        )
+
+
+def available() -> str | None:
+    try:
+        uml_binary()
+    except ToolMissing as e:
+        return str(e)
+    return initramfs.have_tools()
