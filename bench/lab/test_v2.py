@@ -29,8 +29,6 @@ V2_ARGS = ("systemd.unified_cgroup_hierarchy=1", "cgroup_no_v1=all")
 KNOWN_V2_FAILURES = {
     # EBUSY: v2's no-internal-process rule — the cgroup has controllers enabled for its children.
     "tests/integration/test_cgroups.py::test_kill_all_and_destroy_nested",
-    # EBUSY from mount("cgroup2", MS_RDONLY|...) inside the guest with --net host.
-    "tests/integration/test_run_isolation.py::test_net_host",
 }
 
 # Unit tests are pure logic (no kernel); they are in "default" for completeness, not in "ci",
