@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from berth.cli._args import seconds_option
 from berth.errors import UsageError
 
 TYPE_CHECKING = False
@@ -33,19 +34,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
         if a == "--json":
             o["json"] = True
         elif a == "--interval" or a.startswith("--interval="):
-            if "=" in a:
-                val = a.split("=", 1)[1]
-            else:
-                i += 1
-                if i >= len(argv):
-                    raise UsageError("interval", "needs a value")
-                val = argv[i]
-            try:
-                o["interval"] = float(val)
-            except ValueError:
-                raise UsageError("interval", f"{val!r} is not a number of seconds") from None
-            if not 0 <= o["interval"] <= 60:
-                raise UsageError("interval", f"{val!r} must be from 0 to 60 seconds")
+            o["interval"], i = seconds_option(argv, i, 0, 60)
         elif a.startswith("-"):
             raise UsageError(a, "unknown option (see 'berth stats --help')")
         else:

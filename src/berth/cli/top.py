@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from berth.cli._args import seconds_option
 from berth.errors import UsageError
 
 TYPE_CHECKING = False
@@ -43,19 +44,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
         if a == "--once":
             o["once"] = True
         elif a == "--interval" or a.startswith("--interval="):
-            if "=" in a:
-                val = a.split("=", 1)[1]
-            else:
-                i += 1
-                if i >= len(argv):
-                    raise UsageError("interval", "needs a value")
-                val = argv[i]
-            try:
-                o["interval"] = float(val)
-            except ValueError:
-                raise UsageError("interval", f"{val!r} is not a number of seconds") from None
-            if not 0.1 <= o["interval"] <= 60:
-                raise UsageError("interval", f"{val!r} must be from 0.1 to 60 seconds")
+            o["interval"], i = seconds_option(argv, i, 0.1, 60)
         else:
             raise UsageError(a, "unknown option (see 'berth top --help')")
         i += 1

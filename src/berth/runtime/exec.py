@@ -14,10 +14,7 @@ When the caller waits (``detach=False``) it becomes a child subreaper, so the ne
 from __future__ import annotations
 
 import _signal as signal
-import fcntl
 import os
-import struct
-import termios
 
 from berth.errors import CannotExecute, ContainerInitError, StateError
 from berth.linux import prctl
@@ -26,7 +23,7 @@ from berth.runtime import container as ct
 from berth.runtime import process as proc_mod
 from berth.runtime import state as st
 from berth.runtime import sync
-from berth.runtime.init import _fail
+from berth.runtime.init import _fail, open_pty, take_terminal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -217,20 +214,8 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
         os.setsid()
         proc_mod.warn = lambda text: sync.send(sock, "warning", msg=text)
         if process.get("terminal"):
-            master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-            fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))  # TIOCSPTLCK: unlock
-            slave = fcntl.ioctl(master, 0x5441, os.O_RDWR | os.O_NOCTTY)  # TIOCGPTPEER
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-            size = process.get("consoleSize")
-            if size:
-                fcntl.ioctl(
-                    slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0)
-                )
-            for fd in (0, 1, 2):
-                os.dup2(slave, fd)
-            os.close(slave)
-            sync.send(sock, "console", fds=[master])
-            os.close(master)
+            master, slave = open_pty("/dev/pts/ptmx")  # the container's devpts: we are in its root
+            take_terminal(sock, master, slave, process.get("consoleSize"))
         proc_mod.set_rlimits(process.get("rlimits") or [], strict=False)
         proc_mod.set_oom_score_adj(process.get("oomScoreAdj"))
         env = list(process.get("env") or [])

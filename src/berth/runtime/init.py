@@ -165,11 +165,27 @@ def _open_console(rootfs: str) -> tuple[int, int]:
     """A pty from the guest's own devpts instance: (master, slave)."""
     # Resolved as in the guest: a plain join would follow the rootfs's own /dev symlink from the
     # host's root (say /dev -> /proc/self/cwd/../../dev) to the host's devpts.
-    ptmx = secure_join(rootfs, "/dev/pts/ptmx")
+    return open_pty(secure_join(rootfs, "/dev/pts/ptmx"))
+
+
+def open_pty(ptmx: str) -> tuple[int, int]:
+    """(master, slave) of a new pty from the devpts instance of ``ptmx``."""
     master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     return master, slave
+
+
+def take_terminal(sock: socket.socket, master: int, slave: int, size: dict[str, int] | None) -> None:
+    """Make ``slave`` our controlling terminal and stdio; hand ``master`` to the runtime."""
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    if size:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0))
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    sync.send(sock, "console", fds=[master])
+    os.close(master)
 
 
 def _sysctl(values: dict[str, str]) -> None:
@@ -263,17 +279,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         process.set_oom_score_adj(proc.get("oomScoreAdj"))
 
         if terminal:
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-            size = proc.get("consoleSize")
-            if size:
-                fcntl.ioctl(
-                    slave, termios.TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0)
-                )
-            for fd in (0, 1, 2):
-                os.dup2(slave, fd)
-            os.close(slave)
-            sync.send(sock, "console", fds=[master])
-            os.close(master)
+            take_terminal(sock, master, slave, proc.get("consoleSize"))
 
         env = list(proc.get("env") or [])
         cwd = proc.get("cwd") or "/"
