@@ -135,7 +135,10 @@ def host_a(tmp_path: Path, prefix: str, unique: str, berth_env: dict[str, str]):
 
 
 def start_guest(h: Host, name: str) -> None:
-    h("create", name, "--net", "none", "--no-init", "--", "sh", "-c", GUEST)
+    # Host ids and no lxcfs: berth's CRIU path (berth.runtime.criu) neither dumps nor restores a
+    # user namespace (the uid/gid maps, the idmapped template layers) nor lxcfs's FUSE binds, and a
+    # migrated guest's id range would not exist in the receiving store's pool.
+    h("create", name, "--net", "none", "--userns", "host", "--no-lxcfs", "--no-init", "--", "sh", "-c", GUEST)
     h("start", name)
     wait(lambda: len(h.replies(name)) >= 3, what="the guest's client to get replies")
 

@@ -62,6 +62,7 @@ def net(berth_env: dict[str, str], prefix: str, unique: str, check_clean):
         BERTH_SUBNET=_free_subnet(),
     )
     g = NetGuests(berth_env, unique)
+    point = test_guests.userns_ready(berth_env)
     yield g
     for name in g.mine():
         if not name.startswith("."):
@@ -70,6 +71,7 @@ def net(berth_env: dict[str, str], prefix: str, unique: str, check_clean):
         os.kill(pid, signal.SIGKILL)
     g("gc", check=False)
     g.wait(lambda: not test_guests.cgroup_dirs(berth_env["BERTH_CGROUP_PARENT"]), what="cgroups to go")
+    test_guests.lxcfs_stop(point)
     check_clean()
     _nothing_left(prefix)
 

@@ -112,9 +112,33 @@ def _daemons(run_root: Path) -> list[int]:
     return pids
 
 
+def userns_ready(env: dict[str, str]) -> str:
+    """What guests of ``berth create`` (unprivileged by default: --userns auto) need of the test's
+    dirs: their mapped root reaches its state dir and its writable layer in the store (berth's
+    /run/berth and /var/lib/berth are searchable; pytest's tmp dirs and the session's mkdtemp
+    store are 0700: opened for search, not reading).  lxcfs (on by default for created guests)
+    at a point named after the session's prefix, stopped by :func:`lxcfs_stop`; returns it."""
+    for top in (Path(env["BERTH_RUN"]).parent, Path(env["BERTH_ROOT"])):
+        d = top
+        while str(d) not in ("/", "/tmp"):
+            if d.exists():
+                os.chmod(d, os.stat(d).st_mode | 0o011)
+            d = d.parent
+    prefix = env["BERTH_CGROUP_PARENT"].split("/")[0]
+    env["BERTH_LXCFS"] = f"/run/{prefix}-lxcfs"
+    return env["BERTH_LXCFS"]
+
+
+def lxcfs_stop(point: str) -> None:
+    from berth.runtime import lxcfs
+
+    lxcfs.stop(point)
+
+
 @pytest.fixture
 def guests(berth_env: dict[str, str], unique: str, check_clean):
     g = Guests(berth_env, unique)
+    point = userns_ready(berth_env)
     yield g
     for name in g.mine():
         if not name.startswith("."):
@@ -125,6 +149,7 @@ def guests(berth_env: dict[str, str], unique: str, check_clean):
     for entry in g.mine():  # half-made guests (.new-*) of this test: gc removes them
         raise AssertionError(f"left in the store: {entry}")
     g.wait(lambda: not cgroup_dirs(berth_env["BERTH_CGROUP_PARENT"]), what="cgroups to go")
+    lxcfs_stop(point)
     check_clean()
     assert not [
         ln

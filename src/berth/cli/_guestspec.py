@@ -45,9 +45,31 @@ def build(store: Store, name: str) -> None:
     cfg = load(store, name)
     o = config.run_options(cfg)
     spec, _rootfs, overlay = runcli.build(o, name, store.root)
+    _userns(store, name, cfg, spec, overlay)
+    # lxcfs started (if need be) now; guestd's workers check it again at every (re)start.
+    point = runcli.apply_lxcfs(spec) if o["lxcfs"] else None
     use_init = o["init"] if o["init"] is not None else not wants_init(o["args"])
     # The network as resolved now (bridge, subnet, nft table, name prefix from the config and the
     # environment): guestd's workers plug the guest in with exactly this at every (re)start.
     net = config.net_to_dict(config.net_options(cfg))
     saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", []), "net": net}
+    if point:
+        saved["lxcfs"] = point
     atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved))
+
+
+def _userns(store: Store, name: str, cfg: dict[str, Any], spec: dict[str, Any], overlay: Any) -> None:
+    """Map the spec to the id range the guest got at create (its writable layer is owned by it)."""
+    from berth.cli import run as runcli
+    from berth.guests import config, lifecycle
+
+    mode = config.userns_mode(cfg, store.config(name))
+    if mode == "host":
+        return
+    rng = lifecycle.id_range(store, name)
+    if rng is None or (isinstance(mode, tuple) and mode != rng):
+        held = f"it holds {rng[0]}:{rng[1]}" if rng else "it holds none"
+        raise config.ConfigError(
+            store.config(name), "userns", f"{cfg['userns']!r} is not the range allocated at create ({held})"
+        )
+    runcli.apply_userns(spec, rng, overlay)

@@ -16,6 +16,11 @@ Without --cmd the guest is a system guest that boots its own /sbin/init.
   --net MODE         bridge (default for guests: own stack, an address kept for the guest's life),
                      none, host or ip:ADDR[,ADDR]; with bridge: --ip, -p H:G[/proto], --net-isolate,
                      --net-rate, --net-ceil, --net-share, --bridge, --subnet (see berth run --help)
+  --userns MODE      auto (default for guests: a user namespace with the guest's own 65536 host ids
+                     from berth's pool, allocated now and kept until destroy), host (root inside is
+                     the host's root) or START:SIZE (that host range)
+  --lxcfs / --no-lxcfs  the guest's own limits in /proc/meminfo, cpuinfo, uptime… (lxcfs); default
+                     on when lxcfs is installed and /dev/fuse exists
 """
 NET_FLAGS = ("--net", "--network")
 
@@ -57,7 +62,14 @@ def main(argv: list[str]) -> int:
             raise UsageError(opt, "not an option of berth create")
     if not any(p.split("=", 1)[0] in NET_FLAGS for p in passthru):
         passthru = ["--net", "bridge", *passthru]  # guests are on the network unless told otherwise
+    if not any(p.split("=", 1)[0] == "--userns" for p in passthru):
+        passthru = ["--userns", "auto", *passthru]  # guests are unprivileged unless told otherwise
+    if not any(p in ("--lxcfs", "--no-lxcfs") for p in passthru):
+        passthru = ["--lxcfs" if _lxcfs_available() else "--no-lxcfs", *passthru]
     o = runcli.parse([*passthru, "--", "/sbin/init"])
+    from berth.runtime import userns
+
+    userns.parse_mode(o["userns"])  # a bad --userns: a one-line error, nothing created
     cfg: dict = {"template": o["template"]}
     if cmd is not None:
         if not cmd:
@@ -75,6 +87,8 @@ def main(argv: list[str]) -> int:
     if o["init"] is not None:
         cfg["init"] = o["init"]
     cfg.update(_net_config(o))
+    cfg["userns"] = o["userns"]
+    cfg["lxcfs"] = o["lxcfs"]
     if o["resources"]:
         from berth.guests.config import flag_key
 
@@ -120,3 +134,11 @@ def _net_config(o: dict) -> dict:
     if net.mode == "bridge":
         cfg["bridge"], cfg["subnet"] = net.bridge, net.subnet
     return cfg
+
+
+def _lxcfs_available() -> bool:
+    """Can lxcfs run here (installed, /dev/fuse)?  Whether it does is checked at every start."""
+    import os
+    import shutil
+
+    return bool(shutil.which("lxcfs") or os.path.exists("/usr/bin/lxcfs")) and os.path.exists("/dev/fuse")

@@ -3,6 +3,10 @@ bandwidth settings) its HTB class tree."""
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from berth.guests.store import Store
+
 
 def main(argv: list[str]) -> int:
     from berth.cli._args import Parser, store
@@ -18,6 +22,7 @@ def main(argv: list[str]) -> int:
     info["disk_use"] = lifecycle.disk_use(s, args.name)
     info["config"] = s.config(args.name)
     info["log"] = s.log(args.name)
+    info.update(_isolation(s, args.name))
     net = lifecycle.net_info(s, args.name)
     if net is not None:
         info["network"] = net
@@ -32,6 +37,28 @@ def main(argv: list[str]) -> int:
         else:
             print(f"{key}: {value}")
     return 0
+
+
+def _isolation(s: Store, name: str) -> dict:
+    """``userns``: the guest's host id range START:SIZE, or ``host`` (root inside is the host's
+    root); ``lxcfs``: on (the mount point its views come from) or off."""
+    import json
+    import os
+
+    from berth.guests import config, lifecycle
+
+    cfg = config.load(s.config(name))
+    out: dict = {"userns": "host"}
+    if config.userns_mode(cfg, s.config(name)) != "host":
+        rng = lifecycle.id_range(s, name)
+        out["userns"] = f"{rng[0]}:{rng[1]}" if rng else "none allocated"
+    try:
+        with open(os.path.join(s.dir(name), "spec.json")) as f:
+            point = json.load(f).get("lxcfs")
+    except (OSError, ValueError):
+        point = None
+    out["lxcfs"] = f"on ({point})" if point else ("off (lxcfs could not run)" if cfg.get("lxcfs") else "off")
+    return out
 
 
 def _print_network(net: dict) -> None:

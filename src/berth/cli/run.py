@@ -307,7 +307,7 @@ def main(argv: list[str]) -> int:
         name = "b" + os.urandom(6).hex()
     spec, _rootfs, overlay = build(o, name, store)
     if o["lxcfs"]:
-        _lxcfs(spec)
+        apply_lxcfs(spec)
     if o["userns"] != "host":
         from berth.runtime import userns
 
@@ -316,24 +316,38 @@ def main(argv: list[str]) -> int:
         rng = userns.allocate(store, owner, userns.parse_mode(o["userns"]), host)
         try:
             assert rng is not None
-            userns.apply(spec, rng)
-            if overlay is None:  # --rootfs DIR: idmapped too (root inside writes as its owner)
-                spec.setdefault("annotations", {})["org.berth.rootfs.idmap"] = "true"
+            apply_userns(spec, rng, overlay)
             return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
         finally:
             userns.release(store, owner)
     return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
 
 
-def _lxcfs(spec: dict[str, Any]) -> None:
-    """The lxcfs views in the spec, or a warning saying why not (the guest starts either way)."""
+def apply_userns(spec: dict[str, Any], rng: tuple[int, int], overlay: dict[str, Any] | None) -> None:
+    """Give ``spec`` a user namespace mapped to the host range ``rng`` (``berth run`` and the
+    guests of ``berth create``): the template layers under the overlay are idmapped by the
+    runtime; a plain rootfs (no overlay: ``--rootfs DIR``) is marked to be idmapped too, so
+    root inside writes as its owner."""
+    from berth.runtime import userns
+
+    userns.apply(spec, rng)
+    if overlay is None:
+        spec.setdefault("annotations", {})["org.berth.rootfs.idmap"] = "true"
+
+
+def apply_lxcfs(spec: dict[str, Any]) -> str | None:
+    """The lxcfs views in the spec (their mount point), or a warning saying why not and None
+    (the guest starts either way).  ``berth run --lxcfs`` and the guests of ``berth create``."""
     from berth.errors import UnsupportedError
     from berth.runtime import lxcfs
 
     try:
-        lxcfs.apply(spec, lxcfs.ensure(os.environ.get("BERTH_LXCFS") or lxcfs.DEFAULT_MOUNTPOINT))
+        point = lxcfs.ensure(os.environ.get("BERTH_LXCFS") or lxcfs.DEFAULT_MOUNTPOINT)
+        lxcfs.apply(spec, point)
+        return point
     except (UnsupportedError, OSError) as e:
         sys.stderr.write(f"berth: warning: {e}\n")
+        return None
 
 
 def _run(

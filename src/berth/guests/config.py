@@ -14,6 +14,9 @@ Top-level keys (all optional but ``template``)::
     cap_add = []  cap_drop = []  security_opt = []  read_only = false  privileged = false
     disk = "256M"                  # the writable layer is an ext4 image of this size
     stop_signal = "SIGRTMIN+3"     # what `berth stop` sends the init (default SIGTERM; systemd: SIGRTMIN+3)
+    userns = "auto"                # auto (own 65536 host ids, allocated at create) | host | START:SIZE;
+                                   # absent (a guest made before user namespaces): host
+    lxcfs = true                   # lxcfs's /proc views (the guest's own limits); absent: false
     created = 1700000000.0
 
     [resources]                    # the resource flags of `berth run`, without the leading --
@@ -32,9 +35,9 @@ RESTART = ("no", "on-failure", "always")
 SYSTEM_INIT = ["/sbin/init"]
 
 _NET_STR = ("net", "ip", "net_rate", "net_ceil", "bridge", "subnet")
-_STR = ("template", "restart", "hostname", "workdir", "user", "disk", *_NET_STR)
+_STR = ("template", "restart", "hostname", "workdir", "user", "disk", "userns", *_NET_STR)
 _LIST = ("cmd", "env", "cap_add", "cap_drop", "security_opt", "publish")
-_BOOL = ("init", "read_only", "privileged", "net_isolate")
+_BOOL = ("init", "read_only", "privileged", "net_isolate", "lxcfs")
 _NUM = ("created",)
 _INT = ("net_share",)
 KEYS = frozenset((*_STR, *_LIST, *_BOOL, *_NUM, *_INT, "resources"))
@@ -92,6 +95,8 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
             parse_size(data["disk"])
         except UsageError as e:
             raise ConfigError(path, "disk", e.reason) from None
+    if "userns" in data:
+        userns_mode(data, path)
     if "stop_signal" in data:
         try:
             parse_signal(data["stop_signal"])
@@ -107,6 +112,17 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(path, f"resources.{key}", "must be a string or a number")
     return data
+
+
+def userns_mode(cfg: dict[str, Any], path: str) -> Any:
+    """The guest's ``userns``: ``"auto"``, ``"host"`` or a (start, size) range; a config
+    without the key (made before guests had user namespaces) is ``"host"``."""
+    from berth.runtime import userns
+
+    try:
+        return userns.parse_mode(cfg.get("userns", "host"))
+    except UsageError as e:
+        raise ConfigError(path, "userns", e.reason) from None
 
 
 def _validate_net(data: dict[str, Any], path: str) -> None:
@@ -284,6 +300,8 @@ def run_options(cfg: dict[str, Any]) -> dict[str, Any]:
         "privileged": bool(cfg.get("privileged", False)),
         "resources": [(f"--{k}", str(v)) for k, v in cfg.get("resources", {}).items()],
         "args": list(cfg.get("cmd") or SYSTEM_INIT),
+        "userns": cfg.get("userns", "host"),
+        "lxcfs": bool(cfg.get("lxcfs", False)),
     }
 
 

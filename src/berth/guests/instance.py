@@ -107,6 +107,25 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
         disk.detach(image, store.disk_mnt(name))
 
 
+def _lxcfs(spec: dict[str, Any], point: str) -> None:
+    """lxcfs running at ``point`` (started again if it died: the supervision of
+    :func:`berth.runtime.lxcfs.ensure`), or the guest starts without its views (a warning in
+    its log)."""
+    from berth.errors import UnsupportedError
+    from berth.runtime import lxcfs
+
+    try:
+        lxcfs.ensure(point)
+    except (UnsupportedError, OSError) as e:
+        import sys
+
+        sys.stderr.write(f"berth: warning: {e}\n")
+        prefix = point.rstrip("/") + "/"
+        spec["mounts"] = [
+            m for m in spec.get("mounts", []) if not str(m.get("source", "")).startswith(prefix)
+        ]
+
+
 def start(store: Store, name: str, *, restarts: int = 0) -> int:
     """Start ``name`` (stopped, cleaned); returns its init's pid.  Our stdio becomes the guest's."""
     import json
@@ -137,6 +156,8 @@ def start(store: Store, name: str, *, restarts: int = 0) -> int:
     os.dup2(log, 2)
     os.close(null)
     os.close(log)
+    if saved.get("lxcfs"):
+        _lxcfs(spec, saved["lxcfs"])
     try:
         c = container.create(
             name,

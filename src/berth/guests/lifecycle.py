@@ -30,6 +30,7 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
     check_name(name)
     cfg = {**cfg, "created": time.time()}
     config.validate(cfg, f"{name}: config")
+    mode = config.userns_mode(cfg, f"{name}: config")
     net_opts = config.net_options(cfg)  # the address against the subnet, free address and ports
     if net_opts is not None:
         instance.net().check(store.root, name, net_opts)
@@ -42,14 +43,20 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
     with store.lock(name):
         if os.path.lexists(store.dir(name)):
             raise ExistsError(f"guest {name!r} exists already")
+        rng = _allocate_ids(store, name, mode)  # before anything is made: a bad range leaves nothing
         tmp = os.path.join(store.guests, f".new-{name}-{secrets.token_hex(3)}")
-        os.mkdir(tmp, 0o711)
         try:
+            os.mkdir(tmp, 0o711)
             if cfg.get("disk"):
                 disk.make_image(os.path.join(tmp, f"{name}.disk.img"), config.parse_size(cfg["disk"]))
+                if rng is not None:
+                    _on_disk(os.path.join(tmp, f"{name}.disk.img"), os.path.join(tmp, "disk"),
+                             lambda mnt: _own_layer(mnt, rng))  # fmt: skip
             else:
                 os.mkdir(os.path.join(tmp, "upper"), 0o755)
                 os.mkdir(os.path.join(tmp, "work"), 0o700)
+                if rng is not None:
+                    _own_layer(tmp, rng)
             fault("create:layer")
             config.save(os.path.join(tmp, "config.toml"), cfg)
             _reserve_address(store, name, net_opts)
@@ -57,8 +64,104 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             _forget_address(store, name)
+            _release_ids(store, name)
             raise
         store.write_run(name, {"status": "stopped", "desired": "stopped", "store": store.root})
+
+
+# -- user namespaces: a guest's own host ids ---------------------------------------------------
+def id_range(store: Store, name: str) -> tuple[int, int] | None:
+    """The host ids (start, size) of guest ``name``'s user namespace; None: the host's own ids."""
+    from berth.runtime import userns
+
+    return userns.allocations(store.root).get(name)
+
+
+def _allocate_ids(store: Store, name: str, mode: Any) -> tuple[int, int] | None:
+    """Reserve ``name``'s range (keyed by the guest's name, persisted in the store's pool until
+    destroy) for ``mode`` (auto, host or a (start, size) range); None for ``host``.  Under the
+    guest's lock, the guest not existing: what a killed create left under its name is dropped."""
+    if mode == "host":
+        return None
+    from berth.runtime import userns
+
+    _check_reachable(store)
+    userns.release(store.root, name)
+    host = userns.HostIds.read(pool=userns.parse_pool(os.environ.get("BERTH_USERNS_POOL")))
+    return userns.allocate(store.root, name, mode, host)
+
+
+def _release_ids(store: Store, name: str) -> None:
+    from berth.runtime import userns
+
+    userns.release(store.root, name)
+
+
+def _check_reachable(store: Store) -> None:
+    """The guest's mapped root mounts its overlay from inside its user namespace: the path to
+    its writable layer (the store's guests dir and every parent) must be searchable by others."""
+    import stat
+
+    from berth.errors import UnsupportedError
+
+    path = os.path.realpath(store.guests)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IXOTH:
+            raise UnsupportedError(
+                f"userns: {path} is not searchable by other users (mode {stat.S_IMODE(mode):04o}): the "
+                "guest's mapped root could not reach its layer (chmod o+x it, or --userns host)"
+            )
+        if path == "/":
+            return
+        path = os.path.dirname(path)
+
+
+def _own_layer(base: str, rng: tuple[int, int]) -> None:
+    """``base``'s upper and work dirs owned by the guest's root (host id ``rng[0]``), once, at create."""
+    for d in ("upper", "work"):
+        os.chown(os.path.join(base, d), rng[0], rng[0])
+
+
+def _on_disk(image: str, mnt: str, fn: Any) -> None:
+    """``fn(mnt)`` with the guest's disk image mounted at ``mnt`` (upper and work made)."""
+    disk.attach(image, mnt)
+    try:
+        fn(mnt)
+    finally:
+        disk.detach(image, mnt)
+        try:
+            os.rmdir(mnt)
+        except OSError:
+            pass
+
+
+def _shift_tree(top: str, old: tuple[int, int] | None, new: tuple[int, int]) -> None:
+    """Re-own a copied writable layer from one guest's ids to another's (a clone): ids in
+    ``old`` (None: the host's, 0…) move to the same offset in ``new``; others (the overflow id)
+    stay.  setuid/setgid bits, which chown clears, are put back.  (File capabilities in
+    security.capability are dropped by the kernel on chown and not restored.)"""
+    import stat
+
+    base = old[0] if old is not None else 0
+    size = old[1] if old is not None else new[1]
+
+    def shift(i: int) -> int:
+        return new[0] + i - base if base <= i < base + min(size, new[1]) else i
+
+    def one(path: str) -> None:
+        st = os.lstat(path)
+        uid, gid = shift(st.st_uid), shift(st.st_gid)
+        if (uid, gid) == (st.st_uid, st.st_gid):
+            return
+        os.lchown(path, uid, gid)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    one(top)
+    for root, dirs, files in os.walk(top):
+        for entry in dirs + files:
+            one(os.path.join(root, entry))
 
 
 def _reserve_address(store: Store, name: str, opts: Any) -> None:
@@ -111,6 +214,7 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
             os.unlink(store.run_file(name))
         except FileNotFoundError:
             pass
+        _release_ids(store, name)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -129,21 +233,31 @@ def clone(store: Store, name: str, new: str) -> None:
             cfg = config.load(store.config(name))
             cfg["created"] = time.time()
             cfg.pop("ip", None)  # the copy gets its own address (at its first start)
+            mode = config.userns_mode(cfg, store.config(name))
+            if isinstance(mode, tuple):  # the source's own range is taken: the copy gets one from the pool
+                cfg["userns"] = mode = "auto"
+            old = id_range(store, name)
+            rng = _allocate_ids(store, new, mode)  # its own range: the copied layer is shifted to it
             tmp = os.path.join(store.guests, f".new-{new}-{secrets.token_hex(3)}")
-            os.mkdir(tmp, 0o711)
             try:
+                os.mkdir(tmp, 0o711)
                 if os.path.exists(store.image(name)):
-                    subprocess.run(
-                        ["cp", "--sparse=always", store.image(name), os.path.join(tmp, f"{new}.disk.img")],
-                        check=True,
-                    )
+                    image = os.path.join(tmp, f"{new}.disk.img")
+                    subprocess.run(["cp", "--sparse=always", store.image(name), image], check=True)
+                    if rng is not None and rng != old:
+                        _on_disk(image, os.path.join(tmp, "disk"),
+                                 lambda mnt: [_shift_tree(os.path.join(mnt, d), old, rng) for d in ("upper", "work")])  # fmt: skip
                 else:
                     subprocess.run(["cp", "-a", store.layer(name, False)[0], tmp], check=True)
                     os.mkdir(os.path.join(tmp, "work"), 0o700)
+                    if rng is not None and rng != old:
+                        _shift_tree(os.path.join(tmp, "upper"), old, rng)
+                        _own_layer(tmp, rng)
                 config.save(os.path.join(tmp, "config.toml"), cfg)
                 os.rename(tmp, store.dir(new))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                _release_ids(store, new)
                 raise
             store.write_run(new, {"status": "stopped", "desired": "stopped", "store": store.root})
 
@@ -476,8 +590,30 @@ def gc(store: Store) -> list[str]:
                 os.unlink(os.path.join(store.run_dir(), f))
                 done.append(f"removed record {f[:-5]}")
     done += _gc_loops(store, names)
+    done += _gc_ids(store, names)
     done += _gc_cgroups(store, names)
     done += _gc_net(store)
+    return done
+
+
+def _gc_ids(store: Store, names: set[str]) -> list[str]:
+    """Id ranges held under the name of a guest that does not exist (a create or clone killed
+    half-way); ``berth run``'s are reclaimed by the pool itself once their process is gone."""
+    from berth.runtime import userns
+
+    done = []
+    for owner in sorted(userns.allocations(store.root)):
+        if owner.startswith("run:") or owner in names:
+            continue
+        lock = store.lock(owner)
+        if not lock.acquire(blocking=False):
+            continue  # being created right now
+        try:
+            if not store.exists(owner):
+                userns.release(store.root, owner)
+                done.append(f"freed the id range of {owner}")
+        finally:
+            lock.release()
     return done
 
 
