@@ -95,6 +95,7 @@ def test_apply_merges_into_spec() -> None:
     assert record_from_spec(spec)["cap"] == 0.5
 
 
-def test_plain_oci_cpu_is_recorded() -> None:
+def test_plain_oci_cpu_passes_through() -> None:
+    # podman/containerd/kubelet set cpu.shares themselves: berth's weight policy leaves them alone.
     spec = {"linux": {"resources": {"cpu": {"shares": 2048, "quota": 50000, "period": 100000}}}}
-    assert record_from_spec(spec) == {"share": 200, "reserve": 0.0, "cap": 0.5, "burst_us": None}
+    assert record_from_spec(spec) == {"share": 100, "reserve": 0.0, "cap": None, "burst_us": None}

@@ -93,23 +93,15 @@ def _record_from_annotations(ann: dict[str, str], base: dict[str, Any]) -> dict[
 
 
 def record_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The CPU request to record for a guest made from ``spec``: the ``berth.cpu.*`` annotations,
-    else what plain OCI ``linux.resources.cpu`` says (shares 1024 = share 100, quota/period = cap)."""
+    """The CPU request to record for a guest made from ``spec``: the ``berth.cpu.*`` annotations.
+
+    A plain OCI spec (podman, containerd, Kubernetes) has none: its ``linux.resources.cpu`` is
+    applied exactly as given, as runc would, and it takes no part in berth's weight policy
+    (kubelet computes shares for its pods itself and expects to find them unchanged)."""
     ann = spec.get("annotations") or {}
     if any(k in ann for k in _CPU_KEYS):
         return _record_from_annotations(ann, DEFAULT)
-    cpu = ((spec.get("linux") or {}).get("resources") or {}).get("cpu") or {}
-    rec = dict(DEFAULT)
-    shares = cpu.get("shares")
-    if isinstance(shares, int) and shares > 0:
-        rec["share"] = max(1, min(10000, round(shares * 100 / 1024)))
-    quota, period = cpu.get("quota"), cpu.get("period") or 100_000
-    if isinstance(quota, int) and quota > 0 and isinstance(period, int) and period > 0:
-        rec["cap"] = quota / period
-        burst = cpu.get("burst")
-        if isinstance(burst, int) and burst > 0:
-            rec["burst_us"] = burst
-    return rec
+    return dict(DEFAULT)
 
 
 def limits_from_annotations(ann: dict[str, str]) -> dict[str, int]:
