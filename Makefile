@@ -9,12 +9,14 @@ TEST_APT_PACKAGES := gcc libc6-dev runc podman conmon containerd kmod iptables i
 CRIU_DIR ?= /var/lib/berth/tools/criu
 # The lab (bench/lab): separate-kernel guests and the cgroup-v2 test kernel. Installed by lab-setup only.
 LAB_APT_PACKAGES := qemu-system-x86 user-mode-linux runsc busybox-static kmod gcc libc6-dev
+# The evaluation (bench/eval, issue 8): sysbench and fio, plus the lab's peers (UML, runsc).
+BENCH_APT_PACKAGES := sysbench fio
 # test-v2: TEST_V2_ARGS='--select all' for the whole integration suite, or '--select a.py,b.py -- -x'.
 TEST_V2_ARGS ?=
 BERTH := $(VENV)/bin/berth
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test apt apt-test demo test test-unit test-integration lint bench clean lab-setup test-v2 criu
+.PHONY: setup setup-test apt apt-test demo test test-unit test-integration lint bench bench-full bench-apt bench-latency clean lab-setup test-v2 criu
 
 # apt-install.sh installs only what is missing (a dpkg query when all is there): run it every time,
 # so a package added to the lists reaches machines that ran an older Makefile.
@@ -62,7 +64,18 @@ lab-setup: setup-test
 test-v2: lab-setup
 	@PYTHONPATH=. $(VENV)/bin/python -m bench.lab.test_v2 $(TEST_V2_ARGS)
 
-bench: setup-test
+# bench: the quick evaluation (< 10 min), bench-full: the whole one (< 60 min); both write
+# bench/results/<timestamp>/report.md with PNG plots (start_latency.py's output is part of it).
+bench: bench-apt
+	@PYTHONPATH=. $(VENV)/bin/python -m bench.eval --quick
+
+bench-full: bench-apt
+	@PYTHONPATH=. $(VENV)/bin/python -m bench.eval --full
+
+bench-apt: setup-test
+	@bash tools/apt-install.sh $(LAB_APT_PACKAGES) $(BENCH_APT_PACKAGES)
+
+bench-latency: setup-test
 	@$(VENV)/bin/python bench/start_latency.py
 
 clean:

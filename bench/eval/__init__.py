@@ -1,0 +1,1 @@
+"""berth's evaluation (issue 8): python -m bench.eval."""

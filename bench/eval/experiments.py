@@ -1,0 +1,1023 @@
+"""The evaluation's experiments: one function per experiment, each returning a ``Section``.
+
+Columns: native (a host process), berth (``berth run --rm`` on the busybox template's overlay,
+in a private store), runc, the separate-kernel guest (UML here, KVM where it boots) and gVisor —
+the last three through bench/lab's ``Columns``. Every workload is bench/eval/micro.c (built
+static here) or a host tool (sysbench, fio) started through the host's ld.so with its libraries
+copied next to it, so the same binary runs in every column.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.lab import gvisor, peers, uml
+from bench.lab.errors import LabError
+from bench.lab.kernel import CACHE
+
+REPO = Path(__file__).resolve().parents[2]
+BERTH = str(REPO / ".venv" / "bin" / "berth")
+MICRO_SRC = Path(__file__).with_name("micro.c")
+# The lab's runners start `<dir>/loops ARGS` (gVisor binds <dir> at /lab): the micro binary is
+# installed under that name, with the tools and their libraries beside it.
+BIN = CACHE / "eval" / "bin"
+TOOLS = ("sysbench", "fio")
+COLUMNS = ("native", "berth", "runc", "uml", "gvisor")
+CPUS = len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Table:
+    caption: str
+    header: list[str]
+    rows: list[list[object]]
+    note: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    tables: list[Table] = field(default_factory=list)
+    plots: list[dict] = field(default_factory=list)
+    targets: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Config:
+    quick: bool
+    reps: int
+    secs: float  # per micro test / workload run
+    scale_berth: tuple[int, ...]
+    scale_uml: tuple[int, ...]
+    iso_secs: float
+    iso_reps: int
+    net_seconds: int
+    net_reps: int
+
+
+def config(quick: bool) -> Config:
+    if quick:
+        return Config(True, 3, 0.25, (1, 2, 4, 8), (1, 2, 4), 1.5, 1, 2, 2)
+    return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 3.0, 3, 4, 3)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def med(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def jain(xs: Sequence[float]) -> float:
+    s = sum(xs)
+    q = sum(x * x for x in xs)
+    return s * s / (len(xs) * q) if q else float("nan")
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x != x:  # nan
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def spread(xs: Sequence[float]) -> str:
+    """'median (min–max)'."""
+    if not xs:
+        return "–"
+    return f"{fmt(med(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+
+def parse_micro(out: str) -> dict[str, float]:
+    """{test: ops_per_s} from micro's output lines."""
+    got = {}
+    for m in re.finditer(r"^micro (\w+) ns_per_op=\S+ ops_per_s=(\S+)", out, re.M):
+        got[m.group(1)] = float(m.group(2))
+    return got
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------- the columns
+
+
+def build_bin() -> Path:
+    """micro (as ``loops``), sysbench and fio with their libraries and ld.so, in BIN."""
+    BIN.mkdir(parents=True, exist_ok=True)
+    micro = BIN / "loops"
+    if not micro.exists() or micro.stat().st_mtime < MICRO_SRC.stat().st_mtime:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            raise LabError("gcc is not installed: cannot build bench/eval/micro.c")
+        subprocess.run([gcc, "-O2", "-static", "-o", str(micro), str(MICRO_SRC)], check=True, timeout=120)
+    for tool in TOOLS:
+        path = shutil.which(tool)
+        if path is None:
+            continue
+        shutil.copy2(path, BIN / tool)
+        libs = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+        for line in libs.splitlines():
+            lib = line.split("=>")[-1].split("(")[0].strip()
+            if lib.startswith("/"):
+                shutil.copy2(lib, BIN / os.path.basename(lib))
+    ld = BIN / "ld-linux-x86-64.so.2"
+    if not ld.exists():
+        shutil.copy2("/lib64/ld-linux-x86-64.so.2", ld)
+    return micro
+
+
+def tool_args(bindir: str, tool: str, *args: str) -> list[str]:
+    """micro's arguments that exec ``tool`` (from the bin dir, through its ld.so)."""
+    return ["run", f"{bindir}/ld-linux-x86-64.so.2", "--library-path", bindir, f"{bindir}/{tool}", *args]
+
+
+class Env:
+    """The columns, a private berth store whose busybox template holds the bin dir at /lab."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.micro = build_bin()
+        self.tag = f"be{secrets.token_hex(2)}"
+        self.env = dict(
+            os.environ,
+            BERTH_ROOT=str(tmp / "store"),
+            BERTH_RUN=str(tmp / "run"),
+            BERTH_CGROUP_PARENT=self.tag,
+        )
+        r = subprocess.run(
+            [BERTH, "template", "build", "busybox"], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if r.returncode != 0:
+            raise LabError(f"berth template build busybox: {r.stderr.strip()[-300:]}")
+        self.template = Path(r.stdout.strip().splitlines()[-1])
+        shutil.copytree(BIN, self.template / "lab", dirs_exist_ok=True)
+        (self.template / "var" / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.template / "var" / "tmp").chmod(0o1777)
+        self.native_dir = tmp / "native-work"  # same ext4 as the berth guests' overlay upper
+        self.native_dir.mkdir()
+        self.cols = peers.Columns(self.micro, tmp / "lab")
+        shutil.copytree(BIN, self.cols.rootfs / "lab", dirs_exist_ok=True)
+        self.kernel = self.cols.table()[3][0]  # "uml" or "kvm"
+        self.available = {label: (fn is not None, note) for label, fn, note in self.cols.table()}
+
+    # Each runner: micro ARGS in the column; ``args`` is a function of the bin dir as seen there.
+    def run(
+        self,
+        col: str,
+        args: Callable[[str], list[str]],
+        *,
+        opts: Sequence[str] = (),
+        start_at: float | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        if col == "native":
+            env = dict(os.environ)
+            if start_at:
+                env["MICRO_START_AT"] = f"{start_at:.3f}"
+            return subprocess.run(
+                [str(self.micro), *args(str(BIN))],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                cwd=self.native_dir,
+            )
+        if col == "berth":
+            cmd = [BERTH, "run", "--rm", *opts]
+            if start_at:
+                cmd += ["-e", f"MICRO_START_AT={start_at:.3f}"]
+            cmd += ["--", "/lab/loops", *args("/lab")]
+            return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if col in ("uml", "kvm"):
+            pre = f"MICRO_START_AT={start_at:.3f} " if start_at else ""
+            fn = uml.run if col == "uml" else None
+            if fn is None:
+                return self.cols.kvm(args(str(BIN)))
+            c = uml.run(
+                f"{pre}{self.micro} {' '.join(args(str(BIN)))}",
+                memory_mb=512,
+                timeout=timeout,
+                boot_timeout=120,
+            )
+            return subprocess.CompletedProcess([], c.exit_status, c.output, "")
+        if col == "runc":
+            return self.cols.runc(args("/lab"))
+        if col == "gvisor":
+            return self.cols.gvisor(args("/lab"))
+        raise ValueError(col)
+
+    def workdir(self, col: str) -> str:
+        """Where file tests write, as seen in the column."""
+        return {"native": str(self.native_dir), "berth": "/var/tmp"}.get(col, "/tmp")
+
+    def columns(self) -> list[str]:
+        return [
+            c for c in ("native", "berth", "runc", self.kernel, "gvisor") if self.available.get(c, (0,))[0]
+        ]
+
+
+WORKDIR_NOTE = (
+    "File tests write to: native — a directory on the host's ext4; berth — /var/tmp in the guest's "
+    "overlay root (upper layer on the same ext4); runc and gVisor — /tmp, a tmpfs (the lab's "
+    "bundles have a read-only root); UML — /tmp, a tmpfs inside the guest (no block device)."
+)
+
+
+def _check(p: subprocess.CompletedProcess[str], what: str) -> str:
+    if p.returncode != 0:
+        raise LabError(f"{what}: exit {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+    return p.stdout
+
+
+def remove_cgroups(tag: str) -> None:
+    """rmdir the (empty) cgroup directories named ``tag`` that a bench's guests were put under."""
+    roots = [p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir()] + [Path("/sys/fs/cgroup")]
+    for root in roots:
+        top = root / tag
+        if not top.is_dir():
+            continue
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+# ---------------------------------------------------------------- 1. micro
+
+
+MICRO_TESTS = (
+    ("getpid", "getpid()", "syscall"),
+    ("fork", "fork+exit+wait", "fork/exec"),
+    ("exec", "fork+exec+wait", "fork/exec"),
+    ("ctxsw", "context switch (pipe)", "syscall"),
+    ("pagefault", "page fault (fresh page)", "memory"),
+    ("files", "file create+delete", "file-I/O"),
+)
+
+
+def micro(env: Env, cfg: Config) -> Section:
+    s = Section("1. Micro-benchmarks (bench/eval/micro.c, lmbench style)")
+    cols = env.columns()
+    samples: dict[tuple[str, str], list[float]] = {}
+    errors: dict[str, str] = {}
+    for rep in range(cfg.reps + 1):  # round 0: warm-up
+        for col in cols:
+            if col in errors:
+                continue
+            try:
+                p = env.run(col, lambda _b, c=col: ["all", env.workdir(c), str(cfg.secs)])
+                got = parse_micro(_check(p, f"micro in {col}"))
+                if len(got) < len(MICRO_TESTS):
+                    raise LabError(f"incomplete output: {p.stdout.strip()[-200:]}")
+            except (LabError, OSError, subprocess.SubprocessError) as e:
+                errors[col] = str(e).splitlines()[0][:300]
+                continue
+            if rep:
+                for t, v in got.items():
+                    samples.setdefault((col, t), []).append(v)
+    header = ["test", *[f"{c} ops/s" for c in cols], *[f"{c}/native" for c in cols if c != "native"]]
+    rows = []
+    for t, label, _kind in MICRO_TESTS:
+        base = med(samples.get(("native", t), []))
+        row: list[object] = [label]
+        row += [spread(samples.get((c, t), [])) if c not in errors else "failed" for c in cols]
+        row += [fmt(med(samples.get((c, t), [])) / base) for c in cols if c != "native"]
+        rows.append(row)
+        ratio = med(samples.get(("berth", t), [])) / base
+        s.targets.append((f"berth ≥ 0.98 × native: micro {label}", f"{ratio:.3f}", ratio >= 0.98))
+    s.tables.append(
+        Table(
+            f"Throughput in ops/s (higher is better), median (min–max) of {cfg.reps} runs after a warm-up, "
+            f"columns interleaved per round; each test runs {cfg.secs} s inside the column.",
+            header,
+            rows,
+            WORKDIR_NOTE,
+        )
+    )
+    for col, e in errors.items():
+        s.notes.append(f"{col}: not measured: {e}")
+    s.plots.append(
+        {
+            "file": "micro.png",
+            "kind": "bar",
+            "title": "Micro-benchmarks: throughput relative to native",
+            "ylabel": "throughput / native (1.0 = native)",
+            "x": [lbl for _t, lbl, _k in MICRO_TESTS],
+            "series": {
+                c: [
+                    med(samples.get((c, t), [])) / med(samples.get(("native", t), []))
+                    for t, _l, _k in MICRO_TESTS
+                ]
+                for c in cols
+                if c not in errors
+            },
+            "log": True,
+        }
+    )
+    return s
+
+
+# ---------------------------------------------------------------- 2. system
+
+
+def _sysbench_value(out: str, kind: str) -> float:
+    if kind == "cpu":
+        m = re.search(r"events per second:\s+([\d.]+)", out)
+    else:
+        m = re.search(r"\(([\d.]+) MiB/sec\)", out)
+    if not m:
+        raise LabError(f"no result in sysbench's output: {out.strip()[-200:]!r}")
+    return float(m.group(1))
+
+
+FIO_JOBS = (
+    ("seq read 1M", "read", "1M"),
+    ("seq write 1M", "write", "1M"),
+    ("rand read 4k", "randread", "4k"),
+    ("rand write 4k", "randwrite", "4k"),
+)
+
+
+def _fio_args(bindir: str, directory: str, rw: str, bs: str, secs: float) -> list[str]:
+    return tool_args(
+        bindir,
+        "fio",
+        "--name=eval",
+        f"--directory={directory}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        "--size=64M",
+        "--ioengine=psync",
+        "--direct=1",
+        "--end_fsync=1",
+        "--time_based",
+        f"--runtime={max(1, round(secs))}",
+        "--output-format=json",
+    )
+
+
+def _fio_value(out: str, rw: str) -> float:
+    """MB/s."""
+    data = json.loads(out[out.index("{") :])
+    job = data["jobs"][0]["read" if "read" in rw else "write"]
+    return job["bw_bytes"] / 1e6
+
+
+def system(env: Env, cfg: Config) -> Section:
+    s = Section("2. System benchmarks (sysbench, fio, gcc, network)")
+    secs = 1 if cfg.quick else 4
+    cols = env.columns()
+    # sysbench cpu / memory in every column
+    samples: dict[tuple[str, str], list[float]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    if not (BIN / "sysbench").exists():
+        s.notes.append("sysbench: not installed (make bench installs it: BENCH_APT_PACKAGES)")
+    else:
+        work = {
+            "cpu": ["cpu", "--threads=1", f"--time={secs}", "run"],
+            "memory": ["memory", "--threads=1", "--memory-total-size=1000G", f"--time={secs}", "run"],
+        }
+        for rep in range(cfg.reps + 1):
+            for col in cols:
+                for kind, a in work.items():
+                    if (col, kind) in errors:
+                        continue
+                    try:
+                        p = env.run(col, lambda b, a=a: tool_args(b, "sysbench", *a))
+                        v = _sysbench_value(_check(p, f"sysbench {kind} in {col}"), kind)
+                    except (LabError, OSError, subprocess.SubprocessError) as e:
+                        errors[col, kind] = str(e).splitlines()[0][:300]
+                        continue
+                    if rep:
+                        samples.setdefault((col, kind), []).append(v)
+        rows = []
+        for kind, unit in (("cpu", "events/s"), ("memory", "MiB/s")):
+            base = med(samples.get(("native", kind), []))
+            row: list[object] = [f"sysbench {kind} ({unit})"]
+            row += [errors.get((c, kind), "")[:60] or spread(samples.get((c, kind), [])) for c in cols]
+            row += [fmt(med(samples.get((c, kind), [])) / base) for c in cols if c != "native"]
+            rows.append(row)
+            r = med(samples.get(("berth", kind), [])) / base
+            s.targets.append((f"berth ≥ 0.98 × native: sysbench {kind}", f"{r:.3f}", r >= 0.98))
+        s.tables.append(
+            Table(
+                f"sysbench, 1 thread, {secs} s per run; median (min–max) of {cfg.reps} after a warm-up, interleaved.",
+                ["workload", *cols, *[f"{c}/native" for c in cols if c != "native"]],
+                rows,
+            )
+        )
+        for (col, kind), e in errors.items():
+            s.notes.append(f"sysbench {kind} in {col}: {e}")
+    # fio: native vs berth (the guest's root filesystem)
+    if not (BIN / "fio").exists():
+        s.notes.append("fio: not installed (make bench installs it: BENCH_APT_PACKAGES)")
+    else:
+        fs: dict[tuple[str, str], list[float]] = {}
+        ferr: dict[str, str] = {}
+        for rep in range(cfg.reps + 1):
+            for label, rw, bs in FIO_JOBS:
+                for col in ("native", "berth"):
+                    if col in ferr:
+                        continue
+                    d = env.workdir(col)
+                    try:
+                        p = env.run(col, lambda b, d=d, rw=rw, bs=bs: _fio_args(b, d, rw, bs, secs))
+                        v = _fio_value(_check(p, f"fio in {col}"), rw)
+                    except (LabError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+                        ferr[col] = str(e).splitlines()[0][:300]
+                        continue
+                    if rep:
+                        fs.setdefault((col, label), []).append(v)
+        rows = []
+        for label, _rw, _bs in FIO_JOBS:
+            base = med(fs.get(("native", label), []))
+            r = med(fs.get(("berth", label), [])) / base
+            rows.append(
+                [
+                    f"fio {label}",
+                    spread(fs.get(("native", label), [])),
+                    spread(fs.get(("berth", label), [])),
+                    fmt(r),
+                ]
+            )
+            s.targets.append((f"berth ≥ 0.98 × native: fio {label}", f"{r:.3f}", r >= 0.98))
+        s.tables.append(
+            Table(
+                f"fio, MB/s, one job, psync, O_DIRECT (the page cache would hide the file system), 64 MiB "
+                f"file, {secs} s time-based; native: a host ext4 directory, berth: /var/tmp "
+                f"on the guest's overlay root (busybox template + upper layer on the same ext4). {cfg.reps} runs.",
+                ["job", "native MB/s", "berth MB/s", "berth/native"],
+                rows,
+                "runc, gVisor and UML: not run — the lab's runc/gVisor bundles have a read-only root (only a "
+                "tmpfs /tmp is writable) and UML has no block device (its writable layer is a tmpfs), so "
+                "their numbers would measure tmpfs, not a root filesystem.",
+            )
+        )
+        for col, e in ferr.items():
+            s.notes.append(f"fio in {col}: {e}")
+        s.plots.append(
+            {
+                "file": "system.png",
+                "kind": "bar",
+                "title": "System benchmarks: every column relative to native (fio: native and berth only)",
+                "ylabel": "throughput / native",
+                "x": [f"sysbench {k}" for k in ("cpu", "memory")]
+                + [f"fio {lbl}" for lbl, _r, _b in FIO_JOBS],
+                "series": {
+                    c: [
+                        med(samples.get((c, k), [])) / med(samples.get(("native", k), []))
+                        for k in ("cpu", "memory")
+                    ]
+                    + (
+                        [
+                            med(fs.get((c, lbl), [])) / med(fs.get(("native", lbl), []))
+                            for lbl, _r, _b in FIO_JOBS
+                        ]
+                        if c in ("native", "berth")
+                        else [float("nan")] * len(FIO_JOBS)
+                    )
+                    for c in cols
+                },
+                "log": True,
+            }
+        )
+    _gcc_build(env, cfg, s)
+    _network(cfg, s)
+    return s
+
+
+GCC_PACKAGES = (
+    "gcc", "gcc-12", "cpp", "cpp-12", "binutils", "binutils-x86-64-linux-gnu", "libbinutils", "libctf0",
+    "libctf-nobfd0", "libgprofng0", "libc6", "libc6-dev", "libgcc-s1", "libgcc-12-dev", "linux-libc-dev",
+    "libcrypt1", "libcrypt-dev", "libisl23", "libmpc3", "libmpfr6", "libgmp10", "libzstd1", "zlib1g",
+    "libjansson4", "libcc1-0", "libstdc++6", "libgomp1", "libitm1", "libatomic1", "libasan8", "liblsan0",
+    "libtsan2", "libubsan1", "libquadmath0", "make",
+)  # fmt: skip
+
+
+def gcc_rootfs(template: Path, dest: Path) -> Path:
+    """The busybox template plus the host's gcc toolchain (dpkg's file lists), hard-linked (same
+    file system) or copied: a root where ``make -j2`` with gcc works. Only for the overlay's lower
+    layer: guests never write to it."""
+    shutil.copytree(template, dest, symlinks=True)
+    for d in ("usr/lib", "usr/lib64", "usr/bin", "usr/include"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    for link, to in (("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        if not (dest / link).exists():
+            (dest / link).symlink_to(to)
+    r = subprocess.run(["dpkg", "-L", *GCC_PACKAGES], capture_output=True, text=True)
+    paths = [p for p in r.stdout.splitlines() if p.startswith("/") and not p.startswith("/usr/share")]
+    files = [p for p in paths if (os.path.islink(p) and not os.path.isdir(p)) or os.path.isfile(p)]
+    missing = [p for p in GCC_PACKAGES if f"package '{p}' is not installed" in r.stderr]
+    if missing or not files:
+        raise LabError(f"gcc toolchain not installed: {missing or r.stderr.strip()[-200:]}")
+    for f in files:
+        target = dest / f.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)  # follows dest's lib -> usr/lib links
+        if os.path.lexists(target):
+            continue
+        if os.path.islink(f):
+            os.symlink(os.readlink(f), target)
+        else:
+            try:
+                os.link(f, target)  # same file system: no copy
+            except OSError:
+                shutil.copy2(f, target)
+    # Debian's /bin/sh is dash, /usr/bin/make expects it: busybox sh is there already.
+    return dest
+
+
+def _gen_sources(d: Path, files: int = 16, funcs: int = 60) -> int:
+    d.mkdir(parents=True, exist_ok=True)
+    lines = 0
+    objs = []
+    for i in range(files):
+        body = ["#include <stdio.h>\n#include <string.h>\n#include <stdlib.h>\n"]
+        for j in range(funcs):
+            body.append(
+                f"int f{i}_{j}(int n) {{\n  int a[64]; long s = 0;\n  for (int k = 0; k < 64; k++) a[k] = (k * {j + 3}) ^ n;\n"
+                f'  for (int k = 0; k < n % 64; k++) s += a[k] * {i + 1};\n  char b[32]; snprintf(b, sizeof b, "%ld", s);\n'
+                f"  return (int)strlen(b) + (int)(s & 0xff);\n}}\n"
+            )
+        text = "".join(body)
+        (d / f"m{i}.c").write_text(text)
+        lines += text.count("\n")
+        objs.append(f"m{i}.o")
+    main = "int main(void) { return 0; }\n"
+    (d / "main.c").write_text(main)
+    (d / "Makefile").write_text(
+        f"all: prog\nprog: {' '.join(objs)} main.o\n\tgcc -o $@ $^\n%.o: %.c\n\tgcc -O2 -c -o $@ $<\n"
+        "clean:\n\trm -f *.o prog\n"
+    )
+    return lines
+
+
+def _stamped(out: str) -> float:
+    t = [float(x) for x in re.findall(r"^micro stamp t=(\S+)", out, re.M)]
+    if len(t) != 2:
+        raise LabError(f"build failed: {out.strip()[-300:]!r}")
+    return t[1] - t[0]
+
+
+def _gcc_build(env: Env, cfg: Config, s: Section) -> None:
+    """gcc -j2 of generated C, natively and in berth (template: busybox + the host's toolchain);
+    the sources go in as a tar on stdin, the build is timed inside the column (micro stamp)."""
+    src = env.tmp / "gcc-src"
+    nfiles = 8 if cfg.quick else 16
+    lines = _gen_sources(src, files=nfiles)
+    tar = subprocess.run(["tar", "-C", str(src), "-c", "."], capture_output=True, check=True).stdout
+    reps = 2 if cfg.quick else cfg.reps
+    tdir = Path(env.env["BERTH_ROOT"]) / "templates" / "bench-gcc"
+    if not (tdir / "rootfs").exists():
+        tdir.mkdir(parents=True, exist_ok=True)
+        gcc_rootfs(env.template, tdir / "rootfs")
+    script = (
+        "rm -rf {d} && mkdir -p {d} && cd {d} && tar x && {m} stamp && make -s -j2 && {m} stamp && rm -rf {d}"
+    )
+    cmds = {
+        "native": ["/bin/sh", "-c", script.format(d=env.native_dir / "gcc", m=env.micro)],
+        "berth": [
+            BERTH, "run", "--rm", "-i", "--template", "bench-gcc", "--",
+            "/bin/sh", "-c", script.format(d="/var/tmp/gcc", m="/lab/loops"),
+        ],
+    }  # fmt: skip
+    times: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for rep in range(reps + 1):
+        for col, cmd in cmds.items():
+            if col in errors:
+                continue
+            r = subprocess.run(cmd, input=tar, capture_output=True, env=env.env, timeout=600)
+            try:
+                t = _stamped(r.stdout.decode() + r.stderr.decode())
+            except LabError as e:
+                errors[col] = str(e)[:300]
+                continue
+            if rep:
+                times.setdefault(col, []).append(t)
+    base = med(times.get("native", []))
+    rows = []
+    for col in cmds:
+        t = times.get(col, [])
+        rows.append([col, errors.get(col, "") or spread(t), fmt(base / med(t)) if t else "–"])
+    r = base / med(times.get("berth", [])) if times.get("berth") else float("nan")
+    s.targets.append(("berth ≥ 0.98 × native: gcc -j2 build", f"{r:.3f}", r >= 0.98))
+    s.tables.append(
+        Table(
+            f"gcc -O2, make -j2, of {lines} generated lines of C in {nfiles + 1} files: seconds (lower is "
+            f"better), timed inside the column; {reps} runs after a warm-up, interleaved.",
+            ["column", "seconds", "speed vs native"],
+            rows,
+            "berth's root: the busybox template plus the host's gcc-12/binutils/libc6-dev files (from dpkg's "
+            "lists, hard-linked) as a template in the bench's private store; the build runs in /var/tmp on "
+            "the guest's overlay. Native: the host's gcc in a host ext4 directory.",
+        )
+    )
+
+
+def _network(cfg: Config, s: Section) -> None:
+    """bench/net.py's throughput table (iperf3 + TCP ping-pong), folded in as its text."""
+    os.environ["BENCH_SECONDS"] = str(cfg.net_seconds)
+    os.environ["BENCH_REPS"] = str(cfg.net_reps)
+    os.environ["BENCH_PINGPONG"] = "3000" if cfg.quick else "10000"
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import net  # type: ignore[import-not-found]
+
+        # net.py writes iperf3 into the guest's root from the host (/proc/PID/root): with guests'
+        # default --userns auto, host root is not mapped there (EOVERFLOW). Its guests get
+        # --userns host here (bench/net.py is not this package's to change).
+        if not getattr(net.Bench.guest, "_eval", False):
+            orig = net.Bench.guest
+
+            def guest(self, name: str, *netargs: str) -> str:
+                return orig(self, name, *netargs, "--userns", "host")
+
+            guest._eval = True  # type: ignore[attr-defined]
+            net.Bench.guest = guest
+
+        out = io.StringIO()
+        with tempfile.TemporaryDirectory(prefix="berth-eval-net-") as tmp, contextlib.redirect_stdout(out):
+            os.chmod(tmp, 0o711)  # berth create's user-namespaced guests must reach their layers
+            try:
+                net.throughput_table(Path(tmp))
+            except Exception as e:
+                print(f"net: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        s.notes.append(
+            "Network (bench/net.py's throughput_table, run in this process with its guests made with "
+            "--userns host: iperf3 one TCP stream and a 1-byte TCP ping-pong; ratios to host loopback). The separate-kernel guest has no virtual NIC "
+            "in the lab (UML: no network device configured) and gVisor runs with --network=none: not run.\n\n"
+            "```\n" + out.getvalue().strip() + "\n```"
+        )
+        remove_cgroups(net.TAG)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+# ---------------------------------------------------------------- 3. scale
+
+
+def _concurrently(fns: list[Callable[[], subprocess.CompletedProcess[str]]]) -> list:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(fns)) as ex:
+        futs = [ex.submit(f) for f in fns]
+        out = []
+        for f in futs:
+            try:
+                out.append(f.result())
+            except Exception as e:
+                out.append(e)
+        return out
+
+
+def scale(env: Env, cfg: Config) -> Section:
+    s = Section("3. Scale: N guests running the CPU loop, then the file-I/O loop, at once")
+    secs = 2.0 if cfg.quick else 4.0
+    rows = []
+    plot: dict[str, dict[str, list[float]]] = {}
+    late = 0
+    for col, counts, margin, per in (
+        ("berth", cfg.scale_berth, 1.5, 0.15),
+        (env.kernel, cfg.scale_uml, 6.0, 1.5),
+    ):
+        for n in counts:
+            start_at = time.time() + margin + per * n
+
+            def one(col: str = col, start_at: float = start_at, n: int = n):
+                # cpu for secs, then fileio for secs: the guests stay in step (both time-bounded)
+                return env.run(
+                    col,
+                    lambda _b: ["victim", env.workdir(col), str(secs)],
+                    start_at=start_at,
+                    timeout=120 + 5 * n,
+                )
+
+            results = _concurrently([one] * n)
+            for work in ("cpu", "fileio"):
+                vals, errs = [], []
+                for r in results:
+                    if isinstance(r, BaseException):
+                        errs.append(str(r).splitlines()[0][:200])
+                    elif r.returncode != 0:
+                        errs.append(f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-150:]}")
+                    else:
+                        got = parse_micro(r.stdout)
+                        if work in got:
+                            vals.append(got[work])
+                        late += work == "cpu" and "late_s=" in r.stdout
+                unit = 1e6 if work == "cpu" else 1.0
+                agg = sum(vals) / unit
+                rows.append(
+                    [
+                        col,
+                        work,
+                        n,
+                        f"{len(vals)}/{n}",
+                        fmt(agg),
+                        fmt(agg / len(vals)) if vals else "–",
+                        f"{fmt(min(vals) / unit)}–{fmt(max(vals) / unit)}" if vals else "–",
+                        f"{jain(vals):.3f}" if vals else "–",
+                        "; ".join(sorted(set(errs)))[:200],
+                    ]
+                )
+                plot.setdefault(f"{col} {work}", {}).setdefault("n", []).append(n)
+                plot[f"{col} {work}"].setdefault("agg", []).append(agg)
+    s.tables.append(
+        Table(
+            f"Each guest runs micro cpu (Mops/s) for {secs} s, then micro fileio (MB/s: 1 MiB written, "
+            f"fdatasync, read back, unlink) for {secs} s; all start together (MICRO_START_AT); aggregate = "
+            f"sum over guests; Jain's fairness index over the per-guest figures. Host: {CPUS} CPUs. berth: "
+            "/var/tmp on the guest's overlay (ext4); UML: 512 MiB guests, 1 vCPU each, file I/O on the "
+            "guest's tmpfs (no block device in the lab), so UML's file-I/O figures are not comparable.",
+            [
+                "column",
+                "workload",
+                "guests",
+                "finished",
+                "aggregate",
+                "per guest",
+                "per-guest min–max",
+                "Jain",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    if late:
+        s.notes.append(
+            f"{late} guest(s) started measuring after the common start time (start-up slower than the margin)."
+        )
+    for work in ("cpu", "fileio"):
+        s.plots.append(
+            {
+                "file": f"scale-{work}.png",
+                "kind": "line",
+                "title": f"Scale: aggregate {'CPU' if work == 'cpu' else 'file-I/O'} throughput vs guests",
+                "xlabel": "guests running at once",
+                "ylabel": "aggregate Mops/s" if work == "cpu" else "aggregate MB/s",
+                "series": {k.split()[0]: v for k, v in plot.items() if k.endswith(work)},
+            }
+        )
+    return s
+
+
+# ---------------------------------------------------------------- 4. density and start-up
+
+
+def _mem_mib(pids: list[int]) -> tuple[float, float]:
+    rss = pss = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
+
+
+def density(env: Env, cfg: Config) -> Section:
+    s = Section("4. Density and start-up")
+    n = 5 if cfg.quick else 15
+    starts: dict[str, Callable[[], object]] = {
+        "native": lambda: subprocess.run([str(env.micro), "noop"], check=True),
+        "berth": lambda: _check(env.run("berth", lambda _b: ["noop"]), "berth run"),
+        "runc": lambda: _check(env.cols.runc(["noop"]), "runc run"),
+        env.kernel: lambda: uml.run("true", memory_mb=256, timeout=60),
+        "gvisor": lambda: gvisor.run("true", timeout=60),
+    }
+    times: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for rep in range(n + 1):
+        for col, fn in starts.items():
+            if col in errors or (col != "native" and not env.available.get(col, (0,))[0]):
+                continue
+            t = time.monotonic()
+            try:
+                fn()
+            except (LabError, OSError, subprocess.SubprocessError) as e:
+                errors[col] = str(e).splitlines()[0][:200]
+                continue
+            if rep:
+                times.setdefault(col, []).append(time.monotonic() - t)
+    # idle memory: berth (our store), runc, plus the lab's footprint for uml/gvisor (and berth)
+    mem: dict[str, tuple[float, float]] = {}
+    p = subprocess.Popen(
+        [BERTH, "run", "--rm", "--", "/bin/sleep", "6"],
+        env=env.env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    mem["berth"] = _mem_mib(peers.tree_pids(p.pid))
+    p.wait(timeout=60)
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            for row in peers.footprint(1):
+                if row["column"] in (env.kernel, "gvisor"):
+                    mem[row["column"]] = (row["idle_rss_mib"], row["idle_pss_mib"])
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        s.notes.append(f"lab footprint (UML/gVisor idle memory) failed: {str(e).splitlines()[0][:200]}")
+    rows = []
+    bst = med(times.get("berth", []))
+    bpss = mem.get("berth", (float("nan"),) * 2)[1]
+    for col in starts:
+        t = times.get(col, [])
+        rss, pss = mem.get(col, (float("nan"), float("nan")))
+        rows.append(
+            [
+                col,
+                errors.get(col, "") or spread([x * 1000 for x in t]),
+                fmt(med(t) / med(times.get("native", []))) if t else "–",
+                fmt(med(t) / bst) if t and col != "berth" else "–",
+                fmt(rss),
+                fmt(pss),
+                fmt(pss / bpss) if col not in ("berth", "native") and pss == pss else "–",
+            ]
+        )
+    for col in (env.kernel, "gvisor"):
+        if times.get(col):
+            r = med(times[col]) / bst
+            s.targets.append((f"berth start ≥ 10× faster than {col}", f"{r:.1f}×", r >= 10))
+        if col in mem:
+            r = mem[col][1] / bpss
+            s.targets.append((f"berth idle memory (PSS) ≥ 10× smaller than {col}", f"{r:.1f}×", r >= 10))
+    # runc idle memory (runc run stays the parent of the container's process)
+    s.tables.append(
+        Table(
+            f"Start latency: start to exit of a no-op (micro noop, or `true` in UML/gVisor), ms, median "
+            f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) of the whole "
+            "guest (the processes of its session/tree) ~3 s into `sleep`.",
+            ["column", "start ms", "vs native", "vs berth", "idle RSS MiB", "idle PSS MiB", "PSS vs berth"],
+            rows,
+            "UML/gVisor idle memory from bench/lab/peers.footprint; runc's idle memory is not measured here.",
+        )
+    )
+    for col, e in errors.items():
+        s.notes.append(f"start latency in {col}: {e}")
+    s.plots.append(
+        {
+            "file": "startup.png",
+            "kind": "bar",
+            "title": "Start latency (start to exit of a no-op)",
+            "ylabel": "milliseconds (log scale)",
+            "x": [c for c in starts if times.get(c)],
+            "series": {"start ms": [med(times[c]) * 1000 for c in starts if times.get(c)]},
+            "log": True,
+        }
+    )
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "start_latency.py"), "-n", "10" if cfg.quick else "30"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    s.notes.append(
+        "bench/start_latency.py (berth run vs runc run vs /bin/true, and where berth's time goes):\n\n```\n"
+        + (r.stdout.strip() or r.stderr.strip()[-500:])
+        + "\n```"
+    )
+    return s
+
+
+# ---------------------------------------------------------------- 5. isolation
+
+
+NEIGHBOURS = (
+    ("CPU hog", lambda d: ["cpuhog", str(CPUS)]),
+    ("memory hog", lambda d: ["memhog", "192"]),
+    ("fork bomb", lambda d: ["forkbomb", "400"]),
+    ("I/O hog", lambda d: ["fileio", d]),
+)
+
+
+def _root_device() -> str:
+    src = subprocess.run(["findmnt", "-no", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    return src if src.startswith("/dev/") else ""
+
+
+def isolation(env: Env, cfg: Config) -> Section:
+    s = Section("5. Isolation: a victim beside a noisy neighbour")
+    secs = cfg.iso_secs
+    dev = _root_device()
+    configs = {
+        "berth, no limits": (
+            [],
+            ["--memory", "1G", "--pids-limit", "100"],
+            "neighbour has only safety caps (memory 1G, pids 100)",
+        ),
+        "berth, limits": (
+            ["--cpu-reserve", "1"],
+            ["--cpus", "0.5", "--memory", "256M", "--pids-limit", "100", "--blkio-weight", "10"]
+            + (["--device-write-bps", f"{dev}:20mb"] if dev else []),
+            "victim --cpu-reserve 1; neighbour --cpus 0.5 --memory 256M --pids-limit 100 --blkio-weight 10"
+            + (f" --device-write-bps {dev}:20mb" if dev else ""),
+        ),
+        env.kernel: ([], [], "victim and neighbour each in their own UML guest (1 vCPU, 512 MiB)"),
+    }
+    res: dict[tuple[str, str, str], list[float]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    for _rep in range(cfg.iso_reps):
+        for cname, (vopts, nopts, _desc) in configs.items():
+            col = "berth" if cname.startswith("berth") else env.kernel
+            d = env.workdir(col)
+            for nb, nargs in (("alone", None), *NEIGHBOURS):
+                margin = 1.5 if col == "berth" else 5.0
+                start_at = time.time() + margin
+                hog_secs = margin + 2 * secs + 1
+
+                def victim(
+                    col: str = col, d: str = d, start_at: float = start_at, vopts: list[str] = vopts
+                ) -> subprocess.CompletedProcess[str]:
+                    return env.run(
+                        col, lambda _b: ["victim", d, str(secs)], opts=vopts, start_at=start_at, timeout=180
+                    )
+
+                fns = [victim]
+                if nargs is not None:
+                    a = [*nargs(d), str(hog_secs)]
+                    fns.append(lambda col=col, a=a, o=nopts: env.run(col, lambda _b: a, opts=o, timeout=180))
+                out = _concurrently(fns)
+                v = out[0]
+                if isinstance(v, BaseException) or v.returncode != 0:
+                    msg = (
+                        str(v)
+                        if isinstance(v, BaseException)
+                        else f"exit {v.returncode}: {(v.stderr or v.stdout).strip()[-150:]}"
+                    )
+                    errors[cname, nb] = msg.splitlines()[0][:200] if msg else "failed"
+                    continue
+                got = parse_micro(v.stdout)
+                for w in ("cpu", "fileio"):
+                    if w in got:
+                        res.setdefault((cname, nb, w), []).append(got[w])
+    rows = []
+    for cname, (_v, _n, desc) in configs.items():
+        for w, wl in (("cpu", "CPU"), ("fileio", "file I/O")):
+            alone = med(res.get((cname, "alone", w), []))
+            row: list[object] = [cname, wl, fmt(alone / (1e6 if w == "cpu" else 1))]
+            for nb, _a in NEIGHBOURS:
+                got = res.get((cname, nb, w), [])
+                pct = 100 * med(got) / alone if got else float("nan")
+                row.append(f"{pct:.0f}%" if got else errors.get((cname, nb), "–")[:40])
+                if cname == "berth, limits":
+                    s.targets.append(
+                        (f"berth victim {wl} with limits beside {nb} ≥ 95%", f"{pct:.0f}%", pct >= 95)
+                    )
+            rows.append(row)
+        s.notes.append(f"{cname}: {desc}")
+    s.tables.append(
+        Table(
+            f"Victim's throughput beside each neighbour as % of its throughput alone (same configuration); "
+            f"victim: micro cpu {secs} s then micro fileio {secs} s (alone: Mops/s and MB/s); "
+            f"{cfg.iso_reps} run(s) each; the neighbour runs for the whole victim run, bounded in time.",
+            ["configuration", "victim", "alone", *[nb for nb, _a in NEIGHBOURS]],
+            rows,
+        )
+    )
+    for (cname, nb), e in errors.items():
+        s.notes.append(f"{cname} beside {nb}: {e}")
+    s.plots.append(
+        {
+            "file": "isolation.png",
+            "kind": "bar",
+            "title": "Isolation: victim throughput beside a noisy neighbour",
+            "ylabel": "% of the victim's throughput alone",
+            "x": [f"{nb}\n{w}" for nb, _a in NEIGHBOURS for w in ("CPU", "file I/O")],
+            "series": {
+                cname: [
+                    100 * med(res.get((cname, nb, w), [])) / med(res.get((cname, "alone", w), []))
+                    for nb, _a in NEIGHBOURS
+                    for w in ("cpu", "fileio")
+                ]
+                for cname in configs
+            },
+            "hline": 95,
+        }
+    )
+    return s
+
+
+EXPERIMENTS: tuple[Callable[[Env, Config], Section], ...] = (micro, system, scale, density, isolation)

@@ -1,0 +1,322 @@
+/* berth's evaluation micro-benchmarks (lmbench style), one static binary run in every column.
+ *
+ *   micro getpid SECS          getpid(2) latency (raw syscall, not cached by libc)
+ *   micro fork SECS            fork + _exit + waitpid
+ *   micro exec SECS            fork + execv(this binary, "noop") + waitpid
+ *   micro ctxsw SECS           context switch: 1-byte pipe ping-pong between two processes
+ *   micro pagefault SECS       touch fresh anonymous pages (mmap 16 MiB, write one byte a page)
+ *   micro files DIR SECS       create + close + unlink of an empty file in DIR (batches of 64)
+ *   micro all DIR SECS         every test above, SECS each
+ *   micro cpu SECS             integer loop (xorshift), no memory traffic: ops/s
+ *   micro fileio DIR SECS      write 1 MiB (64 KiB chunks) + fdatasync + read back + unlink: MB/s
+ *   micro memhog MIB SECS      keep rewriting MIB of anonymous memory (a noisy neighbour)
+ *   micro cpuhog N SECS        N spinning processes (a noisy neighbour)
+ *   micro forkbomb MAX SECS    processes forking until MAX exist (or fork fails), all churning
+ *                              fork+exit until SECS have passed (a noisy neighbour)
+ *   micro victim DIR SECS      cpu SECS then fileio DIR SECS (the isolation experiment's victim)
+ *   micro run PATH ARG...      execv PATH (lets the peers' runners start another program)
+ *   micro stamp                print CLOCK_MONOTONIC (to time a script from inside a column)
+ *   micro noop                 exit 0
+ *
+ * Every workload runs for a fixed time (checked every batch), measured inside the column so
+ * start-up is not part of it, and prints `micro TEST ns_per_op=X ops_per_s=Y n=N`.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char self[4096];
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void report(const char *name, double secs, double n) {
+    printf("micro %s ns_per_op=%.3f ops_per_s=%.3f n=%.0f\n", name, secs * 1e9 / n, n / secs, n);
+    fflush(stdout);
+}
+
+static void die(const char *what) {
+    perror(what);
+    exit(1);
+}
+
+static void t_getpid(double secs) {
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        for (int i = 0; i < 10000; i++) syscall(SYS_getpid);
+        n += 10000;
+    } while ((t = now()) - t0 < secs);
+    report("getpid", t - t0, n);
+}
+
+static void t_fork(double secs, int do_exec) {
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        for (int i = 0; i < 10; i++) {
+            pid_t p = fork();
+            if (p < 0) die("fork");
+            if (p == 0) {
+                if (do_exec) {
+                    execl(self, "micro", "noop", (char *)NULL);
+                    _exit(127);
+                }
+                _exit(0);
+            }
+            int st;
+            if (waitpid(p, &st, 0) < 0) die("waitpid");
+            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                fprintf(stderr, "child failed (status %d)\n", st);
+                exit(1);
+            }
+        }
+        n += 10;
+    } while ((t = now()) - t0 < secs);
+    report(do_exec ? "exec" : "fork", t - t0, n);
+}
+
+static void t_ctxsw(double secs) {
+    int a[2], b[2];
+    if (pipe(a) || pipe(b)) die("pipe");
+    pid_t p = fork();
+    if (p < 0) die("fork");
+    char c = 'x';
+    if (p == 0) {
+        close(a[1]);
+        close(b[0]);
+        while (read(a[0], &c, 1) == 1)
+            if (write(b[1], &c, 1) != 1) break;
+        _exit(0);
+    }
+    close(a[0]);
+    close(b[1]);
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        for (int i = 0; i < 1000; i++) {
+            if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1) die("pipe ping-pong");
+        }
+        n += 1000;
+    } while ((t = now()) - t0 < secs);
+    close(a[1]);
+    waitpid(p, NULL, 0);
+    /* one round trip = two switches */
+    report("ctxsw", t - t0, 2.0 * n);
+}
+
+static void t_pagefault(double secs) {
+    const size_t len = 16 << 20;
+    long page = sysconf(_SC_PAGESIZE);
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) die("mmap");
+        for (size_t o = 0; o < len; o += page) m[o] = 1;
+        munmap(m, len);
+        n += len / page;
+    } while ((t = now()) - t0 < secs);
+    report("pagefault", t - t0, n);
+}
+
+static void t_files(const char *dir, double secs) {
+    char path[4096];
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        for (int i = 0; i < 64; i++) {
+            snprintf(path, sizeof path, "%s/micro-%d-%d", dir, (int)getpid(), i);
+            int fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
+            if (fd < 0) die(path);
+            close(fd);
+        }
+        for (int i = 0; i < 64; i++) {
+            snprintf(path, sizeof path, "%s/micro-%d-%d", dir, (int)getpid(), i);
+            if (unlink(path)) die(path);
+        }
+        n += 64;
+    } while ((t = now()) - t0 < secs);
+    report("files", t - t0, n);
+}
+
+static void t_cpu(double secs) {
+    volatile uint64_t sink;
+    uint64_t x = 88172645463325252ULL;
+    double t0 = now(), t;
+    long n = 0;
+    do {
+        for (int i = 0; i < 1000000; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        n += 1000000;
+    } while ((t = now()) - t0 < secs);
+    sink = x;
+    (void)sink;
+    report("cpu", t - t0, n);
+}
+
+static void t_fileio(const char *dir, double secs) {
+    static char buf[65536];
+    char path[4096];
+    memset(buf, 'b', sizeof buf);
+    snprintf(path, sizeof path, "%s/micro-io-%d", dir, (int)getpid());
+    double t0 = now(), t;
+    double bytes = 0;
+    do {
+        int fd = open(path, O_CREAT | O_TRUNC | O_RDWR, 0644);
+        if (fd < 0) die(path);
+        for (int i = 0; i < 16; i++)
+            if (write(fd, buf, sizeof buf) != (ssize_t)sizeof buf) die("write");
+        if (fdatasync(fd)) die("fdatasync");
+        if (lseek(fd, 0, SEEK_SET)) die("lseek");
+        for (int i = 0; i < 16; i++)
+            if (read(fd, buf, sizeof buf) != (ssize_t)sizeof buf) die("read");
+        close(fd);
+        unlink(path);
+        bytes += 2.0 * 16 * sizeof buf;
+    } while ((t = now()) - t0 < secs);
+    /* ops = MB moved (written + read) */
+    report("fileio", t - t0, bytes / 1e6);
+}
+
+static void t_memhog(long mib, double secs) {
+    size_t len = (size_t)mib << 20;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) die("mmap");
+    double t0 = now(), t;
+    long n = 0;
+    int v = 0;
+    do {
+        memset(m, ++v, len);
+        n++;
+    } while ((t = now()) - t0 < secs);
+    report("memhog", t - t0, n * (double)mib);
+}
+
+static void spin_until(double end) {
+    volatile uint64_t x = 1;
+    while (now() < end)
+        for (int i = 0; i < 100000; i++) x = x * 6364136223846793005ULL + 1;
+}
+
+static void t_cpuhog(int n, double secs) {
+    double end = now() + secs;
+    for (int i = 1; i < n; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            spin_until(end);
+            _exit(0);
+        }
+    }
+    spin_until(end);
+    while (wait(NULL) > 0) {
+    }
+    printf("micro cpuhog done\n");
+}
+
+static void t_forkbomb(long max, double secs) {
+    double end = now() + secs;
+    long *count = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (count == MAP_FAILED) die("mmap");
+    *count = 1;
+    long failed = 0;
+    signal(SIGCHLD, SIG_DFL);
+    while (now() < end) {
+        pid_t p;
+        if (__atomic_load_n(count, __ATOMIC_RELAXED) < max) {
+            p = fork();
+            if (p == 0) {
+                __atomic_add_fetch(count, 1, __ATOMIC_RELAXED);
+                continue; /* the child bombs too */
+            }
+        } else {
+            p = fork();
+            if (p == 0) _exit(0); /* churn */
+            if (p > 0) waitpid(p, NULL, 0);
+        }
+        if (p < 0) failed++;
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+        }
+    }
+    while (wait(NULL) > 0) {
+    }
+    _exit(0);
+}
+
+int main(int argc, char **argv) {
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (k > 0)
+        self[k] = 0;
+    else
+        snprintf(self, sizeof self, "%s", argv[0]);
+    if (argc < 2) goto usage;
+    const char *t = argv[1];
+    /* MICRO_START_AT=EPOCH (CLOCK_REALTIME seconds): concurrent copies start measuring together */
+    const char *at = getenv("MICRO_START_AT");
+    if (at && strcmp(t, "noop") && strcmp(t, "run")) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double wait = atof(at) - (ts.tv_sec + ts.tv_nsec / 1e9);
+        if (wait > 60) wait = 60;
+        if (wait > 0) {
+            struct timespec d = {(time_t)wait, (long)((wait - (long)wait) * 1e9)};
+            nanosleep(&d, NULL);
+        } else {
+            printf("micro late_s=%.3f\n", -wait);
+        }
+    }
+    if (!strcmp(t, "noop")) return 0;
+    if (!strcmp(t, "stamp")) {
+        printf("micro stamp t=%.6f\n", now());
+        return 0;
+    }
+    if (!strcmp(t, "run") && argc >= 3) {
+        execv(argv[2], argv + 2);
+        die(argv[2]);
+    }
+    if (argc < 3) goto usage;
+    double secs = atof(argv[argc - 1]);
+    if (!strcmp(t, "getpid")) t_getpid(secs);
+    else if (!strcmp(t, "fork")) t_fork(secs, 0);
+    else if (!strcmp(t, "exec")) t_fork(secs, 1);
+    else if (!strcmp(t, "ctxsw")) t_ctxsw(secs);
+    else if (!strcmp(t, "pagefault")) t_pagefault(secs);
+    else if (!strcmp(t, "cpu")) t_cpu(secs);
+    else if (argc == 4 && !strcmp(t, "files")) t_files(argv[2], secs);
+    else if (argc == 4 && !strcmp(t, "fileio")) t_fileio(argv[2], secs);
+    else if (argc == 4 && !strcmp(t, "memhog")) t_memhog(atol(argv[2]), secs);
+    else if (argc == 4 && !strcmp(t, "cpuhog")) t_cpuhog(atoi(argv[2]), secs);
+    else if (argc == 4 && !strcmp(t, "forkbomb")) t_forkbomb(atol(argv[2]), secs);
+    else if (argc == 4 && !strcmp(t, "victim")) {
+        t_cpu(secs);
+        t_fileio(argv[2], secs);
+    } else if (argc == 4 && !strcmp(t, "all")) {
+        t_getpid(secs);
+        t_fork(secs, 0);
+        t_fork(secs, 1);
+        t_ctxsw(secs);
+        t_pagefault(secs);
+        t_files(argv[2], secs);
+    } else goto usage;
+    return 0;
+usage:
+    fprintf(stderr, "usage: micro getpid|fork|exec|ctxsw|pagefault|cpu SECS | files|fileio|all DIR SECS"
+                    " | memhog MIB SECS | cpuhog N SECS | forkbomb MAX SECS | run PATH ARG... | noop\n");
+    return 2;
+}
