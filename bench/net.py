@@ -125,7 +125,9 @@ class Bench:
 
     def guest(self, name: str, *net: str) -> str:
         name = f"{TAG}-{name}"
-        self.berth("create", name, *net, "--cmd", "sleep 100000")
+        self.berth(
+            "create", name, *net, "--userns", "host", "--no-lxcfs", "--cmd", "sleep 100000"
+        )  # host ids: binaries are copied in
         self.names.append(name)
         self.berth("start", name)
         self._inject(name)
