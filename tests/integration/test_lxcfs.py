@@ -106,3 +106,34 @@ def test_unavailable_still_starts(berth, berth_env):
     assert res.returncode == 0, res
     assert res.stdout.strip() == "started"
     assert res.error_line().startswith("berth: warning:")
+
+
+def test_gc_stops_it_once_unused(env, background, lxcfs_point):
+    """`berth gc` stops the daemon only when no guest binds its files any more (and not within
+    its start-up grace period, when a guest may be about to bind them)."""
+    g = background("--lxcfs", "--", "sh", "-c", "echo up; exec sleep 60")
+    g.wait_for("^up$")
+    assert lxcfs.users(lxcfs_point) >= 1
+    assert lxcfs.stop_if_idle(lxcfs_point, grace=0) is None
+    assert lxcfs.answers(lxcfs_point)
+    g.proc.terminate()  # forwarded to the guest
+    g.finish()
+    assert lxcfs.stop_if_idle(lxcfs_point) is None  # just started: within the grace period
+    assert lxcfs.users(lxcfs_point) == 0
+    assert lxcfs.stop_if_idle(lxcfs_point, grace=0) == f"stopped lxcfs at {lxcfs_point} (no guest uses it)"
+    assert not lxcfs.mounted(lxcfs_point)
+    assert not os.path.exists(lxcfs_point + ".pid")
+    assert lxcfs.stop_if_idle(lxcfs_point, grace=0) is None  # nothing left to do
+
+
+def test_gc_removes_a_dead_mount(env, lxcfs_point):
+    lxcfs.ensure(lxcfs_point)
+    pid = int(Path(lxcfs_point + ".pid").read_text())
+    os.kill(pid, 9)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    assert lxcfs.mounted(lxcfs_point) and not lxcfs.answers(lxcfs_point)
+    assert lxcfs.stop_if_idle(lxcfs_point) == f"removed a dead lxcfs mount at {lxcfs_point}"
+    assert not lxcfs.mounted(lxcfs_point)

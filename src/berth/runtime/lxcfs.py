@@ -33,6 +33,7 @@ DEFAULT_MOUNTPOINT = "/run/berth-lxcfs"
 PROC_FILES = ("meminfo", "cpuinfo", "stat", "uptime", "loadavg", "diskstats", "swaps")
 SYS_FILES = ("/sys/devices/system/cpu/online",)
 START_TIMEOUT = 5.0
+IDLE_GRACE = 60.0  # seconds a started daemon is kept before gc may stop it unused
 
 
 def mounted(mountpoint: str) -> bool:
@@ -73,17 +74,13 @@ def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
     with the reason when lxcfs cannot run."""
     if mounted(mountpoint) and answers(mountpoint):
         return mountpoint
-    import fcntl
-
     binary = shutil.which("lxcfs") or ("/usr/bin/lxcfs" if os.path.exists("/usr/bin/lxcfs") else None)
     if binary is None:
         raise UnsupportedError("lxcfs: not installed (Debian package lxcfs): guests see the host's figures")
     if not os.path.exists("/dev/fuse"):
         raise UnsupportedError("lxcfs: no /dev/fuse on this host: guests see the host's figures")
-    os.makedirs(os.path.dirname(mountpoint.rstrip("/")) or "/", 0o755, exist_ok=True)
-    lock = os.open(mountpoint.rstrip("/") + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = _locked(mountpoint)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         if mounted(mountpoint) and answers(mountpoint):
             return mountpoint  # another berth started it meanwhile
         while mounted(mountpoint):
@@ -152,11 +149,9 @@ def _stop_pid(mountpoint: str) -> int:
     return pid
 
 
-def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
-    """Stop berth's lxcfs at ``mountpoint`` and remove its files (guests lose their views)."""
+def _wait_gone(pid: int, timeout: float) -> None:
     import time
 
-    pid = _stop_pid(mountpoint)
     deadline = time.monotonic() + timeout
     while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         try:
@@ -165,9 +160,15 @@ def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
         except ChildProcessError:
             pass
         time.sleep(0.02)
+
+
+def _stop_locked(mountpoint: str, timeout: float) -> None:
+    """End the daemon, detach its mount, remove its files but the lock (held by the caller or
+    nobody)."""
+    _wait_gone(_stop_pid(mountpoint), timeout)
     while mounted(mountpoint):
         _detach(mountpoint)
-    for path in (mountpoint.rstrip("/") + s for s in (".pid", ".lock", ".log")):
+    for path in (mountpoint.rstrip("/") + s for s in (".pid", ".log")):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -176,6 +177,87 @@ def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
         os.rmdir(mountpoint)
     except OSError:
         pass
+
+
+def _locked(mountpoint: str) -> int:
+    import fcntl
+
+    os.makedirs(os.path.dirname(mountpoint.rstrip("/")) or "/", 0o755, exist_ok=True)
+    lock = os.open(mountpoint.rstrip("/") + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
+    """Stop berth's lxcfs at ``mountpoint`` and remove its files (guests lose their views)."""
+    lock = _locked(mountpoint)
+    try:
+        _stop_locked(mountpoint, timeout)
+        os.unlink(mountpoint.rstrip("/") + ".lock")
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(lock)
+
+
+def _device(mountpoint: str) -> str | None:
+    """The major:minor of the lxcfs mount at ``mountpoint`` in our mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = pre.split()
+            if len(fields) > 4 and fields[4] == mountpoint and post.startswith("fuse.lxcfs "):
+                return fields[2]
+    return None
+
+
+def users(mountpoint: str = DEFAULT_MOUNTPOINT) -> int:
+    """How many other mount namespaces (guests) hold binds of the lxcfs mount at ``mountpoint``."""
+    dev = _device(mountpoint)
+    if dev is None:
+        return 0
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    seen = {ours}
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                if any(line.split(" ", 3)[2] == dev for line in f):
+                    count += 1
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or a kernel thread
+    return count
+
+
+def stop_if_idle(mountpoint: str = DEFAULT_MOUNTPOINT, grace: float = IDLE_GRACE) -> str | None:
+    """Stop berth's lxcfs at ``mountpoint`` when it is dead, or when no guest binds its files
+    and it has run for ``grace`` seconds (a guest being started binds them only after
+    :func:`ensure` returned); what was done, or None.  ``berth gc`` calls it."""
+    import time
+
+    if not mounted(mountpoint) and not os.path.exists(_pidfile(mountpoint)):
+        return None
+    lock = _locked(mountpoint)  # the lock of ensure(): no start races the check
+    try:
+        if mounted(mountpoint) and answers(mountpoint):
+            try:
+                age = time.time() - os.stat(_pidfile(mountpoint)).st_mtime
+            except FileNotFoundError:
+                age = grace
+            if age < grace or users(mountpoint):
+                return None
+            _stop_locked(mountpoint, 5.0)
+            return f"stopped lxcfs at {mountpoint} (no guest uses it)"
+        _stop_locked(mountpoint, 5.0)
+        return f"removed a dead lxcfs mount at {mountpoint}"
+    finally:
+        os.close(lock)
 
 
 def spec_mounts(mountpoint: str) -> list[dict[str, Any]]:
