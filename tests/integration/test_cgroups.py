@@ -8,6 +8,7 @@ moved into the cgroup, then released; hogs run only inside a limited cgroup and 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import statistics
@@ -478,3 +479,90 @@ def test_v2_destroy_frozen(v2cg: Cgroup, children: Children) -> None:
     v2cg.destroy(timeout=5)
     assert p.wait(timeout=5) == -9
     assert not v2cg.exists()
+
+
+# -- delegation (a user namespace's root owning its guest's cgroup) ----------------------------
+DELEGATE_UID = 1_999_990_000  # no host user has it; nothing is made with it outside the cgroup
+
+
+def test_delegate_lets_owner_make_subcgroups_not_limits(cg: Cgroup, children: Children) -> None:
+    """After :meth:`Cgroup.delegate`, a process of the new owner makes and joins sub-cgroups in the
+    cgroup2 and controller-less v1 (name=systemd) hierarchies, and enables controllers for its
+    children (v2); it cannot write the cgroup's own limits nor touch a v1 controller hierarchy.
+    Root's destroy then removes what it made, deepest first."""
+    uid = DELEGATE_UID
+    chowned = cg.delegate(uid, uid)
+    dirs = cg.delegation_dirs()
+    ud = cg.unified_dir()
+    assert dirs and all(os.stat(d).st_uid == uid for d in dirs)
+    assert all(os.stat(p).st_uid == uid for p in chowned)
+    if ud is not None:
+        assert f"{ud}/cgroup.procs" in chowned and f"{ud}/cgroup.subtree_control" in chowned
+        assert os.stat(f"{ud}/cgroup.max.depth").st_uid == 0
+    forbidden = [f"{ud}/cgroup.max.depth"] if ud is not None else []
+    forbidden += [f"{ud}/{k}" for k in ("memory.max", "pids.max") if ud and os.path.exists(f"{ud}/{k}")]
+    v1_controller = [cg.dir(c) for c in ("memory", "pids") if cg.dir(c) is not None]
+    forbidden += [
+        f"{d}/memory.limit_in_bytes" for d in v1_controller if os.path.exists(f"{d}/memory.limit_in_bytes")
+    ]
+    enable = ""
+    if cg.layout.mode == "v2" and ud is not None and "pids" in read(f"{ud}/cgroup.controllers").split():
+        enable = f"{ud}/cgroup.subtree_control"
+    code = f"""
+import json, os, time
+uid = {uid}
+os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+out = {{}}
+def write(path, value):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = 0
+    except OSError as e:
+        out[name] = e.errno
+for d in {dirs!r}:
+    attempt("mkdir " + d, lambda: os.makedirs(d + "/sub/deeper"))
+    attempt("join " + d, lambda: write(d + "/sub/deeper/cgroup.procs", str(os.getpid())))
+for p in {forbidden!r}:
+    attempt("write " + p, lambda: write(p, "1"))
+for d in {v1_controller!r}:
+    attempt("mkdir " + d, lambda: os.mkdir(d + "/sub"))
+if {enable!r}:
+    attempt("enable", lambda: write({enable!r}, "+pids"))
+print(json.dumps(out), flush=True)
+time.sleep(60)
+"""
+    p = children.paused(code)
+    cg.add(p.pid)
+    children.go(p)
+    assert p.stdout is not None
+    out = json.loads(p.stdout.readline())
+    for d in dirs:
+        assert out[f"mkdir {d}"] == 0 and out[f"join {d}"] == 0, out
+    for f in forbidden:
+        assert out[f"write {f}"] in (13, 1), (f, out)  # EACCES (EPERM where a file refuses writes)
+    for d in v1_controller:
+        assert out[f"mkdir {d}"] == 13, out
+    if enable:
+        assert out["enable"] == 0, out
+        # v2's no-internal-process rule: the cgroup itself takes no process now; exec joins the
+        # init's sub-cgroup instead (``near``).
+        q = children.paused("import time; time.sleep(60)")
+        with pytest.raises(CgroupError, match="EBUSY"):
+            cg.add(q.pid)
+        cg.add(q.pid, near=p.pid)
+        assert f"0::/{cg.path}/sub/deeper" in Path(f"/proc/{q.pid}/cgroup").read_text()
+    cg.destroy(timeout=10)
+    assert p.wait(timeout=5) == -9
+    assert not any(Path(m, cg.path).exists() for m in cg.layout.mountpoints())
+
+
+def test_delegate_refuses_missing_cgroup(parent: str) -> None:
+    c = open_cgroup(f"{parent}/never-made", detect())
+    with pytest.raises(CgroupError, match="does not exist"):
+        c.delegate(DELEGATE_UID, DELEGATE_UID)

@@ -11,7 +11,7 @@ import os
 import select
 import time
 
-from berth.cgroups.layout import Layout, clean_path
+from berth.cgroups.layout import V1_CONTROLLERS, Layout, clean_path
 from berth.errors import CgroupError, UsageError
 
 TYPE_CHECKING = False
@@ -52,6 +52,18 @@ def _read_or_none(path: str) -> str | None:
         return _read(path)
     except OSError:
         return None
+
+
+# What a delegated cgroup's new owner gets besides the directory (kernel cgroup-v2.rst
+# "Delegation"; the kernel lists its own in /sys/kernel/cgroup/delegate).
+_V2_DELEGATE = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+_V1_DELEGATE = ("cgroup.procs", "tasks")
+
+
+def _delegate_files() -> tuple[str, ...]:
+    """The cgroup2 files to chown on delegation: the kernel's list, else the documented three."""
+    text = _read_or_none("/sys/kernel/cgroup/delegate")
+    return tuple(text.split()) if text else _V2_DELEGATE
 
 
 def _errtext(exc: OSError) -> str:
@@ -228,14 +240,75 @@ class Cgroup:
                         f"enable controllers: {d}/cgroup.subtree_control: cannot write {value!r}: {_errtext(exc)}"
                     ) from None
 
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` into the cgroup in every hierarchy."""
+    def add(self, pid: int, *, near: int | None = None) -> None:
+        """Move process ``pid`` into the cgroup in every hierarchy.
+
+        ``near``: a process of this cgroup (a container's init).  Where the cgroup2 directory may
+        hold no process itself (a delegated cgroup whose owner enabled controllers for its
+        children: EBUSY, v2's no-internal-process rule), ``pid`` joins ``near``'s sub-cgroup
+        instead, as runc's exec does.
+        """
         value = str(pid)
+        ud = self.unified_dir()
         for d in self.dirs():
             try:
                 _write(f"{d}/cgroup.procs", value)
             except OSError as exc:
+                if d == ud and exc.errno == errno.EBUSY and near is not None:
+                    sub = self._sub_of(near)
+                    if sub is not None:
+                        try:
+                            _write(f"{sub}/cgroup.procs", value)
+                            continue
+                        except OSError as exc2:
+                            exc = exc2
                 raise CgroupError(f"add pid {pid} to {d}/cgroup.procs: {_errtext(exc)}") from None
+
+    def _sub_of(self, pid: int) -> str | None:
+        """The cgroup2 directory of process ``pid`` if it lies below this cgroup, else None."""
+        text = _read_or_none(f"/proc/{pid}/cgroup") or ""
+        for line in text.splitlines():
+            if line.startswith("0::/"):
+                rel = line[4:].rstrip("/")
+                if rel.startswith(self.path + "/") and "/../" not in f"{rel}/":
+                    return f"{self.layout.unified}/{rel}"
+        return None
+
+    # -- delegation ------------------------------------------------------------------------
+
+    def delegation_dirs(self) -> list[str]:
+        """The directories :meth:`delegate` hands over: this cgroup in the cgroup2 hierarchy and in
+        the v1 hierarchies without controllers (``name=systemd``).  The v1 controller hierarchies
+        are never delegated: a v1 child's limits are its owner's to set."""
+        out = [f"{mnt}/{self.path}" for key, mnt in self.layout.v1.items() if key not in V1_CONTROLLERS]
+        ud = self.unified_dir()
+        if ud is not None:
+            out.append(ud)
+        return out
+
+    def delegate(self, uid: int, gid: int) -> list[str]:
+        """Delegate the cgroup to ``uid``/``gid`` (a user namespace's root), as the kernel's
+        cgroup-v2.rst "Delegation" and systemd's Delegate= do: the directory (so it may make
+        sub-cgroups) and the files that move processes and enable controllers for its children
+        (cgroup.procs, cgroup.threads, cgroup.subtree_control; v1: tasks), never the cgroup's own
+        limits.  Returns the paths chowned.  Root-owned cleanup (:meth:`destroy`) removes what
+        the delegate made inside, deepest first."""
+        done: list[str] = []
+        files = _delegate_files()
+        for d in self.delegation_dirs():
+            v2 = d == self.unified_dir()
+            for name in ("", *(files if v2 else _V1_DELEGATE)):
+                path = f"{d}/{name}" if name else d
+                try:
+                    os.chown(path, uid, gid)
+                except FileNotFoundError:
+                    if not name:
+                        raise CgroupError(f"delegate {self.path}: {d} does not exist") from None
+                    continue  # a file this kernel does not have (cgroup.threads before 4.14)
+                except OSError as exc:
+                    raise CgroupError(f"delegate {self.path}: chown {path}: {_errtext(exc)}") from None
+                done.append(path)
+        return done
 
     # -- resources -------------------------------------------------------------------------
 

@@ -186,7 +186,7 @@ def _stage1(
         # Non-dumpable before joining: guest processes cannot open our /proc entries (exe, fds, mem).
         prctl.set_dumpable(False)
         if cg is not None:
-            cg.add(os.getpid())
+            cg.add(os.getpid(), near=init_pid)  # a delegated v2 cgroup: init's sub-cgroup
         # Open them all first: once in the container's mount namespace /proc is the container's.
         opened = []
         for kind in NS_ORDER:

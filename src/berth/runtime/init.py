@@ -16,7 +16,7 @@ import os
 import struct
 import termios
 
-from berth.errors import BerthError, CannotExecute, CommandNotFound, UnsupportedError
+from berth.errors import BerthError, CannotExecute, CommandNotFound, UnsupportedError, UsageError
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
 from berth.linux.path import secure_join
@@ -111,6 +111,23 @@ def _join(namespaces: list[tuple[str, str]]) -> None:
         os.close(fd)
 
 
+def _mapped_root(linux: dict[str, Any], field: str) -> int:
+    """The host id that id 0 of the user namespace maps to (``field``: uidMappings, gidMappings)."""
+    for m in linux.get(field) or []:
+        if m["containerID"] <= 0 < m["containerID"] + m["size"]:
+            return int(m["hostID"])
+    raise UsageError(f"linux.{field}", "maps no id 0: the guest's cgroup has no root to delegate to")
+
+
+def _host_root() -> bool:
+    """Are we the host's root (euid 0 in the initial user namespace), not a rootless runtime?"""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return os.geteuid() == 0 and f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup: Any) -> None:
     """First child: cgroup, namespaces, then fork the container's pid 1 and exit."""
     try:
@@ -126,6 +143,11 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
         prctl.set_dumpable(False)
         if cgroup is not None:
             cgroup.add(os.getpid())
+            if mounts.cgroup_delegated(spec) and _host_root():
+                # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
+                # rootless runtime's cgroup is its user's already, delegated by its manager.)
+                linux = spec.get("linux") or {}
+                cgroup.delegate(_mapped_root(linux, "uidMappings"), _mapped_root(linux, "gidMappings"))
         # Opened while still the host's root: a user namespace's root may not reach the state dir.
         opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, join = ns_flags(spec)

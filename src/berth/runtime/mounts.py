@@ -99,7 +99,29 @@ def _cgroup_mounts() -> list[tuple[str, str, str]]:
 SYSTEMD_CGROUP_OPTION = "x-berth-systemd"
 
 
-def _mount_cgroup(root: str, dest: str, flags: int, *, systemd: bool = False) -> None:
+def cgroup_delegated(spec: dict[str, Any]) -> bool:
+    """Is the guest's cgroup delegated to its user namespace's root (chowned by the runtime,
+    :meth:`berth.cgroups.Cgroup.delegate`)?  A guest with a new user namespace and a new cgroup
+    namespace whose cgroup mount is a system guest's (``SYSTEMD_CGROUP_OPTION``) or read-write (an
+    OCI spec's, e.g. podman --systemd=always: runtime-spec "Cgroup ownership").  systemd then makes
+    its units' cgroups as the mapped root; on a cgroup2-only host a system guest's cgroup2 is mounted
+    read-write.  What is not delegated stays owned by the host's root, out of the mapped root's reach."""
+    linux = spec.get("linux") or {}
+    new = {n["type"] for n in linux.get("namespaces") or [] if not n.get("path")}
+    if not {"user", "cgroup"} <= new:
+        return False
+    for m in spec.get("mounts") or []:
+        options = m.get("options") or []
+        if m.get("type") in ("cgroup", "cgroup2") and (
+            SYSTEMD_CGROUP_OPTION in options or "ro" not in options
+        ):
+            return True
+    return False
+
+
+def _mount_cgroup(
+    root: str, dest: str, flags: int, *, systemd: bool = False, delegated: bool = False
+) -> None:
     """/sys/fs/cgroup inside the guest: cgroup2, or a tmpfs of v1 hierarchies (hybrid hosts too).
 
     The guest is in its own cgroup namespace, so each hierarchy shows the guest's cgroup as its root.
@@ -108,6 +130,8 @@ def _mount_cgroup(root: str, dest: str, flags: int, *, systemd: bool = False) ->
     target = _Target(root, dest, is_file=False)
     try:
         if all(t == "cgroup2" for t, _m, _o in cg):
+            if systemd and delegated:
+                flags &= ~MS.RDONLY
             try:
                 mount("cgroup2", target.proc, "cgroup2", flags)
             except OSError as e:
@@ -155,14 +179,14 @@ def _mount_cgroup(root: str, dest: str, flags: int, *, systemd: bool = False) ->
         target.close()
 
 
-def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool) -> None:
+def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool, delegated: bool = False) -> None:
     dest = m["destination"]
     mtype = m.get("type") or ""
     options = list(m.get("options") or [])
     flags, prop, data = parse_options(options)
     source = m.get("source") or mtype or "none"
     if mtype in ("cgroup", "cgroup2"):
-        _mount_cgroup(root, dest, flags, systemd=SYSTEMD_CGROUP_OPTION in options)
+        _mount_cgroup(root, dest, flags, systemd=SYSTEMD_CGROUP_OPTION in options, delegated=delegated)
         return
     if mtype == "sysfs" and shared_netns:
         # Without its own network namespace a guest may not mount sysfs: bind the host's, read-only.
@@ -261,8 +285,9 @@ def prepare_root(spec: dict[str, Any], rootfs: str, *, userns: bool, console_sla
     ns_types = {n["type"] for n in linux.get("namespaces") or [] if not n.get("path")}
     shared_netns = "network" not in ns_types
     dev_is_tmpfs = False
+    delegated = cgroup_delegated(spec)
     for m in spec.get("mounts") or []:
-        _mount_one(rootfs, m, shared_netns=shared_netns)
+        _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated)
         if m["destination"] == "/dev" and m.get("type") == "tmpfs":
             dev_is_tmpfs = True
     if dev_is_tmpfs:
