@@ -4,7 +4,7 @@ and which guests get it (the spec's namespaces and its system-guest cgroup mount
 from __future__ import annotations
 
 from berth.cgroups import Layout, open_cgroup
-from berth.runtime.mounts import SYSTEMD_CGROUP_OPTION, cgroup_delegated
+from berth.runtime.mounts import SYSTEMD_CGROUP_OPTION, cgroup_delegated, systemd_cgroup
 
 HYBRID = Layout(
     "hybrid",
@@ -16,6 +16,8 @@ HYBRID = Layout(
 def test_hybrid_delegates_name_systemd_and_unified_only() -> None:
     cg = open_cgroup("berth/g1", HYBRID)
     assert cg.delegation_dirs() == ["/sys/fs/cgroup/systemd/berth/g1", "/sys/fs/cgroup/unified/berth/g1"]
+    # An OCI bundle's guest: the runtime spec forbids changing ownership on cgroup v1.
+    assert cg.delegation_dirs(v1=False) == ["/sys/fs/cgroup/unified/berth/g1"]
 
 
 def test_v2_delegates_the_cgroup2_dir() -> None:
@@ -46,3 +48,8 @@ def test_only_system_guests_in_their_own_user_and_cgroup_namespaces() -> None:
     joined = spec(["cgroup", "pid"], sysd)
     joined["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"})
     assert not cgroup_delegated(joined)  # a joined user namespace is not the guest's own
+
+
+def test_v1_name_systemd_only_for_berth_system_guests() -> None:
+    assert systemd_cgroup(spec(["user", "cgroup"], ["ro", SYSTEMD_CGROUP_OPTION]))
+    assert not systemd_cgroup(spec(["user", "cgroup"], ["rw", "nosuid"]))

@@ -276,26 +276,29 @@ class Cgroup:
 
     # -- delegation ------------------------------------------------------------------------
 
-    def delegation_dirs(self) -> list[str]:
-        """The directories :meth:`delegate` hands over: this cgroup in the cgroup2 hierarchy and in
-        the v1 hierarchies without controllers (``name=systemd``).  The v1 controller hierarchies
-        are never delegated: a v1 child's limits are its owner's to set."""
-        out = [f"{mnt}/{self.path}" for key, mnt in self.layout.v1.items() if key not in V1_CONTROLLERS]
+    def delegation_dirs(self, *, v1: bool = True) -> list[str]:
+        """The directories :meth:`delegate` hands over: this cgroup in the cgroup2 hierarchy and
+        (``v1``) in the v1 hierarchies without controllers (``name=systemd``).  The v1 controller
+        hierarchies are never delegated: a v1 child's limits are its owner's to set."""
+        out = []
+        if v1:
+            out = [f"{mnt}/{self.path}" for key, mnt in self.layout.v1.items() if key not in V1_CONTROLLERS]
         ud = self.unified_dir()
         if ud is not None:
             out.append(ud)
         return out
 
-    def delegate(self, uid: int, gid: int) -> list[str]:
+    def delegate(self, uid: int, gid: int, *, v1: bool = True) -> list[str]:
         """Delegate the cgroup to ``uid``/``gid`` (a user namespace's root), as the kernel's
         cgroup-v2.rst "Delegation" and systemd's Delegate= do: the directory (so it may make
         sub-cgroups) and the files that move processes and enable controllers for its children
         (cgroup.procs, cgroup.threads, cgroup.subtree_control; v1: tasks), never the cgroup's own
-        limits.  Returns the paths chowned.  Root-owned cleanup (:meth:`destroy`) removes what
-        the delegate made inside, deepest first."""
+        limits.  ``v1=False``: the cgroup2 hierarchy only (an OCI bundle's guest: the runtime spec
+        forbids changing ownership on cgroup v1).  Returns the paths chowned.  Root-owned cleanup
+        (:meth:`destroy`) removes what the delegate made inside, deepest first."""
         done: list[str] = []
         files = _delegate_files()
-        for d in self.delegation_dirs():
+        for d in self.delegation_dirs(v1=v1):
             v2 = d == self.unified_dir()
             for name in ("", *(files if v2 else _V1_DELEGATE)):
                 path = f"{d}/{name}" if name else d

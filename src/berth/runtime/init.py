@@ -147,7 +147,13 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
                 # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
                 # rootless runtime's cgroup is its user's already, delegated by its manager.)
                 linux = spec.get("linux") or {}
-                cgroup.delegate(_mapped_root(linux, "uidMappings"), _mapped_root(linux, "gidMappings"))
+                # name=systemd (v1) only for berth's system guests: the runtime spec forbids
+                # changing ownership on cgroup v1 for an OCI bundle's guest.
+                cgroup.delegate(
+                    _mapped_root(linux, "uidMappings"),
+                    _mapped_root(linux, "gidMappings"),
+                    v1=mounts.systemd_cgroup(spec),
+                )
         # Opened while still the host's root: a user namespace's root may not reach the state dir.
         opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, join = ns_flags(spec)

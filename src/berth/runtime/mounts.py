@@ -99,6 +99,14 @@ def _cgroup_mounts() -> list[tuple[str, str, str]]:
 SYSTEMD_CGROUP_OPTION = "x-berth-systemd"
 
 
+def systemd_cgroup(spec: dict[str, Any]) -> bool:
+    """Does the spec mount a berth system guest's cgroups (``SYSTEMD_CGROUP_OPTION``)?"""
+    return any(
+        m.get("type") in ("cgroup", "cgroup2") and SYSTEMD_CGROUP_OPTION in (m.get("options") or [])
+        for m in spec.get("mounts") or []
+    )
+
+
 def cgroup_delegated(spec: dict[str, Any]) -> bool:
     """Is the guest's cgroup delegated to its user namespace's root (chowned by the runtime,
     :meth:`berth.cgroups.Cgroup.delegate`)?  A guest with a new user namespace and a new cgroup
