@@ -8,7 +8,8 @@ its libraries (the host's, run through the host's ld.so) and a static ping-pong 
 copied into each guest's own root, so both ends really run inside the guests.  Every object
 has a random prefix; all traffic stays on loopback, the bench's bridge and its guests.
 
-Run as root: ``.venv/bin/python bench/net.py`` (BENCH_SECONDS, BENCH_REPS, BENCH_PINGPONG).
+Run as root: ``.venv/bin/python bench/net.py`` (BENCH_SECONDS, BENCH_REPS, BENCH_PINGPONG,
+BENCH_MTUS: the bridge MTUs to compare, default ``1500,65535``; BENCH_ONLY=throughput|htb).
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ def _port() -> int:
 
 
 class Bench:
-    def __init__(self, tmp: Path, link_rate: str = "10gbit") -> None:
+    def __init__(
+        self, tmp: Path, link_rate: str = "10gbit", *, tag: str = TAG, mtu: int | None = None
+    ) -> None:
         self.tmp = tmp
+        self.tag = tag
         tmp.mkdir(parents=True, exist_ok=True)
         self.subnet = _free_subnet()
         self.gw = str(ipaddress.IPv4Network(self.subnet)[1])
@@ -109,13 +113,15 @@ class Bench:
             os.environ,
             BERTH_ROOT=str(tmp / "store"),
             BERTH_RUN=str(tmp / "run"),
-            BERTH_CGROUP_PARENT=TAG,
-            BERTH_NET_PREFIX=TAG,
-            BERTH_BRIDGE=f"{TAG}br0",
-            BERTH_NFT_TABLE=TAG,
+            BERTH_CGROUP_PARENT=tag,
+            BERTH_NET_PREFIX=tag,
+            BERTH_BRIDGE=f"{tag}br0",
+            BERTH_NFT_TABLE=tag,
             BERTH_SUBNET=self.subnet,
             BERTH_NET_LINK_RATE=link_rate,
         )
+        if mtu is not None:
+            self.env["BERTH_NET_MTU"] = str(mtu)
         self.names: list[str] = []
         self.pp = str(tmp / "pp")
 
@@ -124,7 +130,7 @@ class Bench:
         return subprocess.run([BERTH, *args], env=self.env, capture_output=True, text=True, **kw)
 
     def guest(self, name: str, *net: str) -> str:
-        name = f"{TAG}-{name}"
+        name = f"{self.tag}-{name}"
         self.berth(
             "create", name, *net, "--userns", "host", "--no-lxcfs", "--cmd", "sleep 100000"
         )  # host ids: binaries are copied in
@@ -171,6 +177,9 @@ class Bench:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid.read_text()), signal.SIGTERM)
         self.berth("gc", check=False)
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.tag}"):  # the bench's own cgroup parent
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def _server(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -203,7 +212,12 @@ def iperf(b: Bench, server: list[str], client: list[str], host: str, *, seconds:
             text=True,
             timeout=seconds + 30,
         )
-        data = json.loads(out.stdout)
+        try:
+            data = json.loads(out.stdout)
+        except ValueError:
+            raise RuntimeError(
+                f"iperf3 client: {out.stderr.strip() or out.stdout.strip() or out.returncode}"
+            ) from None
         if "error" in data:
             raise RuntimeError(data["error"])
         return data["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -235,56 +249,87 @@ def _load() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def throughput_table(tmp: Path) -> None:
-    b = Bench(tmp / "tput")
+MTUS = [int(m) for m in os.environ.get("BENCH_MTUS", "1500,65535").split(",") if m]
+
+
+def _compile_pp(path: str) -> None:
     subprocess.run(
-        ["gcc", "-O2", "-static", "-o", b.pp, "-x", "c", "-"], input=PINGPONG_C, text=True, check=True
+        ["gcc", "-O2", "-static", "-o", path, "-x", "c", "-"], input=PINGPONG_C, text=True, check=True
     )
-    host_iperf, host_pp = ["iperf3"], [b.pp]
+
+
+def throughput_table(tmp: Path) -> None:
+    """Loopback, then per bridge MTU (BENCH_MTUS, one bench bridge each, all up at once) the
+    guest->host and guest<->guest paths, and the ip: guest; the repetitions are interleaved
+    (every path once per round) so a change of load hits all paths alike."""
+    benches = [Bench(tmp / f"tput{i}", tag=f"{TAG}{i}", mtu=m) for i, m in enumerate(MTUS)]
+    for b in benches:
+        _compile_pp(b.pp)
+    host_iperf, host_pp = ["iperf3"], [benches[0].pp]
     try:
-        ga = b.guest("a")
-        gb = b.guest("b")
-        ip_addr = str(ipaddress.IPv4Network(b.subnet)[200])
-        gi = b.guest("i", "--net", f"ip:{ip_addr}")
-        ip_b = b.info(gb)["ips"][0]
+        b0 = benches[0]
         paths = [
-            ("host loopback (native)", host_iperf, host_iperf, host_pp, host_pp, "127.0.0.1", "127.0.0.1"),
-            ("guest->host veth+bridge", host_iperf, b.iperf_in(ga), host_pp, b.pp_in(ga), b.gw, b.gw),
-            ("guest<->guest bridge", b.iperf_in(gb), b.iperf_in(ga), b.pp_in(gb), b.pp_in(ga), ip_b, ip_b),
+            ("host loopback (native)", b0, host_iperf, host_iperf, host_pp, host_pp, "127.0.0.1", "127.0.0.1")
+        ]
+        for b, mtu in zip(benches, MTUS, strict=True):
+            ga, gb = b.guest("a"), b.guest("b")
+            ip_b = b.info(gb)["ips"][0]
+            ip6_a = b.info(ga).get("ip6")
+            if ip6_a and mtu == MTUS[-1]:  # IPv6 on the last bridge (no ping-pong: the program is IPv4)
+                gw6 = str(ipaddress.IPv6Interface(f"{ip6_a}/64").network[1])
+                paths.append((f"guest->host IPv6 mtu {mtu}", b, host_iperf, b.iperf_in(ga), [], [], gw6, gw6))
+            paths += [
+                (f"guest->host mtu {mtu}", b, host_iperf, b.iperf_in(ga), host_pp, b.pp_in(ga), b.gw, b.gw),
+                (
+                    f"guest<->guest mtu {mtu}",
+                    b,
+                    b.iperf_in(gb),
+                    b.iperf_in(ga),
+                    b.pp_in(gb),
+                    b.pp_in(ga),
+                    ip_b,
+                    ip_b,
+                ),
+            ]
+        gi = b0.guest("i", "--net", f"ip:{ipaddress.IPv4Network(b0.subnet)[200]}")
+        paths.append(
             (
                 "ip:ADDR guest (BPF)",
+                b0,
                 host_iperf,
-                b.iperf_in(gi),
+                b0.iperf_in(gi),
                 host_pp,
-                b.pp_in(gi),
+                b0.pp_in(gi),
                 "127.0.0.1",
                 "127.0.0.1",
-            ),
-        ]
+            )
+        )
+        gbps: dict[str, list[float]] = {p[0]: [] for p in paths}
+        for _ in range(REPS):
+            for name, b, srv, cli, *_rest, host in paths:
+                gbps[name].append(iperf(b, srv, cli, host))
         rows = []
-        for name, srv, cli, psrv, pcli, bind, host in paths:
-            g = [iperf(b, srv, cli, host) for _ in range(REPS)]
-            lat = pingpong(b, psrv, pcli, bind, host)
-            rows.append((name, statistics.median(g), max(g), lat))
+        for name, b, _s, _c, psrv, pcli, bind, host in paths:
+            lat = pingpong(b, psrv, pcli, bind, host) if psrv else float("nan")
+            rows.append((name, statistics.median(gbps[name]), max(gbps[name]), lat))
         base_g, base_lat = rows[0][1], rows[0][3]
         print(
-            f"\nthroughput (iperf3, 1 TCP stream, {SECONDS}s x {REPS}, median) and latency ({N_PINGPONG} x 1-byte TCP ping-pong)"
+            f"\nthroughput (iperf3, 1 TCP stream, {SECONDS}s x {REPS} interleaved, median) and latency "
+            f"({N_PINGPONG} x 1-byte TCP ping-pong)"
         )
         print(f"{'path':<26}{'Gbit/s':>9}{'max':>8}{'ratio':>8}{'RTT us':>9}{'ratio':>8}")
         for name, med, mx, lat in rows:
             print(f"{name:<26}{med:>9.2f}{mx:>8.2f}{med / base_g:>8.2f}{lat:>9.1f}{lat / base_lat:>8.2f}")
-        mtu = subprocess.run(["ip", "-o", "link", "show", f"{TAG}br0"], capture_output=True, text=True).stdout
-        print(f"(bridge: {mtu.split('mtu')[1].split()[0] if 'mtu' in mtu else '?'} MTU; loadavg {_load()})")
+        print(f"(loadavg {_load()})")
     finally:
-        b.cleanup()
+        for b in benches:
+            b.cleanup()
 
 
 def htb_table(tmp: Path) -> None:
     """Guests sending to the host at full speed through their HTB classes (link = 400mbit)."""
     b = Bench(tmp / "htb", link_rate="400mbit")
-    subprocess.run(
-        ["gcc", "-O2", "-static", "-o", b.pp, "-x", "c", "-"], input=PINGPONG_C, text=True, check=True
-    )
+    _compile_pp(b.pp)
     rows = []
     try:
         ga = b.guest("ha", "--net-rate", "100mbit", "--net-ceil", "200mbit")
@@ -326,7 +371,9 @@ def htb_table(tmp: Path) -> None:
         )
     finally:
         b.cleanup()
-    print("\nHTB accuracy (guest -> host, IFB egress classes; link 400mbit)")
+    print(
+        f"\nHTB accuracy (guest -> host, IFB egress classes; link 400mbit; bridge MTU {b.env.get('BERTH_NET_MTU', 'default')})"
+    )
     print(f"{'configuration':<36}{'target':>9}{'achieved':>10}{'error':>8}")
     for name, target, gbps in rows:
         mbit = gbps * 1000
@@ -340,8 +387,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TAG}-"))
     print(f"bench/net.py  {TAG}  loadavg {_load()}  {os.cpu_count()} CPUs")
     try:
-        throughput_table(tmp)
-        htb_table(tmp)
+        if os.environ.get("BENCH_ONLY") != "htb":
+            throughput_table(tmp)
+        if os.environ.get("BENCH_ONLY") != "throughput":
+            htb_table(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -142,10 +142,53 @@ def test_two_guests_ping_tcp_and_published_port(guests, net_env, prefix) -> None
     assert b.finish().returncode == 0
     assert _connect_read(port).strip() == b"published-hello"
     # The rules are in berth's own table: DNAT for the port, masquerade for the subnet.
-    rules = subprocess.run(["nft", "list", "table", "ip", prefix], capture_output=True, text=True).stdout
-    assert f"dport {port} dnat to {addr.split('/')[0]}:80" in rules
+    rules = subprocess.run(["nft", "list", "table", "inet", prefix], capture_output=True, text=True).stdout
+    assert f"dport {port} dnat ip to {addr.split('/')[0]}:80" in rules
     assert f"ip saddr {net_env['BERTH_SUBNET']}" in rules
     assert "masquerade" in rules
+    a.proc.send_signal(signal.SIGTERM)
+    a.finish()
+    _assert_nothing_left(prefix)
+
+
+def test_ipv6_guests_tcp_host_and_published_port(guests, net_env, prefix) -> None:
+    """Bridge guests get an IPv6 address from the bridge's ULA subnet at once (no DAD wait): a chosen
+    one with ``--ip``, /etc/hosts names them, they exchange TCP over IPv6, reach the host's bridge
+    address and a published port answers on a host IPv6 address."""
+    net6 = ipaddress.IPv6Network(berth_net.parse("bridge", env=net_env).subnet6)
+    assert net6.prefixlen == 64 and net6.network_address.packed[0] == 0xFD  # ULA, derived from the bridge
+    want = str(net6[0x77])
+    port = _free_port()
+    a = guests(
+        "--name", f"{prefix}a6", "--net", "bridge", "--ip", want, "-p", f"{port}:80", "--",
+        "sh", "-c",
+        "nc -ll -p 80 -e echo published6-hello & "
+        "echo ADDR6 $(ip -6 -o addr show eth0 scope global | awk '{print $4}') MTU $(cat /sys/class/net/eth0/mtu); "
+        "nc -l -p 7000; echo; echo TCP6-DONE; sleep 30",
+    )  # fmt: skip
+    words = a.wait_for(r"^ADDR6 ").split()
+    assert words[1] == f"{want}/64"
+    assert words[3] == "65535"  # the default MTU, the bridge's
+    assert Path(f"/sys/class/net/{prefix}br0/mtu").read_text().strip() == "65535"
+    b = guests(
+        "--name", f"{prefix}b6", "--net", "bridge", "--",
+        "sh", "-c",
+        f"grep -q '^{want}[[:space:]]{prefix}a6$' /etc/hosts && echo HOSTS6-OK; "
+        f"ping6 -c1 -W3 {want} >/dev/null && echo PING6-OK; "
+        f"ping6 -c1 -W3 {net6[1]} >/dev/null && echo HOST6-OK; "
+        f"sleep 0.3; echo hello-over-tcp6 | nc {want} 7000; echo SENT",
+    )  # fmt: skip
+    res_b = b.finish(timeout=30)
+    for word in ("HOSTS6-OK", "PING6-OK", "HOST6-OK", "SENT"):
+        assert word in res_b.stdout, res_b
+    a.wait_for("hello-over-tcp6")
+    # The host reaches the guest over IPv6 directly and through the published port on the bridge's
+    # IPv6 address (a local address of the host: DNAT in the inet table).
+    for target in ((want, 80), (str(net6[1]), port)):
+        with socket.create_connection(target, timeout=5) as s:
+            assert s.recv(100).strip() == b"published6-hello", target
+    rules = subprocess.run(["nft", "list", "table", "inet", prefix], capture_output=True, text=True).stdout
+    assert f"dnat ip6 to [{want}]:80" in rules
     a.proc.send_signal(signal.SIGTERM)
     a.finish()
     _assert_nothing_left(prefix)
@@ -205,6 +248,9 @@ def test_raw_socket_cannot_sniff_other_guests(guests, net_env, prefix) -> None:
         (["--net", "none", "-p", "8080:80"], "publish: needs --net bridge"),
         (["--net", "bridge", "--net-rate", "300mbit", "--net-ceil", "100mbit"], "net-ceil:"),
         (["--net", "ip:not-an-address"], "net:"),
+        (["--net", "bridge", "--ip", "fd00:1:2:3::zz"], "ip: 'fd00:1:2:3::zz' is not an IPv4 or IPv6"),
+        (["--net", "bridge", "--ip", "2001:db8::5"], "ip: 2001:db8::5 is outside the subnet"),
+        (["--net", "bridge", "--ip", "fd00::1,fd00::2"], "ip: 'fd00::1,fd00::2': more than one IPv6"),
     ],
 )
 def test_bad_input_one_line_nothing_created(berth, net_env, prefix, args, field) -> None:
@@ -217,13 +263,15 @@ def test_bad_input_one_line_nothing_created(berth, net_env, prefix, args, field)
 def test_taken_address_and_port_refused(guests, berth, net_env, prefix) -> None:
     port = _free_port()
     ip = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[10])
-    a = guests("--name", f"{prefix}h", "--net", "bridge", "--ip", ip, "-p", f"{port}:80", "--", "sh", "-c",
-               "echo UP; sleep 30")  # fmt: skip
+    ip6 = str(ipaddress.IPv6Network(berth_net.parse("bridge", env=net_env).subnet6)[10])
+    a = guests("--name", f"{prefix}h", "--net", "bridge", "--ip", f"{ip},{ip6}", "-p", f"{port}:80", "--",
+               "sh", "-c", "echo UP; sleep 30")  # fmt: skip
     a.wait_for("UP")
     links = _links(prefix)
-    res = berth("--net", "bridge", "--ip", ip, "--", "true", check_clean=False)
-    assert res.returncode == 125, res
-    assert f"ip: {ip} is taken" in res.error_line(), res
+    for taken in (ip, ip6):
+        res = berth("--net", "bridge", "--ip", taken, "--", "true", check_clean=False)
+        assert res.returncode == 125, res
+        assert f"ip: {taken} is taken" in res.error_line(), res
     res = berth("--net", "bridge", "-p", f"{port}:81", "--", "true", check_clean=False)
     assert res.returncode == 125
     assert f"publish: host port {port}/tcp is already published" in res.error_line()
@@ -371,15 +419,23 @@ BINDER_C = r"""
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-/* bind ADDR PORT | connect ADDR PORT : print what happened and the local address */
+/* bind ADDR PORT | connect ADDR PORT : TCP; udp ADDR PORT : sendto() on an unbound UDP socket;
+   udpc ADDR PORT : connect() then send() on a UDP socket.  Print what happened and the local address. */
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
-    int s = socket(AF_INET, SOCK_STREAM, 0);
+    int udp = argv[1][0] == 'u';
+    int s = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     struct sockaddr_in a = {0};
     a.sin_family = AF_INET;
     a.sin_port = htons(atoi(argv[3]));
     inet_pton(AF_INET, argv[2], &a.sin_addr);
-    int r = !strcmp(argv[1], "bind") ? bind(s, (void *)&a, sizeof a) : connect(s, (void *)&a, sizeof a);
+    int r;
+    if (!strcmp(argv[1], "udp"))
+        r = sendto(s, argv[1], strlen(argv[1]), 0, (void *)&a, sizeof a);
+    else if (!strcmp(argv[1], "udpc"))
+        r = connect(s, (void *)&a, sizeof a) < 0 ? -1 : send(s, argv[1], strlen(argv[1]), 0);
+    else
+        r = !strcmp(argv[1], "bind") ? bind(s, (void *)&a, sizeof a) : connect(s, (void *)&a, sizeof a);
     if (r < 0) { printf("%s %s: errno %d %s\n", argv[1], argv[2], errno, strerror(errno)); return 1; }
     socklen_t n = sizeof a;
     getsockname(s, (void *)&a, &n);
@@ -427,4 +483,29 @@ def test_ip_mode_binds_only_own_address(binder_rootfs, guests, net_env, prefix) 
     assert "bind 127.0.0.1: errno 1 " in out, res
     assert f"bind {other}: errno 1 " in out, res
     assert f"connect 127.0.0.1: ok local {own}" in out, res
+    _assert_nothing_left(prefix)
+
+
+def test_ip_mode_unbound_udp_leaves_from_own_address(binder_rootfs, guests, net_env, prefix) -> None:
+    """A UDP socket the guest never bound (sendto, or connect + send) gets the guest's address as
+    its source (sendmsg4 rewrites it; connect4 binds the socket first), never the host's."""
+    own = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[22])
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(20)
+    port = sink.getsockname()[1]
+    try:
+        g = guests(
+            "--rootfs", str(binder_rootfs), "--net", f"ip:{own}", "--",
+            "sh", "-c", f"/binder udp 127.0.0.1 {port}; /binder udpc 127.0.0.1 {port}",
+        )  # fmt: skip
+        got = {}
+        for _ in range(2):
+            data, (src, _sport) = sink.recvfrom(64)
+            got[data.decode()] = src
+        res = g.finish(timeout=20)
+    finally:
+        sink.close()
+    assert got == {"udp": own, "udpc": own}, (got, res)
+    assert f"udpc 127.0.0.1: ok local {own}" in res.stdout, res
     _assert_nothing_left(prefix)

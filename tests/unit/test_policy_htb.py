@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from berth.errors import AdmissionError, UsageError
-from berth.policy.htb import MAX_QUANTUM, MIN_RATE_BPS, HtbPlan, NetRequest, htb_tree
+from berth.policy.htb import MAX_QUANTUM, MIN_RATE_BPS, HtbPlan, NetRequest, burst_bytes, htb_tree
 
 MBIT, GBIT = 10**6, 10**9
 
@@ -54,6 +54,19 @@ def test_quantum_follows_share() -> None:
     big = htb_tree(GBIT, [NetRequest("a", 0, share=1), NetRequest("b", 1, share=10000)], mtu=1500)
     assert big.guest("b").quantum == MAX_QUANTUM
     assert big.guest("a").quantum == 1500
+
+
+def test_large_mtu_quantum_and_burst() -> None:
+    """With 64 KiB packets every quantum holds one packet, and the cap grows so shares still count."""
+    frame = 65535
+    plan = htb_tree(GBIT, [NetRequest("a", 0, share=100), NetRequest("b", 1, share=400)], mtu=frame)
+    assert plan.mtu == frame
+    assert plan.guest("a").quantum == frame
+    assert plan.guest("b").quantum == 4 * frame  # above 200000: the cap is 16 packets
+    big = htb_tree(GBIT, [NetRequest("a", 0, share=1), NetRequest("b", 1, share=10000)], mtu=frame)
+    assert big.guest("b").quantum == 16 * frame
+    assert burst_bytes(100 * 10**6) == 12_500 + 1600  # the old 1500-MTU figure
+    assert burst_bytes(100 * 10**6, frame) > frame  # one packet always fits
 
 
 def test_ceil_limits_share_and_rest_goes_to_others() -> None:

@@ -121,7 +121,7 @@ def _net_config(o: dict) -> dict:
     if net is None:
         return cfg
     if o["ip"]:
-        cfg["ip"] = net.ip
+        cfg["ip"] = net.ip_flag
     if net.publish:
         cfg["publish"] = [str(p) for p in net.publish]
     if net.isolate:

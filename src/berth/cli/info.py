@@ -67,7 +67,7 @@ def _print_network(net: dict) -> None:
     def rate(v: int | None) -> str:
         return format_rate(v) if v is not None else "-"
 
-    what = {k: net.get(k) for k in ("mode", "ip", "addrs", "veth", "isolate", "publish") if net.get(k)}
+    what = {k: net.get(k) for k in ("mode", "ip", "ip6", "addrs", "veth", "isolate", "publish") if net.get(k)}
     print(f"network: {' '.join(f'{k}={v}' for k, v in what.items())}")
     if net.get("rate_bps") is not None or net.get("ceil_bps") is not None:
         print(

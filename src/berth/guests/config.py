@@ -134,9 +134,9 @@ def _validate_net(data: dict[str, Any], path: str) -> None:
 
     if "ip" in data:
         try:
-            ipaddress.IPv4Address(data["ip"])
+            [ipaddress.ip_address(a.strip()) for a in str(data["ip"]).split(",")]  # ADDR, ADDR6 or both
         except ValueError:
-            raise ConfigError(path, "ip", f"{data['ip']!r} is not an IPv4 address") from None
+            raise ConfigError(path, "ip", f"{data['ip']!r} is not an IPv4 or IPv6 address") from None
     try:
         net_options({k: v for k, v in data.items() if k != "ip"}, env={})
     except UsageError as e:

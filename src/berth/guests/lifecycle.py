@@ -172,7 +172,7 @@ def _reserve_address(store: Store, name: str, opts: Any) -> None:
     from berth.net import addr as ipam
 
     with ipam.Leases(store.root, opts.bridge).locked() as db:
-        db.lease(name, opts.subnet, opts.ip, persist=True)
+        db.lease(name, opts.subnet, opts.ip, persist=True, subnet6=opts.subnet6, want6=opts.ip6)
         db.save()
 
 
@@ -467,7 +467,8 @@ def net_view(store: Store, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             lease = json.load(f).get("leases", {}).get(name) or {}
     except (OSError, ValueError):
         lease = {}
-    return {"net": "bridge", "ips": [lease["ip"]] if lease.get("ip") else [], "bridge": opts.bridge}
+    ips = [lease["ip"]] if lease.get("ip") else []
+    return {"net": "bridge", "ips": ips, "ip6": lease.get("ip6"), "bridge": opts.bridge}
 
 
 def net_info(store: Store, name: str) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""Addresses: a guest's IPv4 address and class index on a bridge, allocated under a lock and kept
+"""Addresses: a guest's IPv4 address (and IPv6 address) and class index on a bridge, allocated under a lock and kept
 in the store (``<store>/net/<bridge>.json``) so a guest gets the same address each time it starts.
 
 The file holds ``leases`` (name → address and index, for life when the guest is persistent) and
@@ -20,20 +20,24 @@ from berth.errors import UsageError
 
 
 def pick(subnet: str, taken: set[str], want: str | None = None) -> str:
-    """The address for a guest: ``want`` if free, else the lowest free host after the gateway."""
-    net = ipaddress.IPv4Network(subnet)
+    """The address for a guest (IPv4 or IPv6, after the subnet): ``want`` if free, else the lowest
+    free host after the gateway (the subnet's first host)."""
+    net = ipaddress.ip_network(subnet)
     gateway = net.network_address + 1
     if want is not None:
-        addr = ipaddress.IPv4Address(want)
-        if addr not in net or addr in (net.network_address, gateway, net.broadcast_address):
+        addr = ipaddress.ip_address(want)
+        reserved = {net.network_address, gateway}
+        if net.version == 4:
+            reserved.add(net.broadcast_address)
+        if addr.version != net.version or addr not in net or addr in reserved:
             raise UsageError("ip", f"{want} is not a usable address in {subnet}")
-        if want in taken:
+        if str(addr) in taken:
             raise UsageError("ip", f"{want} is taken by another guest")
-        return want
+        return str(addr)
     for host in net.hosts():
         if host != gateway and str(host) not in taken:
             return str(host)
-    raise UsageError("subnet", f"no free address left in {subnet}")
+    raise UsageError("subnet6" if net.version == 6 else "subnet", f"no free address left in {subnet}")
 
 
 def pick_index(taken: set[int]) -> int:
@@ -81,23 +85,43 @@ class Leases:
     def active(self) -> dict[str, dict[str, Any]]:
         return self.data.setdefault("active", {})
 
-    def taken_addrs(self, but: str | None = None) -> set[str]:
-        return {v["ip"] for k, v in self.leases.items() if k != but and v.get("ip")}
+    def taken_addrs(self, but: str | None = None, key: str = "ip") -> set[str]:
+        return {v[key] for k, v in self.leases.items() if k != but and v.get(key)}
 
     def taken_indexes(self, but: str | None = None) -> set[int]:
         return {int(v["index"]) for k, v in self.leases.items() if k != but and "index" in v}
 
-    def lease(self, name: str, subnet: str, want: str | None, *, persist: bool) -> dict[str, Any]:
-        """The guest's lease (made now, or the one it kept), with ``want`` honoured or refused."""
+    def lease(
+        self,
+        name: str,
+        subnet: str,
+        want: str | None,
+        *,
+        persist: bool,
+        subnet6: str | None = None,
+        want6: str | None = None,
+    ) -> dict[str, Any]:
+        """The guest's lease (made now, or the one it kept), with ``want`` honoured or refused; with
+        ``subnet6`` also an IPv6 address (``ip6``, ``want6`` or the lowest free), added to a lease
+        made before the guest had one."""
         old = self.leases.get(name)
         if old is not None and old.get("subnet") == subnet and (want is None or want == old["ip"]):
             old["persist"] = old.get("persist", False) or persist
-            return old
-        ip = pick(subnet, self.taken_addrs(but=name), want)
-        idx = old["index"] if old is not None else pick_index(self.taken_indexes(but=name))
-        new = {"ip": ip, "index": idx, "subnet": subnet, "persist": persist}
-        self.leases[name] = new
-        return new
+            lease = old
+        else:
+            ip = pick(subnet, self.taken_addrs(but=name), want)
+            idx = old["index"] if old is not None else pick_index(self.taken_indexes(but=name))
+            lease = {"ip": ip, "index": idx, "subnet": subnet, "persist": persist}
+            if old is not None and old.get("subnet6"):
+                lease.update(ip6=old["ip6"], subnet6=old["subnet6"])
+        if subnet6 is None:
+            lease.pop("ip6", None)
+            lease.pop("subnet6", None)
+        elif not (lease.get("subnet6") == subnet6 and (want6 is None or want6 == lease.get("ip6"))):
+            lease["ip6"] = pick(subnet6, self.taken_addrs(but=name, key="ip6"), want6)
+            lease["subnet6"] = subnet6
+        self.leases[name] = lease
+        return lease
 
     def release(self, name: str) -> None:
         """Forget a lease unless the guest keeps it across restarts."""

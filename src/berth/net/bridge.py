@@ -7,6 +7,9 @@ from typing import Any
 
 from berth.errors import NetworkError, UsageError
 
+AF_INET, AF_INET6 = 2, 10
+IFA_F_NODAD = 0x02
+
 
 def link_index(ipr: Any, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
@@ -14,25 +17,32 @@ def link_index(ipr: Any, name: str) -> int | None:
 
 
 def check_subnet_free(ipr: Any, subnet: str, bridge: str) -> None:
-    """Refuse a subnet that overlaps a route of the host that is not the bridge's own."""
-    net = ipaddress.IPv4Network(subnet)
+    """Refuse a subnet (IPv4 or IPv6) that overlaps a route of the host that is not the bridge's own."""
+    net = ipaddress.ip_network(subnet)
     own = link_index(ipr, bridge)
-    for route in ipr.get_routes(family=2, table=254):
+    for route in ipr.get_routes(family=AF_INET6 if net.version == 6 else AF_INET, table=254):
         dst = route.get_attr("RTA_DST")
         if dst is None:
             continue  # the default route overlaps everything; it is not a conflict
-        other = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+        other = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
+        if other.is_link_local or other.is_multicast:
+            continue
         if other.overlaps(net) and route.get_attr("RTA_OIF") != own:
-            raise UsageError("subnet", f"{subnet} overlaps the host's route to {other}")
+            raise UsageError(
+                "subnet6" if net.version == 6 else "subnet", f"{subnet} overlaps the host's route to {other}"
+            )
 
 
-def ensure(ipr: Any, name: str, subnet: str) -> int:
-    """The bridge ``name`` with the subnet's gateway address, up; created if missing.  Its index."""
+def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | None = None) -> int:
+    """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``;
+    an existing bridge keeps its own: see :func:`mtu_of`).  Its index."""
     idx = link_index(ipr, name)
     if idx is None:
         check_subnet_free(ipr, subnet, name)
+        if subnet6 is not None:
+            check_subnet_free(ipr, subnet6, name)
         try:
-            ipr.link("add", ifname=name, kind="bridge")
+            ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
         except Exception as exc:
             raise NetworkError(f"bridge {name}: cannot create: {exc}") from None
         idx = link_index(ipr, name)
@@ -43,9 +53,27 @@ def ensure(ipr: Any, name: str, subnet: str) -> int:
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
     if gw not in have:
         ipr.addr("add", index=idx, address=gw, prefixlen=net.prefixlen)
+    if subnet6 is not None:
+        net6 = ipaddress.IPv6Network(subnet6)
+        gw6 = str(net6.network_address + 1)
+        if gw6 not in {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=AF_INET6)}:
+            # no duplicate address detection: the address is berth's, usable at once
+            try:
+                ipr.addr("add", index=idx, address=gw6, prefixlen=net6.prefixlen, flags=IFA_F_NODAD)
+            except Exception as exc:
+                raise NetworkError(
+                    f"bridge {name}: cannot add {gw6}/{net6.prefixlen}: {exc} (BERTH_SUBNET6=none: no IPv6)"
+                ) from None
     ipr.link("set", index=idx, state="up")
     _sysctl(name, "route_localnet", "1")  # published ports reachable from the host via 127.0.0.1
     return idx
+
+
+def mtu_of(ipr: Any, idx: int) -> int:
+    """A link's MTU.  The veths take the bridge's: a frame the bridge passes to a port with a
+    smaller MTU is dropped, and an MTU set on the bridge no longer follows its ports."""
+    (link,) = ipr.get_links(idx)
+    return int(link.get_attr("IFLA_MTU"))
 
 
 def remove(ipr: Any, name: str) -> None:

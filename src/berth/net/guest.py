@@ -40,6 +40,8 @@ def check(store: str, name: str, opts: NetOptions) -> None:
             lease = db.leases.get(name)
             if opts.ip is not None and not (lease and lease.get("ip") == opts.ip):
                 ipam.pick(opts.subnet, db.taken_addrs(but=name), opts.ip)
+            if opts.ip6 is not None and opts.subnet6 and not (lease and lease.get("ip6") == opts.ip6):
+                ipam.pick(opts.subnet6, db.taken_addrs(but=name, key="ip6"), opts.ip6)
             _check_ports(db, name, opts.publish)
         else:
             for rec_name, rec in db.active.items():
@@ -85,6 +87,7 @@ def _record(name: str, pid: int, opts: NetOptions) -> dict[str, Any]:
         "pid": pid,
         "starttime": _starttime(pid),
         "subnet": opts.subnet,
+        "subnet6": opts.subnet6,
         "nft_table": opts.nft_table,
         "prefix": opts.prefix,
         "link_rate_bps": opts.link_rate_bps,
@@ -97,11 +100,12 @@ def _setup_bridge(db: ipam.Leases, name: str, pid: int, opts: NetOptions) -> dic
     from berth.net import bridge, veth
 
     _check_ports(db, name, opts.publish)
-    lease = db.lease(name, opts.subnet, opts.ip, persist=opts.persist)
+    lease = db.lease(name, opts.subnet, opts.ip, persist=opts.persist, subnet6=opts.subnet6, want6=opts.ip6)
     host = opts.veth(lease["index"])
     rec = {
         **_record(name, pid, opts),
         "ip": lease["ip"],
+        "ip6": lease.get("ip6"),
         "index": lease["index"],
         "veth": host,
         "isolate": opts.isolate,
@@ -115,10 +119,15 @@ def _setup_bridge(db: ipam.Leases, name: str, pid: int, opts: NetOptions) -> dic
     db.active[name] = rec
     db.save()  # recorded before anything is made: gc can always find it
     with IPRoute() as ipr:
-        br = bridge.ensure(ipr, opts.bridge, opts.subnet)
-        veth.create(ipr, host, br, pid, isolate=opts.isolate)
+        br = bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6)
+        rec["mtu"] = bridge.mtu_of(ipr, br)
+        veth.create(ipr, host, br, pid, isolate=opts.isolate, mtu=rec["mtu"])
         prefixlen = int(opts.subnet.split("/")[1])
-        veth.configure_guest(pid, f"{host}g", lease["ip"], prefixlen, opts.gateway)
+        v6 = None
+        if opts.subnet6 is not None and opts.gateway6 is not None and lease.get("ip6"):
+            v6 = (lease["ip6"], int(opts.subnet6.split("/")[1]), opts.gateway6)
+        veth.configure_guest(pid, f"{host}g", lease["ip"], prefixlen, opts.gateway, v6)
+        db.save()
         _apply_nft(db, opts)
         _apply_htb(ipr, db, opts)
     _write_etc(db, opts)
@@ -140,7 +149,7 @@ def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOpt
         local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)}
         missing = [a for a in opts.addrs if a not in local]
         if missing:
-            br = bridge.ensure(ipr, opts.bridge, opts.subnet)
+            br = bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6)
             for a in missing:
                 ipr.addr("add", index=br, address=a, prefixlen=32)
                 rec["added"].append(a)
@@ -161,6 +170,7 @@ def _opts_of(rec: dict[str, Any], opts: NetOptions) -> NetOptions:
     return replace(
         opts,
         subnet=rec.get("subnet", opts.subnet),
+        subnet6=rec.get("subnet6", opts.subnet6),
         nft_table=rec.get("nft_table", opts.nft_table),
         prefix=rec.get("prefix", opts.prefix),
         link_rate_bps=rec.get("link_rate_bps", opts.link_rate_bps),
@@ -227,12 +237,14 @@ def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
     if not guests:
         return
     publishes = [
-        (r["ip"], int(p["host_port"]), int(p["guest_port"]), p["proto"])
+        (a, int(p["host_port"]), int(p["guest_port"]), p["proto"])
         for r in guests.values()
         for p in r.get("publish", [])
+        for a in (r["ip"], r.get("ip6"))
+        if a
     ]
     isolated = [r["veth"] for r in guests.values() if r.get("isolate")]
-    nft.apply(nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated))
+    nft.apply(nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated, opts.subnet6))
 
 
 def _apply_htb(ipr: Any, db: ipam.Leases, opts: NetOptions) -> None:
@@ -247,17 +259,23 @@ def _apply_htb(ipr: Any, db: ipam.Leases, opts: NetOptions) -> None:
         htb.remove_root(ipr, opts.ifb)
         htb.remove_root(ipr, opts.bridge)
         return
+    from berth.net import bridge
+
+    br = bridge.link_index(ipr, opts.bridge)
+    mtu = bridge.mtu_of(ipr, br) if br is not None else opts.mtu
     plan = htb_tree(
         opts.link_rate_bps,
         [
             NetRequest(n, int(r["index"]), r.get("rate_bps"), r.get("ceil_bps"), int(r.get("share") or 100))
             for n, r in shaped.items()
         ],
+        mtu=min(65535, mtu + 14),  # HTB counts the Ethernet header
     )
-    ifb = htb.ensure_ifb(ipr, opts.ifb)
+    ifb = htb.ensure_ifb(ipr, opts.ifb, mtu)
     addrs = {n: (r["ip"], int(r["index"])) for n, r in shaped.items()}
-    htb.apply_tree(ipr, opts.ifb, plan, addrs, htb.SRC_OFFSET)
-    htb.apply_tree(ipr, opts.bridge, plan, addrs, htb.DST_OFFSET)
+    addrs6 = {n: r["ip6"] for n, r in shaped.items() if r.get("ip6")}
+    htb.apply_tree(ipr, opts.ifb, plan, addrs, htb.SRC_OFFSET, addrs6, htb.SRC6_OFFSET)
+    htb.apply_tree(ipr, opts.bridge, plan, addrs, htb.DST_OFFSET, addrs6, htb.DST6_OFFSET)
     for r in shaped.values():
         if not r.get("redirected"):
             htb.redirect_ingress(ipr, r["veth"], ifb)
@@ -330,7 +348,7 @@ def _resolvers() -> list[str]:
         with open("/etc/resolv.conf", encoding="utf-8") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith("127."):
+                if len(parts) >= 2 and parts[0] == "nameserver" and not parts[1].startswith(("127.", "::1")):
                     out.append(parts[1])
     except OSError:
         pass
@@ -341,6 +359,8 @@ def _write_etc(db: ipam.Leases, opts: NetOptions) -> None:
     """Every running bridge guest's /etc/hosts names all the others; resolv.conf the host's servers."""
     guests = _bridge_guests(db)
     table = "".join(f"{r['ip']}\t{n}\n" for n, r in sorted(guests.items()))
+    # IPv6 after IPv4: a resolver that reads the file in order still tries IPv4 first
+    table += "".join(f"{r['ip6']}\t{n}\n" for n, r in sorted(guests.items()) if r.get("ip6"))
     resolv = "".join(f"nameserver {ns}\n" for ns in _resolvers()) or f"nameserver {opts.gateway}\n"
     for r in guests.values():
         pid = int(r["pid"])

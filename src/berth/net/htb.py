@@ -2,7 +2,7 @@
 
 * what the guests send: each shaped guest's host-side veth has an ``ingress`` qdisc whose u32
   filter redirects everything to the bridge's IFB device; the IFB carries the HTB tree, a u32
-  filter per guest on the source address picks the guest's class.
+  filter per guest on the source address (one for IPv4, one for IPv6) picks the guest's class.
 * what the guests receive from the host: the same tree on the bridge device, classified on the
   destination address.
 
@@ -18,13 +18,17 @@ import socket
 from typing import Any
 
 from berth.errors import NetworkError
-from berth.policy.htb import HtbPlan
+from berth.policy.htb import HtbPlan, burst_bytes
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 INGRESS = 0xFFFF0000
 FILTER_PRIO_BASE = 100
-SRC_OFFSET, DST_OFFSET = 12, 16
+#: IPv6 filters sit at other priorities: one priority holds filters of one protocol only.
+FILTER_PRIO6_BASE = 0x4000
+SRC_OFFSET, DST_OFFSET = 12, 16  # IPv4 header: source, destination address
+SRC6_OFFSET, DST6_OFFSET = 8, 24  # IPv6 header
 LEAF_LIMIT = 1000
 
 
@@ -33,7 +37,8 @@ def _idx(ipr: Any, name: str) -> int | None:
     return found[0] if found else None
 
 
-def ensure_ifb(ipr: Any, name: str) -> int:
+def ensure_ifb(ipr: Any, name: str, mtu: int = 1500) -> int:
+    """The IFB device ``name`` (with the bridge's ``mtu``), up; created if missing.  Its index."""
     idx = _idx(ipr, name)
     if idx is None:
         try:
@@ -44,13 +49,19 @@ def ensure_ifb(ipr: Any, name: str) -> int:
         if idx is None:
             raise NetworkError(f"ifb {name}: vanished after creation")
         ipr.link("set", index=idx, txqlen=LEAF_LIMIT)
-    ipr.link("set", index=idx, state="up")
+    ipr.link("set", index=idx, mtu=mtu, state="up")
     return idx
 
 
 def _key(addr: str, offset: int) -> str:
     value = int(ipaddress.IPv4Address(addr))
     return f"0x{value:08x}/0xffffffff+{offset}"
+
+
+def _keys6(addr: str, offset: int) -> list[str]:
+    """u32 keys matching an IPv6 address at ``offset``: four 32-bit words."""
+    packed = ipaddress.IPv6Address(addr).packed
+    return [f"0x{packed[i : i + 4].hex()}/0xffffffff+{offset + i}" for i in range(0, 16, 4)]
 
 
 def _root_is_htb(ipr: Any, idx: int, handle: int) -> bool:
@@ -64,8 +75,18 @@ def _leaves(ipr: Any, idx: int) -> set[int]:
     return {q["parent"] for q in ipr.get_qdiscs(index=idx) if q["parent"] not in (0xFFFFFFFF, INGRESS)}
 
 
-def apply_tree(ipr: Any, dev: str, plan: HtbPlan, addrs: dict[str, tuple[str, int]], offset: int) -> None:
-    """Make ``dev``'s root qdisc the plan's tree; ``addrs``: guest name → (address, index)."""
+def apply_tree(
+    ipr: Any,
+    dev: str,
+    plan: HtbPlan,
+    addrs: dict[str, tuple[str, int]],
+    offset: int,
+    addrs6: dict[str, str] | None = None,
+    offset6: int = SRC6_OFFSET,
+) -> None:
+    """Make ``dev``'s root qdisc the plan's tree; ``addrs``: guest name → (address, index),
+    ``addrs6``: guest name → IPv6 address (so a guest's IPv6 traffic goes through its class too)."""
+    addrs6 = addrs6 or {}
     idx = _idx(ipr, dev)
     if idx is None:
         raise NetworkError(f"htb: no device {dev}")
@@ -85,9 +106,8 @@ def apply_tree(ipr: Any, dev: str, plan: HtbPlan, addrs: dict[str, tuple[str, in
             rate=f"{cls.rate_bps}bit",
             ceil=f"{cls.ceil_bps}bit",
             quantum=cls.quantum,
-            # ~1 ms of traffic plus a frame: the kernel's default burst is far too small at Gbit rates
-            burst=cls.rate_bps // 8000 + 1600,
-            cburst=cls.ceil_bps // 8000 + 1600,
+            burst=burst_bytes(cls.rate_bps, plan.mtu),
+            cburst=burst_bytes(cls.ceil_bps, plan.mtu),
         )
     leaves = _leaves(ipr, idx)
     for cls in plan.classes():
@@ -99,6 +119,7 @@ def apply_tree(ipr: Any, dev: str, plan: HtbPlan, addrs: dict[str, tuple[str, in
         minor = c["handle"] & 0xFFFF
         if c["handle"] >> 16 == plan.root_handle >> 16 and minor not in wanted:
             _del_filter(ipr, idx, plan.root_handle, FILTER_PRIO_BASE + minor)
+            _del_filter(ipr, idx, plan.root_handle, FILTER_PRIO6_BASE + minor, ETH_P_IPV6)
             try:
                 ipr.tc("del-class", "htb", idx, c["handle"], parent=c["parent"])
             except Exception:
@@ -117,6 +138,19 @@ def apply_tree(ipr: Any, dev: str, plan: HtbPlan, addrs: dict[str, tuple[str, in
             target=cls.handle,
             keys=[_key(addr, offset)],
         )
+        prio6 = FILTER_PRIO6_BASE + cls.minor
+        _del_filter(ipr, idx, plan.root_handle, prio6, ETH_P_IPV6)
+        if cls.name in addrs6:
+            ipr.tc(
+                "add-filter",
+                "u32",
+                idx,
+                parent=plan.root_handle,
+                prio=prio6,
+                protocol=ETH_P_IPV6,
+                target=cls.handle,
+                keys=_keys6(addrs6[cls.name], offset6),
+            )
 
 
 def _leaf(ipr: Any, idx: int, handle: int, parent: int) -> None:
@@ -126,11 +160,9 @@ def _leaf(ipr: Any, idx: int, handle: int, parent: int) -> None:
         ipr.tc("add", "pfifo", idx, handle, parent=parent, limit=LEAF_LIMIT)
 
 
-def _del_filter(ipr: Any, idx: int, parent: int, prio: int) -> None:
+def _del_filter(ipr: Any, idx: int, parent: int, prio: int, proto: int = ETH_P_IP) -> None:
     try:
-        ipr.tc(
-            "del-filter", index=idx, parent=parent, prio=prio, protocol=ETH_P_IP, info=_info(ETH_P_IP, prio)
-        )
+        ipr.tc("del-filter", index=idx, parent=parent, prio=prio, protocol=proto, info=_info(proto, prio))
     except Exception:
         pass
 

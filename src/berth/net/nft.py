@@ -17,7 +17,8 @@ from typing import Any
 
 from berth.errors import NetworkError, UnsupportedError
 
-FAMILY = "ip"
+FAMILY = "inet"  # one table for IPv4 and IPv6
+LEGACY_FAMILY = "ip"  # berth's table before the guests had IPv6: replaced, never made again
 
 
 def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
@@ -29,7 +30,7 @@ def _payload(proto: str, fld: str) -> dict[str, Any]:
 
 
 def _prefix(cidr: str) -> dict[str, Any]:
-    net = ipaddress.IPv4Network(cidr)
+    net = ipaddress.ip_network(cidr)
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
@@ -39,12 +40,16 @@ def ruleset(
     subnet: str,
     publishes: list[tuple[str, int, int, str]],
     isolated: list[str] | tuple[str, ...] = (),
+    subnet6: str | None = None,
 ) -> dict[str, Any]:
-    """The tables for a bridge: ``publishes`` is (guest address, host port, guest port, proto),
-    ``isolated`` the host ends of the veths of guests that may not talk to other guests.
+    """The tables for a bridge: ``publishes`` is (guest address, host port, guest port, proto) with
+    an IPv4 or IPv6 guest address (a port is published on both when the guest has both),
+    ``isolated`` the host ends of the veths of guests that may not talk to other guests.  The
+    ``inet`` table holds the IPv4 and the IPv6 rules.
 
     * ``prerouting`` and ``output`` (nat): a packet for a local address of the host (``fib daddr
-      type local``, 127.0.0.1 included) on a published port goes to the guest.
+      type local``, 127.0.0.1 included; not ::1, which IPv6 keeps on the loopback device) on a
+      published port goes to the guest: to its IPv4 address, or its IPv6 address over IPv6.
     * ``postrouting`` (nat): the guests' traffic leaving by another interface is masqueraded; so is
       loopback-sourced traffic DNAT'ed onto the bridge (the guest must answer the bridge's address).
     * a ``bridge`` family table of the same name, chain ``forward``: frames from or to an isolated
@@ -69,30 +74,41 @@ def ruleset(
             }
         }
     )
-    for addr, host_port, guest_port, proto in sorted(publishes, key=lambda p: (p[1], p[3])):
+    for addr, host_port, guest_port, proto in sorted(
+        publishes, key=lambda p: (p[1], p[3], ipaddress.ip_address(p[0]).version)
+    ):
+        fam = "ip6" if ipaddress.ip_address(addr).version == 6 else "ip"
         expr = [
+            _match({"meta": {"key": "nfproto"}}, "ipv6" if fam == "ip6" else "ipv4"),
             _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+            # ::1 may not leave the loopback device (IPv6 has no route_localnet): not DNAT'ed, a
+            # connection to it is refused rather than lost
+            *([_match(_payload("ip6", "daddr"), "::1", "!=")] if fam == "ip6" else []),
             _match(_payload(proto, "dport"), host_port),
-            {"dnat": {"addr": addr, "port": guest_port}},
+            {"dnat": {"family": fam, "addr": addr, "port": guest_port}},
         ]
         for chain in ("prerouting", "output"):
             items.append(
                 {"rule": {**t, "chain": chain, "comment": f"publish {host_port}/{proto}", "expr": expr}}
             )
-    items.append(
-        {
-            "rule": {
-                **t,
-                "chain": "postrouting",
-                "comment": "guests out",
-                "expr": [
-                    _match(_payload("ip", "saddr"), _prefix(subnet)),
-                    _match({"meta": {"key": "oifname"}}, bridge, "!="),
-                    {"masquerade": None},
-                ],
+    nets = [("ip", subnet)]
+    if subnet6 is not None:
+        nets.append(("ip6", subnet6))
+    for fam, net in nets:
+        items.append(
+            {
+                "rule": {
+                    **t,
+                    "chain": "postrouting",
+                    "comment": "guests out",
+                    "expr": [
+                        _match(_payload(fam, "saddr"), _prefix(net)),
+                        _match({"meta": {"key": "oifname"}}, bridge, "!="),
+                        {"masquerade": None},
+                    ],
+                }
             }
-        }
-    )
+        )
     items.append(
         {
             "rule": {
@@ -152,14 +168,15 @@ def _nft(payload: dict[str, Any], what: str) -> str:
 def apply(rules: dict[str, Any]) -> None:
     """Replace the tables in ``rules`` in one transaction."""
     tables = [i["add"]["table"] for i in rules["nftables"] if "table" in i["add"]]
-    head = [op for t in tables for op in ({"add": {"table": t}}, {"delete": {"table": t}})]
+    legacy = [{"family": LEGACY_FAMILY, "name": t["name"]} for t in tables if t["family"] == FAMILY]
+    head = [op for t in tables + legacy for op in ({"add": {"table": t}}, {"delete": {"table": t}})]
     _nft({"nftables": head + rules["nftables"]}, f"load table {tables[0]['name']}")
 
 
 def delete(table: str) -> None:
     """Remove berth's tables (nothing if they are not there)."""
     ops: list[dict[str, Any]] = []
-    for family in (FAMILY, "bridge"):
+    for family in (FAMILY, LEGACY_FAMILY, "bridge"):
         tbl = {"family": family, "name": table}
         ops += [{"add": {"table": tbl}}, {"delete": {"table": tbl}}]
     _nft({"nftables": ops}, f"delete table {table}")

@@ -6,6 +6,7 @@ and bad input is a one-line :class:`~berth.errors.UsageError` before anything is
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,11 @@ MODES = ("none", "host", "bridge", "ip:ADDR[,ADDR…]")
 DEFAULT_PREFIX = "berth"
 DEFAULT_SUBNET = "10.87.0.0/16"
 DEFAULT_LINK_RATE = "10gbit"
+#: The bridge's and veths' MTU.  Loopback's is 65536; a 64 KiB path between guests and the host
+#: halves the per-packet work against 1500 (bench/net.py).  Traffic NAT'ed off the machine leaves
+#: by the host's real NIC, whose own MTU (fragmentation, PMTU) applies there.
+DEFAULT_MTU = 65535
+MIN_MTU = 1280  # IPv6's minimum: the guests also get IPv6 addresses
 IFNAMSIZ = 15
 
 
@@ -39,7 +45,8 @@ class NetOptions:
     the host objects go (name prefix, bridge, subnet, nft table)."""
 
     mode: str = "none"
-    ip: str | None = None  # bridge mode: the address asked for (--ip)
+    ip: str | None = None  # bridge mode: the IPv4 address asked for (--ip)
+    ip6: str | None = None  # bridge mode: the IPv6 address asked for (--ip)
     addrs: tuple[str, ...] = ()  # ip: mode: the guest's own addresses
     publish: tuple[Publish, ...] = ()
     isolate: bool = False
@@ -49,8 +56,10 @@ class NetOptions:
     prefix: str = DEFAULT_PREFIX
     bridge: str = f"{DEFAULT_PREFIX}0"
     subnet: str = DEFAULT_SUBNET
+    subnet6: str | None = None  # the bridge's IPv6 subnet (ULA); None: the guests get no IPv6
     nft_table: str = DEFAULT_PREFIX
     link_rate_bps: int = 10_000_000_000
+    mtu: int = DEFAULT_MTU
     persist: bool = False  # keep the address (and class index) for the guest's next start
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -67,6 +76,18 @@ class NetOptions:
     def gateway(self) -> str:
         """The bridge's address: the subnet's first host."""
         return str(self.network.network_address + 1)
+
+    @property
+    def gateway6(self) -> str | None:
+        """The bridge's IPv6 address: the IPv6 subnet's first host."""
+        if self.subnet6 is None:
+            return None
+        return str(ipaddress.IPv6Network(self.subnet6).network_address + 1)
+
+    @property
+    def ip_flag(self) -> str | None:
+        """``--ip`` as given back to the parser (``ADDR``, ``ADDR6`` or ``ADDR,ADDR6``)."""
+        return ",".join(a for a in (self.ip, self.ip6) if a) or None
 
     @property
     def ifb(self) -> str:
@@ -102,6 +123,58 @@ def _ipv4(field_name: str, text: str) -> ipaddress.IPv4Address:
         raise UsageError(field_name, f"{text!r} is not an IPv4 address") from None
 
 
+def default_subnet6(bridge: str) -> str:
+    """A unique local /64 (RFC 4193) for ``bridge``: ``fd`` and a 40-bit global ID from a hash of
+    the bridge's name, subnet 0: the same name always gets the same subnet."""
+    gid = hashlib.sha256(f"berth:{bridge}".encode()).digest()[:5]
+    return str(ipaddress.IPv6Network((b"\xfd" + gid + bytes(10), 64)))
+
+
+def parse_subnet6(text: str) -> str | None:
+    """``BERTH_SUBNET6``: an IPv6 subnet from /48 to /120, or ``none`` (no IPv6 for the guests)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        net = ipaddress.IPv6Network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise UsageError("subnet6", f"{text!r}: {exc}") from None
+    if not 48 <= net.prefixlen <= 120:
+        raise UsageError("subnet6", f"{text!r}: the prefix must be from /48 to /120")
+    if net.is_multicast or net.is_loopback or net.is_link_local or net.network_address.is_unspecified:
+        raise UsageError("subnet6", f"{text!r} cannot be a guests' subnet")
+    return str(net)
+
+
+def parse_ip(text: str, subnet: str, subnet6: str | None) -> tuple[str | None, str | None]:
+    """``--ip``: an IPv4 address, an IPv6 address or both (``ADDR,ADDR6``), each a usable host of
+    its subnet.  Returns (IPv4, IPv6)."""
+    addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for part in text.split(","):
+        try:
+            addrs.append(ipaddress.ip_address(part.strip()))
+        except ValueError:
+            raise UsageError("ip", f"{part.strip()!r} is not an IPv4 or IPv6 address") from None
+    for version in (4, 6):
+        if sum(a.version == version for a in addrs) > 1:
+            raise UsageError("ip", f"{text!r}: more than one IPv{version} address")
+    got: dict[int, str] = {}
+    for addr in addrs:
+        if addr.version == 4:
+            network: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(subnet)
+            reserved = {network.network_address, network.broadcast_address, network.network_address + 1}
+        else:
+            if subnet6 is None:
+                raise UsageError("ip", f"{addr} is IPv6 but the guests have no IPv6 (BERTH_SUBNET6=none)")
+            network = ipaddress.IPv6Network(subnet6)
+            reserved = {network.network_address, network.network_address + 1}
+        if addr not in network:
+            raise UsageError("ip", f"{addr} is outside the subnet {network}")
+        if addr in reserved:
+            raise UsageError("ip", f"{addr} is reserved in {network} (network, gateway or broadcast)")
+        got[addr.version] = str(addr)
+    return got.get(4), got.get(6)
+
+
 def parse_subnet(text: str) -> str:
     try:
         net = ipaddress.IPv4Network(text, strict=True)
@@ -110,6 +183,14 @@ def parse_subnet(text: str) -> str:
     if net.prefixlen > 29:
         raise UsageError("subnet", f"{text!r}: too small (at most /29)")
     return str(net)
+
+
+def parse_mtu(text: str) -> int:
+    """``BERTH_NET_MTU``: a whole number from 1280 (IPv6's minimum) to 65535."""
+    t = text.strip()
+    if not t.isdigit() or not MIN_MTU <= int(t) <= 65535:
+        raise UsageError("BERTH_NET_MTU", f"{text!r} is not an MTU from {MIN_MTU} to 65535")
+    return int(t)
 
 
 def check_name(field_name: str, name: str, longest: str) -> str:
@@ -135,7 +216,7 @@ def parse(
     env: dict[str, str] | None = None,
 ) -> NetOptions:
     """Check the flags of one guest; the defaults come from ``env`` (BERTH_NET_PREFIX,
-    BERTH_BRIDGE, BERTH_SUBNET, BERTH_NFT_TABLE, BERTH_NET_LINK_RATE)."""
+    BERTH_BRIDGE, BERTH_SUBNET, BERTH_SUBNET6, BERTH_NFT_TABLE, BERTH_NET_LINK_RATE, BERTH_NET_MTU)."""
     env = dict(os.environ) if env is None else env
     prefix = check_name("BERTH_NET_PREFIX", env.get("BERTH_NET_PREFIX") or DEFAULT_PREFIX, "x" * 0)
     bridge = bridge or env.get("BERTH_BRIDGE") or f"{prefix}0"
@@ -144,7 +225,11 @@ def parse(
     table = check_name("BERTH_NFT_TABLE", env.get("BERTH_NFT_TABLE") or DEFAULT_PREFIX, "")
     net = parse_subnet(subnet or env.get("BERTH_SUBNET") or DEFAULT_SUBNET)
     link = parse_rate("BERTH_NET_LINK_RATE", env.get("BERTH_NET_LINK_RATE") or DEFAULT_LINK_RATE)
-    o = NetOptions(prefix=prefix, bridge=bridge, subnet=net, nft_table=table, link_rate_bps=link)
+    mtu = parse_mtu(env.get("BERTH_NET_MTU") or str(DEFAULT_MTU))
+    net6 = parse_subnet6(env.get("BERTH_SUBNET6") or default_subnet6(bridge))
+    o = NetOptions(
+        prefix=prefix, bridge=bridge, subnet=net, subnet6=net6, nft_table=table, link_rate_bps=link, mtu=mtu
+    )
 
     addrs: tuple[str, ...] = ()
     if mode.startswith("ip:"):
@@ -179,15 +264,9 @@ def parse(
             raise UsageError("publish", f"host port {p.host_port}/{p.proto} given twice")
         seen.add((p.host_port, p.proto))
 
-    want = None
+    want = want6 = None
     if ip is not None:
-        addr = _ipv4("ip", ip)
-        network = ipaddress.IPv4Network(net)
-        if addr not in network:
-            raise UsageError("ip", f"{ip} is outside the subnet {net}")
-        if addr in (network.network_address, network.broadcast_address, network.network_address + 1):
-            raise UsageError("ip", f"{ip} is reserved in {net} (network, gateway or broadcast)")
-        want = str(addr)
+        want, want6 = parse_ip(ip, net, o.subnet6)
 
     if mode != "bridge":
         for flag, given in (
@@ -203,6 +282,7 @@ def parse(
         o,
         mode=mode,
         ip=want,
+        ip6=want6,
         addrs=addrs,
         publish=ports,
         isolate=isolate,

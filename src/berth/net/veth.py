@@ -12,9 +12,13 @@ from typing import Any
 from berth.errors import NetworkError
 from berth.linux import ns
 
+AF_INET6 = 10
+IFA_F_NODAD = 0x02
 
-def create(ipr: Any, host: str, bridge_idx: int, pid: int, *, isolate: bool) -> None:
-    """Make the pair, plug the host end into the bridge and move the peer into ``pid``'s netns."""
+
+def create(ipr: Any, host: str, bridge_idx: int, pid: int, *, isolate: bool, mtu: int = 1500) -> None:
+    """Make the pair with ``mtu`` on both ends, plug the host end into the bridge and move the
+    peer into ``pid``'s netns."""
     peer = f"{host}g"
     try:
         ipr.link("add", ifname=host, kind="veth", peer=peer)
@@ -22,6 +26,8 @@ def create(ipr: Any, host: str, bridge_idx: int, pid: int, *, isolate: bool) -> 
         raise NetworkError(f"veth {host}: cannot create: {exc}") from None
     (hidx,) = ipr.link_lookup(ifname=host)
     (pidx,) = ipr.link_lookup(ifname=peer)
+    ipr.link("set", index=hidx, mtu=mtu)
+    ipr.link("set", index=pidx, mtu=mtu)
     ipr.link("set", index=pidx, net_ns_pid=pid)
     ipr.link("set", index=hidx, master=bridge_idx)
     if isolate:
@@ -40,8 +46,17 @@ def remove(ipr: Any, host: str) -> None:
                 raise
 
 
-def configure_guest(pid: int, peer: str, address: str, prefixlen: int, gateway: str) -> None:
-    """Inside ``pid``'s netns: ``peer`` becomes eth0 with ``address``, lo and eth0 up, default route."""
+def configure_guest(
+    pid: int,
+    peer: str,
+    address: str,
+    prefixlen: int,
+    gateway: str,
+    v6: tuple[str, int, str] | None = None,
+) -> None:
+    """Inside ``pid``'s netns: ``peer`` becomes eth0 with ``address``, lo and eth0 up, default route;
+    with ``v6`` (address, prefix length, gateway) the same for IPv6, without duplicate address
+    detection (the address is berth's to give: it works at once)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     child = os.fork()
@@ -55,11 +70,18 @@ def configure_guest(pid: int, peer: str, address: str, prefixlen: int, gateway: 
                 (idx,) = ipr.link_lookup(ifname=peer)
                 ipr.link("set", index=idx, ifname="eth0")
                 ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                if v6 is not None:
+                    # /proc/sys/net is the netns of the process that opens it: this child's, the guest's
+                    with open("/proc/sys/net/ipv6/conf/eth0/accept_dad", "w", encoding="ascii") as f:
+                        f.write("0")
+                    ipr.addr("add", index=idx, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
                 ipr.link("set", index=idx, state="up")
                 lo = ipr.link_lookup(ifname="lo")
                 if lo:
                     ipr.link("set", index=lo[0], state="up")
                 ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+                if v6 is not None:
+                    ipr.route("add", dst="::/0", gateway=v6[2], family=AF_INET6)
             os._exit(0)
         except BaseException as exc:
             try:

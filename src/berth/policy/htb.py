@@ -26,8 +26,13 @@ Rates (bits per second):
   guarantee above the guest's own ceil is a :class:`~berth.errors.UsageError`.
 * **quantum** (bytes) is how HTB splits bandwidth *above* the rates among classes borrowing from
   1:1: in proportion to quantum.  berth makes it proportional to the share, the smallest share
-  getting one MTU (HTB needs quantum ≥ MTU to be fair), scaled down if needed so none exceeds
-  200000 bytes (tc's "quantum is big" limit); ratios beyond 200000/MTU ≈ 130 are compressed.
+  getting one MTU (HTB needs quantum ≥ the largest packet to be fair: a class whose quantum is
+  smaller still sends one packet per round), scaled down if needed so none exceeds
+  ``max(200000, 16 × MTU)`` bytes (200000 is tc's "quantum is big" limit; with a 64 KiB MTU, or
+  GSO packets, one MTU is already a third of it); ratios beyond that over the MTU are compressed.
+* **burst** (bytes, :func:`burst_bytes`) is about 1 ms of the rate plus one largest packet: the
+  kernel's default burst is far too small at Gbit rates, and a burst below one packet makes a
+  class wait for tokens it can never hold at once.
 
 Admission: ``Σ guarantees + default_rate ≤ link`` or :class:`~berth.errors.AdmissionError`.
 """
@@ -102,6 +107,7 @@ class HtbPlan:
     link: HtbClass
     default: HtbClass
     guests: tuple[HtbClass, ...]
+    mtu: int = DEFAULT_MTU  # the largest packet (bytes at layer 2) the quanta and bursts allow for
 
     root_handle = ROOT_MAJOR << 16
     default_minor = DEFAULT_MINOR
@@ -142,11 +148,21 @@ def check_net_request(req: NetRequest) -> None:
             )
 
 
+def max_quantum(mtu: int) -> int:
+    """The largest quantum berth gives a class for packets of up to ``mtu`` bytes."""
+    return max(MAX_QUANTUM, 16 * mtu)
+
+
+def burst_bytes(rate_bps: int, mtu: int = DEFAULT_MTU) -> int:
+    """HTB burst (or cburst) for ``rate_bps``: ~1 ms of traffic plus one packet of ``mtu``."""
+    return rate_bps // 8000 + mtu + 86
+
+
 def _quanta(shares: dict[int, int], mtu: int) -> dict[int, int]:
     low = min(shares.values())
     raw = {n: mtu * s / low for n, s in shares.items()}
     top = max(raw.values())
-    factor = min(1.0, MAX_QUANTUM / top)
+    factor = min(1.0, max_quantum(mtu) / top)
     return {n: max(mtu, round(q * factor)) for n, q in raw.items()}
 
 
@@ -159,7 +175,8 @@ def htb_tree(
 ) -> HtbPlan:
     """Build the class tree for a link of *link_rate_bps* shared by *guests*.
 
-    *default_rate_bps* is a guarantee for the default class (the host's own traffic); without it
+    *mtu* is the largest packet the classes see, in bytes at layer 2 (the link's MTU plus the
+    Ethernet header, or the GSO size).  *default_rate_bps* is a guarantee for the default class (the host's own traffic); without it
     that class gets :data:`MIN_RATE_BPS` and borrows like a guest of share 100.  Guest classes are
     ordered by index.  Raises :class:`UsageError` for bad input and :class:`AdmissionError` when
     the guarantees exceed the link.
@@ -230,4 +247,5 @@ def htb_tree(
             )
             for r in reqs
         ),
+        mtu=mtu,
     )
