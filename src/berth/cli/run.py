@@ -32,6 +32,8 @@ when it ends.  Exit status: the command's (128+N if killed by signal N); 125 ber
   --cap-add CAP           add a capability (or ALL); --cap-drop CAP removes one (or ALL)
   --security-opt OPT      seccomp=unconfined | seccomp=PROFILE.json | no-new-privileges[=false]
   --read-only             mount the guest's root filesystem read-only
+  --tmpfs PATH[:OPTS]     mount a fresh tmpfs at PATH (repeatable); OPTS: a size (64m) or docker's
+                          size=64m,mode=1777,noexec,... (default: nosuid,nodev,mode=1777, half of RAM)
   --net MODE              none (default: loopback only), host (the host's network stack), bridge (own
                           stack on a host bridge: veth, an address, NAT) or ip:ADDR[,ADDR] (the host's
                           stack, but binding and connecting only from these addresses: cgroup BPF)
@@ -69,7 +71,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
         "user": None, "interactive": False, "tty": False, "init": None, "cap_add": [], "cap_drop": [],
         "security_opt": [], "read_only": False, "net": "none", "privileged": False, "resources": [],
         "ip": None, "publish": [], "net_isolate": False, "net_rate": None, "net_ceil": None, "net_share": None,
-        "bridge": None, "subnet": None, "userns": "host", "lxcfs": False,
+        "bridge": None, "subnet": None, "userns": "host", "lxcfs": False, "tmpfs": [],
     }  # fmt: skip
     valued = {
         "--rootfs": "rootfs", "--template": "template", "--name": "name", "--hostname": "hostname",
@@ -77,6 +79,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
         "--cap-add": "cap_add", "--cap-drop": "cap_drop", "--security-opt": "security_opt", "--net": "net",
         "--network": "net", "--ip": "ip", "-p": "publish", "--publish": "publish", "--net-rate": "net_rate",
         "--net-ceil": "net_ceil", "--net-share": "net_share", "--bridge": "bridge", "--subnet": "subnet",
+        "--tmpfs": "tmpfs",
     }  # fmt: skip
     flags = {"-i": "interactive", "--interactive": "interactive", "-t": "tty", "--tty": "tty",
              "--read-only": "read_only", "--privileged": "privileged", "--net-isolate": "net_isolate"}  # fmt: skip
@@ -126,7 +129,41 @@ def parse(argv: list[str]) -> dict[str, Any]:
     if not o["args"]:
         raise UsageError("COMMAND", "missing: berth run [OPTIONS] -- COMMAND [ARG...]")
     o["net_options"] = _net_options(o)
+    o["tmpfs"] = [tmpfs_mount(t) for t in o["tmpfs"]]
     return o
+
+
+_TMPFS_FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "relatime",
+                "strictatime", "nodiratime", "sync", "async"}  # fmt: skip
+_TMPFS_DATA = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol", "inode64", "noswap"}
+
+
+def tmpfs_mount(text: str, field: str = "tmpfs") -> dict[str, Any]:
+    """The OCI mount for ``--tmpfs PATH[:OPTS]``: OPTS is a size (``64m``) or docker's
+    comma-separated options (``size=64m,mode=755,noexec``); default ``nosuid,nodev,mode=1777``."""
+    from berth.policy.units import parse_size
+
+    path, _, opts = text.partition(":")
+    if not path.startswith("/") or os.path.normpath(path) == "/":
+        raise UsageError(field, f"{text!r}: PATH must be an absolute path other than /")
+    options = ["nosuid", "nodev", "mode=1777"]
+    words = [w for w in opts.split(",") if w] if opts else []
+    if len(words) == 1 and "=" not in words[0] and words[0] not in _TMPFS_FLAGS:
+        words = [f"size={words[0]}"]
+    for word in words:
+        key, eq, val = word.partition("=")
+        if (eq and key not in _TMPFS_DATA) or (not eq and key not in _TMPFS_FLAGS):
+            raise UsageError(field, f"{text!r}: unknown tmpfs option {word!r}")
+        if key == "size":
+            if not val.endswith("%"):
+                val = str(parse_size(field, val))
+            elif not val[:-1].isdigit():
+                raise UsageError(field, f"{text!r}: size {val!r} is not a size or a percentage")
+        elif key == "mode" and not (val and all(c in "01234567" for c in val)):
+            raise UsageError(field, f"{text!r}: mode {val!r} is not octal")
+        options = [o for o in options if o.partition("=")[0] != key]
+        options.append(f"{key}={val}" if eq else key)
+    return {"destination": os.path.normpath(path), "type": "tmpfs", "source": "tmpfs", "options": options}
 
 
 def _net_options(o: dict[str, Any]) -> Any:
@@ -245,6 +282,12 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
     )
     if o["workdir"] and not o["workdir"].startswith("/"):
         raise UsageError("workdir", f"{o['workdir']!r} must be an absolute path")
+    for m in o.get("tmpfs") or ():
+        if o["read_only"] and not os.path.isdir(_in_root(rootfs, m["destination"])):
+            # The mount point would have to be made in the root filesystem the guest asked to keep
+            # read-only (for --rootfs /: the host's).
+            raise UsageError("tmpfs", f"{m['destination']}: no such directory in the read-only root")
+        spec["mounts"] = [x for x in spec["mounts"] if x["destination"] != m["destination"]] + [m]
     if o["net"] == "host" or o["net"].startswith("ip:"):
         spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
     if o["resources"]:
@@ -254,6 +297,16 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
     if not o["privileged"] and runs_systemd(rootfs, o["args"][0]):
         systemd_mode(spec)
     return spec, rootfs, overlay
+
+
+def _in_root(rootfs: str, path: str) -> str:
+    """``path`` inside ``rootfs``, symlinks resolved within it."""
+    from berth.linux.path import secure_join
+
+    try:
+        return secure_join(rootfs, path)
+    except OSError:
+        return os.path.join(rootfs, path.lstrip("/"))
 
 
 def runs_systemd(rootfs: str, arg0: str) -> bool:

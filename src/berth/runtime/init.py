@@ -242,8 +242,9 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         terminal = bool(proc.get("terminal"))
 
         # Root filesystem.
-        mounts.bind_root(opts.rootfs, linux.get("rootfsPropagation"))
-        rootfs = opts.rootfs
+        rootfs = mounts.bind_root(
+            opts.rootfs, linux.get("rootfsPropagation"), os.path.join(opts.state_dir, "hostroot")
+        )
         if opts.overlay:
             ov = opts.overlay
             lower = ov["lower"]

@@ -87,8 +87,11 @@ def _cgroup_mounts() -> list[tuple[str, str, str]]:
         for line in f:
             pre, _, post = line.partition(" - ")
             fstype, _src, opts = post.split()[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                out.append((fstype, pre.split()[4], opts))
+            point = pre.split()[4]
+            # A guest whose rootfs is the host's / (``--rootfs /``) sees each hierarchy twice: once
+            # in the host's tree, once in the bind of it.  One entry per mount point.
+            if fstype in ("cgroup", "cgroup2") and all(m != point for _t, m, _o in out):
+                out.append((fstype, point, opts))
     return out
 
 
@@ -311,11 +314,22 @@ def prepare_root(spec: dict[str, Any], rootfs: str, *, userns: bool, console_sla
             target.close()
 
 
-def bind_root(path: str, propagation: str | None) -> None:
-    """Make the host's tree private (or as the spec asks) and turn ``path`` into a mount point."""
+def bind_root(path: str, propagation: str | None, host_root_at: str | None = None) -> str:
+    """Make the host's tree private (or as the spec asks) and turn ``path`` into a mount point;
+    returns the path of the guest's root from now on.
+
+    ``path`` may be the host's / itself (``berth run --rootfs /``): a bind stacked on / can neither
+    be pivoted into nor reached by a path walk (walks start below it), so it is bound at
+    ``host_root_at`` (a directory created in the guest's state dir) instead.
+    """
     prop = PROPAGATION_OPTIONS.get(propagation or "rprivate", MS.PRIVATE | MS.REC)
     mount(None, "/", None, MS.REC | (prop & ~MS.REC if prop & ~MS.REC else MS.PRIVATE))
+    if host_root_at is not None and os.path.realpath(path) == "/":
+        os.makedirs(host_root_at, 0o755, exist_ok=True)
+        mount(path, host_root_at, None, MS.BIND | MS.REC)
+        return host_root_at
     mount(path, path, None, MS.BIND | MS.REC)
+    return path
 
 
 def mount_overlay(lower: list[str], upper: str, work: str, target: str, *, userxattr: bool = False) -> None:
