@@ -130,12 +130,13 @@ class Host:
         self.run = base / f"run-{tag}"
         self.parent = f"{PREFIX}/{tag}"
         self.netns, self.addr = netns, addr
+        self.launcher = BERTH
         self.env = {**os.environ, "BERTH_ROOT": str(self.store), "BERTH_RUN": str(self.run),
                     "BERTH_CGROUP_PARENT": self.parent}  # fmt: skip
 
     def berth(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         p = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{self.netns}", BERTH, *args],
+            ["nsenter", f"--net=/run/netns/{self.netns}", self.launcher, *args],
             env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
         if check and p.returncode != 0:
@@ -176,7 +177,11 @@ def one(a: Host, b: Host, binary: Path, load: int, live: bool) -> dict[str, floa
     name = f"{PREFIX}g{load}{'l' if live else 's'}"
     work = "/bench idle" if load == 0 else f"/bench dirty {load}"
     cmd = f"/bench server {PORT} & sleep 0.1; /bench client {PORT} /gaps /beat & {work} & wait"
-    a.berth("create", name, "--no-init", "--", "sh", "-c", cmd)
+    # Host ids, no lxcfs, no network link: what berth's CRIU path dumps and restores (see
+    # tests/integration/test_checkpoint.py: start_guest).
+    a.berth(
+        "create", name, "--net", "none", "--userns", "host", "--no-lxcfs", "--no-init", "--", "sh", "-c", cmd
+    )
     up = a.upper(name)
     up.mkdir(parents=True, exist_ok=True)
     shutil.copy2(binary, up / "bench")
@@ -185,14 +190,16 @@ def one(a: Host, b: Host, binary: Path, load: int, live: bool) -> dict[str, floa
         wait(lambda: a.beat(name) >= 1000, 30, "the guest's client")  # a second of pings
         time.sleep(1.5 if load else 0.5)  # the dirtier has touched its whole set
         recv = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{b.netns}", BERTH, "receive", "--listen", f"{b.addr}:{PORT}"],
+            ["nsenter", f"--net=/run/netns/{b.netns}", b.launcher, "receive", "--listen", f"{b.addr}:{PORT}"],
             env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert recv.stdout is not None
         if "listening" not in recv.stdout.readline():
             raise RuntimeError(f"berth receive: {recv.communicate()[1].strip()}")
         t0 = time.time()
-        out = a.berth("migrate", name, "--to", f"{b.addr}:{PORT}", "--live" if live else "--stop-and-copy")
+        out = a.berth(
+            "migrate", name, "--to", f"{b.addr}:{PORT}", "--live" if live else "--stop-and-copy", "--timings"
+        )
         t1 = time.time()
         recv.wait(60)
         before = b.beat(name)
@@ -206,11 +213,13 @@ def one(a: Host, b: Host, binary: Path, load: int, live: bool) -> dict[str, floa
                 gaps.append(gap)
         m = re.search(r"downtime (\d+) ms, total (\d+) ms, ([\d.]+) MiB", out.stdout)
         assert m, out.stdout
+        phases = json.loads(out.stdout.strip().splitlines()[-1])
         return {
             "downtime": max(gaps, default=0.0),
             "berth_downtime": int(m[1]) / 1000,
             "total": int(m[2]) / 1000,
             "mib": float(m[3]),
+            **{f"phase_{k}": v for k, v in phases.items() if k not in ("downtime", "total", "bytes")},
         }
     finally:
         a.berth("destroy", "--force", name, check=False)
@@ -218,11 +227,29 @@ def one(a: Host, b: Host, binary: Path, load: int, live: bool) -> dict[str, floa
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="idle and 64 MiB only (no 512 MiB)")
+    ap.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per case (default 3)")
+    ap.add_argument("--loads", metavar="MIB,...", help="dirtied MiB per case, 0 = idle (default 0,64,512)")
+    ap.add_argument("--mode", choices=("live", "stop-and-copy", "both"), default="both")
+    ap.add_argument(
+        "--compare",
+        metavar="LAUNCHER",
+        help="another berth launcher (an older tree): each run of a case alternates between it "
+        "and this tree's, and the table has a row for each",
+    )
+    args = ap.parse_args()
+    loads = [0, 64] if args.quick else [0, 64, 512]
+    if args.loads:
+        loads = [int(x) for x in args.loads.split(",")]
+    repeat = args.repeat
     if os.geteuid() != 0:
         print("bench/migration.py: run as root", file=sys.stderr)
         return 1
-    loads = [0, 64] if "--quick" in sys.argv else [0, 64, 512]
-    repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 3
+    modes = {"live": (True,), "stop-and-copy": (False,), "both": (True, False)}[args.mode]
+    trees = {"this": BERTH, **({"other": args.compare} if args.compare else {})}
     sys.path.insert(0, str(REPO / "src"))
     from berth.rootfs import template
     from berth.runtime import checkpoint as ck
@@ -266,32 +293,41 @@ def main() -> int:
         hosts += [a, b]
         rows = []
         for load in loads:
-            for live in (True, False):
-                runs = []
+            for live in modes:
+                runs: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
                 for _ in range(repeat):
-                    r = one(a, b, binary, load, live)
-                    runs.append(r)
-                    print(json.dumps({"load_mib": load, "live": live, **r}), file=sys.stderr)
+                    for tag, launcher in trees.items():
+                        a.launcher = b.launcher = launcher
+                        r = one(a, b, binary, load, live)
+                        runs[tag].append(r)
+                        print(json.dumps({"tree": tag, "load_mib": load, "live": live, **r}), file=sys.stderr)
+                a.launcher = b.launcher = BERTH
                 label = "idle" if load == 0 else f"{load} MiB"
-                med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
-                med["lo"] = min(x["downtime"] for x in runs)
-                med["hi"] = max(x["downtime"] for x in runs)
-                rows.append((label, "live" if live else "stop-and-copy", med))
+                for tag, rs in runs.items():
+                    med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+                    med["lo"] = min(x["downtime"] for x in rs)
+                    med["hi"] = max(x["downtime"] for x in rs)
+                    mode = "live" if live else "stop-and-copy"
+                    rows.append((label, mode if tag == "this" else f"{mode} ({tag})", med))
         why = ck.can_pre_dump(criu_path)
-        print(f"{'guest (dirtying/s)':<20}{'mode':<15}{'downtime':>10}{'(range)':>15}{'berth says':>12}"
+        print(f"{'guest (dirtying/s)':<20}{'mode':<23}{'downtime':>10}{'(range)':>15}{'berth says':>12}"
               f"{'total':>9}{'sent':>10}{'target':>10}{'':>6}")  # fmt: skip
         for label, mode, r in rows:
             target = TARGETS.get(label)
             verdict = "" if target is None else ("ok" if r["downtime"] <= target else "MISS")
             spread = f"({r['lo'] * 1000:.0f}-{r['hi'] * 1000:.0f})"
             print(
-                f"{label:<20}{mode:<15}{r['downtime'] * 1000:>8.0f}ms"
+                f"{label:<20}{mode:<23}{r['downtime'] * 1000:>8.0f}ms"
                 f"{spread:>15}"
                 f"{r['berth_downtime'] * 1000:>10.0f}ms"
                 f"{r['total']:>8.2f}s{r['mib']:>7.1f}MiB"
                 f"{'' if target is None else f'≤{target * 1000:.0f}ms':>10}{verdict:>6}"
             )
         print(f"median of {repeat} runs each.")
+        print("phases (median, ms after the freeze; dest_*: the destination's, after the final frame began):")
+        for label, mode, r in rows:
+            ph = " ".join(f"{k[6:]}={r[k] * 1000:.0f}" for k in r if k.startswith("phase_"))
+            print(f"  {label:<10}{mode:<23}{ph}")
         print(
             "downtime: the in-guest client's largest gap between replies (every 1 ms) during the migration;"
             " 'berth says': freeze to the destination's report; total: berth migrate's wall time."

@@ -4,6 +4,7 @@ cgroup parents, two network namespaces joined by a veth (the stream goes over it
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +116,64 @@ def test_receiver_killed_guest_stays_on_source(hosts: tuple[Host, Host], unique:
     time.sleep(0.2)
     b_has_nothing(b, name)
     a("destroy", "--force", name)
+
+
+# A bridged guest: an echo server on its bridge address and a client inside it connected to that
+# address (not loopback), so the connection needs the address in place when it is restored.
+BRIDGED = (
+    "i=0; (while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done) & "
+    "nc -ll -p 7300 -e cat & sleep 0.3; ip=$(ip -4 -o addr show eth0 | sed 's/.*inet \\([0-9.]*\\).*/\\1/'); "
+    "(while true; do echo ping $(cat /count); sleep 0.2; done) | nc $ip 7300 > /replies & wait"
+)
+
+
+def test_bridged_guest_keeps_its_address(hosts: tuple[Host, Host], unique: str) -> None:
+    """Each "host" has its own bridge (same name and subnet) in its own network namespace; the
+    guest answers on the same address on B, and its own connection to that address survives."""
+    import json
+
+    a, b = hosts
+    for h in (a, b):
+        h.env.update(
+            BERTH_NET_PREFIX=unique[:6],
+            BERTH_BRIDGE=f"{unique[:8]}br",
+            BERTH_NFT_TABLE=f"{unique}nft",
+            BERTH_SUBNET="10.213.77.0/24",
+        )
+    name = f"{unique}-br"
+
+    def on(h: Host, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run(
+            in_ns(ns, h, *args), env=h.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert not check or p.returncode == 0, f"{args} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+        return p
+
+    ns_a, ns_b = a.netns, b.netns  # type: ignore[attr-defined]
+    try:
+        on(a, ns_a, "create", name, "--net", "bridge", "--userns", "host", "--no-lxcfs", "--no-init",
+           "--", "sh", "-c", BRIDGED)  # fmt: skip
+        on(a, ns_a, "start", name)
+        with open(a.store / "net" / f"{unique[:8]}br.json") as f:
+            ip = json.load(f)["active"][name]["ip"]
+        wait(lambda: len(a.replies(name)) >= 3, what="the guest's client to get replies on A")
+        r = receiver(b)
+        out = migrate(a, name)
+        rc = r.wait(60)
+        err = r.stderr.read() if r.stderr else ""
+        assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
+        n = len(b.replies(name))
+        wait(lambda: len(b.replies(name)) > n + 3, what="the guest's own connection to answer on B")
+        with open(b.store / "net" / f"{unique[:8]}br.json") as f:
+            assert json.load(f)["active"][name]["ip"] == ip
+        probe = (
+            f"import socket; s = socket.create_connection(({ip!r}, 7300), timeout=5); "
+            "s.sendall(b'hi\\n'); print(s.recv(16).decode().strip())"
+        )
+        p = subprocess.run(["ip", "netns", "exec", ns_b, sys.executable, "-c", probe],
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        assert p.stdout.strip() == "hi", p
+        assert not (a.store / "guests" / name).exists()
+    finally:
+        on(b, ns_b, "destroy", "--force", name, check=False)
+        on(a, ns_a, "destroy", "--force", name, check=False)

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
         help="the shared token 'berth receive --token-file' was given (authenticates this host with "
         "an HMAC-SHA256 of the stream's nonce)",
     )
+    p.add_argument("--timings", action="store_true", help="print the time of each phase (JSON)")
     args = p.parse_args(argv)
     token = migrate.read_token(args.token_file) if args.token_file else None
     t = migrate.migrate(store(), args.name, args.to, live=args.live, timeout=args.timeout, token=token)
@@ -29,4 +30,8 @@ def main(argv: list[str]) -> int:
         f"{args.name}: migrated to {args.to}: downtime {t['downtime'] * 1000:.0f} ms, "
         f"total {t['total'] * 1000:.0f} ms, {t['bytes'] / 1048576:.1f} MiB"
     )
+    if args.timings:
+        import json
+
+        print(json.dumps({k: round(v, 4) for k, v in t.items()}))
     return 0

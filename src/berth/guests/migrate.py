@@ -10,16 +10,27 @@ re-reads the record and follows the new init with a pidfd).
     NONCE  32 random bytes                      receiver -> sender, first (not hashed)
     HELLO  {"name", "config" (TOML text), "spec" (spec.json text), "live", "auth"}   sender -> receiver
     VERDICT {"ok"} or {"ok": false, "error"}   the receiver validated before creating anything
-    [PRECOPY tar of the upper layer]           live: copied while the guest still runs
-    FINAL  tar of the CRIU images + the upper layer, then the stream's SHA-256
-    RESULT {"ok": true} once the guest runs on the destination, or {"ok": false, "error"}
+    [PRECOPY {"precopy": "upper"}, the upper layer as a tree]   live: while the guest still runs
+    FINAL  {"final", "delta"}, a tree of the CRIU images (their page files sent while CRIU writes
+           them), {"remove": what went from the upper layer}, a tree of the upper layer (live:
+           only what changed since the pre-copy), then the digest
+    RESULT {"ok": true, "times"} once the guest runs on the destination, or {"ok": false, "error"}
     COMMIT {"ok": true}                         the source destroyed its copy
 
 Frames are an 8-byte big-endian length and a body; every body (but the digest) goes into one
-SHA-256 checked by the receiver before it restores.  The receiver works in a hidden staging
-directory of its store and moves it in place only when the restore succeeded; any failure or a
-broken connection removes it.  The source keeps the images until the RESULT: if anything fails
-before, it restores the guest from them in place (same processes, connections, counters).
+SHA-256 checked by the receiver before it restores.  Trees go entry by entry
+(:mod:`berth.guests.transfer`), written as they arrive.  The receiver works in a hidden staging
+directory of its store (the CRIU images in a private tmpfs directory) and moves it in place only
+when the restore succeeded; any failure or a broken connection removes it.  The source keeps the
+images until the RESULT: if anything fails before, it restores the guest from them in place
+(same processes, connections, counters).
+
+**Downtime** is freeze to RESULT: the CRIU dump (into /dev/shm), the images and the upper
+layer's delta over the stream, the CRIU restore (from a tmpfs).  What need not be in it is kept
+out: the guest's network namespace is not dumped (berth makes a fresh one on the destination,
+with the guest's bridge address when it has one: CRIU puts the processes into it, their sockets
+find their address), CRIU runs with berth's kerndat cache, the source's cleanup runs while the
+destination restores, guestd hears of the guest after the RESULT.
 
 **Authentication** (optional): with a shared token on both sides (``--token-file``), HELLO's
 ``auth`` is HMAC-SHA256(token, NONCE) and the final digest is HMAC-SHA256(token, NONCE + the
@@ -27,39 +38,36 @@ stream's SHA-256): the receiver refuses a sender without the token before it loo
 else, and a stream altered on the way.  Without a token the receiver accepts any connection: its
 port must be reachable only from the trusted source host.
 
-Pre-copy: CRIU's iterative ``pre-dump --track-mem`` needs soft-dirty page tracking; where the
-kernel has it, live migration runs pre-dump rounds (until the dirty set is small or stops
-shrinking) and ships each round ahead.  Where it does not, as on this project's test machine
-(no ``CONFIG_MEM_SOFT_DIRTY``), live migration pre-copies the upper layer only and the memory goes
-in the final, frozen transfer.
+Memory pre-copy: not done.  CRIU's iterative ``pre-dump --track-mem`` needs soft-dirty page
+tracking (``CONFIG_MEM_SOFT_DIRTY``), which this project's test machine lacks, so live migration
+pre-copies the upper layer only and the memory goes in the final, frozen transfer (the PRECOPY
+header says so: ``"memory": false`` and why).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
 import shutil
 import socket
 import struct
-import tarfile
 import tempfile
+import threading
 import time
 
 from berth.errors import BerthError, ExistsError, NotFoundError, StateError, UsageError
-from berth.guests import client, config, instance
+from berth.guests import client, config, instance, transfer
 from berth.guests.store import Store, check_name, fault
+from berth.guests.transfer import Stream
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-MAGIC = b"BERTHMIG1\n"
+MAGIC = b"BERTHMIG2\n"
 NONCE_BYTES = 32
-CHUNK = 1 << 20
-MAX_FRAME = 1 << 40
 
 
 # -- checkpoint / restore ----------------------------------------------------------------------
@@ -91,11 +99,20 @@ def checkpoint(
     with store.lock(name):
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
+        _check_net(name, spec)
         resources = (spec["spec"].get("linux") or {}).get("resources")
         if not leave_running:
             store.update_run(name, pid=0, status="checkpointing")  # guestd's exit worker: not ours
         try:
-            meta = ck.dump(c, images, leave_running=leave_running, resources=resources, criu=criu)
+            meta = ck.dump(
+                c,
+                images,
+                leave_running=leave_running,
+                resources=resources,
+                criu=criu,
+                external_netns=True,
+                extra={"net": _address(store, name, spec)},
+            )
         except BaseException:
             if not leave_running:
                 store.write_run(name, rec)
@@ -137,17 +154,50 @@ def _restore_locked(store: Store, name: str, images: str, *, criu: str | None = 
             return str(f["path"])
         raise StateError(f"guest {name!r}: its checkpoint holds the host file {f['path']} open")
 
-    c = ck.restore(
-        store.state_root,
-        name,
-        images,
-        cgroup_path=f"{store.cgroup_parent}/{name}",
-        overlay=overlay,
-        resources=(spec["spec"].get("linux") or {}).get("resources"),
-        reopen=reopen,
-        bundle=store.dir(name),
-        criu=criu,
-    )
+    net_opts = config.net_from_dict(spec.get("net"))
+    meta = ck.read_meta(images)
+    bridged = net_opts is not None and net_opts.mode == "bridge" and bool(meta.get("netns_external"))
+    holder = None
+    netns_fd = None
+    plugged = False
+    try:
+        if bridged:
+            # Its network first, with the address it had (same subnet here), in a namespace
+            # CRIU then puts the processes into: their sockets find their address in place.
+            from dataclasses import replace
+
+            had = meta.get("net") or {}
+            net_opts = replace(net_opts, ip=had.get("ip") or net_opts.ip, ip6=had.get("ip6") or net_opts.ip6)
+            holder = ck.NetnsHolder()
+            plugged = True
+            instance.net().setup(_Plug(name, holder.pid), net_opts, store.root)
+            netns_fd = holder.fd()
+        c = ck.restore(
+            store.state_root,
+            name,
+            images,
+            cgroup_path=f"{store.cgroup_parent}/{name}",
+            overlay=overlay,
+            resources=(spec["spec"].get("linux") or {}).get("resources"),
+            reopen=reopen,
+            bundle=store.dir(name),
+            criu=criu,
+            netns_fd=netns_fd,
+        )
+        if bridged:
+            _adopt_lease(store, name, net_opts, c.pid)
+    except BaseException:
+        if plugged and net_opts is not None:
+            try:
+                instance.net().teardown(name, net_opts, store.root)
+            except (BerthError, OSError):
+                pass
+        raise
+    finally:
+        if netns_fd is not None:
+            os.close(netns_fd)
+        if holder is not None:
+            holder.close()
     rec = store.read_run(name)
     rec.update(
         status="running",
@@ -160,10 +210,59 @@ def _restore_locked(store: Store, name: str, images: str, *, criu: str | None = 
         cgroup_parent=store.cgroup_parent,
         loop="",
         restored_from=images,
+        net=config.net_to_dict(net_opts),
     )
     rec.pop("checkpoint", None)
     store.write_run(name, rec)
     return c.pid
+
+
+def _check_net(name: str, spec: dict[str, Any]) -> None:
+    """Refuse, before anything is dumped, a network mode restore cannot bring back."""
+    opts = config.net_from_dict(spec.get("net"))
+    if opts is not None and opts.mode == "ip":
+        raise StateError(
+            f"guest {name!r}: checkpoint and migration of a guest in ip: network mode are not "
+            "supported yet (its address filter is not re-attached on restore)"
+        )
+
+
+class _Plug:
+    """What berth.net's setup needs of a container: its id, and a pid in its network namespace
+    (the holder's, until the restored init takes over: :func:`_adopt_lease`)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.id, self.pid = name, pid
+
+    def cgroup(self) -> None:
+        return None
+
+
+def _address(store: Store, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The running guest's bridge address ({"ip", "ip6"}), kept with its checkpoint."""
+    opts = config.net_from_dict(spec.get("net"))
+    if opts is None or opts.mode != "bridge":
+        return {}
+    try:
+        with open(os.path.join(store.root, "net", f"{opts.bridge}.json"), encoding="utf-8") as f:
+            rec = json.load(f).get("active", {}).get(name) or {}
+    except (OSError, ValueError):
+        return {}
+    return {"ip": rec.get("ip"), "ip6": rec.get("ip6")}
+
+
+def _adopt_lease(store: Store, name: str, opts: Any, pid: int) -> None:
+    """The guest's network record follows the restored init (gc tells a live guest by it)."""
+    instance.net()
+    from berth.net import addr as ipam
+
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        starttime = f.read().rsplit(")", 1)[1].split()[19]
+    with ipam.Leases(store.root, opts.bridge).locked() as db:
+        rec = db.active.get(name)
+        if rec is not None:
+            rec.update(pid=pid, starttime=starttime)
+            db.save()
 
 
 def _tell_guestd(store: Store, name: str) -> None:
@@ -176,74 +275,19 @@ def _tell_guestd(store: Store, name: str) -> None:
         pass  # guestd adopts every running guest when it starts
 
 
-# -- the stream --------------------------------------------------------------------------------
-class Stream:
-    """Length-prefixed frames over a socket, hashed as they go."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sha = hashlib.sha256()
-        self.sent = 0
-
-    def send(self, body: bytes, *, hashed: bool = True) -> None:
-        self.sock.sendall(struct.pack(">Q", len(body)) + body)
-        self.sent += len(body) + 8
-        if hashed:
-            self.sha.update(body)
-
-    def send_json(self, obj: dict[str, Any]) -> None:
-        self.send(json.dumps(obj).encode())
-
-    def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(min(CHUNK, n - len(buf)))
-            if not chunk:
-                raise ConnectionError("the migration stream broke")
-            buf += chunk
-        return bytes(buf)
-
-    def recv(self, *, hashed: bool = True) -> bytes:
-        (n,) = struct.unpack(">Q", self._exact(8))
-        if n > MAX_FRAME:
-            raise ConnectionError("the migration stream is corrupt (frame too large)")
-        body = self._exact(n)
-        if hashed:
-            self.sha.update(body)
-        return body
-
-    def recv_json(self) -> dict[str, Any]:
-        return json.loads(self.recv())  # type: ignore[no-any-return]
-
-
-def _tar(paths: dict[str, str]) -> bytes:
-    """A tar (in memory) of directories, each under its archive name."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for arc, path in paths.items():
-            t.add(path, arcname=arc)
-    return buf.getvalue()
-
-
-def _untar(data: bytes, dest: str) -> None:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as t:
-        members = t.getmembers()
-        symlinks: set[str] = set()
-        for m in members:
-            parts = m.name.rstrip("/").split("/")
-            if m.name.startswith("/") or ".." in parts or parts[0] not in ("images", "upper"):
-                raise BerthError(f"the migration stream holds a bad path: {m.name!r}")
-            if m.islnk() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")):
-                raise BerthError(f"the migration stream holds a bad link: {m.linkname!r}")
-            # A member under a symlink the stream made earlier would be written wherever the
-            # link points (the host's /etc, say): refuse it.  dest starts empty.
-            if any("/".join(parts[:i]) in symlinks for i in range(1, len(parts))):
-                raise BerthError(f"the migration stream writes through a symlink: {m.name!r}")
-            if m.issym():
-                symlinks.add("/".join(parts))
-        # Owners, modes and devices (overlay whiteouts) must be kept, so no tarfile filter; the
-        # checks above keep every member inside dest.
-        t.extractall(dest, members=members)  # noqa: S202
+# -- the stream (berth.guests.transfer) ----------------------------------------------------------
+def _scratch(store: Store, prefix: str) -> str:
+    """A private directory for CRIU images: in /dev/shm when it is a tmpfs (memory: the images
+    are written and read back during the downtime), else in the store."""
+    try:
+        with open("/proc/self/mounts") as f:
+            shm = any(ln.split()[1:3] == ["/dev/shm", "tmpfs"] for ln in f)
+    except OSError:
+        shm = False
+    if shm and os.access("/dev/shm", os.W_OK):
+        return tempfile.mkdtemp(prefix=prefix, dir="/dev/shm")
+    os.makedirs(store.guests, 0o711, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=store.guests)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -301,10 +345,11 @@ def migrate(
         cfg_text = f.read()
     with open(os.path.join(store.dir(name), "spec.json")) as f:
         spec_text = f.read()
+    _check_net(name, json.loads(spec_text))
     sock = socket.create_connection(parse_addr(to), timeout=timeout)
     sock.settimeout(timeout)
     s = Stream(sock)
-    images = tempfile.mkdtemp(prefix=f".migrate-{name}-", dir=store.guests)
+    images = _scratch(store, f".migrate-{name}-")
     dumped = False
     try:
         if struct.unpack(">Q", s._exact(8))[0] != NONCE_BYTES:
@@ -317,34 +362,65 @@ def migrate(
         if not verdict.get("ok"):
             raise BerthError(f"migrate {name}: the destination refused: {verdict.get('error')}")
         upper, _work = store.layer(name, False)
+        before = None
         if live:
             why = ck.can_pre_dump(criu)
             s.send_json({"precopy": "upper", "memory": why is None, "why": why})
-            s.send(_tar({"upper": upper}))
+            before = transfer.manifest(upper)  # before the copy: what changes during it goes again
+            transfer.send_tree(s, {"upper": upper})
             times["precopy"] = time.monotonic() - t0
-        s.send_json({"final": True})
         t_freeze = time.monotonic()
         with store.lock(name):
             c, rec = _running_container(store, name)
             spec = json.loads(spec_text)
             resources = (spec["spec"].get("linux") or {}).get("resources")
+            # The page files go while CRIU writes them: the dump and the transfer overlap.
+            s.send_json({"final": True, "delta": before is not None})
+            tail = transfer.Tail(s, images, "images")
             store.update_run(name, pid=0, status="migrating")
+            pump = threading.Thread(target=tail.run, daemon=True)
+            pump.start()
             try:
-                ck.dump(c, images, resources=resources, criu=criu)
+                ck.dump(
+                    c,
+                    images,
+                    resources=resources,
+                    criu=criu,
+                    external_netns=True,
+                    extra={"net": _address(store, name, spec)},
+                )
             except BaseException:
+                tail.stop()
+                pump.join()
                 store.write_run(name, rec)
                 raise
+            finally:
+                tail.stop()
             dumped = True
-            ck.forget(c)
-            store.update_run(name, status="migrating", desired="stopped")
-            instance.cleanup(store, name, store.read_run(name))
-        times["dump"] = time.monotonic() - t_freeze
-        s.send(_tar({"images": images, "upper": upper}))
-        s.send(_final_digest(s, token, nonce).encode(), hashed=False)
+            times["dump"] = time.monotonic() - t_freeze
+            # The guest is gone: its upper layer no longer changes.  Its cgroup, network and
+            # state go once the images are on their way (not part of the downtime).
+            try:
+                pump.join()
+                if tail.error is not None:
+                    raise tail.error
+                tail.pump()
+                transfer.send_tree(s, {"images": images}, skip=tail.sent)
+                only, remove = transfer.delta(upper, before) if before is not None else (None, [])
+                s.send_json({"remove": remove})
+                transfer.send_tree(s, {"upper": upper}, only=only)
+                s.send(_final_digest(s, token, nonce).encode(), hashed=False)
+                times["sent"] = time.monotonic() - t_freeze
+            finally:
+                ck.forget(c)
+                store.update_run(name, status="migrating", desired="stopped")
+                instance.cleanup(store, name, store.read_run(name))
         result = s.recv_json()
         if not result.get("ok"):
             raise BerthError(f"migrate {name}: the destination failed: {result.get('error')}")
         times["downtime"] = time.monotonic() - t_freeze
+        for k, v in (result.get("times") or {}).items():
+            times[f"dest_{k}"] = float(v)
         # The guest runs on the destination: only now is it removed here.
         from berth.guests import lifecycle
 
@@ -492,51 +568,62 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     os.makedirs(store.guests, 0o711, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=store.guests)
     _tell(progress, "staging", staging)
+    scratch = _scratch(store, f".incoming-{name}-")
+    _tell(progress, "staging", scratch)
     placed = False
     try:
         s.send_json({"ok": True})
+        _preload()
         while True:
             head = s.recv_json()
             if head.get("final"):
                 break
             fault("receive:precopy")
-            data = s.recv()
             shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
-            _untar(data, staging)
+            transfer.recv_tree(s, {"upper": staging})
         fault("receive:transfer")
-        data = s.recv()
+        t_final = time.monotonic()
+        phases: dict[str, float] = {}
+        transfer.recv_tree(s, {"images": scratch})
+        remove = s.recv_json().get("remove") or []
+        if head.get("delta") and os.path.isdir(os.path.join(staging, "upper")):
+            transfer.remove_paths(os.path.join(staging, "upper"), remove)
+        else:
+            shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
+        transfer.recv_tree(s, {"upper": staging})
+        phases["received"] = time.monotonic() - t_final
         digest = _final_digest(s, token, nonce)
         if not hmac.compare_digest(s.recv(hashed=False).decode(errors="replace"), digest):
             raise BerthError(f"migration of {name}: checksum mismatch: the stream was damaged")
-        shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
-        _untar(data, staging)
         fault("receive:restore")
         with open(os.path.join(staging, "config.toml"), "w") as f:
             f.write(hello["config"])
         with open(os.path.join(staging, "spec.json"), "w") as f:
             f.write(hello["spec"])
         os.mkdir(os.path.join(staging, "work"), 0o700)
-        images = os.path.join(staging, "images")
         with store.lock(name):
             if os.path.lexists(store.dir(name)):
                 raise ExistsError(f"guest {name!r} appeared here during the migration")
             _tell(progress, "placed", name)
             os.rename(staging, store.dir(name))
             placed = True
-            store.write_run(name, {"status": "stopped", "desired": "stopped", "store": store.root})
-            _restore_locked(store, name, os.path.join(store.dir(name), "images"))
-        _tell_guestd(store, name)
+            # "net": what cleanup (here or by the parent, if this worker dies) unplugs.
+            net = json.loads(hello["spec"]).get("net")
+            store.write_run(
+                name, {"status": "stopped", "desired": "stopped", "store": store.root, "net": net}
+            )
+            _restore_locked(store, name, os.path.join(scratch, "images"))
+        phases["restored"] = time.monotonic() - t_final
         _tell(progress, "running", name)
         try:
-            s.send_json({"ok": True})
+            s.send_json({"ok": True, "times": phases})
         except OSError:
             pass  # the source may decide we failed and resume there: see the note in the module
+        _tell_guestd(store, name)
         try:
             s.recv_json()  # COMMIT
         except (OSError, ValueError):
             pass
-        shutil.rmtree(os.path.join(store.dir(name), "images"), ignore_errors=True)
-        del images
         return name
     except BaseException as e:
         if placed:
@@ -550,6 +637,17 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _preload() -> None:
+    """Import what the restore needs now, not while the guest is frozen."""
+    import berth.cgroups
+    import berth.linux.mount
+    import berth.runtime.checkpoint
+    import berth.runtime.container
+    import berth.runtime.init
+    import berth.runtime.mounts  # noqa: F401
 
 
 def _tell(fd: int, kind: str, value: str) -> None:

@@ -70,6 +70,7 @@ def find(store_root: str | None = None) -> str:
             continue
         why = _check(path)
         if why is None:
+            kdat_cache(path)  # made once per boot, now rather than in a restore
             return path
         reasons.append(why)
     hint = "install it with tools/criu-install.sh (make setup-test)"
@@ -95,15 +96,33 @@ class CriuError(UnsupportedError):
 
 
 def run(
-    criu: str, args: Sequence[str], log: str, *, pass_fds: Sequence[int] = (), what: str = "criu"
+    criu: str,
+    args: Sequence[str],
+    log: str,
+    *,
+    pass_fds: Sequence[int] = (),
+    what: str = "criu",
+    kdat: bool = False,
 ) -> None:
-    """Run criu with ``args`` (its log goes to ``log``); :class:`CriuError` with the log's last error."""
+    """Run criu with ``args`` (its log goes to ``log``); :class:`CriuError` with the log's last
+    error.  ``kdat``: in a private mount namespace with berth's kerndat cache (:func:`private_run`)."""
+    cache = kdat_cache(criu) if kdat else None
+
+    def prepare() -> None:
+        from berth.linux.mount import MS, mount
+        from berth.linux.ns import Clone, unshare
+
+        unshare(Clone.NEWNS)
+        mount("none", "/", None, MS.REC | MS.PRIVATE)
+        private_run(cache)
+
     p = subprocess.run(
         [criu, *args, "-o", log, "-v4"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         pass_fds=tuple(pass_fds),
+        preexec_fn=prepare if cache else None,
         check=False,
     )
     if p.returncode != 0:
@@ -120,3 +139,109 @@ def last_error(log: str) -> str:
     # Probes of the kernel (kerndat) log errors that do not matter.
     lines = [ln for ln in lines if "rlimit" not in ln and "tun:" not in ln and "cgroupd" not in ln] or lines
     return lines[0].split(": ", 1)[-1] if lines else ""
+
+
+# -- the kerndat cache --------------------------------------------------------------------------
+# CRIU probes the kernel (kerndat) at every start, some 50 ms here, and caches the result in
+# /run/criu.kdat only when /run is a tmpfs (so that a reboot drops it).  This host's /run is not:
+# berth keeps the cache itself, one file per boot and CRIU build next to CRIU, made once by a
+# ``criu check`` with a tmpfs /run, and shows it to CRIU in a private mount namespace
+# (:func:`private_run`).  Only for a CRIU in a berth tools directory (``.../criu/criu``).
+KDAT = "/run/criu.kdat"
+
+
+def kdat_cache(criu: str) -> str | None:
+    """The saved kerndat cache for this boot and this CRIU (made now if missing); None when it
+    cannot be made (a read-only tools directory, a CRIU that writes none)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        real = os.path.realpath(criu)
+        st = os.stat(real)
+    except OSError:
+        return None
+    # Kept next to a CRIU of berth's tools directory (.../criu/criu), never next to a host's.
+    d = os.path.dirname(real)
+    if os.path.basename(d) != "criu":
+        return None
+    path = os.path.join(d, f".kdat-{boot}-{st.st_mtime_ns:x}-{st.st_size:x}")
+    if os.path.exists(path):
+        return path
+    try:
+        data = _probe_kdat(criu)
+        if not data:
+            return None
+        for old in os.listdir(d):  # other boots' and builds'
+            if old.startswith(".kdat-"):
+                os.unlink(os.path.join(d, old))
+        tmp = f"{path}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        return None
+    return path
+
+
+def _probe_kdat(criu: str) -> bytes:
+    from berth.linux.mount import MS, mount
+    from berth.linux.ns import Clone, unshare
+
+    def prepare() -> None:
+        unshare(Clone.NEWNS)
+        mount("none", "/", None, MS.REC | MS.PRIVATE)
+        mount("tmpfs", "/run", "tmpfs", MS.NOSUID | MS.NODEV, "mode=755,size=1m")
+
+    p = subprocess.run(
+        ["/bin/sh", "-c", '"$0" check >/dev/null 2>&1; cat /run/criu.kdat', criu],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        preexec_fn=prepare,
+        timeout=60,
+        check=False,
+    )
+    return p.stdout
+
+
+def private_run(cache: str | None) -> None:
+    """In a private mount namespace (the caller's, made by a preexec): put a tmpfs on /run with
+    ``cache`` as /run/criu.kdat and what was in /run bound back into it."""
+    if not cache:
+        return
+    from berth.linux.mount import MNT_DETACH, MS, mount, umount
+
+    try:
+        with open(cache, "rb") as f:
+            data = f.read()
+        old = os.open("/run", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    mounted = False
+    try:
+        names = os.listdir(f"/proc/self/fd/{old}")
+        mount("tmpfs", "/run", "tmpfs", MS.NOSUID | MS.NODEV, "mode=755,size=4m")
+        mounted = True
+        for n in names:
+            src = f"/proc/self/fd/{old}/{n}"
+            dst = f"/run/{n}"
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+                continue
+            if os.path.isdir(src):
+                os.mkdir(dst)
+            else:
+                os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            mount(src, dst, None, MS.BIND | MS.REC)
+        fd = os.open(KDAT, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError:
+        if mounted:  # something of /run could not be shown again: CRIU gets the real one
+            umount("/run", MNT_DETACH)
+    finally:
+        os.close(old)
