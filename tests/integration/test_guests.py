@@ -391,6 +391,109 @@ def test_sigkill_at_any_point_is_repaired(guests: Guests, point: str) -> None:
     guests("stop", n, "--timeout", "2")
 
 
+def test_batch_start_one_worker(guests: Guests) -> None:
+    """Three guests started by one worker of guestd (a batch): each runs under its own init, and
+    each is supervised (an init that dies is recorded as its guest's exit)."""
+    names = [guests.name(f"b{i}") for i in range(3)]
+    for n in names:
+        guests("create", n, "--cmd", "sleep 1000")
+    guests("start", *names, env={**guests.env, "BERTH_START_WORKERS": "1"})
+    pids = [guests.info(n)["pid"] for n in names]
+    assert all(pids) and len(set(pids)) == 3
+    os.kill(pids[1], signal.SIGKILL)
+    guests.wait(lambda: guests.record(names[1]).get("status") == "stopped", what="the exit to be recorded")
+    assert [guests.info(n)["state"] for n in names] == ["running", "stopped", "running"]
+    guests("stop", "--timeout", "2", *names)
+
+
+def test_batch_start_reports_each_guest(guests: Guests) -> None:
+    """A guest whose spec cannot be built is reported by name; the others of the command start."""
+    a, b, c = (guests.name(x) for x in ("pa", "pb", "pc"))
+    for n in (a, b, c):
+        guests("create", n, "--cmd", "sleep 1000")
+    cfg = guests.store / "guests" / b / "config.toml"
+    cfg.write_text(cfg.read_text() + 'user = "ghost"\n')  # valid TOML and keys: fails at the spec
+    r = guests("start", a, b, c, check=False, env={**guests.env, "BERTH_START_WORKERS": "1"})
+    assert r.returncode == 125, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"start {b}:" in lines[0] and "ghost" in lines[0], r.stderr
+    assert [guests.info(n)["state"] for n in (a, b, c)] == ["running", "stopped", "running"]
+    assert guests.record(b).get("desired") != "running"
+    guests("stop", "--timeout", "2", a, c)
+
+
+def test_batch_worker_killed_midway_is_repaired(guests: Guests) -> None:
+    """The worker starting a batch is SIGKILLed at its first guest: every guest of the batch is
+    reported, gc cleans the half-made one, and the next start runs them all."""
+    names = [guests.name(f"k{i}") for i in range(3)]
+    for n in names:
+        guests("create", n, "--cmd", "sleep 1000")
+    env = {**guests.env, "BERTH_START_WORKERS": "1", "BERTH_FAULT": "start:created"}
+    r = guests("start", *names, env=env, check=False)
+    assert r.returncode == 125 and r.stderr.count("died without a reply") == 3, r.stderr
+    guests("gc")
+    assert not any((guests.run_root / n).exists() for n in names)
+    guests("start", *names)
+    assert [guests.info(n)["state"] for n in names] == ["running"] * 3
+    guests("stop", "--timeout", "2", *names)
+
+
+def test_start_builds_the_spec_again_only_when_its_inputs_change(guests: Guests) -> None:
+    """`berth start` keeps a spec.json built from the same config (and template, environment,
+    code); an edited config is built again and takes effect."""
+    n = guests.name("edit")
+    guests("create", n, "--cmd", "sleep 1000")
+    spec = guests.store / "guests" / n / "spec.json"
+    guests("start", n)
+    guests("stop", "--timeout", "2", n)
+    built = spec.stat().st_mtime_ns
+    guests("start", n)
+    assert spec.stat().st_mtime_ns == built  # unchanged inputs: not built again
+    guests("stop", "--timeout", "2", n)
+    cfg = guests.store / "guests" / n / "config.toml"
+    cfg.write_text(cfg.read_text() + 'hostname = "edited"\n')
+    guests("start", n)
+    assert spec.stat().st_mtime_ns != built
+    assert guests("exec", n, "--", "hostname").stdout.strip() == "edited"
+    guests("stop", "--timeout", "2", n)
+    built = spec.stat().st_mtime_ns
+    guests("start", n, env={**guests.env, "BERTH_USERNS_POOL": "2000000:131072"})
+    assert spec.stat().st_mtime_ns != built  # another environment: built again
+    guests("stop", "--timeout", "2", n)
+
+
+def test_supervisor_keeps_no_fd_of_the_command_that_started_it(guests: Guests) -> None:
+    """guestd outlives the berth command that spawned it: it must not keep that command's fds
+    (a pipe's write end here; a `flock` lock the caller held, in real life, for hours); nor
+    must the guest it starts."""
+    n = guests.name("fd")
+    guests("create", n, "--cmd", "sleep 1000")
+    r, w = os.pipe()
+    try:
+        cmd = [*berth_cmd(), "start", n]
+        p = subprocess.run(cmd, env=guests.env, pass_fds=(w,), capture_output=True, check=False)
+        assert p.returncode == 0, p.stderr
+        assert guests.daemon_pid()
+        os.close(w)
+        w = -1
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # EOF: no process holds the write end any more
+        guests("stop", "--timeout", "2", n)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_start_workers_must_be_a_number(guests: Guests) -> None:
+    n = guests.name("w")
+    guests("create", n, "--cmd", "sleep 1000")
+    r = guests("start", n, check=False, env={**guests.env, "BERTH_START_WORKERS": "lots"})
+    assert r.returncode == 125 and "BERTH_START_WORKERS" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert guests.info(n)["state"] == "stopped"
+
+
 def test_concurrent_create_and_start(guests: Guests) -> None:
     names = [guests.name(f"c{i}") for i in range(12)]
     with ThreadPoolExecutor(6) as pool:

@@ -428,6 +428,152 @@ def test_guest_from_imported_image(guests: Guests, tmp_path: Path) -> None:
         shutil.rmtree(guests.store / "templates" / name, ignore_errors=True)
 
 
+# -- an imported image's config as the guest's defaults -------------------------------------------
+APP_CMD = "echo $GREETING > /tmp/out; id -u > /tmp/uid; pwd > /tmp/pwd; exec sleep 1000"
+
+
+def busybox_image(tmp: Path, config: dict, form: str = "oci-dir", *, init: bool = False) -> Path:
+    """A one-layer image of the host's busybox with a user ``app`` (1234) owning /srv/app."""
+    assert BUSYBOX is not None
+    lay = [entry("bin/", "d"), entry("bin/busybox", data=Path(BUSYBOX).read_bytes(), mode=0o755)]
+    lay += [entry(f"bin/{a}", "l", "busybox") for a in ("sh", "cat", "sleep", "id", "pwd", "echo")]
+    lay += [
+        entry("etc/", "d"),
+        entry("etc/passwd", data="root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234:app:/srv/app:/bin/sh\n"),
+        entry("etc/group", data="root:x:0:\napp:x:1234:\n"),
+        entry("srv/", "d"),
+        entry("srv/app/", "d"),
+        entry("tmp/", "d", mode=0o1777),
+    ]
+    if init:
+        lay += [entry("sbin/", "d"), entry("sbin/init", "l", "/bin/busybox")]
+        lay += [entry("etc/inittab", data="::respawn:/bin/sleep 1000\n")]
+    return image(form, tmp, [lay], config=config)
+
+
+def _guest_file(guests: Guests, g: str, path: str) -> str:
+    guests.wait(lambda: guests("exec", g, "--", "cat", path, check=False).returncode == 0, what=path)
+    return guests("exec", g, "--", "cat", path).stdout.strip()
+
+
+APP_CONFIG = {
+    "Entrypoint": ["/bin/sh", "-c"],
+    "Cmd": [APP_CMD],
+    "Env": ["PATH=/bin", "GREETING=hello"],
+    "WorkingDir": "/srv/app",
+    "User": "app",
+}
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on the host")
+def test_guest_runs_image_config(guests: Guests, tmp_path: Path) -> None:
+    """Without --cmd, -e, -w, -u the guest runs the image's Entrypoint + Cmd as its User (a name
+    from the image's /etc/passwd) in its WorkingDir with its Env; exec gets the same defaults."""
+    name = guests.name("appimg")
+    guests("template", "import", f"oci:{busybox_image(tmp_path, APP_CONFIG)}", name)
+    meta = json.loads((guests.store / "templates" / name / "template.json").read_text())
+    assert meta["config"] == APP_CONFIG  # kept beside the template
+    g = guests.name("app")
+    try:
+        guests("create", g, "--template", name)
+        info = guests.info(g)
+        assert info["kind"] == "application" and info["cmd"] == ["/bin/sh", "-c", APP_CMD]
+        assert "cmd" not in (guests.store / "guests" / g / "config.toml").read_text()  # defaults, not copied
+        guests("start", g)
+        assert _guest_file(guests, g, "/tmp/out") == "hello"
+        assert _guest_file(guests, g, "/tmp/uid") == "1234"
+        assert _guest_file(guests, g, "/tmp/pwd") == "/srv/app"
+        assert guests("exec", g, "--", "sh", "-c", "echo $GREETING $(id -u) $(pwd)").stdout.split() == [
+            "hello",
+            "1234",
+            "/srv/app",
+        ]
+        guests("destroy", "--force", g)
+    finally:
+        shutil.rmtree(guests.store / "templates" / name, ignore_errors=True)
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on the host")
+def test_guest_overrides_image_config(guests: Guests, tmp_path: Path) -> None:
+    """--cmd replaces Cmd (the Entrypoint stays), -e overrides one variable of Env (the others
+    stay), -u and -w replace User and WorkingDir; --entrypoint '' drops the Entrypoint."""
+    name = guests.name("ovimg")
+    guests("template", "import", f"oci:{busybox_image(tmp_path, APP_CONFIG)}", name)
+    g1, g2 = guests.name("ov1"), guests.name("ov2")
+    try:
+        cmd = "echo $GREETING $PATH > /tmp/out; id -u > /tmp/uid; pwd > /tmp/pwd; exec sleep 1000"
+        guests("create", g1, "--template", name, "-e", "GREETING=bye", "-u", "0", "-w", "/tmp", "--", cmd)
+        assert guests.info(g1)["cmd"] == ["/bin/sh", "-c", cmd]
+        guests("create", g2, "--template", name, "--entrypoint", "", "--cmd", "sleep 1000")
+        assert guests.info(g2)["cmd"] == ["sleep", "1000"]
+        guests("start", g1, g2)
+        assert _guest_file(guests, g1, "/tmp/out") == "bye /bin"
+        assert _guest_file(guests, g1, "/tmp/uid") == "0"
+        assert _guest_file(guests, g1, "/tmp/pwd") == "/tmp"
+        assert guests("exec", g2, "--", "id", "-u").stdout.strip() == "1234"  # User stays
+        guests("destroy", "--force", g1, g2)
+    finally:
+        shutil.rmtree(guests.store / "templates" / name, ignore_errors=True)
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on the host")
+def test_image_without_cmd_is_a_system_guest(guests: Guests, tmp_path: Path) -> None:
+    """An image with neither Entrypoint nor Cmd, and no --cmd: the guest boots /sbin/init (as
+    before), with the image's Env; `berth create --template oci:PATH` imports the image once."""
+    src = busybox_image(tmp_path, {"Env": ["PATH=/bin", "GREETING=sys"]}, "docker-archive", init=True)
+    g1, g2 = guests.name("sys1"), guests.name("sys2")
+    tnames: set[str] = set()
+    try:
+        guests("create", g1, "--template", f"oci:{src}")
+        guests("create", g2, "--template", f"oci:{src}")
+        i1, i2 = guests.info(g1), guests.info(g2)
+        tnames = {i1["template"], i2["template"]}
+        assert len(tnames) == 1 and i1["template"].startswith("oci-docker.tar-")
+        assert i1["kind"] == "system" and i1["cmd"] == ["/sbin/init"]
+        guests("start", g1)
+        assert guests.info(g1)["state"] == "running"
+        assert guests("exec", g1, "--", "sh", "-c", "echo $GREETING").stdout.strip() == "sys"
+        guests("destroy", "--force", g1, g2)
+    finally:
+        for t in tnames:
+            shutil.rmtree(guests.store / "templates" / t, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"Cmd": "not-a-list", "Env": [1]}, "config.Env must be a list of strings"),
+        ({"Env": ["NOEQUALS"]}, "config.Env: 'NOEQUALS' is not NAME=VALUE"),
+        ({"User": 1234}, "config.User must be a string"),
+    ],
+)
+def test_import_refuses_bad_image_config(guests: Guests, tmp_path: Path, config: dict, needle: str) -> None:
+    name = guests.name("badcfg")
+    src = image("oci-dir", tmp_path, [[entry("etc/", "d")]], config=config)
+    r = guests("template", "import", f"oci:{src}", name, check=False)
+    assert r.returncode == 125 and needle in r.stderr, r
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (guests.store / "templates" / name).exists()
+    assert not [p for p in (guests.store / "templates").iterdir() if p.name.startswith(f".{name}-")]
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on the host")
+def test_image_user_missing_from_passwd(guests: Guests, tmp_path: Path) -> None:
+    """An image whose User is not in its /etc/passwd: create fails naming the field, no guest left."""
+    name = guests.name("nouser")
+    guests(
+        "template", "import", f"oci:{busybox_image(tmp_path, {'Cmd': ['sleep', '1'], 'User': 'ghost'})}", name
+    )
+    g = guests.name("ghost")
+    try:
+        r = guests("create", g, "--template", name, check=False)
+        assert r.returncode == 125 and "user" in r.stderr and "ghost" in r.stderr, r
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert g not in guests.mine()
+    finally:
+        shutil.rmtree(guests.store / "templates" / name, ignore_errors=True)
+
+
 def test_create_with_missing_template(guests: Guests) -> None:
     r = guests("create", guests.name("x"), "--template", guests.name("nosuch"), check=False)
     assert r.returncode == 125 and "does not exist" in r.stderr

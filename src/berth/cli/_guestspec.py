@@ -35,15 +35,32 @@ def load(store: Store, name: str) -> dict[str, Any]:
     return cfg
 
 
-def build(store: Store, name: str) -> None:
-    """Build ``name``'s spec from its config and save it as ``spec.json`` in the guest's dir."""
+def built_from(store: Store, name: str, inputs: str, *, lxcfs: bool) -> bool:
+    """Was ``name``'s spec.json built from ``inputs`` (berth.cli.start.inputs), and complete?
+    (A guest wanting ``lxcfs`` whose spec was built while lxcfs could not run is built again.)"""
+    from berth.spec.jsontext import loads
+
+    try:
+        with open(os.path.join(store.dir(name), "spec.json"), encoding="utf-8") as f:
+            saved = loads(f.read())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or saved.get("inputs") != inputs:
+        return False
+    return bool(saved.get("lxcfs")) or not lxcfs
+
+
+def build(store: Store, name: str, *, inputs: str | None = None) -> None:
+    """Build ``name``'s spec from its config and save it as ``spec.json`` in the guest's dir
+    (with ``inputs``, the digest of what it was built from, for :func:`built_from`)."""
     from berth.cli import run as runcli
     from berth.guests import config
+    from berth.guests.lifecycle import effective_config
     from berth.guests.store import atomic_write
     from berth.runtime.process import wants_init
 
     cfg = load(store, name)
-    o = config.run_options(cfg)
+    o = config.run_options(effective_config(store, cfg))  # with an imported image's defaults
     spec, _rootfs, overlay = runcli.build(o, name, store.root)
     _userns(store, name, cfg, spec, overlay)
     # lxcfs started (if need be) now; guestd's workers check it again at every (re)start.
@@ -55,7 +72,11 @@ def build(store: Store, name: str) -> None:
     saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", []), "net": net}
     if point:
         saved["lxcfs"] = point
-    atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved))
+    if inputs:
+        saved["inputs"] = inputs
+    # Not fsynced: derived from config.toml and rebuilt by every `berth start` (a spec.json lost
+    # to a power cut reads as "no spec built", which the next start repairs).
+    atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved), durable=False)
 
 
 def _userns(store: Store, name: str, cfg: dict[str, Any], spec: dict[str, Any], overlay: Any) -> None:

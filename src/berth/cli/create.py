@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
 from berth.errors import UsageError
 
-HELP = """usage: berth create NAME [--template busybox] [--cmd 'CMD ARGS' | -- CMD ARGS...]
-                    [--restart no|on-failure|always] [--disk SIZE] [options of berth run]
+HELP = """usage: berth create NAME [--template busybox|debian|NAME|oci:PATH] [--cmd 'CMD ARGS' | -- CMD ARGS...]
+                    [--entrypoint 'CMD ARGS'] [--restart no|on-failure|always] [--disk SIZE]
+                    [options of berth run]
 
 Without --cmd the guest is a system guest that boots its own /sbin/init.
+  --template oci:PATH  import the OCI image (layout dir, OCI or docker archive) as a template once
+                     (reused while the image is unchanged); a guest of an imported image runs its
+                     Entrypoint + Cmd with its Env, WorkingDir and User unless --cmd (replaces Cmd),
+                     --entrypoint (replaces Entrypoint; '' for none), -e, -w or -u say otherwise;
+                     an image with neither Entrypoint nor Cmd gives a system guest
   --restart POLICY   restart the guest when it ends: no (default), on-failure, always
   --disk SIZE        give the guest a writable layer of SIZE (an ext4 image): ENOSPC past it
   --net MODE         bridge (default for guests: own stack, an address kept for the guest's life),
@@ -31,6 +38,7 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 125
     name, rest = argv[0], argv[1:]
     cmd: list[str] | None = None
+    entrypoint: list[str] | None = None
     extra: dict[str, str] = {}
     passthru: list[str] = []
     i = 0
@@ -40,7 +48,7 @@ def main(argv: list[str]) -> int:
         if a == "--":
             cmd = rest[i + 1 :]
             break
-        if key in ("--cmd", "--restart", "--disk"):
+        if key in ("--cmd", "--entrypoint", "--restart", "--disk"):
             if "=" in a:
                 val = a.split("=", 1)[1]
             elif i + 1 < len(rest):
@@ -50,6 +58,8 @@ def main(argv: list[str]) -> int:
                 raise UsageError(a, "needs a value")
             if key == "--cmd":
                 cmd = shlex.split(val)
+            elif key == "--entrypoint":
+                entrypoint = shlex.split(val)
             else:
                 extra[key[2:]] = val
         else:
@@ -75,6 +85,8 @@ def main(argv: list[str]) -> int:
         if not cmd:
             raise UsageError("cmd", "empty command")
         cfg["cmd"] = cmd
+    if entrypoint is not None:
+        cfg["entrypoint"] = entrypoint
     for key in ("hostname", "workdir", "user"):
         if o[key]:
             cfg[key] = o[key]
@@ -100,12 +112,23 @@ def main(argv: list[str]) -> int:
     from berth.guests import lifecycle
 
     s = store()
+    if cfg["template"].startswith("oci:"):
+        from berth.guests.store import check_name
+        from berth.rootfs import template
+
+        check_name(name)  # a bad or taken name fails before an image is imported
+        if os.path.lexists(s.dir(name)):
+            from berth.errors import ExistsError
+
+            raise ExistsError(f"guest {name!r} exists already")
+        cfg["template"] = template.import_source(s.root, cfg["template"])
     lifecycle.create(s, name, cfg)
     # Build the spec now (users, capabilities, profiles, resources): remove the guest if it fails.
+    # Built as `berth start` would (with the digest of its inputs): the first start keeps it.
     try:
-        from berth.cli import _guestspec
+        from berth.cli.start import preparer
 
-        _guestspec.build(s, name)
+        preparer(s)(name)
     except BaseException:
         lifecycle.destroy(s, name, force=True)
         raise
@@ -138,7 +161,6 @@ def _net_config(o: dict) -> dict:
 
 def _lxcfs_available() -> bool:
     """Can lxcfs run here (installed, /dev/fuse)?  Whether it does is checked at every start."""
-    import os
     import shutil
 
     return bool(shutil.which("lxcfs") or os.path.exists("/usr/bin/lxcfs")) and os.path.exists("/dev/fuse")

@@ -26,7 +26,9 @@ def process_for(name: str, o: dict[str, Any]) -> dict[str, Any]:
         from berth.errors import StateError
 
         raise StateError(f"guest {name!r} is not running")
-    base = config.run_options(config.load(s.config(name)))
+    from berth.guests.lifecycle import effective_config
+
+    base = config.run_options(effective_config(s, config.load(s.config(name))))  # an image's env too
     base.update(args=o["args"], tty=o["tty"], interactive=o["interactive"], resources=[])
     base["env"] = base["env"] + o["env"]
     if o["user"]:

@@ -42,6 +42,9 @@ def spawn(store: Store) -> None:
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(out, 2)
+            # Nothing else of the command that started it: guestd outlives it, and an inherited
+            # fd would keep what it holds (a pipe's end, a flock of the caller's) for that long.
+            os.closerange(3, 1 << 20)
             os.chdir("/")
             env = {k: v for k, v in os.environ.items() if k != "BERTH_FAULT"}
             os.execve(sys.executable, [sys.executable, "-I", "-S", daemon.__file__, store.state_root], env)
@@ -84,11 +87,29 @@ def send(store: Store, req: dict[str, Any]) -> socket.socket:
 def receive(s: socket.socket, *, timeout: float = 120.0) -> dict[str, Any]:
     """The reply to a request: guestd first names the worker doing it, then the worker replies.
     A worker that dies without a word is an error (its pidfd says so)."""
+    return next(iter(_replies(s, 1, timeout)))
+
+
+def receive_all(s: socket.socket, names: list[str], *, timeout: float = 120.0) -> dict[str, dict[str, Any]]:
+    """The replies to a start of several guests (one line each, with its ``name``), by name;
+    ``timeout`` is for each one.  Guests the worker did not answer for get an error reply."""
+    out: dict[str, dict[str, Any]] = {}
+    for msg in _replies(s, len(names), timeout):
+        if msg.get("name") in names:
+            out[msg["name"]] = msg
+        else:  # the worker died: the error stands for every guest not answered
+            for n in names:
+                out.setdefault(n, msg)
+    return out
+
+
+def _replies(s: socket.socket, count: int, timeout: float) -> list[dict[str, Any]]:
     import select
 
     deadline = time.monotonic() + timeout
     buf = b""
     pidfd = -1
+    got: list[dict[str, Any]] = []
     try:
         while True:
             lines = buf.split(b"\n")
@@ -100,7 +121,10 @@ def receive(s: socket.socket, *, timeout: float = 120.0) -> dict[str, Any]:
                     except ProcessLookupError:
                         pidfd = -2  # gone already: its reply, if any, is in the socket
                 else:
-                    return msg  # type: ignore[no-any-return]
+                    got.append(msg)
+                    deadline = time.monotonic() + timeout
+                    if len(got) == count:
+                        return got
             buf = lines[-1]
             left = deadline - time.monotonic()
             if left <= 0:
@@ -126,7 +150,7 @@ def receive(s: socket.socket, *, timeout: float = 120.0) -> dict[str, Any]:
         s.close()
         if pidfd >= 0:
             os.close(pidfd)
-    return {"ok": False, "error": "the guest supervisor's worker died without a reply", "status": 125}
+    return [*got, {"ok": False, "error": "the guest supervisor's worker died without a reply", "status": 125}]
 
 
 def ensure(store: Store) -> None:

@@ -4,9 +4,11 @@ Top-level keys (all optional but ``template``)::
 
     template = "busybox"           # a template in the store
     cmd = ["/bin/sh", "-c", "..."] # an application guest; absent: a system guest booting /sbin/init
+                                   # (or, for an imported OCI image, the image's Entrypoint + Cmd)
+    entrypoint = []                # replaces an OCI image's Entrypoint ([]: none); cmd replaces its Cmd
     init = true                    # tini in front of cmd (default: yes unless cmd is an init)
     restart = "no"                 # no | on-failure | always
-    hostname = "web1"  env = ["K=V"]  workdir = "/"  user = "1000:1000"
+    hostname = "web1"  env = ["K=V"]  workdir = "/"  user = "1000:1000"   # over an image's Env, WorkingDir, User
     net = "bridge"                 # bridge (default of berth create) | none | host | ip:ADDR[,ADDR]
     ip = "10.87.0.5"  publish = ["8080:80/tcp"]  net_isolate = false   # bridge only
     net_rate = "100mbit"  net_ceil = "200mbit"  net_share = 100           # bridge only (HTB)
@@ -36,7 +38,7 @@ SYSTEM_INIT = ["/sbin/init"]
 
 _NET_STR = ("net", "ip", "net_rate", "net_ceil", "bridge", "subnet")
 _STR = ("template", "restart", "hostname", "workdir", "user", "disk", "userns", *_NET_STR)
-_LIST = ("cmd", "env", "cap_add", "cap_drop", "security_opt", "publish")
+_LIST = ("cmd", "entrypoint", "env", "cap_add", "cap_drop", "security_opt", "publish")
 _BOOL = ("init", "read_only", "privileged", "net_isolate", "lxcfs")
 _NUM = ("created",)
 _INT = ("net_share",)
@@ -302,7 +304,35 @@ def run_options(cfg: dict[str, Any]) -> dict[str, Any]:
         "args": list(cfg.get("cmd") or SYSTEM_INIT),
         "userns": cfg.get("userns", "host"),
         "lxcfs": bool(cfg.get("lxcfs", False)),
+        "tmpfs": [],  # `berth run --tmpfs` (no config key yet)
     }
+
+
+def with_image(cfg: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
+    """The config ``cfg`` with the defaults of its template's image filled in (``image``: from
+    :func:`berth.rootfs.oci.image_config`; empty for a built template), as docker applies an
+    image to ``docker run``: the command is Entrypoint + Cmd, where the guest's ``cmd`` replaces
+    Cmd and its ``entrypoint`` (``[]``: none) the Entrypoint; the image's Env comes first and
+    the guest's ``env`` overrides it by name; ``workdir`` and ``user`` are the guest's if set,
+    else the image's.  With no command left (no Entrypoint, Cmd nor ``cmd``) ``cmd`` stays
+    unset: a system guest booting /sbin/init.  The result has no ``entrypoint`` key."""
+    if not image and "entrypoint" not in cfg:
+        return cfg
+    out = dict(cfg)
+    entry = out.pop("entrypoint", None)
+    if entry is None:
+        entry = image.get("Entrypoint") or []
+    args = list(entry) + list(cfg.get("cmd") or image.get("Cmd") or [])
+    if args:
+        out["cmd"] = args
+    else:
+        out.pop("cmd", None)
+    if image.get("Env"):
+        out["env"] = list(image["Env"]) + list(cfg.get("env") or [])
+    for key, ikey in (("workdir", "WorkingDir"), ("user", "User")):
+        if not cfg.get(key) and image.get(ikey):
+            out[key] = image[ikey]
+    return out
 
 
 def flag_key(flag: str) -> str:
@@ -311,4 +341,5 @@ def flag_key(flag: str) -> str:
 
 
 def is_system(cfg: dict[str, Any]) -> bool:
+    """Does the guest boot /sbin/init?  (Of a config with its image's defaults: :func:`with_image`.)"""
     return not cfg.get("cmd")

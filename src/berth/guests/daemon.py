@@ -143,8 +143,10 @@ class Daemon:
     def fork_worker(self, req: dict, conn: socket.socket | None) -> int:
         # Fork-server: load the worker's modules once (on the first request, so an idle daemon
         # stays small); every worker then starts without ~50 ms of imports.
-        import berth.guests.worker  # noqa: F401
+        if "berth.guests.worker" not in sys.modules:
+            import berth.guests.worker
 
+            berth.guests.worker.preload()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -154,7 +156,7 @@ class Daemon:
                     signal.signal(s, signal.SIG_DFL)
                 code = sys.modules["berth.guests.worker"].serve(req, conn)
             except BaseException as e:
-                _log(f"worker {req.get('op')} {req.get('name')}: {e}")
+                _log(f"worker {req.get('op')} {req.get('name') or req.get('names')}: {e}")
             finally:
                 os._exit(code)
         self.workers[pid] = req
@@ -189,7 +191,8 @@ class Daemon:
             code = 128 - code if code < 0 else code
             req = self.workers.pop(pid, None)
             if req is not None:
-                self.watch(req["name"])
+                for name in req.get("names") or [req["name"]]:
+                    self.watch(name)
             elif pid in self.guests:
                 self.exited(self.guests.pop(pid), pid, code)
             else:

@@ -107,15 +107,23 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
         disk.detach(image, store.disk_mnt(name))
 
 
+_LXCFS_SEEN: dict[str, float] = {}  # mount point -> when this process last found lxcfs serving it
+_LXCFS_RECHECK = 1.0
+
+
 def _lxcfs(spec: dict[str, Any], point: str) -> None:
     """lxcfs running at ``point`` (started again if it died: the supervision of
     :func:`berth.runtime.lxcfs.ensure`), or the guest starts without its views (a warning in
-    its log)."""
+    its log).  A worker starting a batch of guests checks once a second, not for each (a look
+    costs a pass over the host's mount table and a FUSE round trip)."""
     from berth.errors import UnsupportedError
     from berth.runtime import lxcfs
 
+    if time.monotonic() - _LXCFS_SEEN.get(point, -_LXCFS_RECHECK) < _LXCFS_RECHECK:
+        return
     try:
         lxcfs.ensure(point)
+        _LXCFS_SEEN[point] = time.monotonic()
     except (UnsupportedError, OSError) as e:
         import sys
 

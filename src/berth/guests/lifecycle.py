@@ -19,6 +19,7 @@ from berth.guests.store import Store, check_name, fault
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -284,39 +285,81 @@ def reconcile(store: Store, name: str) -> dict[str, Any]:
         lock.release()
 
 
-def start(store: Store, names: list[str]) -> dict[str, int]:
+def start(store: Store, names: list[str], *, prepare: Callable[[str], None] | None = None) -> dict[str, int]:
     """Start the guests (concurrently, through guestd); their init pids.
 
     Under each guest's lock: check it is not running and record that it should run; then the
     lock goes to guestd's worker (which checks again), so a start whose command is killed
-    still completes, and a concurrent start of the same guest is a no-op."""
+    still completes, and a concurrent start of the same guest is a no-op.
+
+    The guests go to guestd in a few batches (:func:`_workers`), each started by one worker
+    in turn: a worker costs a fork of guestd and its copied pages once per batch, not per
+    guest.  ``prepare(name)`` (the CLI's spec build) runs just before a guest's batch is
+    sent, so guestd starts the first batch while the next ones are prepared; a guest it fails
+    for is reported and not started, the others are."""
     for n in names:
         store.require(n)
         config.load(store.config(n))
-    pending = {}
-    pids = {}
-    for n in names:
-        with store.lock(n):
-            rec = store.read_run(n)
-            if instance.running(rec):
-                pids[n] = rec["pid"]  # already running: nothing to do (as docker start)
+    todo = list(dict.fromkeys(names))
+    size = -(-len(todo) // min(len(todo), _workers())) if todo else 1
+    pids: dict[str, int] = {}
+    errors: list[str] = []
+    sent = []
+    for b in range(0, len(todo), size):
+        ready = []
+        for n in todo[b : b + size]:
+            try:
+                if prepare is not None:
+                    prepare(n)
+                with store.lock(n):
+                    rec = store.read_run(n)
+                    if instance.running(rec):
+                        pids[n] = rec["pid"]  # already running: nothing to do (as docker start)
+                        continue
+                    store.update_run(n, desired="running", store=store.root)
+            except BerthError as e:
+                if len(todo) == 1:
+                    raise
+                errors.append(f"start {n}: {e}")
                 continue
-            store.update_run(n, desired="running", store=store.root)
-            pending[n] = None
-    fault("start:locked")
-    for n in pending:
-        pending[n] = client.send(store, {"op": "start", "name": n})
+            ready.append(n)
+        fault("start:locked")
+        if ready:
+            sent.append((ready, client.send(store, {"op": "start", "names": ready})))
     fault("start:sent")
-    errors = []
-    for n, s in pending.items():
-        reply = client.receive(s)
-        if reply.get("ok"):
-            pids[n] = reply["pid"]
-        else:
-            errors.append(f"start {n}: {reply.get('error')}" if len(names) > 1 else str(reply.get("error")))
+    for batch, s in sent:
+        replies = client.receive_all(s, batch)
+        for n in batch:
+            reply = replies[n]
+            if reply.get("ok"):
+                pids[n] = reply["pid"]
+            else:
+                errors.append(
+                    f"start {n}: {reply.get('error')}" if len(todo) > 1 else str(reply.get("error"))
+                )
     if errors:
         raise BerthError("; ".join(errors))
     return pids
+
+
+WORKERS_PER_CPU = 4
+
+
+def _workers() -> int:
+    """How many of guestd's workers start guests at once: a few per CPU berth may use, as a
+    start waits more than it computes (on the guest's init setting up, and on v1 cgroup
+    attaches, each an RCU grace period) and the waits of several starts overlap.
+    ``BERTH_START_WORKERS`` sets it."""
+    raw = os.environ.get("BERTH_START_WORKERS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise UsageError("BERTH_START_WORKERS", f"{raw!r} is not a positive whole number")
+        return int(raw)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return max(1, cpus) * WORKERS_PER_CPU
 
 
 def _wait_dead(rec: dict[str, Any], timeout: float) -> bool:
@@ -365,10 +408,18 @@ def _stop_signal(store: Store, name: str) -> int:
     from berth.rootfs import template
 
     try:
-        cfg = config.load(store.config(name))
+        cfg = effective_config(store, config.load(store.config(name)))
     except BerthError:
         return int(signal.SIGTERM)
     return config.stop_signal(cfg, template.template_rootfs(store.root, cfg["template"]))
+
+
+def effective_config(store: Store, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The guest's config with its template's image defaults (command, env, workdir, user of
+    an imported OCI image) filled in: what its spec is built from (:func:`config.with_image`)."""
+    from berth.rootfs import template
+
+    return config.with_image(cfg, template.image_defaults(store.root, cfg["template"]))
 
 
 def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
@@ -404,7 +455,7 @@ def kill(store: Store, name: str, sig: int) -> None:
 
 def status(store: Store, name: str) -> dict[str, Any]:
     """What `berth list` and `berth info` show for one guest."""
-    cfg = config.load(store.config(name))
+    cfg = effective_config(store, config.load(store.config(name)))
     rec = reconcile(store, name)
     up = instance.running(rec)
     info: dict[str, Any] = {

@@ -106,7 +106,10 @@ class Store:
 
     def write_run(self, name: str, record: dict[str, Any]) -> None:
         os.makedirs(self.run_dir(), 0o700, exist_ok=True)
-        atomic_write(self.run_file(name), json.dumps(record, sort_keys=True))
+        # Not fsynced: the state root (/run/berth) does not outlive a reboot, and what it
+        # describes (running inits) does not either; write + rename keeps it whole against
+        # any process being killed, which is the crash it must survive.
+        atomic_write(self.run_file(name), json.dumps(record, sort_keys=True), durable=False)
 
     def update_run(self, name: str, **fields: Any) -> dict[str, Any]:
         record = self.read_run(name)
@@ -126,13 +129,15 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` by write + fsync + rename: readers see the old or the new file."""
+def atomic_write(path: str, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` by write + fsync + rename: readers see the old or the new file.
+    ``durable=False`` skips the fsync (a file that need not survive a power loss)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)

@@ -1,6 +1,7 @@
-"""The supervisor's forked workers: start a guest for a command, or handle a guest's exit
-(record the status, clean up, apply the restart policy).  Each runs in a fresh child of the
-daemon and exits, so the daemon itself stays small and imports nothing heavy."""
+"""The supervisor's forked workers: start guests for a command (one, or a batch in turn), or
+handle a guest's exit (record the status, clean up, apply the restart policy).  Each runs in a
+fresh child of the daemon and exits, so the daemon itself stays small and imports nothing heavy
+until its first worker (then the start path, once: :func:`preload`)."""
 
 from __future__ import annotations
 
@@ -22,40 +23,93 @@ if TYPE_CHECKING:
 
 BACKOFF_MAX = 5.0
 
+# What a guest's start imports below instance.start (lazily, to keep `berth run` lean): guestd
+# imports it once, before it forks workers, so no worker pays for it (see preload).
+_START_PATH = (
+    "ipaddress",
+    "shutil",
+    "berth.cgroups",
+    "berth.cgroups.v1",
+    "berth.cgroups.v2",
+    "berth.cgroups.devices",
+    "berth.cgroups.writes",
+    "berth.linux.idmap",
+    "berth.linux.seccomp",
+    "berth.runtime.lxcfs",
+    "berth.runtime.process",
+    "berth.runtime.resources",
+    "berth.runtime.userns",
+    "berth.spec.jsontext",
+)
+
+
+def preload() -> None:
+    """Run once in guestd (the fork-server) before its first worker: import the start path and
+    freeze the heap, so a worker neither imports nor copies the daemon's pages (the cyclic GC
+    would otherwise touch every object and break copy-on-write sharing in each fork)."""
+    import gc
+    import importlib
+
+    for mod in _START_PATH:
+        try:
+            importlib.import_module(mod)
+        except ImportError:  # an optional part (libseccomp missing): the worker reports it
+            pass
+    gc.collect()
+    gc.freeze()
+
 
 def _store(req: dict[str, Any]) -> Store:
     return Store(req["store"], req["state_root"], req["cgroup_parent"])
 
 
+def names(req: dict[str, Any]) -> list[str]:
+    """The guests a request is about: ``names`` (a start of several), else ``name``."""
+    return list(req.get("names") or [req["name"]])
+
+
 def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
-    """Do one request; the reply goes to ``conn`` (a berth command waiting for it)."""
+    """Do one request; the reply goes to ``conn`` (a berth command waiting for it).
+
+    A start of several guests (``names``) starts them one after the other, each under its
+    lock, and replies one line per guest as it is done (with its ``name``): one worker, one
+    fork of guestd for a whole batch; a failing guest does not stop the others."""
     os.environ["BERTH_FAULT"] = req.get("fault") or ""
+    ok = True
+    todo = names(req) if req.get("op") == "start" else [req.get("name")]
+    for name in todo:
+        reply = _one(req, name)
+        if "names" in req:
+            reply["name"] = name
+        ok = ok and reply["ok"]
+        if conn is not None:
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                conn = None  # the command that asked was killed: the work is done anyway
+    return 0 if ok else 1
+
+
+def _one(req: dict[str, Any], name: str) -> dict[str, Any]:
     try:
         if req["op"] == "start":
             store = _store(req)
-            with store.lock(req["name"], wait=120):
-                rec = store.read_run(req["name"])
+            with store.lock(name, wait=120):
+                rec = store.read_run(name)
                 if instance.running(rec):
                     pid = rec["pid"]  # a concurrent start won
                 elif rec.get("desired") != "running":
-                    raise StateError(f"guest {req['name']!r} was stopped while its start was pending")
+                    raise StateError(f"guest {name!r} was stopped while its start was pending")
                 else:
-                    pid = instance.start(store, req["name"])
-            reply: dict[str, Any] = {"ok": True, "pid": pid}
-        elif req["op"] == "exited":
-            exited(_store(req), req["name"], req["pid"], req.get("code"))
-            reply = {"ok": True}
-        else:
-            reply = {"ok": False, "error": f"unknown request {req['op']!r}", "status": 125}
+                    pid = instance.start(store, name)
+            return {"ok": True, "pid": pid}
+        if req["op"] == "exited":
+            exited(_store(req), name, req["pid"], req.get("code"))
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {req['op']!r}", "status": 125}
     except BaseException as e:
         status = e.exit_status if isinstance(e, BerthError) else 125
-        reply = {"ok": False, "error": str(e) or type(e).__name__, "status": status}
-    if conn is not None:
-        try:
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-        except OSError:
-            pass  # the command that asked was killed: the work is done anyway
-    return 0 if reply["ok"] else 1
+        return {"ok": False, "error": str(e) or type(e).__name__, "status": status}
 
 
 def supervisor(state_root: str, name: str, rec: dict[str, Any]) -> Any:

@@ -434,13 +434,38 @@ def _apply_member(
         raise ImageError(f"{where}: member {m.name!r} has an unsupported type {m.type!r}")
 
 
-def image_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The parts of an image config a guest can use (Entrypoint, Cmd, Env, WorkingDir, User)."""
+def image_config(cfg: dict[str, Any], where: str = "image") -> dict[str, Any]:
+    """The parts of an image config a guest uses as its defaults, checked: ``Entrypoint`` and
+    ``Cmd`` (lists of strings), ``Env`` (``NAME=VALUE`` strings: a bare name would take the
+    host's value), ``WorkingDir`` (made absolute, as docker does) and ``User`` (a string).
+    Empty or null fields are left out; a field of the wrong type is an :class:`ImageError`."""
     c = cfg.get("config") or cfg.get("container_config") or {}
     if not isinstance(c, dict):
-        return {}
-    keep = ("Entrypoint", "Cmd", "Env", "WorkingDir", "User")
-    return {k: c[k] for k in keep if c.get(k)}
+        raise ImageError(f"{where}: config.config is not an object")
+    out: dict[str, Any] = {}
+    for key in ("Entrypoint", "Cmd", "Env"):
+        v = c.get(key)
+        if v is None or v == []:
+            continue
+        if isinstance(v, str) and key != "Env":
+            v = ["/bin/sh", "-c", v]  # the shell form (old docker configs)
+        if not isinstance(v, list) or not all(isinstance(x, str) and "\0" not in x for x in v):
+            raise ImageError(f"{where}: config.{key} must be a list of strings")
+        if key == "Env":
+            bad = next((x for x in v if not x.partition("=")[0] or "=" not in x), None)
+            if bad is not None:
+                raise ImageError(f"{where}: config.Env: {bad!r} is not NAME=VALUE")
+        out[key] = list(v)
+    for key in ("WorkingDir", "User"):
+        v = c.get(key)
+        if v is None or v == "":
+            continue
+        if not isinstance(v, str) or "\0" in v:
+            raise ImageError(f"{where}: config.{key} must be a string")
+        if key == "WorkingDir":
+            v = os.path.normpath("/" + v.lstrip("/"))
+        out[key] = v
+    return out
 
 
 def unpack(image: str, rootfs: str) -> dict[str, Any]:
@@ -451,6 +476,7 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
     where = f"image {image}"
     try:
         todo, cfg = layers(src)
+        defaults = image_config(cfg, where)  # checked before any layer is applied
         rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             n = 0
@@ -459,7 +485,7 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
                 n += apply_layer(rootfd, layer)
         finally:
             os.close(rootfd)
-        return {"layers": len(todo), "members": n, "config": image_config(cfg)}
+        return {"layers": len(todo), "members": n, "config": defaults}
     except BerthError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:

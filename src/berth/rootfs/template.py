@@ -226,6 +226,51 @@ def import_image(store: str, name: str, image: str, *, force: bool = False) -> s
     return _build_into(store, name, fill, {"kind": "oci", "source": image}, force=force, exists_ok=False)
 
 
+def image_defaults(store: str, name: str) -> dict:
+    """The image config kept at import (Entrypoint, Cmd, Env, WorkingDir, User: see
+    :func:`berth.rootfs.oci.image_config`) of template ``name``; empty for a built template."""
+    meta = read_meta(store, name)
+    cfg = meta.get("config") if meta.get("kind") == "oci" else None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def import_source(store: str, source: str) -> str:
+    """The template of ``oci:PATH`` as a guest's template (``berth create --template oci:PATH``):
+    imported once under a name made from the path and the image's identity (its index or
+    manifest, or the archive's size and time), reused while the image is unchanged."""
+    import hashlib
+    import re
+
+    kind, _, path = source.partition(":")
+    if kind != "oci" or not path:
+        raise UsageError("template", f"{source!r}: expected a template name or oci:PATH")
+    if not os.path.exists(path):
+        raise NotFoundError(f"image {path!r} does not exist")
+    path = os.path.abspath(path)
+    h = hashlib.sha256(os.fsencode(path) + b"\0")
+    if os.path.isdir(path):
+        for top in ("index.json", "manifest.json"):
+            try:
+                with open(os.path.join(path, top), "rb") as f:
+                    h.update(f.read(16 << 20))
+                break
+            except OSError:
+                continue
+    else:
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.basename(path.rstrip("/")))[:40].strip(".-") or "image"
+    name = f"oci-{base}-{h.hexdigest()[:12]}"
+    if not os.path.isdir(template_rootfs(store, name)):
+        from berth.errors import ExistsError
+
+        try:
+            import_image(store, name, path)
+        except ExistsError:
+            pass  # a concurrent create imported it meanwhile
+    return name
+
+
 def disk_usage(path: str) -> int:
     """Bytes allocated under ``path`` (each inode once, symlinks not followed)."""
     seen: set[tuple[int, int]] = set()
