@@ -150,6 +150,11 @@ def test_cache_key() -> None:
     assert sc.cache_key(a) == sc.cache_key(b)  # canonical JSON
     assert sc.cache_key(a) != sc.cache_key(prof())
     assert sc.cache_path("/c", a) == f"/c/{sc.cache_key(a)}.bpf"
+    # Remembered per process (guestd): a changed profile is never answered from the memo.
+    a["syscalls"][0]["action"] = "SCMP_ACT_ERRNO"
+    assert sc.cache_key(a) != sc.cache_key(b)
+    a["syscalls"][0]["action"] = "SCMP_ACT_LOG"
+    assert sc.cache_key(a) == sc.cache_key(b)
     build = sc._build_id().decode()
     assert sc.libseccomp_version() in build
     assert os.uname().machine in build
