@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.lab import names
 from bench.lab.console import reap
 from bench.lab.errors import CommandTimeout, LabError, ToolMissing
 from bench.lab.kernel import CACHE
@@ -104,8 +105,8 @@ def run(
     del share_host_ro
     runsc = runsc_binary()
     rootfs = busybox_rootfs()
-    cid = f"berth-lab-{secrets.token_hex(4)}"
-    with tempfile.TemporaryDirectory(prefix="berth-lab-runsc-") as tmp:
+    cid = f"{names.prefix('ctr')}{secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory(prefix=names.prefix("runsc")) as tmp:
         bundle = Path(tmp) / "bundle"
         state = Path(tmp) / "state"
         bundle.mkdir()

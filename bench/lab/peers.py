@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.lab import names
 from bench.lab import gvisor, qemu, uml
 from bench.lab.console import session_pids
 from bench.lab.errors import LabError
@@ -127,7 +128,7 @@ class Columns:
 def loops(n: int) -> list[dict]:
     """Rounds of (every column, every workload), interleaved so drift on a shared host does not
     bias one column; the median ns/op per column and its throughput relative to native."""
-    with tempfile.TemporaryDirectory(prefix="berth-lab-peers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=names.prefix("peers")) as tmp:
         cols = Columns(build_loops(), Path(tmp))
         table = cols.table()
         samples: dict[tuple[str, str], list[float]] = {}
@@ -205,7 +206,7 @@ def tree_pids(root: int) -> list[int]:
 def footprint(n: int) -> list[dict]:
     rows = []
     settle = 2.5
-    with tempfile.TemporaryDirectory(prefix="berth-lab-peers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=names.prefix("peers")) as tmp:
         cols = Columns(build_loops(), Path(tmp))
         mem: dict[str, tuple[float, float]] = {}
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.lab import names
 from bench.lab import initramfs
 from bench.lab.console import Console, run_guest
 from bench.lab.errors import LabError, NoAccelerator, ToolMissing
@@ -130,7 +131,7 @@ def _boot(
     share_host_ro: bool,
     stream: Callable[[str], None] | None,
 ) -> Console:
-    with tempfile.TemporaryDirectory(prefix="berth-lab-qemu-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=names.prefix("qemu")) as tmp:
         modules = kernel.module_paths(HOST_MODULES) if share_host_ro else []
         conf = f"LAB_HOST={int(share_host_ro)}\nLAB_KVER={shlex.quote(kernel.version)}\n"
         initrd = initramfs.build(

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.lab import names
 from bench.lab import initramfs
 from bench.lab.console import Console, run_guest
 from bench.lab.errors import ToolMissing
@@ -94,7 +95,7 @@ def run(
     linux = uml_binary()
     busybox = initramfs.static_busybox()
     # Under /tmp on the host: visible to the guest through hostfs as the same path.
-    with tempfile.TemporaryDirectory(prefix="berth-lab-uml-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=names.prefix("uml")) as tmp:
         d = Path(tmp)
         for sub in ("rw", "root", "uml"):
             (d / sub).mkdir()

@@ -4,6 +4,7 @@ the exit status, fails with a one-line reason on timeouts, and leaves nothing be
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from bench.lab import BootTimeout, CommandTimeout, boot_and_run, gvisor, qemu, u
 from bench.lab.errors import LabError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (qemu 9p as root, runsc)")
+
+# This session's own names: a benchmark booting lab guests beside the tests is not a leak of ours.
+PREFIX = f"berth-lab-t{secrets.token_hex(3)}"
+os.environ["BERTH_LAB_PREFIX"] = PREFIX
 
 
 def _lab_state() -> dict[str, set[str]]:
@@ -23,12 +28,12 @@ def _lab_state() -> dict[str, set[str]]:
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "berth-lab-" in cmd and ("qemu" in cmd or "linux" in cmd or "runsc" in cmd):
+            if PREFIX in cmd and ("qemu" in cmd or "linux" in cmd or "runsc" in cmd):
                 procs.add(f"{d.name} {cmd[:120]}")
     out = subprocess.run(["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True).stdout
     taps = {ln.split(": ")[1] for ln in out.splitlines() if ": " in ln}
-    mounts = {ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if "berth-lab" in ln}
-    runsc = {str(p) for p in Path("/tmp").glob("berth-lab-*")}
+    mounts = {ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if PREFIX in ln}
+    runsc = {str(p) for p in Path("/tmp").glob(f"{PREFIX}-*")}
     return {"processes": procs, "taps": taps, "mounts": mounts, "tmp": runsc}
 
 
