@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from berth.errors import BerthError
+
 
 def berth_cmd() -> list[str]:
     return [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "berth")]
@@ -91,12 +93,16 @@ def start(env: dict[str, str], name: str, *args: str, cmd: str = HOG2, limit: in
 
 
 def wait_running(env: dict[str, str], names: list[str], timeout: float = 20) -> None:
+    """Until every guest uses CPU in its cgroup and its state says running (the cgroup fills
+    before ``berth run`` has recorded the guest's init)."""
+    from berth.runtime import state as st
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if all(usage(env, n) > 0 for n in names):
+            if all(usage(env, n) > 0 and st.alive(st.read(env["BERTH_RUN"], n)) for n in names):
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError, LookupError, BerthError):
             pass
         time.sleep(0.05)
     raise AssertionError(f"guests {names} did not start within {timeout}s")
