@@ -23,8 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.lab import names
-from bench.lab import gvisor, qemu, uml
+from bench.lab import gvisor, names, qemu, uml
 from bench.lab.console import session_pids
 from bench.lab.errors import LabError
 from bench.lab.kernel import CACHE

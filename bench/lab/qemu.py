@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.lab import names
-from bench.lab import initramfs
+from bench.lab import initramfs, names
 from bench.lab.console import Console, run_guest
 from bench.lab.errors import LabError, NoAccelerator, ToolMissing
 from bench.lab.kernel import Kernel, ensure_kernel

@@ -15,8 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.lab import names
-from bench.lab import initramfs
+from bench.lab import initramfs, names
 from bench.lab.console import Console, run_guest
 from bench.lab.errors import ToolMissing
 
