@@ -838,34 +838,177 @@ def _mem_mib(pids: list[int]) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
+# Long-lived guests as their users run them: `berth create`, then `berth start`, supervised by
+# guestd. No network, lxcfs or user namespace (--userns host, as the eval's network guests).
+GUEST_FLAGS = ("--net", "none", "--userns", "host", "--no-lxcfs")
+IDLE_GUESTS = 10
+GUESTD = "berth start (guestd)"
+BERTH_RUN = "berth run"
+
+
+class _Guests:
+    """Guests of the bench's store made with ``berth create``, started through guestd; all of
+    them (and the guestd of the store) are removed by :meth:`remove`."""
+
+    def __init__(self, env: Env, count: int) -> None:
+        self.env = env
+        self.names = [f"{env.tag}-g{i}" for i in range(count)]
+        self.made: list[str] = []
+        self.run_dir = Path(env.env["BERTH_RUN"]) / ".guests"
+
+    def berth(self, *args: str, timeout: float = 120) -> str:
+        p = subprocess.run([BERTH, *args], env=self.env.env, capture_output=True, text=True, timeout=timeout)
+        return _check(p, f"berth {args[0]}")
+
+    def create(self) -> None:
+        for name in self.names:
+            self.berth("create", name, *GUEST_FLAGS)
+            self.made.append(name)
+        self.berth("list")  # guestd up before anything is timed or measured
+
+    def start(self, name: str) -> float:
+        """Seconds from ``berth start NAME`` to the guest's init running (busybox init's comm)."""
+        t = time.monotonic()
+        self.berth("start", name)
+        pid = json.loads((self.run_dir / f"{name}.json").read_text())["pid"]
+        while Path(f"/proc/{pid}/comm").read_text().strip() != "init":
+            if time.monotonic() - t > 10:
+                raise LabError(f"guest {name}: init not running 10 s after berth start")
+            time.sleep(0.0005)
+        return time.monotonic() - t
+
+    def guestd(self) -> int:
+        return int((self.run_dir / "guestd.pid").read_text())
+
+    def pids(self, names: Sequence[str]) -> list[int]:
+        from bench.density import cgroup_pids
+
+        return sorted({p for n in names for p in cgroup_pids(f"{self.env.tag}/{n}")})
+
+    def charged(self, names: Sequence[str]) -> int:
+        """Bytes charged to the guests' memory cgroups (user pages, page cache, kernel objects)."""
+        v1 = Path("/sys/fs/cgroup/memory") / self.env.tag
+        total = 0
+        for n in names:
+            f = v1 / n / "memory.usage_in_bytes"
+            if not f.exists():
+                f = Path("/sys/fs/cgroup") / self.env.tag / n / "memory.current"
+            total += int(f.read_text())
+        return total
+
+    def idle_memory(self, count: int, reps: int) -> dict[str, list[float]]:
+        """``count`` stopped guests started by one ``berth start`` and idle ~3 s, ``reps`` times:
+        per guest, the host's used-memory growth and the PSS/RSS of their processes + guestd's / count."""
+        from bench.density import used
+
+        def sample() -> float:  # the median of 5 readings over 0.4 s: other processes' noise
+            xs = []
+            for i in range(5):
+                time.sleep(0.1 if i else 0)
+                xs.append(used())
+            return statistics.median(xs)
+
+        names = self.made[:count]
+        got: dict[str, list[float]] = {}
+        for _ in range(reps):
+            time.sleep(1)
+            base = sample()
+            self.berth("start", *names)
+            time.sleep(3)
+            grown = sample() - base
+            memcg = self.charged(names)
+            pids = self.pids(names)
+            if len(pids) < count:
+                raise LabError(f"{len(pids)} processes in {count} started guests")
+            g_rss, g_pss = _mem_mib(pids)
+            d_rss, d_pss = _mem_mib([self.guestd()])
+            self.berth("stop", "--timeout", "5", *names)
+            for k, v in (
+                ("used", grown / 2**20 / count),
+                ("memcg", memcg / 2**20 / count),
+                ("pss", (g_pss + d_pss) / count),
+                ("rss", (g_rss + d_rss) / count),
+                ("guest_pss", g_pss / count),
+                ("guestd_pss", d_pss),
+                ("procs", len(pids) / count),
+            ):
+                got.setdefault(k, []).append(v)
+        return got
+
+    def remove(self) -> list[str]:
+        """Destroy the guests, end guestd, and say what is left behind (cgroups, mounts)."""
+        if self.made:
+            subprocess.run(
+                [BERTH, "destroy", "--force", *self.made], env=self.env.env, capture_output=True, timeout=120
+            )
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(self.guestd(), 15)
+        subprocess.run([BERTH, "gc"], env=self.env.env, capture_output=True, timeout=120)
+        left = [str(d) for d in Path("/sys/fs/cgroup").glob(f"*/{self.env.tag}/{self.env.tag}-g*")]
+        mounts = Path("/proc/self/mountinfo").read_text()
+        left += [f"mount of {n}" for n in self.made if f"/{n}/" in mounts]
+        left += [n for n in self.made if (Path(self.env.env["BERTH_ROOT"]) / "guests" / n).exists()]
+        return left
+
+
 def density(env: Env, cfg: Config) -> Section:
     s = Section("4. Density and start-up")
     n = 5 if cfg.quick else 15
+    guests = _Guests(env, max(n + 1, IDLE_GUESTS))
+    try:
+        guests.create()
+        _density(env, cfg, s, n, guests)
+    finally:
+        left = guests.remove()
+        if left:
+            s.notes.append(f"left behind by the guestd guests: {', '.join(left)}")
+    return s
+
+
+def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None:
+    pending = iter(guests.names)
     starts: dict[str, Callable[[], object]] = {
         "native": lambda: subprocess.run([str(env.micro), "noop"], check=True),
-        "berth": lambda: _check(env.run("berth", lambda _b: ["noop"]), "berth run"),
+        BERTH_RUN: lambda: _check(env.run("berth", lambda _b: ["noop"]), "berth run"),
+        GUESTD: lambda: guests.start(next(pending)),
         "runc": lambda: _check(env.runc(["noop"]), "runc run"),
         env.kernel: lambda: uml.run("true", memory_mb=256, timeout=60),
         "gvisor": lambda: gvisor.run("true", timeout=60),
     }
+    avail = {BERTH_RUN: "berth", GUESTD: "berth"}
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
     for rep in range(n + 1):
         for col, fn in starts.items():
-            if col in errors or (col != "native" and not env.available.get(col, (0,))[0]):
+            if col in errors or (col != "native" and not env.available.get(avail.get(col, col), (0,))[0]):
                 continue
             t = time.monotonic()
             try:
-                fn()
+                r = fn()
             except (LabError, OSError, subprocess.SubprocessError) as e:
                 errors[col] = str(e).splitlines()[0][:200]
                 continue
             if rep:
-                # runc: `runc run` alone, without the bench's own overlay mount around it
-                dt = env.runc_seconds if col == "runc" else time.monotonic() - t
+                # runc: `runc run` alone, without the bench's own overlay mount around it;
+                # guestd: its own timing (berth start until the guest's init runs)
+                dt = (
+                    env.runc_seconds if col == "runc" else r if isinstance(r, float) else time.monotonic() - t
+                )
                 times.setdefault(col, []).append(dt)
-    # idle memory: berth (our store), runc, plus the lab's footprint for uml/gvisor (and berth)
+    with contextlib.suppress(LabError, subprocess.SubprocessError):
+        guests.berth("stop", "--timeout", "5", *guests.made)  # the started ones; the rest: no-op
+    # idle memory: berth's guestd guests, a `berth run` guest, the lab's footprint for uml/gvisor
     mem: dict[str, tuple[float, float]] = {}
+    used: dict[str, float] = {}
+    charged: dict[str, float] = {}
+    idle: dict[str, list[float]] = {}
+    try:
+        idle = guests.idle_memory(IDLE_GUESTS, 3 if cfg.quick else 5)
+        mem[GUESTD] = (med(idle["rss"]), med(idle["pss"]))
+        used[GUESTD] = med(idle["used"])
+        charged[GUESTD] = med(idle["memcg"])
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        s.notes.append(f"idle memory of the guestd guests failed: {str(e).splitlines()[0][:200]}")
     p = subprocess.Popen(
         [BERTH, "run", "--rm", "--", "/bin/sleep", "6"],
         env=env.env,
@@ -873,7 +1016,7 @@ def density(env: Env, cfg: Config) -> Section:
         stdout=subprocess.DEVNULL,
     )
     time.sleep(3)
-    mem["berth"] = _mem_mib(peers.tree_pids(p.pid))
+    mem[BERTH_RUN] = _mem_mib(peers.tree_pids(p.pid))
     p.wait(timeout=60)
     try:
         out = io.StringIO()
@@ -883,48 +1026,84 @@ def density(env: Env, cfg: Config) -> Section:
                     mem[row["column"]] = (row["idle_rss_mib"], row["idle_pss_mib"])
     except (LabError, OSError, subprocess.SubprocessError) as e:
         s.notes.append(f"lab footprint (UML/gVisor idle memory) failed: {str(e).splitlines()[0][:200]}")
+    nan = float("nan")
     rows = []
-    bst = med(times.get("berth", []))
-    bpss = mem.get("berth", (float("nan"),) * 2)[1]
     for col in starts:
         t = times.get(col, [])
-        rss, pss = mem.get(col, (float("nan"), float("nan")))
+        rss, pss = mem.get(col, (nan, nan))
         rows.append(
             [
                 col,
                 errors.get(col, "") or spread([x * 1000 for x in t]),
                 fmt(med(t) / med(times.get("native", []))) if t else "–",
-                fmt(med(t) / bst) if t and col != "berth" else "–",
+                *(
+                    fmt(med(t) / med(times[b])) if t and times.get(b) and col != b else "–"
+                    for b in (GUESTD, BERTH_RUN)
+                ),
                 fmt(rss),
                 fmt(pss),
-                fmt(pss / bpss) if col not in ("berth", "native") and pss == pss else "–",
+                fmt(used.get(col, nan)),
+                fmt(charged.get(col, nan)),
+                *(
+                    fmt(pss / mem[b][1]) if b in mem and pss == pss and col != b else "–"
+                    for b in (GUESTD, BERTH_RUN)
+                ),
             ]
         )
     for col in (env.kernel, "gvisor"):
-        if times.get(col):
-            r = med(times[col]) / bst
-            s.targets.append((f"berth start ≥ 10× faster than {col}", f"{r:.1f}×", r >= 10))
-        if col in mem:
-            r = mem[col][1] / bpss
-            s.targets.append((f"berth idle memory (PSS) ≥ 10× smaller than {col}", f"{r:.1f}×", r >= 10))
-    # runc idle memory (runc run stays the parent of the container's process)
+        for b in (GUESTD, BERTH_RUN):
+            if times.get(col) and times.get(b):
+                r = med(times[col]) / med(times[b])
+                s.targets.append((f"{b}: start ≥ 10× faster than {col}", f"{r:.1f}×", r >= 10))
+        for b in (GUESTD, BERTH_RUN):
+            if col in mem and b in mem:
+                r = mem[col][1] / mem[b][1]
+                s.targets.append((f"{b}: idle memory (PSS) ≥ 10× smaller than {col}", f"{r:.1f}×", r >= 10))
     s.tables.append(
         Table(
-            f"Start latency: start to exit of a no-op (micro noop, or `true` in UML/gVisor), ms, median "
-            f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) of the whole "
-            "guest (the processes of its session/tree) ~3 s into `sleep`.",
-            ["column", "start ms", "vs native", "vs berth", "idle RSS MiB", "idle PSS MiB", "PSS vs berth"],
+            f"Start latency: start to exit of a no-op (micro noop, or `true` in UML/gVisor); for "
+            f"{GUESTD}: `berth start NAME` of a created guest until its busybox init runs; ms, median "
+            f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
+            f"guest ~3 s after its start; {GUESTD}: {IDLE_GUESTS} busybox system guests (`berth create "
+            f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
+            f"plus guestd's, / {IDLE_GUESTS}, and the host's used memory (MemTotal − MemAvailable) growth "
+            f"/ {IDLE_GUESTS} (kernel side included; other processes' churn shows in it) and what the guests' "
+            f"memory cgroups are charged / {IDLE_GUESTS} (memcg: their pages, page cache and kernel "
+            f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: "
+            "`berth run --rm -- sleep` (its Python front-end stays alive for the guest's life and is "
+            "counted); UML/gVisor: the processes of one idle guest.",
+            [
+                "column",
+                "start ms",
+                "vs native",
+                f"vs {GUESTD}",
+                f"vs {BERTH_RUN}",
+                "idle RSS MiB",
+                "idle PSS MiB",
+                "host used MiB",
+                "memcg MiB",
+                f"PSS vs {GUESTD}",
+                f"PSS vs {BERTH_RUN}",
+            ],
             rows,
-            "UML/gVisor idle memory from bench/lab/peers.footprint; runc's idle memory is not measured here.",
+            "UML/gVisor idle memory from bench/lab/peers.footprint (processes' PSS only: their kernel-side "
+            "cost is not counted, unlike berth's host-used figure); runc's idle memory is not measured here.",
         )
     )
+    if idle:
+        s.notes.append(
+            f"{GUESTD} idle memory per guest (runs: {len(idle['pss'])}): host used "
+            f"{spread(idle['used'])} MiB; memcg {spread(idle['memcg'])} MiB; PSS {spread(idle['pss'])} MiB = guest processes "
+            f"{spread(idle['guest_pss'])} MiB ({fmt(med(idle['procs']))} per guest) + guestd "
+            f"{spread(idle['guestd_pss'])} MiB / {IDLE_GUESTS}."
+        )
     for col, e in errors.items():
         s.notes.append(f"start latency in {col}: {e}")
     s.plots.append(
         {
             "file": "startup.png",
             "kind": "bar",
-            "title": "Start latency (start to exit of a no-op)",
+            "title": "Start latency (start to exit of a no-op; berth start: until init runs)",
             "ylabel": "milliseconds (log scale)",
             "x": [c for c in starts if times.get(c)],
             "series": {"start ms": [med(times[c]) * 1000 for c in starts if times.get(c)]},
@@ -942,7 +1121,6 @@ def density(env: Env, cfg: Config) -> Section:
         + (r.stdout.strip() or r.stderr.strip()[-500:])
         + "\n```"
     )
-    return s
 
 
 # ---------------------------------------------------------------- 5. isolation
