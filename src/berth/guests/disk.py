@@ -9,12 +9,13 @@ its loop device detached, when the guest stops, is destroyed, or by ``berth gc``
 from __future__ import annotations
 
 import os
-import subprocess
 
 from berth.errors import BerthError, UnsupportedError
 
 
 def _run(args: list[str]) -> str:
+    import subprocess  # not on every start: only guests with --disk
+
     try:
         p = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
     except FileNotFoundError:
@@ -33,6 +34,8 @@ def make_image(path: str, size: int) -> None:
 
 def loops_of(image: str) -> list[str]:
     """Loop devices backed by ``image``."""
+    import subprocess  # not on every start: only guests with --disk
+
     out = subprocess.run(["losetup", "-j", image], capture_output=True, text=True, check=False).stdout
     return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
 
@@ -45,6 +48,8 @@ def is_mounted(path: str) -> bool:
 
 def attach(image: str, mnt: str) -> str:
     """Mount ``image`` on ``mnt`` through a loop device (reused if already there); the device."""
+    import subprocess  # not on every start: only guests with --disk
+
     os.makedirs(mnt, 0o755, exist_ok=True)
     if is_mounted(mnt):
         loops = loops_of(image)
@@ -62,6 +67,8 @@ def attach(image: str, mnt: str) -> str:
 
 def detach(image: str, mnt: str) -> None:
     """Unmount and free every loop device of ``image`` (idempotent)."""
+    import subprocess  # not on every start: only guests with --disk
+
     while is_mounted(mnt):
         p = subprocess.run(["umount", mnt], capture_output=True, text=True, check=False)
         if p.returncode != 0:

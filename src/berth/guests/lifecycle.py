@@ -8,7 +8,6 @@ caller holding the lock cleans what it left.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -45,7 +44,7 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
         if os.path.lexists(store.dir(name)):
             raise ExistsError(f"guest {name!r} exists already")
         rng = _allocate_ids(store, name, mode)  # before anything is made: a bad range leaves nothing
-        tmp = os.path.join(store.guests, f".new-{name}-{secrets.token_hex(3)}")
+        tmp = os.path.join(store.guests, f".new-{name}-{os.urandom(3).hex()}")
         try:
             os.mkdir(tmp, 0o711)
             if cfg.get("disk"):
@@ -209,7 +208,7 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
             _stop_locked(store, name, rec, timeout=0)
         instance.cleanup(store, name, rec)
         _forget_address(store, name)
-        trash = os.path.join(store.guests, f".destroy-{name}-{secrets.token_hex(3)}")
+        trash = os.path.join(store.guests, f".destroy-{name}-{os.urandom(3).hex()}")
         os.rename(store.dir(name), trash)
         try:
             os.unlink(store.run_file(name))
@@ -239,7 +238,7 @@ def clone(store: Store, name: str, new: str) -> None:
                 cfg["userns"] = mode = "auto"
             old = id_range(store, name)
             rng = _allocate_ids(store, new, mode)  # its own range: the copied layer is shifted to it
-            tmp = os.path.join(store.guests, f".new-{new}-{secrets.token_hex(3)}")
+            tmp = os.path.join(store.guests, f".new-{new}-{os.urandom(3).hex()}")
             try:
                 os.mkdir(tmp, 0o711)
                 if os.path.exists(store.image(name)):
