@@ -273,9 +273,9 @@ def create(
                 f.write(program)
         init_fd = None
         if use_init:
-            from berth.runtime.process import init_memfd
+            from berth.runtime.process import init_bound, init_memfd
 
-            init_fd = init_memfd()
+            init_fd = None if init_bound(spec) else init_memfd()
         userns = any(n["type"] == "user" for n in linux.get("namespaces") or [])
         idmap_src = None
         if userns and overlay is None and (spec.get("annotations") or {}).get(IDMAP_ROOTFS) == "true":

@@ -255,6 +255,10 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         elif opts.idmapped:
             mounts.attach_idmapped(opts.idmapped, [rootfs])
         mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None)
+        init: int | str | None = opts.init_fd
+        if opts.use_init and init is None:
+            mounts.bind_init(rootfs, process.TINI, process.INIT_AT)
+            init = process.INIT_AT
         master = slave = -1
         if terminal:
             master, slave = _open_console(rootfs)
@@ -351,7 +355,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         for fd in preserved:
             os.set_inheritable(fd, True)
         process.close_fds_except({0, 1, 2, *preserved})
-        process.execute(path, proc["args"], env, init_fd=opts.init_fd)
+        process.execute(path, proc["args"], env, init_fd=init)
     except BaseException as e:
         _fail(sock, e)
 

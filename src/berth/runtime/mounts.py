@@ -314,6 +314,23 @@ def prepare_root(spec: dict[str, Any], rootfs: str, *, userns: bool, console_sla
             target.close()
 
 
+def bind_init(root: str, source: str, dest: str) -> None:
+    """tini for the guest's pid 1: ``source`` (the host's, owned by root) bound read-only,
+    nosuid, nodev at ``dest`` under ``root`` (on the guest's /dev tmpfs).  The guest cannot change
+    it: the mount is read-only and the file's owner is not the guest's root."""
+    target = _Target(root, dest, is_file=True)
+    try:
+        mount(source, target.proc, None, MS.BIND)
+    finally:
+        target.close()
+    top = _Target(root, dest, is_file=True)
+    try:
+        flags = MS.BIND | MS.REMOUNT | MS.RDONLY | MS.NOSUID | MS.NODEV
+        mount(None, top.proc, None, flags | locked_flags(top.proc))
+    finally:
+        top.close()
+
+
 def bind_root(path: str, propagation: str | None, host_root_at: str | None = None) -> str:
     """Make the host's tree private (or as the spec asks) and turn ``path`` into a mount point;
     returns the path of the guest's root from now on.

@@ -24,6 +24,8 @@ INIT_NAMES = frozenset(
     {"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"}
 )
 TINI = "/usr/bin/tini-static"
+# Where the guest finds tini (:func:`init_bound`): on its /dev tmpfs, not in its root filesystem.
+INIT_AT = "/dev/.berth-init"
 
 
 def warn(msg: str) -> None:
@@ -246,6 +248,21 @@ def wants_init(args: list[str]) -> bool:
     return os.path.basename(args[0]) in INIT_NAMES
 
 
+def init_bound(spec: dict[str, Any]) -> bool:
+    """Is tini bound into the guest (read-only at :data:`INIT_AT`, on the guest's own /dev tmpfs),
+    rather than run from a memfd?  As Docker's --init: a file the guest's mount namespace holds,
+    which CRIU can dump and restore (it cannot restore a memfd as an executable); no copy per
+    start.  A guest without a /dev tmpfs (a spec that binds the host's /dev) gets the memfd, and so
+    does a guest that keeps CAP_SYS_ADMIN in the host's user namespace (--privileged): it could
+    remount the bind read-write and change the host's tini."""
+    linux = spec.get("linux") or {}
+    own_userns = any(n.get("type") == "user" for n in linux.get("namespaces") or [])
+    bounding = ((spec.get("process") or {}).get("capabilities") or {}).get("bounding") or []
+    if "CAP_SYS_ADMIN" in bounding and not own_userns:
+        return False
+    return any(m.get("destination") == "/dev" and m.get("type") == "tmpfs" for m in spec.get("mounts") or [])
+
+
 def init_memfd() -> int:
     """tini, copied into a sealed memfd: the guest's pid 1 runs a file no host path leads to."""
     src = os.open(TINI, os.O_RDONLY | os.O_CLOEXEC)
@@ -283,8 +300,9 @@ def close_fds_except(keep: set[int]) -> None:
             pass
 
 
-def execute(path: str, args: list[str], env: list[str], *, init_fd: int | None) -> None:
-    """execve the command (behind tini from ``init_fd`` when given).  Returns only by raising."""
+def execute(path: str, args: list[str], env: list[str], *, init_fd: int | str | None) -> None:
+    """execve the command (behind tini from ``init_fd``, a memfd or a path in the guest, when
+    given).  Returns only by raising."""
     envd = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     sys.stdout.flush()
     try:
