@@ -324,7 +324,11 @@ def main() -> int:
                 f"{'' if target is None else f'≤{target * 1000:.0f}ms':>10}{verdict:>6}"
             )
         print(f"median of {repeat} runs each.")
-        print("phases (median, ms after the freeze; dest_*: the destination's, after the final frame began):")
+        print(
+            "phases (median, ms after the freeze; dest_*: the destination's, after the final frame began;"
+            " dump_criu, dump_tmpfs, dest_restore_criu: how long CRIU's dump and restore ran by their logs"
+            " and berth's copy of the tmpfs mounts took):"
+        )
         for label, mode, r in rows:
             ph = " ".join(f"{k[6:]}={r[k] * 1000:.0f}" for k in r if k.startswith("phase_"))
             print(f"  {label:<10}{mode:<23}{ph}")

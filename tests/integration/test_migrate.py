@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from test_checkpoint import Host, criu_or_skip, make_host, start_guest, wait
+from test_checkpoint import (
+    Host,
+    check_tmpfs_files,
+    criu_or_skip,
+    make_host,
+    put_tmpfs_files,
+    start_guest,
+    wait,
+)
 
 PORT = 7711
 
@@ -79,12 +87,14 @@ def test_live_migration_keeps_processes_and_connection(hosts: tuple[Host, Host],
     a, b = hosts
     name = f"{unique}-m"
     start_guest(a, name)
+    files = put_tmpfs_files(a, name)
     r = receiver(b)
     out = migrate(a, name)
     rc = r.wait(60)
     err = r.stderr.read() if r.stderr else ""
     assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
     assert "downtime" in out.stdout
+    check_tmpfs_files(b, name, files)
     rec = b.record(name)
     assert rec["status"] == "running" and rec["pid"]
     n = len(b.replies(name))

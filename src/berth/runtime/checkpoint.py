@@ -16,6 +16,17 @@ template below it is shared), and restore mounts the same overlay again.  ``bert
 the image directory records what restore needs: the state, the overlay, the external files,
 the cgroup's resources, the options the dump was made with.
 
+**tmpfs mounts** (``own_tmpfs``, berth's guests): CRIU would tar and gzip each tmpfs of the
+container (/dev, /dev/shm, /sys/fs/cgroup, the masked paths: one ``tar`` and one ``gzip``
+process per mount, some 7 ms each at dump and again at restore, all in the downtime).  Instead
+each tmpfs mounted whole once is declared external (``--external mnt[MNT]:berth-tmpfs-N``);
+berth holds an fd on its root during the dump (the filesystem outlives the processes CRIU ends)
+and copies its entries (types, device nodes, modes, owners, times, xattrs, hard links) into
+``images``/tmpfs/N afterwards.  Restore mounts a new tmpfs with the same options for each in
+the restoring process's mount namespace, fills it from there, and CRIU binds it in place with
+the mount's flags; binds of part of one (/dev/null over /proc/keys) follow.  With
+``leave_running`` CRIU tars them as before (the processes would change them while berth copied).
+
 **Pre-dump**: ``criu pre-dump --track-mem`` (and a dump with ``--prev-images-dir``) copies
 memory while the guest runs.  It needs the kernel's soft-dirty bits (``CONFIG_MEM_SOFT_DIRTY``,
 ``criu check --feature mem_dirty_track``); where that is missing, :func:`can_pre_dump` says so.
@@ -33,10 +44,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import time
 
 from berth.errors import BerthError, StateError, UnsupportedError
+from berth.runtime import ckuserns, extmounts
 from berth.runtime import criu as criu_mod
 from berth.runtime import state as st
 
@@ -49,6 +62,9 @@ if TYPE_CHECKING:
 
 META = "berth.json"
 NETNS_KEY = "berth-netns"
+# The content of the container's tmpfs mounts, copied by berth (dump(own_tmpfs=True)).
+TMPFS_DIR = "tmpfs"
+TMPFS_KEY = "berth-tmpfs-"
 # Lock TCP connections with one nftables table (in CRIU) rather than iptables-restore runs.
 NETWORK_LOCK = "nftables"
 _O_ACCMODE = 0o3
@@ -180,6 +196,170 @@ def _check_restorable(pid: int) -> None:
         )
 
 
+def _external_binds(pid: int, criu_args: Sequence[str], *, cgroups: bool = False) -> list[dict[str, Any]]:
+    """The container's binds CRIU is to take as external (:mod:`berth.runtime.extmounts`), each
+    with its key; those the caller's ``criu_args`` name already are left to it."""
+    named = {a[4 : a.index("]")] for a in criu_args if a.startswith("mnt[") and "]" in a}
+    out = []
+    for e in extmounts.of_pid(pid, cgroups=cgroups):
+        if e["mnt"] in named:
+            continue
+        if e["host"] is None:
+            raise UnsupportedError(
+                f"checkpoint: {e['mnt']} in the guest is bound from a filesystem not mounted on the host"
+            )
+        out.append({**e, "key": f"{extmounts.KEY}{len(out)}"})
+    return out
+
+
+# -- the container's tmpfs mounts ----------------------------------------------------------------
+def _hold_tmpfs(pid: int) -> list[tuple[dict[str, Any], int]]:
+    """The container's tmpfs mounts (:func:`tmpfs_mounts`), each with an fd on its root that
+    keeps the filesystem readable after CRIU has ended the processes (and their mount
+    namespace).  One that cannot be opened as itself is left to CRIU."""
+    out = []
+    for m in tmpfs_mounts(pid):
+        try:
+            flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(f"/proc/{pid}/root{m['mnt']}", flags)
+        except OSError:
+            continue
+        if os.fstat(fd).st_dev != m["dev"]:
+            os.close(fd)
+            continue
+        out.append((m, fd))
+    return out
+
+
+def _save_tmpfs(held: list[tuple[dict[str, Any], int]], images: str) -> list[dict[str, Any]]:
+    """Copy the held tmpfs mounts into ``images``/tmpfs/N; their records for berth.json."""
+    top = os.path.join(images, TMPFS_DIR)
+    os.mkdir(top, 0o700)
+    out = []
+    for i, (m, fd) in enumerate(held):
+        rel = f"{TMPFS_DIR}/{i}"
+        os.mkdir(os.path.join(images, rel), 0o700)
+        copy_tree(f"/proc/self/fd/{fd}", os.path.join(images, rel), m["dev"])
+        keep = {k: m.get(k) for k in ("mnt", "source", "options", "mnt_options")}
+        out.append({"key": f"{TMPFS_KEY}{i}", **keep, "dir": rel})
+    return out
+
+
+def tmpfs_mounts(pid: int) -> list[dict[str, Any]]:
+    """The container's tmpfs filesystems mounted whole (root "/") exactly once: [{"mnt" (the
+    mount point inside), "dev" (st_dev), "source", "options" (the superblock's)}].  A tmpfs
+    mounted whole twice is left to CRIU (two copies would not be one filesystem again)."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return parse_tmpfs_mounts(f.read())
+
+
+def parse_tmpfs_mounts(mountinfo: str) -> list[dict[str, Any]]:
+    """:func:`tmpfs_mounts` of a mountinfo text."""
+    whole: dict[int, list[dict[str, Any]]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        if fields[sep + 1] != "tmpfs" or fields[3] != "/":
+            continue
+        major, minor = (int(x) for x in fields[2].split(":"))
+        dev = os.makedev(major, minor)
+        mnt = _unescape(fields[4])
+        whole.setdefault(dev, []).append(
+            {"mnt": mnt, "dev": dev, "source": _unescape(fields[sep + 2]), "options": fields[sep + 3]}
+        )
+        whole[dev][-1]["mnt_options"] = fields[5]  # the mount's own flags (nosuid, atime)
+    return [ms[0] for ms in whole.values() if len(ms) == 1]
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field with its octal escapes (``\\040`` for a space) decoded."""
+    if "\\" not in field:
+        return field
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _tmpfs_data(options: str) -> tuple[bool, str]:
+    """(read-only, mount data) from a tmpfs superblock's options in mountinfo."""
+    opts = [o for o in options.split(",") if o]
+    return "ro" in opts, ",".join(o for o in opts if o not in ("ro", "rw"))
+
+
+def copy_tree(src: str, dst: str, dev: int | None = None) -> None:
+    """Copy the tree at ``src`` into the directory ``dst`` (there already: it gets ``src``'s
+    mode, owner, times and extended attributes), every entry with its type (files, directories,
+    symlinks, device nodes, fifos; sockets are left out: their owners bind them again), mode,
+    owner, times, extended attributes and hard links.  ``dev``: only this filesystem (mount
+    points of others are copied as empty directories)."""
+    links: dict[tuple[int, int], str] = {}
+    dirs: list[tuple[str, os.stat_result, str]] = []
+    todo = [(src, dst)]
+    while todo:
+        sdir, ddir = todo.pop()
+        with os.scandir(sdir) as it:
+            entries = list(it)
+        for e in entries:
+            s, d = e.path, os.path.join(ddir, e.name)
+            st = os.lstat(s)
+            fmt = stat.S_IFMT(st.st_mode)
+            if fmt == stat.S_IFDIR:
+                os.mkdir(d, 0o700)
+                dirs.append((s, st, d))
+                if dev is None or st.st_dev == dev:
+                    todo.append((s, d))
+                continue
+            if fmt == stat.S_IFREG:
+                first = links.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+                if first is not None:
+                    os.link(first, d)
+                    continue
+                _copy_file(s, d)
+                if st.st_nlink > 1:
+                    links[(st.st_dev, st.st_ino)] = d
+            elif fmt == stat.S_IFLNK:
+                os.symlink(os.readlink(s), d)
+            elif fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
+                os.mknod(d, fmt | 0o600, st.st_rdev)
+            else:
+                continue  # a socket
+            _copy_meta(s, st, d)
+    for s, st, d in reversed(dirs):  # after their contents (which change a directory's times)
+        _copy_meta(s, st, d)
+    _copy_meta(src, os.stat(src), dst, follow=True)  # src may be a /proc/self/fd link
+
+
+def _copy_file(src: str, dst: str) -> None:
+    fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while os.sendfile(fo, fi, None, 1 << 30) > 0:
+                pass
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
+
+
+def _copy_meta(src: str, st: os.stat_result, dst: str, *, follow: bool = False) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=follow)
+    except OSError:
+        names = []
+    for n in names:
+        try:
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=follow), follow_symlinks=False)
+        except OSError:
+            pass  # a name the filesystem does not take
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
 def can_pre_dump(criu: str) -> str | None:
     """None if iterative pre-dumps work here, else why not."""
     if criu_mod.has_feature(criu, "mem_dirty_track"):
@@ -202,6 +382,8 @@ def dump(
     extra: dict[str, Any] | None = None,
     criu_args: Sequence[str] = (),
     external_netns: bool = False,
+    own_tmpfs: bool = False,
+    cgroup_props: bool = True,
 ) -> dict[str, Any]:
     """Checkpoint ``c`` into ``images``; the metadata written there as berth.json.
 
@@ -210,6 +392,12 @@ def dump(
     ``external_netns``: the container's own network namespace is not dumped (its addresses,
     routes, firewall): restore puts the processes into one the caller made (:func:`restore`'s
     ``netns_fd``), or a fresh one with loopback up.  Its sockets are dumped as usual.
+    ``own_tmpfs`` (without ``leave_running``): the content of the container's tmpfs mounts is
+    copied by berth into ``images``/tmpfs after the dump, not tarred by CRIU (see the module's
+    notes); restore mounts them again from there.  ``cgroup_props=False``: CRIU records the
+    processes' cgroups but not the cgroups' settings (``--manage-cgroups=ignore``: it need not
+    mount every hierarchy, some 15 ms of downtime on a v1 host), for a restore that is given the
+    resources (berth's own restore is: it recreates the cgroup with them before CRIU runs).
     Without ``leave_running`` (and unless ``pre_dump``) the container's processes are gone
     afterwards and its state directory is kept for :func:`forget`.
     """
@@ -230,12 +418,15 @@ def dump(
     files = external_files(sorted(pids, key=lambda p: p != c.pid))
     overlay = overlay_of(c.pid)
     locks = holds_file_locks(pids)
-    netns = _own_netns(c.pid) if external_netns and not pre_dump else None
+    userns = ckuserns.of_pid(c.pid, c.dir, overlay)
+    # In its own user namespace the guest's network namespace is CRIU's to dump (berth.runtime.ckuserns).
+    netns = _own_netns(c.pid) if external_netns and not pre_dump and userns is None else None
     args = ["pre-dump" if pre_dump else "dump", "-t", str(c.pid), "-D", images, "-W", work]
     if pre_dump:
         args += ["--track-mem"]
     else:
-        args += ["--manage-cgroups", "--ext-unix-sk", "--link-remap", "--skip-in-flight"]
+        args += ["--manage-cgroups" if cgroup_props else "--manage-cgroups=ignore"]
+        args += ["--ext-unix-sk", "--link-remap", "--skip-in-flight"]
         args += ["--network-lock", NETWORK_LOCK]
         if locks:
             args.append("--file-locks")
@@ -247,6 +438,14 @@ def dump(
             args += ["--external", f["key"]]
         if netns:
             args += ["--external", f"net[{netns}]:{NETNS_KEY}"]
+    ext = _external_binds(c.pid, criu_args, cgroups=userns is not None)
+    for e in ext:
+        args += ["--external", f"mnt[{e['mnt']}]:{e['key']}"]
+    held: list[tuple[dict[str, Any], int]] = []
+    if own_tmpfs and not pre_dump and not leave_running:
+        held = _hold_tmpfs(c.pid)
+        for i, (m, _fd) in enumerate(held):
+            args += ["--external", f"mnt[{m['mnt']}]:{TMPFS_KEY}{i}"]
     if parent:
         args += ["--prev-images-dir", parent, "--track-mem"]
     args += list(criu_args)
@@ -267,13 +466,23 @@ def dump(
         "file_locks": locks,
         "network_lock": NETWORK_LOCK,
         "netns_external": bool(netns),
+        "cgroup_props": cgroup_props,
+        "ext_mounts": ext,
+        "userns": userns,
         "time": time.time(),
         **(extra or {}),
     }
     log = os.path.join(work, "pre-dump.log" if pre_dump else "dump.log")
     t0 = time.monotonic()
-    criu_mod.run(criu, args, log, what=f"checkpoint of {c.id!r}", kdat=True)
-    meta["dump_seconds"] = time.monotonic() - t0
+    try:
+        criu_mod.run(criu, args, log, what=f"checkpoint of {c.id!r}", kdat=True)
+        meta["dump_seconds"] = time.monotonic() - t0
+        if held:
+            meta["tmpfs"] = _save_tmpfs(held, images)
+            meta["tmpfs_seconds"] = time.monotonic() - t0 - meta["dump_seconds"]
+    finally:
+        for _m, fd in held:
+            os.close(fd)
     with open(os.path.join(images, META), "w") as f:
         json.dump(meta, f)
     return meta
@@ -389,6 +598,8 @@ def restore(
             fd = os.open(path, _open_flags(f["flags"]) | os.O_CLOEXEC, f.get("mode", 0o640))
             if f.get("mode") is not None and os.fstat(fd).st_mode & 0o7777 != f["mode"]:
                 os.fchmod(fd, f["mode"])
+            if meta.get("userns"):
+                ckuserns.own_file(meta["userns"], fd)
             os.set_inheritable(fd, True)
             fds.append(fd)
             args += ["--inherit-fd", f"fd[{fd}]:{f['key']}"]
@@ -396,6 +607,18 @@ def restore(
             fd = os.dup(theirs)  # criu gets it under this number (pass_fds)
             fds.append(fd)
             args += ["--inherit-fd", f"fd[{fd}]:{key}"]
+        tmpfs = []
+        for t in meta.get("tmpfs") or []:
+            # Mounted and filled in the restoring process's mount namespace; CRIU binds it in.
+            at = os.path.join(work, f"tmpfs-{len(tmpfs)}")
+            os.mkdir(at, 0o700)
+            tmpfs.append({**t, "at": at, "from": os.path.join(images, t["dir"])})
+            args += ["--external", f"mnt[{t['key']}]:{at}"]
+        for e in meta.get("ext_mounts") or []:
+            host = e["host"]
+            if e.get("cgroup"):
+                host = extmounts.moved_cgroup(host, meta.get("cgroup") or "", cgroup_path)
+            args += ["--external", f"mnt[{e['key']}]:{host}"]
         args += list(criu_args)
         data = dict(old)
         berth = dict(old.get("berth") or {})
@@ -405,7 +628,15 @@ def restore(
             data["bundle"] = bundle
         st.write(state_root, cid, data)
         log = os.path.join(work, "restore.log")
-        _restore_in_private_ns(criu, args, log, cg, overlay, target, fds, cid)
+        if meta.get("userns"):
+            ckuserns.share_with_guest(meta["userns"], images, sdir, work)
+            if overlay is not None:
+                overlay = ckuserns.overlay(meta["userns"], overlay, sdir)
+        try:
+            _restore_in_private_ns(criu, args, log, cg, overlay, target, fds, cid, tmpfs)
+        finally:
+            for fd in (overlay or {}).get("lower_fds") or []:
+                os.close(fd)
         with open(pidf) as f:
             pid = int(f.read().strip())
         data["pid"] = pid
@@ -517,12 +748,14 @@ def _restore_in_private_ns(
     target: str,
     fds: list[int],
     cid: str,
+    tmpfs: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Run ``criu restore`` in a child that joined the cgroup and mounted the root in a mount
-    namespace of its own (gone with it: the restored container has its own copy)."""
+    namespace of its own (gone with it: the restored container has its own copy), and the
+    container's ``tmpfs`` mounts, filled from the images, for CRIU to bind in."""
     from berth.linux.mount import MS, mount
     from berth.linux.ns import Clone, unshare
-    from berth.runtime.mounts import mount_overlay
+    from berth.runtime.mounts import attach_idmapped, mount_overlay
 
     kdat = criu_mod.kdat_cache(criu)
 
@@ -532,12 +765,24 @@ def _restore_in_private_ns(
         mount("none", "/", None, MS.REC | MS.PRIVATE)
         criu_mod.private_run(kdat)
         if overlay is not None:
-            mount_overlay(overlay["lower"], overlay["upper"], overlay["work"], target)
+            lower = overlay["lower"]
+            if overlay.get("lower_fds"):  # a guest in a user namespace: its idmapped layers
+                attach_idmapped(overlay["lower_fds"], overlay["lower_at"])
+                lower = overlay["lower_at"]
+            userxattr = bool(overlay.get("userxattr"))
+            mount_overlay(lower, overlay["upper"], overlay["work"], target, userxattr=userxattr)
         else:
             mount(target, target, None, MS.BIND | MS.REC)
+        for t in tmpfs:
+            ro, data = _tmpfs_data(t["options"])
+            flags = extmounts.mount_flags(t.get("mnt_options") or "")  # as the guest had them
+            mount(t.get("source") or "tmpfs", t["at"], "tmpfs", flags, data)
+            copy_tree(t["from"], t["at"])
+            if ro:
+                mount("none", t["at"], None, MS.REMOUNT | MS.RDONLY | flags, data)
 
     p = subprocess.run(
-        [criu, *args, "-o", log, "-v4"],
+        [*criu_mod.argv(criu), *args, "-o", log, "-v4"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -91,6 +91,31 @@ def has_feature(criu: str, feature: str) -> bool:
     return _checked[key] is None
 
 
+_LIBS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
+
+
+def argv(criu: str) -> list[str]:
+    """The command that runs ``criu``.  For the wrapper of berth's tools directory (a shell
+    script that finds its bundle with readlink and dirname: three processes, some 20 ms, twice in
+    a migration's downtime) the bundle's loader directly, with the wrapper's arguments
+    (tools/criu-install.sh); anything else as it is."""
+    if _argv.get(criu) is None:
+        _argv[criu] = [criu]
+        t = os.path.dirname(os.path.realpath(criu))
+        d = os.path.join(t, "root")
+        real = os.path.join(d, "usr", "sbin", "criu")
+        loaders = [os.path.join(d, lib, "ld-linux-x86-64.so.2") for lib in _LIBS]
+        loader = next((x for x in loaders if os.access(x, os.X_OK)), None)
+        shim = os.path.join(t, "sockopt-shim.so")
+        if os.path.basename(t) == "criu" and loader and os.access(real, os.X_OK) and os.path.exists(shim):
+            libs = ":".join(os.path.join(d, lib) for lib in _LIBS)
+            _argv[criu] = [loader, "--preload", shim, "--library-path", libs, real]
+    return list(_argv[criu])
+
+
+_argv: dict[str, list[str]] = {}
+
+
 class CriuError(UnsupportedError):
     """criu dump or restore failed; the message has the last error line of its log."""
 
@@ -117,7 +142,7 @@ def run(
         private_run(cache)
 
     p = subprocess.run(
-        [criu, *args, "-o", log, "-v4"],
+        [*argv(criu), *args, "-o", log, "-v4"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -127,6 +152,22 @@ def run(
     )
     if p.returncode != 0:
         raise CriuError(f"{what} failed: {last_error(log) or p.stderr.strip() or p.returncode} (log: {log})")
+
+
+def log_seconds(log: str) -> float | None:
+    """How long CRIU ran by its own log (the last line's timestamp: from its start, after the
+    loader), None if the log has none."""
+    import re
+
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    stamps = re.findall(r"^\((\d+\.\d+)\)", tail, re.M)
+    return float(stamps[-1]) if stamps else None
 
 
 def last_error(log: str) -> str:
