@@ -93,6 +93,24 @@ def idmapped_tree(path: str, userns_fd: int, *, recursive: bool = True) -> int:
     return fd
 
 
+def idmapped_trees(paths: list[str], userns_fd: int) -> list[int]:
+    """:func:`idmapped_tree` of each path (fds, in order); none left open if one fails.  The
+    OSError raised carries the failing path as ``filename``."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            try:
+                fds.append(idmapped_tree(path, userns_fd))
+            except OSError as e:
+                e.filename = path
+                raise
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def userns_fd(uid_map: str, gid_map: str) -> int:
     """An fd of a new, empty user namespace with these maps ("inside outside count" lines).
 

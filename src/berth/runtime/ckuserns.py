@@ -73,17 +73,10 @@ def overlay(info: dict[str, Any], ov: dict[str, Any], state_dir: str) -> dict[st
     if not info.get("idmap_lower"):
         return out
     ns = idmap.userns_fd(info["uid_map"], info["gid_map"])
-    fds: list[int] = []
     try:
-        for lower in ov["lower"]:
-            try:
-                fds.append(idmap.idmapped_tree(lower, ns))
-            except OSError as e:
-                raise UnsupportedError(f"restore: cannot idmap {lower}: {e.strerror or e}") from None
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
+        fds = idmap.idmapped_trees(list(ov["lower"]), ns)
+    except OSError as e:
+        raise UnsupportedError(f"restore: cannot idmap {e.filename}: {e.strerror or e}") from None
     finally:
         os.close(ns)
     out["lower_fds"] = fds

@@ -477,23 +477,15 @@ def _idmapped_layers(
     from berth.linux import idmap
 
     ns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    fds: list[int] = []
     try:
-        for lower in trees:
-            try:
-                fds.append(idmap.idmapped_tree(lower, ns))
-            except OSError as e:
-                raise UnsupportedError(
-                    f"userns: cannot idmap {lower} (kernel or filesystem without "
-                    f"idmapped mounts?): {e.strerror or e}"
-                ) from None
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
+        return idmap.idmapped_trees(trees, ns)
+    except OSError as e:
+        raise UnsupportedError(
+            f"userns: cannot idmap {e.filename} (kernel or filesystem without "
+            f"idmapped mounts?): {e.strerror or e}"
+        ) from None
     finally:
         os.close(ns)
-    return fds
 
 
 def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) -> None:
