@@ -113,21 +113,10 @@ def checkpoint(
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
         _check_net(name, spec)
-        resources = (spec["spec"].get("linux") or {}).get("resources")
         if not leave_running:
             store.update_run(name, pid=0, status="checkpointing")  # guestd's exit worker: not ours
         try:
-            meta = ck.dump(
-                c,
-                images,
-                leave_running=leave_running,
-                resources=resources,
-                criu=criu,
-                external_netns=True,
-                own_tmpfs=True,
-                cgroup_props=False,
-                extra={"net": _address(store, name, spec)},
-            )
+            meta = _dump(store, name, spec, c, images, criu, leave_running=leave_running)
         except BaseException:
             if not leave_running:
                 store.write_run(name, rec)
@@ -137,6 +126,26 @@ def checkpoint(
             rec = store.update_run(name, status="checkpointed", desired="stopped", checkpoint=images)
             instance.cleanup(store, name, rec)
         return meta
+
+
+def _dump(
+    store: Store, name: str, spec: dict[str, Any], c: Any, images: str, criu: str | None, **kw: Any
+) -> dict[str, Any]:
+    """CRIU dump of a guest as berth restores it: its netns, tmpfs and cgroup rebuilt by berth, its
+    address recorded."""
+    from berth.runtime import checkpoint as ck
+
+    return ck.dump(  # type: ignore[no-any-return]
+        c,
+        images,
+        resources=(spec["spec"].get("linux") or {}).get("resources"),
+        criu=criu,
+        external_netns=True,
+        own_tmpfs=True,
+        cgroup_props=False,
+        extra={"net": _address(store, name, spec)},
+        **kw,
+    )
 
 
 def restore(store: Store, name: str, images: str, *, criu: str | None = None) -> int:
@@ -402,7 +411,6 @@ def migrate(
         with store.lock(name):
             c, rec = _running_container(store, name)
             spec = json.loads(spec_text)
-            resources = (spec["spec"].get("linux") or {}).get("resources")
             # The page files go while CRIU writes them: the dump and the transfer overlap.
             s.send_json({"final": True, "delta": before is not None})
             tail = transfer.Tail(s, images, "images")
@@ -410,16 +418,7 @@ def migrate(
             pump = threading.Thread(target=tail.run, daemon=True)
             pump.start()
             try:
-                meta = ck.dump(
-                    c,
-                    images,
-                    resources=resources,
-                    criu=criu,
-                    external_netns=True,
-                    own_tmpfs=True,
-                    cgroup_props=False,
-                    extra={"net": _address(store, name, spec)},
-                )
+                meta = _dump(store, name, spec, c, images, criu)
             except BaseException:
                 tail.stop()
                 pump.join()
