@@ -45,7 +45,8 @@ if [ "$LAB_HOST" = 1 ]; then
     || die "cannot mount the overlay root"
   R=/newroot
   mount -o move /proc $R/proc && mount -o move /sys $R/sys && mount -o move /dev $R/dev || die "cannot move mounts"
-  mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+  # /tmp stays the overlay's (writes go to the tmpfs upper layer): a checkout under the host's
+  # /tmp must stay visible.
   mount -t tmpfs -o mode=0755 tmpfs $R/run
   mkdir -p $R/dev/pts $R/dev/shm $R/run/lab $R/lib/modules/$LAB_KVER
   mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
