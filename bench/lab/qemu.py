@@ -45,8 +45,11 @@ if [ "$LAB_HOST" = 1 ]; then
     || die "cannot mount the overlay root"
   R=/newroot
   mount -o move /proc $R/proc && mount -o move /sys $R/sys && mount -o move /dev $R/dev || die "cannot move mounts"
-  # /tmp stays the overlay's (writes go to the tmpfs upper layer): a checkout under the host's
-  # /tmp must stay visible.
+  # /tmp is a tmpfs (an overlay upper layer cannot live on the overlay root), but a checkout
+  # under the host's /tmp (LAB_TMP_KEEP) stays visible: its overlay view is moved onto the tmpfs.
+  for p in $LAB_TMP_KEEP; do mkdir -p /mnt/keep$p && mount -o bind $R$p /mnt/keep$p || die "cannot keep $p"; done
+  mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+  for p in $LAB_TMP_KEEP; do mkdir -p $R$p && mount -o move /mnt/keep$p $R$p || die "cannot keep $p"; done
   mount -t tmpfs -o mode=0755 tmpfs $R/run
   mkdir -p $R/dev/pts $R/dev/shm $R/run/lab $R/lib/modules/$LAB_KVER
   mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
@@ -65,6 +68,13 @@ fi
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
 exec sh /lab.stage2
 """
+
+
+def _tmp_keep() -> str:
+    """The top directory under /tmp of our working directory (a checkout there), or ''."""
+    parts = os.path.realpath(os.getcwd()).split("/")
+    return "/".join(parts[:3]) if len(parts) > 2 and parts[1] == "tmp" and parts[2] else ""
+
 
 STAGE2 = r"""cd /
 B=/bin/busybox; [ -x /run/lab/busybox ] && B=/run/lab/busybox
@@ -134,6 +144,7 @@ def _boot(
     with tempfile.TemporaryDirectory(prefix=names.prefix("qemu")) as tmp:
         modules = kernel.module_paths(HOST_MODULES) if share_host_ro else []
         conf = f"LAB_HOST={int(share_host_ro)}\nLAB_KVER={shlex.quote(kernel.version)}\n"
+        conf += f"LAB_TMP_KEEP={shlex.quote(_tmp_keep())}\n"
         initrd = initramfs.build(
             Path(tmp) / "initrd",
             INIT,
