@@ -73,3 +73,28 @@ def test_mount_flags() -> None:
     )
     assert extmounts.mount_flags("ro,noatime") == MS.NOATIME
     assert extmounts.mount_flags("") == 0
+
+
+def test_sysfs_bound_from_the_host_is_external_when_asked() -> None:
+    # A guest in its own user namespace on the host's network stack (ip: mode): /sys is the
+    # host's sysfs (cloned without its child mounts), the guest's own tmpfs and cgroup below.
+    guest = extmounts.parse(
+        "1 0 0:99 / / rw - overlay overlay rw\n"
+        "2 1 0:21 / /sys ro,nosuid,nodev,noexec - sysfs sysfs rw\n"
+        "6 2 0:88 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        "7 6 0:31 /b/g /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+        "8 2 0:55 /sys/devices/system/cpu/online /sys/devices/system/cpu/online rw - fuse.lxcfs lxcfs rw\n"
+    )
+    host = extmounts.parse(
+        "21 1 254:0 / / rw - ext4 /dev/vda rw\n"
+        "22 21 0:21 / /sys rw,nosuid,nodev,noexec - sysfs sysfs rw\n"
+        "24 22 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+        "60 21 0:55 / /run/l rw - fuse.lxcfs lxcfs rw\n"
+    )
+    assert [e["mnt"] for e in extmounts.external(guest, host)] == ["/sys/devices/system/cpu/online"]
+    ext = extmounts.external(guest, host, cgroups=True, sysfs=True)
+    assert [e for e in ext if e.get("sysfs")] == [{"mnt": "/sys", "host": "/sys", "sysfs": True}]
+    where = {e["mnt"]: e["host"] for e in ext}
+    assert where["/sys/fs/cgroup/cpu"] == "/sys/fs/cgroup/cpu/b/g"
+    assert where["/sys/devices/system/cpu/online"] == "/run/l/sys/devices/system/cpu/online"
+    assert "/sys/fs/cgroup" not in where

@@ -184,6 +184,26 @@ def _freezer_dir(c: Container) -> str | None:
     return d or cg.unified_dir()
 
 
+def delegated(cg: Any) -> dict[str, Any] | None:
+    """To whom ``cg`` was delegated ({"uid", "gid", "v1"}: a guest in its own user namespace
+    whose root manages its cgroup, as systemd does), None if it was not; restore delegates the
+    new cgroup the same way."""
+    if cg is None:
+        return None
+    v2 = cg.unified_dir()
+    found = None
+    v1 = False
+    for d in cg.delegation_dirs(v1=True):
+        try:
+            st_ = os.stat(d)
+        except OSError:
+            continue
+        if st_.st_uid != 0:
+            found = {"uid": st_.st_uid, "gid": st_.st_gid}
+            v1 = v1 or d != v2
+    return None if found is None else {**found, "v1": v1}
+
+
 def _check_restorable(pid: int) -> None:
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
@@ -196,12 +216,14 @@ def _check_restorable(pid: int) -> None:
         )
 
 
-def _external_binds(pid: int, criu_args: Sequence[str], *, cgroups: bool = False) -> list[dict[str, Any]]:
+def _external_binds(
+    pid: int, criu_args: Sequence[str], *, cgroups: bool = False, sysfs: bool = False
+) -> list[dict[str, Any]]:
     """The container's binds CRIU is to take as external (:mod:`berth.runtime.extmounts`), each
     with its key; those the caller's ``criu_args`` name already are left to it."""
     named = {a[4 : a.index("]")] for a in criu_args if a.startswith("mnt[") and "]" in a}
     out = []
-    for e in extmounts.of_pid(pid, cgroups=cgroups):
+    for e in extmounts.of_pid(pid, cgroups=cgroups, sysfs=sysfs):
         if e["mnt"] in named:
             continue
         if e["host"] is None:
@@ -438,7 +460,12 @@ def dump(
             args += ["--external", f["key"]]
         if netns:
             args += ["--external", f"net[{netns}]:{NETNS_KEY}"]
-    ext = _external_binds(c.pid, criu_args, cgroups=userns is not None)
+    # In its own user namespace but the host's network namespace (ip: mode), its /sys is the
+    # host's, bound: CRIU, in the guest's new user namespace, may not mount a sysfs there.
+    shared_net = _own_netns(c.pid) is None
+    ext = _external_binds(
+        c.pid, criu_args, cgroups=userns is not None, sysfs=userns is not None and shared_net
+    )
     for e in ext:
         args += ["--external", f"mnt[{e['mnt']}]:{e['key']}"]
     held: list[tuple[dict[str, Any], int]] = []
@@ -469,6 +496,8 @@ def dump(
         "cgroup_props": cgroup_props,
         "ext_mounts": ext,
         "userns": userns,
+        "delegated": delegated(cg),
+        "host_netns": shared_net,
         "time": time.time(),
         **(extra or {}),
     }
@@ -526,6 +555,7 @@ def restore(
     criu_args: Sequence[str] = (),
     inherit: Sequence[tuple[int, str]] = (),
     netns_fd: int | None = None,
+    on_cgroup: Callable[[Any], None] | None = None,
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
@@ -536,7 +566,9 @@ def restore(
     (fd, CRIU key) pairs of the caller's open fds CRIU is to use for the key (``--inherit-fd``:
     stdio pipes, an external network namespace); ``criu_args``: more options.  ``netns_fd``:
     the network namespace for a checkpoint dumped with ``external_netns`` (default: a new one
-    with loopback up).  On failure nothing is left: no state directory, cgroup or process.
+    with loopback up).  ``on_cgroup(cgroup)``: called once the cgroup exists with its limits,
+    before any process is restored into it (a guest's address filter is attached there).  On
+    failure nothing is left: no state directory, cgroup or process.
     """
     from berth.cgroups import open_cgroup
     from berth.runtime.container import Container
@@ -556,6 +588,11 @@ def restore(
         cg.create()
         if resources:
             cg.set(resources)
+        deleg = meta.get("delegated")
+        if deleg:
+            cg.delegate(int(deleg["uid"]), int(deleg["gid"]), v1=bool(deleg.get("v1")))
+        if on_cgroup is not None:
+            on_cgroup(cg)
         target = rootfs
         if overlay is not None:
             target = os.path.join(sdir, "rootfs")
@@ -586,7 +623,13 @@ def restore(
             args.append("--file-locks")
         if meta.get("network_lock"):
             args += ["--network-lock", meta["network_lock"]]
-        if tcp_established:
+        if meta.get("userns") and meta.get("host_netns"):
+            # On the host's network from a user namespace of its own: TCP repair needs
+            # CAP_NET_ADMIN over the host's network, which CRIU there lacks.  Established
+            # connections come back closed (the peer learns it at its next send); listeners and
+            # everything else as they were.
+            args.append("--tcp-close")
+        elif tcp_established:
             args.append("--tcp-established")
         if meta.get("netns_external"):
             fd = new_netns() if netns_fd is None else os.dup(netns_fd)
@@ -614,10 +657,15 @@ def restore(
             os.mkdir(at, 0o700)
             tmpfs.append({**t, "at": at, "from": os.path.join(images, t["dir"])})
             args += ["--external", f"mnt[{t['key']}]:{at}"]
+        sysfs_at = []
         for e in meta.get("ext_mounts") or []:
             host = e["host"]
             if e.get("cgroup"):
                 host = extmounts.moved_cgroup(host, meta.get("cgroup") or "", cgroup_path)
+            if e.get("sysfs"):  # a new sysfs, mounted in the restoring process's mount namespace
+                host = os.path.join(work, f"sysfs-{len(sysfs_at)}")
+                os.mkdir(host, 0o700)
+                sysfs_at.append(host)
             args += ["--external", f"mnt[{e['key']}]:{host}"]
         args += list(criu_args)
         data = dict(old)
@@ -633,7 +681,7 @@ def restore(
             if overlay is not None:
                 overlay = ckuserns.overlay(meta["userns"], overlay, sdir)
         try:
-            _restore_in_private_ns(criu, args, log, cg, overlay, target, fds, cid, tmpfs)
+            _restore_in_private_ns(criu, args, log, cg, overlay, target, fds, cid, tmpfs, sysfs_at)
         finally:
             for fd in (overlay or {}).get("lower_fds") or []:
                 os.close(fd)
@@ -749,10 +797,12 @@ def _restore_in_private_ns(
     fds: list[int],
     cid: str,
     tmpfs: Sequence[dict[str, Any]] = (),
+    sysfs_at: Sequence[str] = (),
 ) -> None:
     """Run ``criu restore`` in a child that joined the cgroup and mounted the root in a mount
     namespace of its own (gone with it: the restored container has its own copy), and the
-    container's ``tmpfs`` mounts, filled from the images, for CRIU to bind in."""
+    container's ``tmpfs`` mounts, filled from the images, for CRIU to bind in; a read-only
+    sysfs (of the host's network namespace) at each of ``sysfs_at``."""
     from berth.linux.mount import MS, mount
     from berth.linux.ns import Clone, unshare
     from berth.runtime.mounts import attach_idmapped, mount_overlay
@@ -780,6 +830,8 @@ def _restore_in_private_ns(
             copy_tree(t["from"], t["at"])
             if ro:
                 mount("none", t["at"], None, MS.REMOUNT | MS.RDONLY | flags, data)
+        for at in sysfs_at:
+            mount("sysfs", at, "sysfs", MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, None)
 
     p = subprocess.run(
         [*criu_mod.argv(criu), *args, "-o", log, "-v4"],

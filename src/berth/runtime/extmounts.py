@@ -60,20 +60,29 @@ def _under(path: str, top: str) -> str | None:
 
 
 def external(
-    guest: list[dict[str, str]], host: list[dict[str, str]], *, cgroups: bool = False
+    guest: list[dict[str, str]], host: list[dict[str, str]], *, cgroups: bool = False, sysfs: bool = False
 ) -> list[dict[str, Any]]:
     """The guest's bind mounts whose filesystem has no mount of its root in the guest:
     [{"mnt" (inside), "host" (the path of the same file or directory in ``host``'s
     namespace, or None when no mount there holds it)}], in mountinfo order.  ``cgroups``: its
     cgroup hierarchies too (marked "cgroup": a guest in a user namespace, where CRIU, in no
-    cgroup namespace of the guest's, may not mount them)."""
+    cgroup namespace of the guest's, may not mount them).  ``sysfs``: its sysfs mounts too
+    (marked "sysfs": a guest in a user namespace sharing the host's network namespace has the
+    host's sysfs bound in; a new one may only be mounted by the owner of the network namespace)."""
     whole = {m["dev"] for m in guest if m["root"] == "/"}
     out: list[dict[str, Any]] = []
     for m in guest:
-        if m["mnt"] == "/" or m["root"] == "/" or m["dev"] in whole:
+        is_sysfs = sysfs and m["type"] == "sysfs"
+        if m["mnt"] == "/" or (not is_sysfs and (m["root"] == "/" or m["dev"] in whole)):
             continue
         is_cgroup = m["type"] in ("cgroup", "cgroup2")
-        if m["type"] in OWN_TYPES and not (cgroups and is_cgroup):
+        if m["type"] in OWN_TYPES and not (cgroups and is_cgroup) and not is_sysfs:
+            continue
+        if is_sysfs:
+            # CRIU in the guest's user namespace may neither mount a sysfs of a network
+            # namespace it does not own nor clone the host's /sys (whose child mounts it cannot
+            # see): restore mounts a new one (:func:`berth.runtime.checkpoint.restore`).
+            out.append({"mnt": m["mnt"], "host": "/sys", "sysfs": True})
             continue
         path = None
         best = -1
@@ -98,13 +107,13 @@ def moved_cgroup(host: str, old: str, new: str) -> str:
     return host
 
 
-def of_pid(pid: int, *, cgroups: bool = False) -> list[dict[str, Any]]:
+def of_pid(pid: int, *, cgroups: bool = False, sysfs: bool = False) -> list[dict[str, Any]]:
     """:func:`external` for the container whose init is ``pid``, seen from our namespace."""
     with open(f"/proc/{pid}/mountinfo") as f:
         guest = parse(f.read())
     with open("/proc/self/mountinfo") as f:
         host = parse(f.read())
-    return external(guest, host, cgroups=cgroups)
+    return external(guest, host, cgroups=cgroups, sysfs=sysfs)
 
 
 def mount_flags(options: str) -> int:

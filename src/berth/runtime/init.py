@@ -71,6 +71,7 @@ class InitOptions:
         self.new_keyring = new_keyring  # a session keyring of the container's own
         self.fifo_fd = -1  # set by stage1
         self.idmapped: list[int] = []  # set by stage1 in a user namespace
+        self.sysfs_fd: int | None = None  # set by stage1: the host's /sys, for a userns on its network
 
 
 def _fail(sock: socket.socket, exc: BaseException) -> None:
@@ -158,6 +159,10 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
         opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
         flags, join = ns_flags(spec)
         _join(join)
+        if flags & Clone.NEWUSER and not flags & Clone.NEWNET and mounts.wants_sysfs(spec):
+            # Still the host's root: a copy of the host's /sys without the mounts below it (from
+            # the guest's user namespace only a copy of them all, locked in, could be had).
+            opts.sysfs_fd = mounts.clone_sysfs()
         if flags & Clone.NEWUSER:
             unshare(Clone.NEWUSER)
             sync.send(sock, "userns", pid=os.getpid())
@@ -254,7 +259,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             mounts.mount_overlay(lower, ov["upper"], ov["work"], rootfs, userxattr=opts.userns)
         elif opts.idmapped:
             mounts.attach_idmapped(opts.idmapped, [rootfs])
-        mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None)
+        mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None, sysfs_fd=opts.sysfs_fd)
         init: int | str | None = opts.init_fd
         if opts.use_init and init is None:
             mounts.bind_init(rootfs, process.TINI, process.INIT_AT)

@@ -190,7 +190,20 @@ def _mount_cgroup(
         target.close()
 
 
-def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool, delegated: bool = False) -> None:
+def wants_sysfs(spec: dict[str, Any]) -> bool:
+    return any(m.get("type") == "sysfs" for m in spec.get("mounts") or [])
+
+
+def clone_sysfs() -> int:
+    """A detached copy of the host's /sys mount alone (an fd for :func:`prepare_root`)."""
+    from berth.linux.idmap import open_tree
+
+    return open_tree("/sys")
+
+
+def _mount_one(
+    root: str, m: dict[str, Any], *, shared_netns: bool, delegated: bool = False, sysfs_fd: int | None = None
+) -> None:
     dest = m["destination"]
     mtype = m.get("type") or ""
     options = list(m.get("options") or [])
@@ -199,10 +212,15 @@ def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool, delegated: b
     if mtype in ("cgroup", "cgroup2"):
         _mount_cgroup(root, dest, flags, systemd=SYSTEMD_CGROUP_OPTION in options, delegated=delegated)
         return
+    moved = None
     if mtype == "sysfs" and shared_netns:
-        # Without its own network namespace a guest may not mount sysfs: bind the host's, read-only.
+        # Without its own network namespace a guest may not mount sysfs: bind the host's,
+        # read-only; in a user namespace the copy of it alone that stage1 made.
         flags |= MS.BIND | MS.REC
         source, mtype = "/sys", "bind"
+        if sysfs_fd is not None:
+            flags &= ~MS.REC
+            moved = sysfs_fd
     is_bind = bool(flags & MS.BIND) or mtype == "bind"
     if is_bind:
         flags |= MS.BIND
@@ -214,7 +232,14 @@ def _mount_one(root: str, m: dict[str, Any], *, shared_netns: bool, delegated: b
     target = _Target(root, dest, is_file=is_file)
     try:
         if is_bind:
-            mount(source, target.proc, None, flags & (MS.BIND | MS.REC))
+            if moved is not None:
+                from berth.linux import idmap
+
+                # Onto the opened target itself (a /proc/self/fd path would name the link).
+                flags_mm = idmap.MOVE_MOUNT_F_EMPTY_PATH | idmap.MOVE_MOUNT_T_EMPTY_PATH
+                idmap.move_mount(moved, "", to_fd=target.fd, flags=flags_mm)
+            else:
+                mount(source, target.proc, None, flags & (MS.BIND | MS.REC))
             rest = flags & ~(MS.BIND | MS.REC | MS.REMOUNT)
             if rest:
                 # The O_PATH fd still names what lies under the new mount: open the mount itself.
@@ -290,14 +315,23 @@ def default_device_list(spec_devices: list[dict[str, Any]]) -> list[dict[str, An
     return out
 
 
-def prepare_root(spec: dict[str, Any], rootfs: str, *, userns: bool, console_slave: str | None) -> None:
-    """Mount everything under ``rootfs`` (already a mount point in our private mount namespace)."""
+def prepare_root(
+    spec: dict[str, Any], rootfs: str, *, userns: bool, console_slave: str | None, sysfs_fd: int | None = None
+) -> None:
+    """Mount everything under ``rootfs`` (already a mount point in our private mount namespace).
+    ``sysfs_fd``: a detached copy of the host's /sys (:func:`clone_sysfs`) for the sysfs mount of
+    a guest on the host's network namespace, attached instead of a bind (and closed)."""
     linux = spec.get("linux") or {}
     ns_types = {n["type"] for n in linux.get("namespaces") or [] if not n.get("path")}
     shared_netns = "network" not in ns_types
     dev_is_tmpfs = False
     delegated = cgroup_delegated(spec)
     for m in spec.get("mounts") or []:
+        if m.get("type") == "sysfs" and sysfs_fd is not None and shared_netns:
+            _mount_one(rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd)
+            os.close(sysfs_fd)
+            sysfs_fd = None
+            continue
         _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated)
         if m["destination"] == "/dev" and m.get("type") == "tmpfs":
             dev_is_tmpfs = True
