@@ -187,3 +187,137 @@ def test_bridged_guest_keeps_its_address(hosts: tuple[Host, Host], unique: str) 
     finally:
         on(b, ns_b, "destroy", "--force", name, check=False)
         on(a, ns_a, "destroy", "--force", name, check=False)
+
+
+def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -> None:
+    """A guest as ``berth create`` makes it by default (bridged, its own user namespace, lxcfs,
+    tini) migrates: same address on B, its own connection survives, its id range is reserved in
+    B's pool (refused there while another guest holds it), A keeps nothing."""
+    import json
+
+    import test_guests
+
+    from berth.runtime import userns
+
+    a, b = hosts
+    point = test_guests.userns_ready(a.env)
+    test_guests.userns_ready(b.env)
+    for h in (a, b):
+        h.env.update(
+            BERTH_NET_PREFIX=unique[:6],
+            BERTH_BRIDGE=f"{unique[:8]}br",
+            BERTH_NFT_TABLE=f"{unique}nft",
+            BERTH_SUBNET="10.213.78.0/24",
+        )
+    name = f"{unique}-du"
+    ns_a, ns_b = a.netns, b.netns  # type: ignore[attr-defined]
+
+    def on(h: Host, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run(
+            in_ns(ns, h, *args), env=h.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert not check or p.returncode == 0, f"{args} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+        return p
+
+    try:
+        on(a, ns_a, "create", name, "--", "sh", "-c", BRIDGED)
+        on(a, ns_a, "start", name)
+        rng = userns.allocations(str(a.store))[name]
+        with open(a.store / "net" / f"{unique[:8]}br.json") as f:
+            ip = json.load(f)["active"][name]["ip"]
+        wait(lambda: len(a.replies(name)) >= 3, what="the guest's client to get replies on A")
+        # B's pool holds the guest's range under another name: refused up front, nothing kept.
+        userns.allocate(str(b.store), "squatter", rng, userns.HostIds.read())
+        r = receiver(b)
+        out = migrate(a, name)
+        r.wait(60)
+        assert out.returncode != 0 and "overlaps" in out.stderr, out
+        assert a.record(name)["status"] == "running"
+        b_has_nothing(b, name)
+        assert name not in userns.allocations(str(b.store))
+        userns.release(str(b.store), "squatter")
+        r = receiver(b)
+        out = migrate(a, name)
+        rc = r.wait(60)
+        err = r.stderr.read() if r.stderr else ""
+        assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
+        assert userns.allocations(str(b.store))[name] == rng
+        assert name not in userns.allocations(str(a.store))
+        n = len(b.replies(name))
+        wait(lambda: len(b.replies(name)) > n + 3, what="the guest's own connection to answer on B")
+        with open(b.store / "net" / f"{unique[:8]}br.json") as f:
+            assert json.load(f)["active"][name]["ip"] == ip
+        probe = (
+            f"import socket; s = socket.create_connection(({ip!r}, 7300), timeout=5); "
+            "s.sendall(b'hi\\n'); print(s.recv(16).decode().strip())"
+        )
+        p = subprocess.run(["ip", "netns", "exec", ns_b, sys.executable, "-c", probe],
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        assert p.stdout.strip() == "hi", p
+        assert not (a.store / "guests" / name).exists()
+    finally:
+        on(b, ns_b, "destroy", "--force", name, check=False)
+        on(a, ns_a, "destroy", "--force", name, check=False)
+        userns.release(str(b.store), "squatter")
+        test_guests.lxcfs_stop(point)
+    assert name not in userns.allocations(str(b.store))
+
+
+def test_ip_mode_guest_migrates_with_its_address(hosts: tuple[Host, Host], unique: str) -> None:
+    """An ip: mode guest (the host's network stack, VServer-style) migrates: its address leaves
+    A and is on B, where its server answers on it; its counter continues."""
+    a, b = hosts
+    addr = "10.213.79.5"
+    for h in (a, b):
+        h.env.update(
+            BERTH_NET_PREFIX=unique[:6], BERTH_BRIDGE=f"{unique[:8]}br", BERTH_NFT_TABLE=f"{unique}nft"
+        )
+    name = f"{unique}-ip"
+    ns_a, ns_b = a.netns, b.netns  # type: ignore[attr-defined]
+    script = (
+        "i=0; (while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done) & "
+        f"mkdir -p /www && echo served > /www/index.html && httpd -f -p {addr}:7300 -h /www & wait"
+    )
+
+    def has(ns: str) -> bool:
+        out = subprocess.run(
+            ["ip", "-n", ns, "-o", "addr"], capture_output=True, text=True, check=True
+        ).stdout
+        return f" {addr}/" in out
+
+    def get(ns: str) -> str:
+        probe = (
+            "import urllib.request; "
+            f"print(urllib.request.urlopen('http://{addr}:7300/index.html', timeout=5).read().decode().strip())"
+        )
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe],
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        return p.stdout.strip() or p.stderr.strip()[-200:]
+
+    try:
+        p = subprocess.run(in_ns(ns_a, a, "create", name, "--net", f"ip:{addr}", "--userns", "host",
+                                 "--no-lxcfs", "--", "sh", "-c", script),
+                           env=a.env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert p.returncode == 0, p
+        p = subprocess.run(
+            in_ns(ns_a, a, "start", name), env=a.env, capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 0, p
+        wait(lambda: get(ns_a) == "served", what="the guest's server on A")
+        assert has(ns_a) and not has(ns_b)
+        r = receiver(b)
+        out = migrate(a, name)
+        rc = r.wait(60)
+        err = r.stderr.read() if r.stderr else ""
+        assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
+        assert has(ns_b) and not has(ns_a)
+        assert get(ns_b) == "served"
+        c = b.count(name)
+        wait(lambda: b.count(name) > c + 3, what="the counter to continue on B")
+        assert not (a.store / "guests" / name).exists()
+    finally:
+        for h, ns in ((b, ns_b), (a, ns_a)):
+            subprocess.run(
+                in_ns(ns, h, "destroy", "--force", name), env=h.env, capture_output=True, timeout=60
+            )
+    assert not has(ns_a) and not has(ns_b)

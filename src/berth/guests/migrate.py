@@ -45,6 +45,20 @@ the restoring process's private mount namespace with the overlay and the tmpfs m
 loader) and CRIU's restore itself, some 35-50 ms.  The receiver makes the guest's network
 namespace before the final frame, not in the downtime.
 
+**The network on restore**, by mode.  Bridge, ``--userns host``: the netns is not dumped; berth
+makes one with the guest's address (above).  Bridge, in the guest's own user namespace (the
+default guest): CRIU dumps the netns (berth's cannot be joined from the user namespace CRIU
+makes again), and berth makes the veth pair on the bridge with its shaping, nft rules and lease
+before the restore, and hands its guest end to CRIU (``--external netdev[eth0]:PEER``, moved in
+by CRIU's helper in the host's user namespace, with the recorded name, MAC and addresses).
+ip: mode: the guest's addresses (added to the host when it lacks them) and its address filter
+go on the new cgroup before any process is restored into it.  A guest on the host's network
+(ip: or host mode) in a user namespace of its own gets its established TCP connections back
+closed (TCP repair on the host's network needs CAP_NET_ADMIN there), listening sockets and
+everything else as they were.  A migrated guest in
+its own user namespace keeps its id range (its files are owned by those ids): the receiver
+reserves exactly that range in its pool, or refuses up front when another guest holds any of it.
+
 **Authentication** (optional): with a shared token on both sides (``--token-file``), HELLO's
 ``auth`` is HMAC-SHA256(token, NONCE) and the final digest is HMAC-SHA256(token, NONCE + the
 stream's SHA-256): the receiver refuses a sender without the token before it looks at anything
@@ -112,7 +126,6 @@ def checkpoint(
     with store.lock(name):
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
-        _check_net(name, spec)
         if not leave_running:
             store.update_run(name, pid=0, status="checkpointing")  # guestd's exit worker: not ours
         try:
@@ -143,7 +156,7 @@ def _dump(
         external_netns=True,
         own_tmpfs=True,
         cgroup_props=False,
-        extra={"net": _address(store, name, spec)},
+        extra={"net": _address(store, name, spec, c.pid)},
         **kw,
     )
 
@@ -185,22 +198,46 @@ def _restore_locked(
 
     net_opts = config.net_from_dict(spec.get("net"))
     meta = ck.read_meta(images)
-    bridged = net_opts is not None and net_opts.mode == "bridge" and bool(meta.get("netns_external"))
+    bridged = net_opts is not None and net_opts.mode == "bridge"
+    # A guest in its own user namespace: CRIU dumped its network namespace and makes it again
+    # inside the guest's new user namespace; berth makes the veth and hands its guest end over.
+    handoff = bridged and not meta.get("netns_external")
+    had = meta.get("net") or {}
     holder = None
     netns_fd = None
     plugged = False
+    criu_args: list[str] = []
+    cgroup_dir: list[str | None] = [None]
+    on_cgroup = None
+    if net_opts is not None and net_opts.mode == "ip":
+        ip_opts = net_opts
+
+        def on_cgroup(cg: Any) -> None:
+            # The guest's addresses (added here if the host lacks them: its restored sockets
+            # bind them) and its filter on the new cgroup, before any of its processes exist.
+            nonlocal plugged
+            plugged = True
+            cgroup_dir[0] = cg.unified_dir()
+            instance.net().setup(_Plug(name, os.getpid(), cg), ip_opts, store.root)
+
     try:
         if bridged:
             # Its network first, with the address it had (same subnet here), in a namespace
             # CRIU then puts the processes into: their sockets find their address in place.
             from dataclasses import replace
 
-            had = meta.get("net") or {}
+            assert net_opts is not None
             net_opts = replace(net_opts, ip=had.get("ip") or net_opts.ip, ip6=had.get("ip6") or net_opts.ip6)
-            holder = ck.NetnsHolder() if netns is None else None
             plugged = True
-            instance.net().setup(_Plug(name, (holder or netns).pid), net_opts, store.root)
-            netns_fd = (holder or netns).fd()
+            if handoff:
+                if not had.get("ifname"):
+                    raise StateError(f"guest {name!r}: its checkpoint names no veth of its network namespace")
+                got = instance.net().setup(_Plug(name, os.getpid()), net_opts, store.root, handoff=True)
+                criu_args = ["--external", f"netdev[{had['ifname']}]:{got['peer']}"]
+            else:
+                holder = ck.NetnsHolder() if netns is None else None
+                instance.net().setup(_Plug(name, (holder or netns).pid), net_opts, store.root)
+                netns_fd = (holder or netns).fd()
         elif netns is not None and meta.get("netns_external"):
             netns_fd = netns.fd()
         c = ck.restore(
@@ -214,13 +251,15 @@ def _restore_locked(
             bundle=store.dir(name),
             criu=criu,
             netns_fd=netns_fd,
+            criu_args=criu_args,
+            on_cgroup=on_cgroup,
         )
-        if bridged:
-            _adopt_lease(store, name, net_opts, c.pid)
+        if plugged:
+            instance.net().adopt(store.root, name, net_opts, c.pid)
     except BaseException:
         if plugged and net_opts is not None:
             try:
-                instance.net().teardown(name, net_opts, store.root)
+                instance.net().teardown(name, net_opts, store.root, cgroup_dir=cgroup_dir[0])
             except (BerthError, OSError):
                 pass
         raise
@@ -248,36 +287,21 @@ def _restore_locked(
     return c.pid
 
 
-def _check_net(name: str, spec: dict[str, Any]) -> None:
-    """Refuse, before anything is dumped, a network mode restore cannot bring back."""
-    opts = config.net_from_dict(spec.get("net"))
-    if opts is not None and opts.mode == "ip":
-        raise StateError(
-            f"guest {name!r}: checkpoint and migration of a guest in ip: network mode are not "
-            "supported yet (its address filter is not re-attached on restore)"
-        )
-    namespaces = ((spec.get("spec") or {}).get("linux") or {}).get("namespaces") or []
-    if opts is not None and opts.mode == "bridge" and any(n.get("type") == "user" for n in namespaces):
-        raise StateError(
-            f"guest {name!r}: checkpoint and migration of a bridged guest in its own user namespace are "
-            "not supported yet (CRIU re-creates the user namespace, which may not join the network "
-            "namespace berth rebuilds for the bridge): use --net none or --userns host"
-        )
-
-
 class _Plug:
-    """What berth.net's setup needs of a container: its id, and a pid in its network namespace
-    (the holder's, until the restored init takes over: :func:`_adopt_lease`)."""
+    """What berth.net's setup needs of a container: its id, a pid in its network namespace (the
+    holder's or the restoring process's, until the restored init takes over) and its cgroup
+    (ip: mode's filter goes there)."""
 
-    def __init__(self, name: str, pid: int) -> None:
-        self.id, self.pid = name, pid
+    def __init__(self, name: str, pid: int, cg: Any = None) -> None:
+        self.id, self.pid, self.cg = name, pid, cg
 
-    def cgroup(self) -> None:
-        return None
+    def cgroup(self) -> Any:
+        return self.cg
 
 
-def _address(store: Store, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The running guest's bridge address ({"ip", "ip6"}), kept with its checkpoint."""
+def _address(store: Store, name: str, spec: dict[str, Any], pid: int) -> dict[str, Any]:
+    """The running guest's bridge address ({"ip", "ip6", "ifname"}), kept with its checkpoint;
+    ``ifname``: what its veth end is called inside (eth0 unless the guest renamed it)."""
     opts = config.net_from_dict(spec.get("net"))
     if opts is None or opts.mode != "bridge":
         return {}
@@ -286,21 +310,12 @@ def _address(store: Store, name: str, spec: dict[str, Any]) -> dict[str, Any]:
             rec = json.load(f).get("active", {}).get(name) or {}
     except (OSError, ValueError):
         return {}
-    return {"ip": rec.get("ip"), "ip6": rec.get("ip6")}
+    out = {"ip": rec.get("ip"), "ip6": rec.get("ip6")}
+    if rec.get("veth"):
+        from berth.net import veth
 
-
-def _adopt_lease(store: Store, name: str, opts: Any, pid: int) -> None:
-    """The guest's network record follows the restored init (gc tells a live guest by it)."""
-    instance.net()
-    from berth.net import addr as ipam
-
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        starttime = f.read().rsplit(")", 1)[1].split()[19]
-    with ipam.Leases(store.root, opts.bridge).locked() as db:
-        rec = db.active.get(name)
-        if rec is not None:
-            rec.update(pid=pid, starttime=starttime)
-            db.save()
+        out["ifname"] = veth.peer_name(pid, rec["veth"])
+    return out
 
 
 def _tell_guestd(store: Store, name: str) -> None:
@@ -383,7 +398,6 @@ def migrate(
         cfg_text = f.read()
     with open(os.path.join(store.dir(name), "spec.json")) as f:
         spec_text = f.read()
-    _check_net(name, json.loads(spec_text))
     sock = socket.create_connection(parse_addr(to), timeout=timeout)
     sock.settimeout(timeout)
     s = Stream(sock)
@@ -523,6 +537,54 @@ def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     return name
 
 
+def incoming_ids(spec: dict[str, Any]) -> tuple[int, int] | None:
+    """The host id range (start, size) of an incoming guest's own user namespace (its spec's
+    uid map, which must equal its gid map: the shape berth gives it); None: the host's ids."""
+    linux = (spec.get("spec") or {}).get("linux") or {}
+    namespaces = linux.get("namespaces") or [] if isinstance(linux, dict) else None
+    if not isinstance(namespaces, list):
+        raise UsageError("spec", "linux.namespaces is not a list")
+    if not any(isinstance(n, dict) and n.get("type") == "user" for n in namespaces):
+        return None
+    uids, gids = linux.get("uidMappings") or [], linux.get("gidMappings") or []
+    if not isinstance(uids, list) or len(uids) != 1 or uids != gids or not isinstance(uids[0], dict):
+        raise UsageError("spec", "a user namespace's id map is not one range for uids and gids alike")
+    if uids[0].get("containerID") != 0:
+        raise UsageError(
+            "spec", "a user namespace's id map is not one range from id 0 for uids and gids alike"
+        )
+    try:
+        start, size = int(uids[0]["hostID"]), int(uids[0]["size"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError("spec", "a user namespace's id map has no valid hostID and size") from None
+    if start <= 0 or size <= 0:
+        raise UsageError("spec", f"the id map {start}:{size} is not a guest's range")
+    return start, size
+
+
+def _reserve_ids(store: Store, name: str, spec: dict[str, Any]) -> bool:
+    """Reserve the incoming guest's id range in this store's pool, exactly as it had it (its
+    upper layer's files are owned by those ids); UsageError if another guest here holds any of
+    them.  Whether a range was reserved."""
+    rng = incoming_ids(spec)
+    if rng is None:
+        return False
+    from berth.guests import lifecycle
+    from berth.runtime import userns
+
+    lifecycle._check_reachable(store)
+    userns.release(store.root, name)  # what a killed create or receive left under the name
+    host = userns.HostIds.read(pool=userns.parse_pool(os.environ.get("BERTH_USERNS_POOL")))
+    userns.allocate(store.root, name, rng, host)
+    return True
+
+
+def _release_ids(store: Store, name: str) -> None:
+    from berth.runtime import userns
+
+    userns.release(store.root, name)
+
+
 def receive(
     store: Store, listen: str, *, once: bool = True, ready: Any = None, token: bytes | None = None
 ) -> list[str]:
@@ -580,6 +642,10 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
     for kind, value in zip(words[::2], words[1::2], strict=False):
         if kind == "staging":
             shutil.rmtree(value, ignore_errors=True)
+        elif kind == "ids" and "placed" not in words:
+            with store.lock(value):
+                if not store.exists(value):
+                    _release_ids(store, value)
         elif kind == "placed" and "running" not in words:
             with store.lock(value):
                 _undo(store, value)
@@ -601,6 +667,9 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
         name = validate_incoming(store, hello)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
+        with store.lock(name):
+            _tell(progress, "ids", name)
+            ids = _reserve_ids(store, name, json.loads(hello["spec"]))
     except BerthError as e:
         s.send_json({"ok": False, "error": str(e)})
         raise
@@ -613,7 +682,7 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     netns = None
     try:
         s.send_json({"ok": True})
-        _preload()
+        _preload(json.loads(hello["spec"]))
         from berth.runtime import checkpoint as ck
 
         netns = ck.NetnsHolder()  # the guest's network namespace, made now, not in the downtime
@@ -672,6 +741,8 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     except BaseException as e:
         if placed:
             _undo(store, name)
+        elif ids:
+            _release_ids(store, name)
         try:
             s.send_json({"ok": False, "error": str(e) or type(e).__name__})
         except OSError:
@@ -686,8 +757,14 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _preload() -> None:
-    """Import what the restore needs now, not while the guest is frozen."""
+def _preload(spec: dict[str, Any] | None = None) -> None:
+    """Import what the restore needs now, not while the guest is frozen (pyroute2, for a guest
+    with a network to plug in, takes some 0.3 s)."""
+    opts = config.net_from_dict((spec or {}).get("net"))
+    if opts is not None and opts.mode in ("bridge", "ip"):
+        instance.net()
+        from pyroute2 import IPRoute  # noqa: F401
+
     import berth.cgroups
     import berth.linux.mount
     import berth.runtime.checkpoint
@@ -714,6 +791,7 @@ def _undo(store: Store, name: str) -> None:
         instance.cleanup(store, name, rec)
     except BerthError:
         pass
+    _release_ids(store, name)
     shutil.rmtree(store.dir(name), ignore_errors=True)
     try:
         os.unlink(store.run_file(name))

@@ -7,7 +7,7 @@ pays for it.
 
 from __future__ import annotations
 
-from berth.net.guest import check, gc, info, set_rate, setup, teardown
+from berth.net.guest import adopt, check, gc, info, set_rate, setup, teardown
 from berth.net.options import NetOptions, Publish, parse
 
-__all__ = ["NetOptions", "Publish", "check", "gc", "info", "parse", "set_rate", "setup", "teardown"]
+__all__ = ["NetOptions", "Publish", "adopt", "check", "gc", "info", "parse", "set_rate", "setup", "teardown"]

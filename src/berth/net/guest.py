@@ -59,8 +59,14 @@ def _check_ports(db: ipam.Leases, name: str, publish: tuple[Publish, ...]) -> No
             raise UsageError("publish", f"host port {p.host_port}/{p.proto} is already published by {owner}")
 
 
-def setup(container: Any, opts: NetOptions, store: str) -> dict[str, Any]:
-    """Give the guest its network; returns its record (address, veth, ports…)."""
+def setup(container: Any, opts: NetOptions, store: str, *, handoff: bool = False) -> dict[str, Any]:
+    """Give the guest its network; returns its record (address, veth, ports…).
+
+    ``handoff`` (bridge mode, a guest CRIU restores with its own network namespace): the veth's
+    guest end (the record's ``peer``) is left here, unconfigured, for CRIU to move into the
+    namespace it restores (``--external netdev[eth0]:PEER``: CRIU can, through its helper in the
+    host's user namespace, where it cannot create a pair across the two); ``container.pid`` is
+    the restoring process until :func:`adopt` names the restored init."""
     if opts.mode not in ("bridge", "ip"):
         return {}
     name = container.id
@@ -68,7 +74,9 @@ def setup(container: Any, opts: NetOptions, store: str) -> dict[str, Any]:
     try:
         with ipam.Leases(store, opts.bridge).locked() as db:
             if opts.mode == "bridge":
-                return _setup_bridge(db, name, pid, opts)
+                return _setup_bridge(db, name, pid, opts, handoff=handoff)
+            if handoff:
+                raise NetworkError("a handed-off veth is for bridge mode only")
             return _setup_ip(db, name, pid, container, opts)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -94,7 +102,9 @@ def _record(name: str, pid: int, opts: NetOptions) -> dict[str, Any]:
     }
 
 
-def _setup_bridge(db: ipam.Leases, name: str, pid: int, opts: NetOptions) -> dict[str, Any]:
+def _setup_bridge(
+    db: ipam.Leases, name: str, pid: int, opts: NetOptions, *, handoff: bool = False
+) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
     from berth.net import bridge, veth
@@ -116,22 +126,42 @@ def _setup_bridge(db: ipam.Leases, name: str, pid: int, opts: NetOptions) -> dic
         "ceil_bps": opts.ceil_bps,
         "share": opts.share,
     }
+    if handoff:
+        rec["peer"] = f"{host}g"
+        rec["handoff"] = True  # not the guest's pid yet: no /etc written through it
+        rec["resolv_written"] = True  # the restored guest has its own (in its upper layer)
     db.active[name] = rec
     db.save()  # recorded before anything is made: gc can always find it
     with IPRoute() as ipr:
         br = bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6)
         rec["mtu"] = bridge.mtu_of(ipr, br)
-        veth.create(ipr, host, br, pid, isolate=opts.isolate, mtu=rec["mtu"])
-        prefixlen = int(opts.subnet.split("/")[1])
-        v6 = None
-        if opts.subnet6 is not None and opts.gateway6 is not None and lease.get("ip6"):
-            v6 = (lease["ip6"], int(opts.subnet6.split("/")[1]), opts.gateway6)
-        veth.configure_guest(pid, f"{host}g", lease["ip"], prefixlen, opts.gateway, v6)
+        veth.create(ipr, host, br, None if handoff else pid, isolate=opts.isolate, mtu=rec["mtu"])
+        if not handoff:
+            prefixlen = int(opts.subnet.split("/")[1])
+            v6 = None
+            if opts.subnet6 is not None and opts.gateway6 is not None and lease.get("ip6"):
+                v6 = (lease["ip6"], int(opts.subnet6.split("/")[1]), opts.gateway6)
+            veth.configure_guest(pid, f"{host}g", lease["ip"], prefixlen, opts.gateway, v6)
         db.save()
         _apply_nft(db, opts)
         _apply_htb(ipr, db, opts)
     _write_etc(db, opts)
     return rec
+
+
+def adopt(store: str, name: str, opts: NetOptions, pid: int) -> None:
+    """The guest's record follows its restored init ``pid`` (gc tells a live guest by it); after
+    a ``handoff``, the guests' /etc/hosts are written again (the restored one's too)."""
+    with ipam.Leases(store, opts.bridge).locked() as db:
+        rec = db.active.get(name)
+        if rec is None:
+            return
+        was_handoff = bool(rec.pop("handoff", False))
+        rec.pop("peer", None)
+        rec.update(pid=pid, starttime=_starttime(pid))
+        if was_handoff:
+            _write_etc(db, opts)
+        db.save()
 
 
 def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOptions) -> dict[str, Any]:
@@ -364,7 +394,7 @@ def _write_etc(db: ipam.Leases, opts: NetOptions) -> None:
     resolv = "".join(f"nameserver {ns}\n" for ns in _resolvers()) or f"nameserver {opts.gateway}\n"
     for r in guests.values():
         pid = int(r["pid"])
-        if _starttime(pid) != r.get("starttime"):
+        if r.get("handoff") or _starttime(pid) != r.get("starttime"):
             continue
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + table
         _write_in_guest(pid, "hosts", hosts)

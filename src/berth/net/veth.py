@@ -16,9 +16,10 @@ AF_INET6 = 10
 IFA_F_NODAD = 0x02
 
 
-def create(ipr: Any, host: str, bridge_idx: int, pid: int, *, isolate: bool, mtu: int = 1500) -> None:
+def create(ipr: Any, host: str, bridge_idx: int, pid: int | None, *, isolate: bool, mtu: int = 1500) -> None:
     """Make the pair with ``mtu`` on both ends, plug the host end into the bridge and move the
-    peer into ``pid``'s netns."""
+    peer into ``pid``'s netns (``None``: the peer, ``<host>g``, stays here for CRIU to move into
+    the network namespace it restores: :func:`berth.net.guest.setup`'s ``handoff``)."""
     peer = f"{host}g"
     try:
         ipr.link("add", ifname=host, kind="veth", peer=peer)
@@ -28,11 +29,82 @@ def create(ipr: Any, host: str, bridge_idx: int, pid: int, *, isolate: bool, mtu
     (pidx,) = ipr.link_lookup(ifname=peer)
     ipr.link("set", index=hidx, mtu=mtu)
     ipr.link("set", index=pidx, mtu=mtu)
-    ipr.link("set", index=pidx, net_ns_pid=pid)
+    if pid is not None:
+        ipr.link("set", index=pidx, net_ns_pid=pid)
     ipr.link("set", index=hidx, master=bridge_idx)
     if isolate:
         ipr.brport("set", index=hidx, isolated=1)
     ipr.link("set", index=hidx, state="up")
+
+
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+NLMSG_DONE, NLMSG_ERROR = 3, 2
+IFLA_IFNAME, IFLA_LINK = 3, 5
+
+
+def _link_peers() -> dict[int, str]:
+    """{the peer's ifindex (IFLA_LINK): name} for this network namespace's links, by one
+    RTM_GETLINK dump (a bare netlink socket: pyroute2's import would cost ~0.3 s)."""
+    import socket
+    import struct
+
+    out: dict[int, str] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sk:
+        req = struct.pack("=LHHLL", 32, RTM_GETLINK, 0x301, 1, 0) + struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+        sk.send(req)
+        while True:
+            data = sk.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=LH", data, off)
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR or length < 16:
+                    raise OSError("RTM_GETLINK failed")
+                if kind == RTM_NEWLINK:
+                    name, link = None, None
+                    at = off + 32
+                    while at + 4 <= off + length:
+                        alen, atype = struct.unpack_from("=HH", data, at)
+                        if alen < 4:
+                            break
+                        if atype == IFLA_IFNAME:
+                            name = data[at + 4 : at + alen].split(b"\0", 1)[0].decode()
+                        elif atype == IFLA_LINK:
+                            (link,) = struct.unpack_from("=I", data, at + 4)
+                        at += (alen + 3) & ~3
+                    if name and link:
+                        out[link] = name
+                off += (length + 3) & ~3
+
+
+def peer_name(pid: int, host: str) -> str | None:
+    """The name, in ``pid``'s network namespace, of the peer of our veth end ``host`` (the
+    guest's eth0, unless the guest renamed it); None if the pair is gone."""
+    import socket
+
+    try:
+        index = socket.if_nametoindex(host)
+    except OSError:
+        return None
+    r, w = os.pipe2(os.O_CLOEXEC)
+    nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(r)
+            ns.setns(nsfd, ns.Clone.NEWNET)
+            os.write(w, (_link_peers().get(index) or "").encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(nsfd)
+    name = os.read(r, 64).decode(errors="replace")
+    os.close(r)
+    _, status = os.waitpid(child, 0)
+    return name if status == 0 and name else None
 
 
 def remove(ipr: Any, host: str) -> None:
