@@ -236,6 +236,17 @@ def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -
         b_has_nothing(b, name)
         assert name not in userns.allocations(str(b.store))
         userns.release(str(b.store), "squatter")
+        # The receiver killed after it plugged the guest's veth in ahead: B keeps none of it.
+        r = receiver(b, fault="receive:transfer")
+        out = migrate(a, name)
+        r.wait(60)
+        assert out.returncode != 0 and a.record(name)["status"] == "running", out
+        b_has_nothing(b, name)
+        links = subprocess.run(["ip", "-n", ns_b, "-o", "link"], capture_output=True, text=True).stdout
+        assert f"{unique[:6]}v" not in links, links
+        lease_file = b.store / "net" / f"{unique[:8]}br.json"
+        assert not lease_file.exists() or name not in json.loads(lease_file.read_text()).get("active", {})
+        assert name not in userns.allocations(str(b.store))
         r = receiver(b)
         out = migrate(a, name)
         rc = r.wait(60)

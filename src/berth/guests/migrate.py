@@ -175,11 +175,19 @@ def restore(store: Store, name: str, images: str, *, criu: str | None = None) ->
 
 
 def _restore_locked(
-    store: Store, name: str, images: str, *, criu: str | None = None, netns: Any = None
+    store: Store,
+    name: str,
+    images: str,
+    *,
+    criu: str | None = None,
+    netns: Any = None,
+    plugged_peer: dict[str, Any] | None = None,
 ) -> int:
     """Restore ``name`` from ``images`` (its lock held); its init's pid.  ``netns``: a
     :class:`berth.runtime.checkpoint.NetnsHolder` made ahead for it (the receiver makes one
-    while the images arrive: not in the downtime), closed by the caller."""
+    while the images arrive: not in the downtime), closed by the caller.  ``plugged_peer``: the
+    veth the receiver made ahead for a handed-off network ({"ip", "peer"}: :func:`_preplug`),
+    used when the checkpoint's address is that one (torn down with the guest on failure)."""
     from berth.runtime import checkpoint as ck
 
     spec = _spec(store, name)
@@ -232,7 +240,12 @@ def _restore_locked(
             if handoff:
                 if not had.get("ifname"):
                     raise StateError(f"guest {name!r}: its checkpoint names no veth of its network namespace")
-                got = instance.net().setup(_Plug(name, os.getpid()), net_opts, store.root, handoff=True)
+                if plugged_peer is not None and plugged_peer.get("ip") == had.get("ip"):
+                    got = plugged_peer
+                else:
+                    if plugged_peer is not None:  # made for another address: made again
+                        instance.net().teardown(name, net_opts, store.root)
+                    got = instance.net().setup(_Plug(name, os.getpid()), net_opts, store.root, handoff=True)
                 criu_args = ["--external", f"netdev[{had['ifname']}]:{got['peer']}"]
             else:
                 holder = ck.NetnsHolder() if netns is None else None
@@ -398,6 +411,9 @@ def migrate(
         cfg_text = f.read()
     with open(os.path.join(store.dir(name), "spec.json")) as f:
         spec_text = f.read()
+    # Its address now, for the destination to plug its veth in before the freeze.
+    pid = int(store.read_run(name).get("pid") or 0)
+    net_now = _address(store, name, json.loads(spec_text), pid) if pid else {}
     sock = socket.create_connection(parse_addr(to), timeout=timeout)
     sock.settimeout(timeout)
     s = Stream(sock)
@@ -409,7 +425,9 @@ def migrate(
         nonce = s._exact(NONCE_BYTES)
         sock.sendall(MAGIC)
         auth = _mac(token, nonce) if token else None
-        s.send_json({"name": name, "config": cfg_text, "spec": spec_text, "live": live, "auth": auth})
+        s.send_json(
+            {"name": name, "config": cfg_text, "spec": spec_text, "live": live, "auth": auth, "net": net_now}
+        )
         verdict = s.recv_json()
         if not verdict.get("ok"):
             raise BerthError(f"migrate {name}: the destination refused: {verdict.get('error')}")
@@ -642,6 +660,12 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
     for kind, value in zip(words[::2], words[1::2], strict=False):
         if kind == "staging":
             shutil.rmtree(value, ignore_errors=True)
+        elif kind == "plugged" and "placed" not in words:
+            try:  # the veth and lease it made ahead (a no-op when it made none)
+                what = json.loads(bytes.fromhex(value))
+                _unplug_early(store, str(what["name"]), {"net": what["net"]})
+            except (ValueError, KeyError, TypeError):
+                pass
         elif kind == "ids" and "placed" not in words:
             with store.lock(value):
                 if not store.exists(value):
@@ -680,12 +704,16 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     _tell(progress, "staging", scratch)
     placed = False
     netns = None
+    plugged = None
     try:
         s.send_json({"ok": True})
         _preload(json.loads(hello["spec"]))
         from berth.runtime import checkpoint as ck
 
         netns = ck.NetnsHolder()  # the guest's network namespace, made now, not in the downtime
+        net_spec = json.loads(hello["spec"]).get("net")
+        _tell(progress, "plugged", json.dumps({"name": name, "net": net_spec}).encode().hex())
+        plugged = _preplug(store, name, json.loads(hello["spec"]), hello.get("net"))
         while True:
             head = s.recv_json()
             if head.get("final"):
@@ -724,7 +752,7 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
             store.write_run(
                 name, {"status": "stopped", "desired": "stopped", "store": store.root, "net": net}
             )
-            _restore_locked(store, name, os.path.join(scratch, "images"), netns=netns)
+            _restore_locked(store, name, os.path.join(scratch, "images"), netns=netns, plugged_peer=plugged)
         phases["restored"] = time.monotonic() - t_final
         phases["restore_criu"] = _criu_seconds(os.path.join(store.state_root, name, "criu", "restore.log"))
         _tell(progress, "running", name)
@@ -741,8 +769,11 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     except BaseException as e:
         if placed:
             _undo(store, name)
-        elif ids:
-            _release_ids(store, name)
+        else:
+            if plugged is not None:
+                _unplug_early(store, name, json.loads(hello["spec"]))
+            if ids:
+                _release_ids(store, name)
         try:
             s.send_json({"ok": False, "error": str(e) or type(e).__name__})
         except OSError:
@@ -755,6 +786,35 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
             netns.close()
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _preplug(
+    store: Store, name: str, spec: dict[str, Any], net_now: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Before the final frame: the veth, lease, shaping and nft rules of an incoming bridged
+    guest in its own user namespace, with the address the sender had (its guest end handed to
+    CRIU at the restore); None when it has none to plug in so (made in the downtime then)."""
+    from dataclasses import replace
+
+    opts = config.net_from_dict(spec.get("net"))
+    linux = (spec.get("spec") or {}).get("linux") or {}
+    own_userns = any(n.get("type") == "user" for n in linux.get("namespaces") or [] if isinstance(n, dict))
+    if opts is None or opts.mode != "bridge" or not own_userns or not isinstance(net_now, dict):
+        return None
+    if not net_now.get("ip"):
+        return None
+    opts = replace(opts, ip=str(net_now["ip"]), ip6=net_now.get("ip6") or opts.ip6)
+    got = instance.net().setup(_Plug(name, os.getpid()), opts, store.root, handoff=True)
+    return {"ip": got.get("ip"), "peer": got["peer"]}
+
+
+def _unplug_early(store: Store, name: str, spec: dict[str, Any]) -> None:
+    opts = config.net_from_dict(spec.get("net"))
+    if opts is not None:
+        try:
+            instance.net().teardown(name, opts, store.root)
+        except (BerthError, OSError):
+            pass
 
 
 def _preload(spec: dict[str, Any] | None = None) -> None:
