@@ -3,15 +3,15 @@ memory (each rewritten once a second: 64 MiB/s and 512 MiB/s), live vs stop-and-
 two berth "hosts" on this machine (two stores, state roots, cgroup parents and network
 namespaces joined by a veth, all made here and removed after).  Run as root::
 
-    .venv/bin/python bench/migration.py [--quick] [--repeat N]
+    .venv/bin/python bench/migration.py [--quick] [--repeat N] [--guest host|default]
 
 Each case runs N times (default 3); the table has the median and the range of the downtime.
 
 **Downtime** is the time from the last reply before the freeze to the first reply after the
 restore, seen by a client pinging the guest's TCP echo server every millisecond over one
 connection (which must survive the migration).  The client runs inside the guest, over the
-guest's loopback: a migrated guest has no network link to the outside yet (its network
-namespace holds only lo; CRIU would need veth externals for a bridge guest).  Being frozen and
+guest's loopback (the default guest, ``--guest default``, has its bridge link too; the host
+guest none: one frozen and restored process pair measures both alike).  Being frozen and
 restored with the server, the client sees the downtime as the gap between two replies on
 CLOCK_REALTIME (the two "hosts" share it; not CLOCK_MONOTONIC, which CRIU restores in a time
 namespace with an offset that hides the time the guest was gone); it appends every gap over 5 ms, with when it
@@ -173,15 +173,20 @@ def wait(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
     return v
 
 
-def one(a: Host, b: Host, binary: Path, load: int, live: bool) -> dict[str, float]:
+# The guest's flags: "host" (host ids, no lxcfs, no network link, no tini: the lightest guest
+# CRIU dumps and restores) or "default" (what `berth create` gives: bridged, in its own user
+# namespace with idmapped layers, lxcfs, tini; the same bridge and subnet on both "hosts").
+GUEST_FLAGS = {
+    "host": ("--net", "none", "--userns", "host", "--no-lxcfs", "--no-init"),
+    "default": (),
+}
+
+
+def one(a: Host, b: Host, binary: Path, load: int, live: bool, guest: str = "host") -> dict[str, float]:
     name = f"{PREFIX}g{load}{'l' if live else 's'}"
     work = "/bench idle" if load == 0 else f"/bench dirty {load}"
     cmd = f"/bench server {PORT} & sleep 0.1; /bench client {PORT} /gaps /beat & {work} & wait"
-    # Host ids, no lxcfs, no network link: what berth's CRIU path dumps and restores (see
-    # tests/integration/test_checkpoint.py: start_guest).
-    a.berth(
-        "create", name, "--net", "none", "--userns", "host", "--no-lxcfs", "--no-init", "--", "sh", "-c", cmd
-    )
+    a.berth("create", name, *GUEST_FLAGS[guest], "--", "sh", "-c", cmd)
     up = a.upper(name)
     up.mkdir(parents=True, exist_ok=True)
     shutil.copy2(binary, up / "bench")
@@ -234,6 +239,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per case (default 3)")
     ap.add_argument("--loads", metavar="MIB,...", help="dirtied MiB per case, 0 = idle (default 0,64,512)")
     ap.add_argument("--mode", choices=("live", "stop-and-copy", "both"), default="both")
+    ap.add_argument(
+        "--guest",
+        choices=tuple(GUEST_FLAGS),
+        default="host",
+        help="host: --net none --userns host --no-lxcfs --no-init (default); default: berth create's "
+        "defaults (bridged, own user namespace, lxcfs, tini)",
+    )
     ap.add_argument(
         "--compare",
         metavar="LAUNCHER",
@@ -291,6 +303,19 @@ def main() -> int:
         a = Host(base, "a", shared / "templates", ns[0], f"{NET}.1")
         b = Host(base, "b", shared / "templates", ns[1], f"{NET}.2")
         hosts += [a, b]
+        if args.guest == "default":
+            # Its mapped root must reach its layer in the store; lxcfs at a point of ours; one
+            # bridge name and subnet (in each host's network namespace).
+            os.chmod(base, 0o711)
+            for h in hosts:
+                os.chmod(h.store, 0o711)
+                h.env.update(
+                    BERTH_LXCFS=f"/run/{PREFIX}-lxcfs",
+                    BERTH_NET_PREFIX=PREFIX[:6],
+                    BERTH_BRIDGE=f"{PREFIX}br",
+                    BERTH_NFT_TABLE=f"{PREFIX}nft",
+                    BERTH_SUBNET=f"{NET.rsplit('.', 1)[0]}.98.0/24",
+                )
         rows = []
         for load in loads:
             for live in modes:
@@ -298,7 +323,7 @@ def main() -> int:
                 for _ in range(repeat):
                     for tag, launcher in trees.items():
                         a.launcher = b.launcher = launcher
-                        r = one(a, b, binary, load, live)
+                        r = one(a, b, binary, load, live, args.guest)
                         runs[tag].append(r)
                         print(json.dumps({"tree": tag, "load_mib": load, "live": live, **r}), file=sys.stderr)
                 a.launcher = b.launcher = BERTH
@@ -344,6 +369,10 @@ def main() -> int:
             h.cleanup()
         for n in made:
             sh("ip", "netns", "del", n, check=False)
+        if args.guest == "default":
+            from berth.runtime import lxcfs
+
+            lxcfs.stop(f"/run/{PREFIX}-lxcfs")
         for top in Path("/sys/fs/cgroup").iterdir():
             root = top / PREFIX
             if root.is_dir():
