@@ -6,6 +6,7 @@ module only creates directories, writes files and waits for the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -16,7 +17,7 @@ from berth.errors import CgroupError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
     from berth.cgroups.writes import Write
@@ -312,6 +313,54 @@ class Cgroup:
                     raise CgroupError(f"delegate {self.path}: chown {path}: {_errtext(exc)}") from None
                 done.append(path)
         return done
+
+    def _delegation_keys(self) -> dict[str, str]:
+        """{key: dir} of :meth:`delegation_dirs`, keyed so that another host's layout maps:
+        "v2" for the cgroup2 dir, "v1:NAME" for a v1 hierarchy mounted at .../NAME."""
+        v2 = self.unified_dir()
+        out = {}
+        for d in self.delegation_dirs(v1=True):
+            mnt = d[: -len(self.path) - 1] if d.endswith("/" + self.path) else d
+            out["v2" if d == v2 else "v1:" + os.path.basename(mnt)] = d
+        return out
+
+    def subtree(self) -> dict[str, list[str]]:
+        """The cgroups a delegate made below this one in the delegated hierarchies (what a
+        guest's systemd made), {key: [relative paths, parents first]} (:meth:`recreate`)."""
+        out: dict[str, list[str]] = {}
+        for key, d in self._delegation_keys().items():
+            rels = []
+            for top, dirs, _files in os.walk(d):
+                dirs.sort()
+                rels += [os.path.relpath(os.path.join(top, x), d) for x in dirs]
+            if rels:
+                out[key] = rels
+        return out
+
+    def recreate(self, tree: Mapping[str, Sequence[str]], uid: int, gid: int) -> None:
+        """Make :meth:`subtree`'s cgroups again below this one, delegated to ``uid``/``gid`` as
+        their maker had them (a restored systemd finds its scopes and slices); keys this
+        host's layout lacks are skipped."""
+        dirs = self._delegation_keys()
+        v2 = self.unified_dir()
+        files = _delegate_files()
+        for key, rels in tree.items():
+            base = dirs.get(key)
+            if base is None:
+                continue
+            for rel in rels:
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    raise CgroupError(f"recreate {self.path}: {rel!r} is not below it")
+                d = os.path.join(base, rel)
+                try:
+                    os.mkdir(d)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise CgroupError(f"recreate {self.path}: mkdir {d}: {_errtext(exc)}") from None
+                for name in ("", *(files if base == v2 else _V1_DELEGATE)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chown(os.path.join(d, name) if name else d, uid, gid)
 
     # -- resources -------------------------------------------------------------------------
 

@@ -441,6 +441,7 @@ def dump(
     overlay = overlay_of(c.pid)
     locks = holds_file_locks(pids)
     userns = ckuserns.of_pid(c.pid, c.dir, overlay)
+    deleg = delegated(cg)
     # In its own user namespace the guest's network namespace is CRIU's to dump (berth.runtime.ckuserns).
     netns = _own_netns(c.pid) if external_netns and not pre_dump and userns is None else None
     args = ["pre-dump" if pre_dump else "dump", "-t", str(c.pid), "-D", images, "-W", work]
@@ -496,7 +497,9 @@ def dump(
         "cgroup_props": cgroup_props,
         "ext_mounts": ext,
         "userns": userns,
-        "delegated": delegated(cg),
+        "delegated": deleg,
+        # What the delegate (a guest's systemd) made below its cgroup, made again on restore.
+        "cgroup_tree": cg.subtree() if deleg and cg is not None else {},
         "host_netns": shared_net,
         "time": time.time(),
         **(extra or {}),
@@ -591,6 +594,8 @@ def restore(
         deleg = meta.get("delegated")
         if deleg:
             cg.delegate(int(deleg["uid"]), int(deleg["gid"]), v1=bool(deleg.get("v1")))
+            if meta.get("cgroup_tree"):
+                cg.recreate(meta["cgroup_tree"], int(deleg["uid"]), int(deleg["gid"]))
         if on_cgroup is not None:
             on_cgroup(cg)
         target = rootfs
@@ -617,7 +622,10 @@ def restore(
         # The restoring process has joined the cgroup (made above with the limits): the restored
         # processes are created in it and CRIU need not mount and walk cgroup trees again
         # (--cgroup-root: for a caller's --manage-cgroups=soft|full|strict after ours).
-        args += ["--manage-cgroups=ignore", "--cgroup-root", "/" + cgroup_path.strip("/")]
+        # A guest whose systemd made cgroups below its own (made again above): CRIU puts each
+        # process back into its own (soft: it writes no settings into what it finds).
+        manage = "soft" if meta.get("cgroup_tree") else "ignore"
+        args += [f"--manage-cgroups={manage}", "--cgroup-root", "/" + cgroup_path.strip("/")]
         args += ["--ext-unix-sk", "--link-remap"]
         if meta.get("file_locks", True):
             args.append("--file-locks")
