@@ -137,6 +137,25 @@ BRIDGED = (
 )
 
 
+def answers_on_b(a: Host, b: Host, name: str, ip: str, bridge: str) -> None:
+    """After a migration: the guest's own connection to its address answers on B, B's lease
+    holds that address, a client in B's namespace reaches it there, and A has nothing of it."""
+    import json
+
+    n = len(b.replies(name))
+    wait(lambda: len(b.replies(name)) > n + 3, what="the guest's own connection to answer on B")
+    with open(b.store / "net" / f"{bridge}.json") as f:
+        assert json.load(f)["active"][name]["ip"] == ip
+    probe = (
+        f"import socket; s = socket.create_connection(({ip!r}, 7300), timeout=5); "
+        "s.sendall(b'hi\\n'); print(s.recv(16).decode().strip())"
+    )
+    p = subprocess.run(["ip", "netns", "exec", b.netns, sys.executable, "-c", probe],  # type: ignore[attr-defined]
+                       capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert p.stdout.strip() == "hi", p
+    assert not (a.store / "guests" / name).exists()
+
+
 def test_bridged_guest_keeps_its_address(hosts: tuple[Host, Host], unique: str) -> None:
     """Each "host" has its own bridge (same name and subnet) in its own network namespace; the
     guest answers on the same address on B, and its own connection to that address survives."""
@@ -172,18 +191,7 @@ def test_bridged_guest_keeps_its_address(hosts: tuple[Host, Host], unique: str) 
         rc = r.wait(60)
         err = r.stderr.read() if r.stderr else ""
         assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
-        n = len(b.replies(name))
-        wait(lambda: len(b.replies(name)) > n + 3, what="the guest's own connection to answer on B")
-        with open(b.store / "net" / f"{unique[:8]}br.json") as f:
-            assert json.load(f)["active"][name]["ip"] == ip
-        probe = (
-            f"import socket; s = socket.create_connection(({ip!r}, 7300), timeout=5); "
-            "s.sendall(b'hi\\n'); print(s.recv(16).decode().strip())"
-        )
-        p = subprocess.run(["ip", "netns", "exec", ns_b, sys.executable, "-c", probe],
-                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-        assert p.stdout.strip() == "hi", p
-        assert not (a.store / "guests" / name).exists()
+        answers_on_b(a, b, name, ip, f"{unique[:8]}br")
     finally:
         on(b, ns_b, "destroy", "--force", name, check=False)
         on(a, ns_a, "destroy", "--force", name, check=False)
@@ -254,18 +262,7 @@ def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -
         assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
         assert userns.allocations(str(b.store))[name] == rng
         assert name not in userns.allocations(str(a.store))
-        n = len(b.replies(name))
-        wait(lambda: len(b.replies(name)) > n + 3, what="the guest's own connection to answer on B")
-        with open(b.store / "net" / f"{unique[:8]}br.json") as f:
-            assert json.load(f)["active"][name]["ip"] == ip
-        probe = (
-            f"import socket; s = socket.create_connection(({ip!r}, 7300), timeout=5); "
-            "s.sendall(b'hi\\n'); print(s.recv(16).decode().strip())"
-        )
-        p = subprocess.run(["ip", "netns", "exec", ns_b, sys.executable, "-c", probe],
-                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-        assert p.stdout.strip() == "hi", p
-        assert not (a.store / "guests" / name).exists()
+        answers_on_b(a, b, name, ip, f"{unique[:8]}br")
     finally:
         on(b, ns_b, "destroy", "--force", name, check=False)
         on(a, ns_a, "destroy", "--force", name, check=False)
