@@ -57,3 +57,17 @@ def test_odd_maps_are_refused(uids, gids) -> None:
 def test_hostile_shapes_are_usage_errors(linux) -> None:
     with pytest.raises(UsageError):
         incoming_ids({"spec": {"linux": linux}})
+
+
+def test_delegation_must_be_the_guests_own_root() -> None:
+    from berth.errors import StateError
+    from berth.guests.migrate import _check_delegation
+
+    own = spec([{"containerID": 0, "hostID": 200000, "size": 65536}])
+    _check_delegation("g", own, {"delegated": None})
+    _check_delegation("g", own, {"delegated": {"uid": 200000, "gid": 200000, "v1": True}})
+    for bad in ({"uid": 0, "gid": 0}, {"uid": 200000, "gid": 300000}, "x"):
+        with pytest.raises(StateError):
+            _check_delegation("g", own, {"delegated": bad})
+    with pytest.raises(StateError):
+        _check_delegation("g", spec([], user=False), {"delegated": {"uid": 200000, "gid": 200000}})

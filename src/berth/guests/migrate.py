@@ -206,6 +206,7 @@ def _restore_locked(
 
     net_opts = config.net_from_dict(spec.get("net"))
     meta = ck.read_meta(images)
+    _check_delegation(name, spec, meta)
     bridged = net_opts is not None and net_opts.mode == "bridge"
     # A guest in its own user namespace: CRIU dumped its network namespace and makes it again
     # inside the guest's new user namespace; berth makes the veth and hands its guest end over.
@@ -298,6 +299,17 @@ def _restore_locked(
     rec.pop("checkpoint", None)
     store.write_run(name, rec)
     return c.pid
+
+
+def _check_delegation(name: str, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A checkpoint's cgroup delegation must name the guest's own mapped root (the images may
+    come from another host: they hand cgroups to no one else)."""
+    deleg = meta.get("delegated")
+    if not deleg:
+        return
+    rng = incoming_ids(spec)
+    if rng is None or not isinstance(deleg, dict) or (deleg.get("uid"), deleg.get("gid")) != (rng[0], rng[0]):
+        raise StateError(f"guest {name!r}: its checkpoint delegates the cgroup to ids not the guest's own")
 
 
 class _Plug:
