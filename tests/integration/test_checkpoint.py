@@ -250,6 +250,13 @@ def test_checkpoint_restore_round_trip(host_a: Host, unique: str) -> None:
     # Its limits are back: the cgroup exists under this host's parent with the guest's init.
     procs = [int(x) for x in Path(f"/sys/fs/cgroup/pids/{h.parent}/{name}/cgroup.procs").read_text().split()]
     assert rec["pid"] in procs
+    # Checkpointed again into the same place: the new images replace the old ones whole.
+    h("checkpoint", name)
+    again = h.count(name)
+    h("restore", name)
+    wait(lambda: h.count(name) > again + 3, what="the counter to continue after a second round")
+    left = [p.name for p in (h.store / "guests" / name).iterdir() if ".new-" in p.name or ".old-" in p.name]
+    assert not left, left
     h("destroy", "--force", name)
 
 

@@ -126,19 +126,37 @@ def checkpoint(
     with store.lock(name):
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
+        # Into a new directory beside ``images``, which replaces it only once the dump is whole:
+        # an earlier checkpoint there is neither mixed into this one nor lost if this one fails.
+        images = os.path.abspath(images)
+        os.makedirs(os.path.dirname(images), 0o700, exist_ok=True)
+        fresh = tempfile.mkdtemp(prefix=f".{os.path.basename(images)}.new-", dir=os.path.dirname(images))
         if not leave_running:
             store.update_run(name, pid=0, status="checkpointing")  # guestd's exit worker: not ours
         try:
-            meta = _dump(store, name, spec, c, images, criu, leave_running=leave_running)
+            meta = _dump(store, name, spec, c, fresh, criu, leave_running=leave_running)
         except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
             if not leave_running:
                 store.write_run(name, rec)
             raise
+        _replace_dir(fresh, images)
         if not leave_running:
             ck.forget(c)
             rec = store.update_run(name, status="checkpointed", desired="stopped", checkpoint=images)
             instance.cleanup(store, name, rec)
         return meta
+
+
+def _replace_dir(new: str, path: str) -> None:
+    """``new`` (a directory beside ``path``) becomes ``path``; what was there goes."""
+    old = None
+    if os.path.lexists(path):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+        os.rename(path, os.path.join(old, "x"))
+    os.rename(new, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _dump(
