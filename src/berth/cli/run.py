@@ -351,6 +351,9 @@ def main(argv: list[str]) -> int:
     from berth.cli import env_paths
 
     o = parse(argv)
+    from berth.cgroups import warm
+
+    warm.warm()  # the guest's first cgroup attach waits less: see berth.cgroups.warm
     store, state_root, cgroup_parent = env_paths()
     if o["name"]:
         from berth.runtime.state import check_id

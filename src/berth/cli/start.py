@@ -13,15 +13,63 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str]) -> int:
-    from berth.cli._args import Parser, store
-    from berth.guests import lifecycle
+    if argv and not any(a.startswith("-") for a in argv):
+        status = _fast(argv)
+        if status is not None:
+            return status
+    from berth.cli._args import Parser
 
     p = Parser(prog="berth start", description="start guests")
     p.add_argument("names", nargs="+", metavar="NAME")
     args = p.parse_args(argv)
+    _full(args.names)
+    return 0
+
+
+def _full(names: list[str]) -> None:
+    from berth.cli._args import store
+    from berth.guests import lifecycle
+
     # Each spec from the config as it is now (the user may have edited it), built just before
     # the guest's batch goes to guestd: the first guests start while the next are built.
-    lifecycle.start(store(), args.names, prepare=preparer(store()))
+    lifecycle.start(store(), names, prepare=preparer(store()))
+
+
+def _fast(names: list[str]) -> int | None:
+    """guestd's fast path (berth.guests.fastclient): no argparse, json or spec build in this
+    process when guestd runs and the guests' specs are built from their inputs as they are now.
+    Guests whose spec is stale take the full path; None: this path cannot be taken at all."""
+    import sys
+
+    from berth.cli import env_paths
+    from berth.guests import fastclient
+
+    root, state_root, parent = env_paths()
+    replies = fastclient.start(root, state_root, parent, names, os.environ)
+    if replies is None:
+        return None
+    todo = list(replies)
+    errors = []
+    stale = [n for n in todo if replies[n].get("stale")]
+    if stale:
+        from berth.errors import BerthError
+
+        try:
+            _full(stale)
+        except BerthError as e:
+            if len(todo) == 1:
+                raise
+            errors.append(f"start {stale[0]}: {e}" if len(stale) == 1 else str(e))
+    for n in todo:
+        r = replies[n]
+        if not r.get("ok") and not r.get("stale"):
+            if len(todo) == 1:
+                sys.stderr.write(f"berth: {r.get('error')}\n")
+                return int(r.get("status") or 125)
+            errors.append(f"start {n}: {r.get('error')}")
+    if errors:
+        sys.stderr.write(f"berth: {'; '.join(errors)}\n")
+        return 125
     return 0
 
 
@@ -43,55 +91,14 @@ def preparer(s: Store) -> Callable[[str], None]:
 
 
 def inputs(s: Store, name: str, stamp: str, ids: tuple[int, int] | None) -> tuple[str, dict[str, Any]]:
-    """A digest of what a guest's spec is built from: its config, its template (identity, image
-    config, the files users and init are looked up in), its id range, the BERTH_* environment
-    and the host variables its env names, the cgroup mode, and berth's own code; and the config."""
-    try:  # the builtin SHA-256: hashlib's OpenSSL binding costs ~5 ms to import
-        from _sha256 import sha256  # Python 3.11
-    except ImportError:  # pragma: no cover - Python 3.12+
-        from hashlib import sha256
+    """A digest of what a guest's spec is built from (:func:`berth.guests.specinputs.inputs`),
+    with this command's environment; and the config."""
+    from berth.guests import specinputs
 
-    from berth.guests import config
-    from berth.rootfs import template
-
-    h = sha256(stamp.encode())
-    with open(s.config(name), "rb") as f:
-        raw = f.read()
-    h.update(raw)
-    cfg = config.load(s.config(name))
-    tdir = template.template_dir(s.root, cfg["template"])
-    for rel in (
-        "",
-        "template.json",
-        "rootfs",
-        "rootfs/etc",
-        "rootfs/sbin",
-        "rootfs/etc/passwd",
-        "rootfs/etc/group",
-    ):
-        try:
-            st = os.lstat(os.path.join(tdir, rel))
-            h.update(f"{rel}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size};".encode())
-        except OSError:
-            h.update(f"{rel}:-;".encode())
-    h.update(repr(ids).encode())  # the guest's id range (lifecycle.id_range)
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("BERTH_") and k != "BERTH_FAULT")
-    bare = [e for e in cfg.get("env", []) if "=" not in e]
-    env += [(k, os.environ.get(k, "")) for k in bare]
-    h.update(repr(env).encode())
-    h.update(str(os.path.exists("/sys/fs/cgroup/cgroup.controllers")).encode())
-    return h.hexdigest(), cfg
+    return specinputs.inputs(s, name, stamp, ids, os.environ)
 
 
 def _code_stamp() -> str:
-    """berth's code as it is on disk now: its modules' sizes and modification times."""
-    import berth
+    from berth.guests import specinputs
 
-    top = os.path.dirname(berth.__file__)
-    parts = []
-    for d, _dirs, files in os.walk(top):
-        for f in files:
-            if f.endswith(".py"):
-                st = os.stat(os.path.join(d, f))
-                parts.append(f"{d[len(top) :]}/{f}:{st.st_size}:{st.st_mtime_ns}")
-    return ";".join(sorted(parts))
+    return specinputs.code_stamp()

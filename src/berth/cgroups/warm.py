@@ -1,0 +1,71 @@
+"""Overlap the kernel's wait of a container's first cgroup attach with the starter's own work.
+
+Every write to a ``cgroup.procs`` file takes the kernel's global ``cgroup_threadgroup_rwsem`` for
+writing.  Its first writer after a quiet spell waits an RCU grace period (rcu_sync: ~10–20 ms on
+this kind of host); writers within about a grace period after the last one do not.  A container's
+init attaches itself (every v1 hierarchy, then cgroup2) before it makes its namespaces, so that
+wait sits on the start's critical path.
+
+:func:`warm` moves the calling process into the cgroup it is in already (a no-op for the
+cgroups) from a new thread, at once: the grace period then passes while the caller goes on
+preparing the container (reading its spec, making and limiting its cgroup), and the init's
+attach, which still happens before anything of the guest runs, finds the lock warm.  Nothing
+about where the container's processes are or when changes.  Best effort: any failure is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def procs_file() -> str | None:
+    """The ``cgroup.procs`` of the caller's own cgroup in one hierarchy (a v1 controller's, or
+    cgroup2's on a cgroup2-only host), None if none is found."""
+    try:
+        with open("/proc/self/cgroup", "rb") as f:
+            lines = f.read().decode().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _hid, controllers, path = line.split(":", 2)
+        if controllers and not controllers.startswith("name="):  # a v1 hierarchy
+            top = f"/sys/fs/cgroup/{controllers.split(',')[0]}"
+        elif not controllers and os.path.exists("/sys/fs/cgroup/cgroup.procs"):  # cgroup2 only
+            top = "/sys/fs/cgroup"
+        else:
+            continue
+        procs = f"{top}{path}/cgroup.procs"
+        if os.path.exists(procs):
+            return procs
+    return None
+
+
+def _move_self(procs: str, done: Any) -> None:
+    try:
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")  # 0: the writer's own process, into the cgroup it is in
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    finally:
+        done.release()
+
+
+def warm() -> Any:
+    """Start the no-op attach in a thread and return at once (see the module's docstring): a
+    lock released when the thread is done (None if there was nothing to do)."""
+    import _thread
+
+    procs = procs_file()
+    if procs is None:
+        return None
+    done = _thread.allocate_lock()
+    done.acquire()
+    _thread.start_new_thread(_move_self, (procs, done))
+    return done

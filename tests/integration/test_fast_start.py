@@ -1,0 +1,164 @@
+"""`berth start` through guestd's fast path (berth.guests.fastclient) starts the same guest as the
+full path: same namespaces, cgroups, seccomp, capabilities and user namespace; it is taken only
+when guestd runs and the guest's spec is built from its inputs as they are now, else the command
+builds the spec and takes the full path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import test_guests
+from test_guests import Guests
+
+guests = test_guests.guests  # the fixture: a test's guests, destroyed with its supervisor at teardown
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+LAUNCHER = BIN / "berth"
+# The Python launcher: berth-py beside a compiled `berth` (src/berth/guests/fastclient.c), else `berth`.
+PY_LAUNCHER = BIN / "berth-py" if (BIN / "berth-py").exists() else LAUNCHER
+STATUS_KEYS = ("Seccomp", "NoNewPrivs", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def compiled_launcher() -> bool:
+    return LAUNCHER.read_bytes()[:4] == b"\x7fELF"
+
+
+def start_traced(g: Guests, *names: str) -> set[str]:
+    """`berth start NAMES` by the Python launcher with ``-X importtime``: the modules it imported."""
+    cmd = [sys.executable, "-X", "importtime", "-I", "-S", str(PY_LAUNCHER), "start", *names]
+    r = subprocess.run(cmd, env=g.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def start_execs(g: Guests, tmp: Path, *names: str, status: int = 0) -> list[str]:
+    """`berth start NAMES` by the compiled launcher under strace: the programs it executed (itself,
+    then python if it handed over: an exec in the same process; guestd, if spawned, is not traced)."""
+    out = tmp / "execs"
+    cmd = ["strace", "-qq", "-e", "trace=execve", "-o", str(out), str(LAUNCHER), "start", *names]
+    r = subprocess.run(cmd, env=g.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == status, r.stderr[-2000:]
+    return [line.split('"')[1] for line in out.read_text().splitlines() if "execve(" in line and '"' in line]
+
+
+def view(pid: int) -> dict[str, object]:
+    """What isolates an init: its status fields, namespaces (types), cgroups and id maps."""
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+    )
+    ns = {}
+    for kind in ("mnt", "pid", "net", "uts", "ipc", "cgroup", "user"):
+        ns[kind] = os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")
+    cgroups = sorted(line.split(":", 2)[1] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    return {
+        "status": {k: status[k].strip() for k in STATUS_KEYS if k not in ("Uid", "Gid")},
+        "ns": ns,
+        "cgroup controllers": cgroups,
+        "uid_map size": Path(f"/proc/{pid}/uid_map").read_text().split()[2],
+    }
+
+
+def in_own_cgroups(g: Guests, name: str, pid: int) -> None:
+    """The init is in the guest's cgroup in every hierarchy (seen from the host's cgroup namespace)."""
+    want = f"/{g.env['BERTH_CGROUP_PARENT']}/{name}"
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert line.split(":", 2)[2] == want, f"{name}: {line}"
+
+
+def test_fast_start_starts_the_same_guest_as_the_full_path(guests: Guests, tmp_path: Path) -> None:
+    """The full path, Python's fast path and the compiled launcher's make the same guest."""
+    a, b, c = guests.name("full"), guests.name("fast"), guests.name("cfast")
+    for n in (a, b, c):
+        guests("create", n)
+    assert not guests.daemon_pid()
+    assert "argparse" in start_traced(guests, a)  # no guestd yet: the full path (it spawns guestd)
+    assert guests.daemon_pid()
+    mods = start_traced(guests, b)  # guestd up, spec built at create: the fast path
+    assert not {"argparse", "json", "socket", "tomllib"} & mods, sorted(mods)
+    started = [a, b]
+    if compiled_launcher() and shutil.which("strace"):
+        execs = start_execs(guests, tmp_path, c)
+        assert execs == [str(LAUNCHER)], execs  # no Python started
+        started.append(c)
+    pids = [guests.info(n)["pid"] for n in started]
+    assert all(pids) and len(set(pids)) == len(pids)
+    views = [view(pid) for pid in pids]
+    assert all(v == views[0] for v in views), views
+    assert all(views[0]["ns"].values()), views[0]["ns"]  # every namespace its own, the user namespace too
+    assert views[0]["status"]["Seccomp"] == "2"
+    for n, pid in zip(started, pids, strict=True):
+        in_own_cgroups(guests, n, pid)
+        assert guests("exec", n, "--", "cat", "/proc/1/cmdline").stdout.split("\0")[0] == "init"
+    # Started again while they run: nothing to do, the same inits.
+    assert not {"argparse"} & start_traced(guests, *started)
+    assert guests("start", *started).returncode == 0
+    assert [guests.info(n)["pid"] for n in started] == pids
+    guests("stop", "--timeout", "8", *started)
+    assert [guests.info(n)["state"] for n in started] == ["stopped"] * len(started)
+
+
+def test_compiled_launcher_hands_over_to_python(guests: Guests, tmp_path: Path) -> None:
+    """What the compiled launcher does not do itself goes to the Python launcher, same words."""
+    if not compiled_launcher() or not shutil.which("strace"):
+        pytest.skip("berth is the Python launcher here (no C compiler at setup) or strace is missing")
+    n = guests.name("hand")
+    guests("create", n, "--cmd", "sleep 1000")
+    py = str(BIN / "python")
+    # guestd not up: Python's path spawns it
+    assert start_execs(guests, tmp_path, n)[:2] == [str(LAUNCHER), py]
+    guests("stop", "--timeout", "2", n)
+    # not a guest: the full path's one-line error and status
+    execs = start_execs(guests, tmp_path, guests.name("nope"), status=125)
+    assert execs[:2] == [str(LAUNCHER), py]
+    # a stale spec (edited config): handed over after the worker said so, and started
+    cfg = guests.store / "guests" / n / "config.toml"
+    cfg.write_text(cfg.read_text() + 'hostname = "edited"\n')
+    assert start_execs(guests, tmp_path, n)[:2] == [str(LAUNCHER), py]
+    assert guests("exec", n, "--", "hostname").stdout.strip() == "edited"
+    guests("stop", "--timeout", "2", n)
+    assert start_execs(guests, tmp_path, n) == [str(LAUNCHER)]  # built now: all in C again
+    guests("stop", "--timeout", "2", n)
+    r = guests("list")
+    assert n in r.stdout  # other verbs: Python's
+
+
+def test_a_stale_spec_takes_the_full_path(guests: Guests) -> None:
+    """An edited config: the worker says stale, the command builds the spec and starts it."""
+    n = guests.name("stale")
+    guests("create", n, "--cmd", "sleep 1000")
+    guests("start", n)  # guestd up
+    guests("stop", "--timeout", "2", n)
+    cfg = guests.store / "guests" / n / "config.toml"
+    cfg.write_text(cfg.read_text() + 'hostname = "edited"\n')
+    assert "argparse" in start_traced(guests, n)
+    assert guests("exec", n, "--", "hostname").stdout.strip() == "edited"
+    assert guests.record(n).get("desired") == "running"
+    guests("stop", "--timeout", "2", n)
+    assert not {"argparse"} & start_traced(guests, n)  # built now: fast again
+    assert guests("exec", n, "--", "hostname").stdout.strip() == "edited"
+    guests("stop", "--timeout", "2", n)
+
+
+def test_fast_start_of_several_and_errors(guests: Guests) -> None:
+    """Several guests in batches through the fast path; a guest that does not exist is the
+    full path's one-line error, and nothing is started then."""
+    names = [guests.name(f"m{i}") for i in range(3)]
+    for n in names:
+        guests("create", n, "--cmd", "sleep 1000")
+    guests("list")  # guestd up
+    env = {**guests.env, "BERTH_START_WORKERS": "2"}
+    r = guests("start", *names, guests.name("nope"), check=False, env=env)
+    assert r.returncode == 125 and len(r.stderr.strip().splitlines()) == 1, r
+    assert "does not exist" in r.stderr
+    assert [guests.info(n)["state"] for n in names] == ["stopped"] * 3
+    guests("start", *names, env=env)
+    pids = [guests.info(n)["pid"] for n in names]
+    assert all(pids) and len(set(pids)) == 3
+    guests("stop", "--timeout", "2", *names)
