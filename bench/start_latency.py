@@ -1,7 +1,15 @@
-"""Start latency: `berth run --rm -- /bin/true` against `runc run` and a plain /bin/true.
+"""Start latency: `berth run --rm -- /bin/true` and `berth start NAME` against `runc run` and a
+plain /bin/true.
 
-All three are run in one process, interleaved (A B C A B C …) so drift does not bias a
-ratio; medians (with min–max) of N starts each, and the ratios to runc and to native.
+All are run in one process, interleaved (A B C A B C …) so drift does not bias a ratio;
+medians (with min–max) of N starts each, and the ratios to runc and to native.
+
+`berth start NAME`: a guest made by `berth create NAME --net none --userns host --no-lxcfs` (as
+the evaluation's density section), guestd already running, timed from the command's start until
+the guest's init (busybox init) runs and the command has exited; stopped (untimed) after each.
+`berth start (running)`: the same command for a guest that runs already: the command's own cost
+and its round trip through guestd and a worker, without a container start.
+
 Also prints where berth's time goes: the bare interpreter, imports, and the rest.
 
     .venv/bin/python bench/start_latency.py [-n 30]
@@ -23,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BERTH = str(REPO / ".venv" / "bin" / "berth")
+# The Python launcher: berth-py beside a compiled `berth` (tools/launcher.sh), else `berth` itself.
+BERTH_PY = BERTH + "-py" if os.path.exists(BERTH + "-py") else BERTH
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
@@ -54,19 +64,39 @@ def runc_bundle(rootfs: str, workdir: str) -> str:
     return bundle
 
 
+GUEST_FLAGS = ("--net", "none", "--userns", "host", "--no-lxcfs")
+
+
+def berth(env: dict[str, str], *args: str) -> str:
+    r = subprocess.run([BERTH, *args], env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"berth {' '.join(args[:3])}… exited {r.returncode}: {r.stderr.strip()[:200]}")
+    return r.stdout
+
+
+def start_guest(env: dict[str, str], name: str) -> float:
+    """Seconds from `berth start NAME` until the command exited and the guest's init runs."""
+    t = time.perf_counter()
+    berth(env, "start", name)
+    rec = Path(env["BERTH_RUN"]) / ".guests" / f"{name}.json"
+    pid = json.loads(rec.read_text())["pid"]
+    while Path(f"/proc/{pid}/comm").read_text().strip() != "init":
+        if time.perf_counter() - t > 10:
+            raise RuntimeError(f"guest {name}: init not running 10 s after berth start")
+        time.sleep(0.0002)
+    return time.perf_counter() - t
+
+
 def med(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:7.1f} ms  (min {min(xs) * 1000:.1f}, max {max(xs) * 1000:.1f})"
 
 
-def breakdown(env: dict[str, str]) -> None:
-    """Interpreter start, imports, and the rest of one `berth run`."""
+def imports(cmd: list[str], env: dict[str, str]) -> tuple[int, list[tuple[int, str]]]:
+    """Microseconds of imports (``-X importtime`` self times) of one run of ``cmd``, and the
+    top-level modules by their cumulative time."""
     py = str(REPO / ".venv" / "bin" / "python")
-    bare = statistics.median(timed([py, "-I", "-S", "-c", "pass"]) for _ in range(15))
     r = subprocess.run(
-        [py, "-X", "importtime", "-I", "-S", BERTH, "run", "--rm", "--", "/bin/true"],
-        capture_output=True,
-        text=True,
-        env=env,
+        [py, "-X", "importtime", "-I", "-S", BERTH_PY, *cmd], capture_output=True, text=True, env=env
     )
     total = 0
     tops: list[tuple[int, str]] = []
@@ -77,12 +107,30 @@ def breakdown(env: dict[str, str]) -> None:
             if not m.group(3):
                 tops.append((int(m.group(2)), m.group(4)))
     tops.sort(reverse=True)
+    return total, tops
+
+
+def breakdown(env: dict[str, str], name: str) -> None:
+    """Interpreter start and imports of one `berth run` and one `berth start NAME`."""
+    py = str(REPO / ".venv" / "bin" / "python")
+    bare = statistics.median(timed([py, "-I", "-S", "-c", "pass"]) for _ in range(15))
     print("\nwhere berth's time goes (one run; importtime inflates imports a little):")
     print(f"  bare interpreter (python -I -S -c pass): {bare * 1000:.1f} ms")
+    total, tops = imports(["run", "--rm", "--", "/bin/true"], env)
     print(
         f"  imports on the run path: {total / 1000:.1f} ms, largest: "
         + ", ".join(f"{n} {us / 1000:.1f}" for us, n in tops[:8])
     )
+    total, tops = imports(["start", name], env)
+    berth(env, "stop", "--timeout", "0", name)
+    print(
+        f"  imports on the start path of the Python launcher (guestd up): {total / 1000:.1f} ms, largest: "
+        + ", ".join(f"{n} {us / 1000:.1f}" for us, n in tops[:5])
+    )
+    if BERTH_PY != BERTH:
+        print(
+            "  `berth` is the compiled launcher (src/berth/guests/fastclient.c): `berth start` starts no Python"
+        )
 
 
 def main() -> int:
@@ -94,14 +142,31 @@ def main() -> int:
     env.setdefault("BERTH_ROOT", os.path.join(work, "store"))
     env["BERTH_RUN"] = os.path.join(work, "run")
     env["BERTH_CGROUP_PARENT"] = f"berth-bench-{os.getpid()}"
+    names = [f"lat{os.getpid()}-{i}" for i in range(3)]
     try:
         rootfs = subprocess.run(
             [BERTH, "template", "build", "busybox"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
         have_runc = shutil.which("runc") is not None
         bundle = runc_bundle(rootfs, work) if have_runc else None
-        cols: dict[str, list[float]] = {"native /bin/true": [], "berth run": [], "runc run": []}
+        for name in names:
+            berth(env, "create", name, *GUEST_FLAGS)
+        berth(env, "list")  # guestd up before anything is timed
+        cols: dict[str, list[float]] = {
+            "native /bin/true": [],
+            "berth run": [],
+            "runc run": [],
+            "berth start": [],
+            "berth start (running)": [],
+        }
         for i in range(args.n + 2):  # two warm-up rounds
+            name = names[i % len(names)]
+            g = start_guest(env, name)
+            r = timed([BERTH, "start", name], env)
+            berth(env, "stop", "--timeout", "0", name)
+            if i >= 2:
+                cols["berth start"].append(g)
+                cols["berth start (running)"].append(r)
             a = timed(["/bin/true"])
             b = timed([BERTH, "run", "--rm", "--", "/bin/true"], env)
             c = (
@@ -129,16 +194,24 @@ def main() -> int:
         )
         for name, xs in cols.items():
             if xs:
-                print(f"  {name:18s} {med(xs)}")
+                print(f"  {name:22s} {med(xs)}")
             else:
-                print(f"  {name:18s} not run: runc is not installed (apt-get install runc)")
-        b = statistics.median(cols["berth run"])
-        if cols["runc run"]:
-            r = statistics.median(cols["runc run"])
-            print(f"  ratio berth/runc   {b / r:.2f}   (target <= 0.50)")
-        print(f"  ratio berth/native {b / statistics.median(cols['native /bin/true']):.1f}")
-        breakdown(env)
+                print(f"  {name:22s} not run: runc is not installed (apt-get install runc)")
+        native = statistics.median(cols["native /bin/true"])
+        for col in ("berth run", "berth start"):
+            b = statistics.median(cols[col])
+            if cols["runc run"]:
+                r = statistics.median(cols["runc run"])
+                print(f"  ratio {col}/runc {' ' * (12 - len(col))}{b / r:.2f}   (target <= 0.50)")
+            print(f"  ratio {col}/native {' ' * (10 - len(col))}{b / native:.1f}")
+        breakdown(env, names[0])
     finally:
+        subprocess.run([BERTH, "destroy", "--force", *names], env=env, capture_output=True)
+        try:
+            os.kill(int((Path(env["BERTH_RUN"]) / ".guests" / "guestd.pid").read_text()), 15)
+        except (OSError, ValueError):
+            pass
+        subprocess.run([BERTH, "gc"], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
         for top in Path("/sys/fs/cgroup").iterdir():
             d = top / env["BERTH_CGROUP_PARENT"]

@@ -1062,7 +1062,10 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
     s.tables.append(
         Table(
             f"Start latency: start to exit of a no-op (micro noop, or `true` in UML/gVisor); for "
-            f"{GUESTD}: `berth start NAME` of a created guest until its busybox init runs; ms, median "
+            f"{GUESTD}: `berth start NAME` of a created guest until its busybox init runs (guestd up: the "
+            f"command's fast path, berth.guests.fastclient, in the compiled `berth` launcher where a C compiler "
+            f"was found at setup: no Python in the command; guestd's worker checks the spec and starts the "
+            f"guest); ms, median "
             f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
             f"guest ~3 s after its start; {GUESTD}: {IDLE_GUESTS} busybox system guests (`berth create "
             f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
@@ -1117,7 +1120,8 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
         timeout=600,
     )
     s.notes.append(
-        "bench/start_latency.py (berth run vs runc run vs /bin/true, and where berth's time goes):\n\n```\n"
+        "bench/start_latency.py (berth run and berth start vs runc run vs /bin/true, and where berth's time "
+        "goes; `berth start (running)`: the command and its round trip through guestd alone):\n\n```\n"
         + (r.stdout.strip() or r.stderr.strip()[-500:])
         + "\n```"
     )
