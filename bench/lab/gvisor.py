@@ -2,7 +2,9 @@
 
 The container's root is berth's busybox template (built once into the lab cache with
 ``berth template build busybox``), read-only; host directories can be bound in read-only. No
-network (``--network=none``). Each call uses its own ``--root`` state directory, removed after
+network (``--network=none``) unless given a network namespace (``netns=``): then runsc's own
+``--network=sandbox``, gVisor's netstack in the sentry on an AF_PACKET socket on that namespace's
+veth (runsc moves the veth's address into the sandbox). Each call uses its own ``--root`` state directory, removed after
 ``runsc delete --force``, so no runsc container outlives it.
 """
 
@@ -25,6 +27,13 @@ from bench.lab.kernel import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM = os.environ.get("BERTH_LAB_RUNSC_PLATFORM", "ptrace")
+NETNS_DIR = Path("/var/run/netns")
+# Debian's runsc (20221219) tells the root netns by /proc/sys/net/core/rmem_default existing,
+# which it does in every netns on recent kernels (the core rmem/wmem sysctls are per netns; 6.18 here), so
+# --network=sandbox always fails with "cannot run with network enabled in root network
+# namespace" (upstream checks otherwise since). runsc run gets a private mount namespace with an
+# empty tmpfs on /proc/sys/net: nothing but that runsc process tree sees the change.
+HIDE_SYSCTL_NET = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs lab-net /proc/sys/net && exec "$@"', "runsc"]
 
 
 def runsc_binary() -> str:
@@ -54,8 +63,14 @@ def busybox_rootfs() -> Path:
     return rootfs
 
 
-def bundle_config(rootfs: Path, argv: list[str], binds: Sequence[tuple[str, str]] = ()) -> dict:
-    """A minimal OCI config: read-only root, the usual pseudo filesystems, ``binds`` read-only."""
+def bundle_config(
+    rootfs: Path, argv: list[str], binds: Sequence[tuple[str, str]] = (), netns: str | None = None
+) -> dict:
+    """A minimal OCI config: read-only root, the usual pseudo filesystems, ``binds`` read-only;
+    the network namespace a new empty one, or ``netns`` (a name under /var/run/netns)."""
+    namespaces: list[dict] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]
+    if netns is not None:
+        namespaces[1]["path"] = str(NETNS_DIR / netns)
     mounts: list[dict] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
@@ -82,7 +97,7 @@ def bundle_config(rootfs: Path, argv: list[str], binds: Sequence[tuple[str, str]
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": "lab",
         "mounts": mounts,
-        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+        "linux": {"namespaces": namespaces},
     }
 
 
@@ -94,11 +109,13 @@ def run(
     binds: Sequence[tuple[str, str]] = (),
     watch: Callable[[int], None] | None = None,
     argv: list[str] | None = None,
+    netns: str | None = None,
 ):
     """``runsc run`` of ``sh -c command`` in the busybox rootfs; the Result carries runsc's exit status.
 
     ``share_host_ro`` has no effect here (the root is the busybox template); bind host paths with
-    ``binds=[(host, guest)]``.
+    ``binds=[(host, guest)]``. ``netns``: run in that existing network namespace (a name under
+    /var/run/netns) with gVisor's netstack on its interfaces; the caller owns the namespace.
     """
     from bench.lab.runner import Result
 
@@ -111,12 +128,14 @@ def run(
         state = Path(tmp) / "state"
         bundle.mkdir()
         state.mkdir()
-        cfg = bundle_config(rootfs, argv or ["/bin/sh", "-c", command], binds)
+        cfg = bundle_config(rootfs, argv or ["/bin/sh", "-c", command], binds, netns)
         (bundle / "config.json").write_text(json.dumps(cfg))
-        base = [runsc, "--root", str(state), f"--platform={PLATFORM}", "--network=none", "--ignore-cgroups"]
+        network = "--network=none" if netns is None else "--network=sandbox"
+        base = [runsc, "--root", str(state), f"--platform={PLATFORM}", network, "--ignore-cgroups"]
+        wrap = HIDE_SYSCTL_NET if netns is not None else []
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            [*base, "run", "--bundle", str(bundle), cid],
+            [*wrap, *base, "run", "--bundle", str(bundle), cid],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -4,12 +4,16 @@ The guest's root is the host's root over hostfs, mounted read-only, with a tmpfs
 top (overlay.ko from /usr/lib/uml/modules), so the repository and Debian's tools work inside.
 Note: hostfs is not a security boundary — guest root could mount hostfs read-write again — so
 the lab runs only its own commands in UML. Debian's UML kernel has ``CONFIG_NR_CPUS=1``: one
-vCPU whatever is asked. No network device is configured.
+vCPU whatever is asked. No network device unless asked for (``nic=``): then the vector driver's
+tap transport (``vec0:transport=tap``) on a tap the caller made on the host, its address set by
+the init before the command runs. That NIC is driven by the UML process itself in userspace
+(reads and writes on the tap's file descriptor), not by a host kernel virtio backend.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -52,7 +56,7 @@ $B cp $B $R/run/lab/busybox
 $B cp $D/cmd $R/run/lab/lab.cmd
 $B hostname lab
 $B ip link set lo up 2>/dev/null
-cd /
+{setup}cd /
 echo BERTH-LAB-READY
 $B chroot $R /bin/sh /run/lab/lab.cmd </dev/null
 rc=$?
@@ -73,6 +77,23 @@ def _overlay_ko() -> str:
     return str(found[-1]) if found else ""
 
 
+def _setup(nic: tuple[str, str] | None, binds: Sequence[tuple[str, str]]) -> str:
+    """The init's lines that configure the NIC and bind host directories (before the chroot)."""
+    lines = []
+    if nic is not None:
+        addr = shlex.quote(nic[1])
+        lines.append(
+            f'$B ip addr add {addr} dev vec0 && $B ip link set vec0 up || die "cannot configure vec0"'
+        )
+    for src, dst in binds:
+        s, t = shlex.quote(src), shlex.quote(dst)
+        lines.append(
+            f"$B mkdir -p $R{t} && $B mount --bind {s} $R{t} && $B mount -o remount,bind,ro $R{t}"
+            f' || die "cannot bind {s}"'
+        )
+    return "".join(line + "\n" for line in lines)
+
+
 def run(
     command: str,
     *,
@@ -84,11 +105,17 @@ def run(
     share_host_ro: bool = True,
     stream: Callable[[str], None] | None = None,
     watch: Callable[[int], None] | None = None,
+    nic: tuple[str, str] | None = None,
+    binds: Sequence[tuple[str, str]] = (),
 ) -> Console:
     """Boot UML on the host's root (read-only, tmpfs overlay) and run ``command`` with /bin/sh.
 
     ``share_host_ro=False`` still boots on hostfs (UML has no other root here) but without the
     overlay: the guest sees the host read-only and has only tmpfs to write in.
+    ``nic=(tap, "ADDR/PREFIX")``: the guest's ``vec0`` on the host's existing ``tap``, with that
+    address. ``binds=[(host, guest)]``: host directories bound read-only into the guest's root
+    (needs the overlay; the guest's /tmp is its own tmpfs, so host paths under /tmp are not
+    visible otherwise).
     """
     del vcpus  # CONFIG_NR_CPUS=1 in Debian's UML
     linux = uml_binary()
@@ -101,7 +128,12 @@ def run(
         (d / "cmd").write_text(command + "\n")
         init = d / "init"
         init.write_text(
-            INIT.format(busybox=busybox, dir=d, overlay_ko=_overlay_ko() if share_host_ro else "")
+            INIT.format(
+                busybox=busybox,
+                dir=d,
+                overlay_ko=_overlay_ko() if share_host_ro else "",
+                setup=_setup(nic, binds),
+            )
         )
         init.chmod(0o755)
         argv = [
@@ -115,6 +147,7 @@ def run(
             "con0=null,fd:1",
             "quiet",
             f"uml_dir={d / 'uml'}",
+            *([f"vec0:transport=tap,ifname={nic[0]}"] if nic else []),
             *kernel_args,
         ]
         env = dict(os.environ, TMPDIR=str(d / "uml"))
