@@ -1,12 +1,16 @@
 """Guest networking benchmark: iperf3 throughput and TCP round-trip latency (1-byte ping-pong)
 for host loopback (native), guest->host over veth+bridge, guest<->guest over the bridge and an
-ip:ADDR guest (host stack + cgroup BPF), as ratios to loopback; then the HTB accuracy table
-(target vs achieved).
+ip:ADDR guest (host stack + cgroup BPF), and the peers' guest->host paths: a User-Mode Linux
+guest's NIC (vector driver on a tap) and gVisor's netstack (runsc --network=sandbox on a veth
+from a netns), as ratios to loopback; then the HTB accuracy table (target vs achieved).
 
 The guests are made with ``berth create`` (busybox) and driven with ``berth exec``; iperf3 and
 its libraries (the host's, run through the host's ld.so) and a static ping-pong program are
-copied into each guest's own root, so both ends really run inside the guests.  Every object
-has a random prefix; all traffic stays on loopback, the bench's bridge and its guests.
+copied into each guest's own root, so both ends really run inside the guests.  The UML and
+gVisor guests run the very same files (bound read-only at the same path), one fresh guest per
+measurement (bench/lab/guestnet.py; boot time is not in the figures: iperf3 and the ping-pong
+time themselves).  Every object has a random prefix; all traffic stays on loopback, the bench's
+bridge, tap and veth, and its guests.
 
 Run as root: ``.venv/bin/python bench/net.py`` (BENCH_SECONDS, BENCH_REPS, BENCH_PINGPONG,
 BENCH_MTUS: the bridge MTUs to compare, default ``1500,65535``; BENCH_ONLY=throughput|htb).
@@ -24,6 +28,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -170,6 +175,19 @@ class Bench:
     def pp_in(self, name: str) -> list[str]:
         return [BERTH, "exec", name, "--", f"{OPT}/pp"]
 
+    def opt_dir(self) -> Path:
+        """The files _inject copies into guests, in one host directory (for the lab's peers)."""
+        d = self.tmp / "opt"
+        d.mkdir(exist_ok=True)
+        libs = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True, check=True).stdout
+        for line in libs.splitlines():
+            path = line.split("=>")[-1].split("(")[0].strip()
+            if path.startswith("/"):
+                shutil.copy2(path, d / os.path.basename(path))
+        shutil.copy2("/usr/bin/iperf3", d / "iperf3")
+        shutil.copy2(self.pp, d / "pp")
+        return d
+
     def cleanup(self) -> None:
         for n in self.names:
             self.berth("destroy", "--force", n, check=False)
@@ -258,6 +276,41 @@ def _compile_pp(path: str) -> None:
     )
 
 
+# The same iperf3 and ping-pong files the berth guests run, at the same path in the peer guest.
+PEER_IPERF = [f"{OPT}/ld-linux-x86-64.so.2", "--library-path", OPT, f"{OPT}/iperf3"]
+
+
+def _peer_paths(stack: contextlib.ExitStack, b: Bench, host_iperf: list[str], host_pp: list[str]) -> list:
+    """The UML and gVisor guest->host paths (skipped, with the reason printed, where unavailable):
+    a tap or a netns+veth each, a fresh guest per measurement (bench/lab/guestnet.py)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.lab import guestnet, gvisor, uml
+
+    binds = [(str(b.opt_dir()), OPT)]
+    paths = []
+    for label, lab, link in (
+        ("UML guest->host (tap)", uml, guestnet.tap),
+        ("gVisor guest->host (veth)", gvisor, guestnet.netns),
+    ):
+        why = lab.available()
+        if why is not None:
+            print(f"{label}: not run: {why}")
+            continue
+        ln = stack.enter_context(link())
+        pre = guestnet.prefix(ln, binds=binds, timeout=SECONDS + 40)
+        paths.append(
+            (label, b, host_iperf, [*pre, *PEER_IPERF], host_pp, [*pre, f"{OPT}/pp"], ln.host_ip, ln.host_ip)
+        )
+    return paths
+
+
+def _why(e: Exception) -> str:
+    """An exception's last line (a failed guest's stderr ends with its reason)."""
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
+
+
 def throughput_table(tmp: Path) -> None:
     """Loopback, then per bridge MTU (BENCH_MTUS, one bench bridge each, all up at once) the
     guest->host and guest<->guest paths, and the ip: guest; the repetitions are interleaved
@@ -266,6 +319,7 @@ def throughput_table(tmp: Path) -> None:
     for b in benches:
         _compile_pp(b.pp)
     host_iperf, host_pp = ["iperf3"], [benches[0].pp]
+    stack = contextlib.ExitStack()
     try:
         b0 = benches[0]
         paths = [
@@ -304,14 +358,24 @@ def throughput_table(tmp: Path) -> None:
                 "127.0.0.1",
             )
         )
+        paths += _peer_paths(stack, b0, host_iperf, host_pp)
         gbps: dict[str, list[float]] = {p[0]: [] for p in paths}
+        failed: dict[str, str] = {}
         for _ in range(REPS):
             for name, b, srv, cli, *_rest, host in paths:
-                gbps[name].append(iperf(b, srv, cli, host))
+                try:
+                    gbps[name].append(iperf(b, srv, cli, host))
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    failed.setdefault(name, f"iperf3: {_why(e)}")
         rows = []
         for name, b, _s, _c, psrv, pcli, bind, host in paths:
-            lat = pingpong(b, psrv, pcli, bind, host) if psrv else float("nan")
-            rows.append((name, statistics.median(gbps[name]), max(gbps[name]), lat))
+            lat = float("nan")
+            try:
+                lat = pingpong(b, psrv, pcli, bind, host) if psrv else float("nan")
+            except (RuntimeError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+                failed.setdefault(name, f"ping-pong: {_why(e)}")
+            got = gbps[name] or [float("nan")]
+            rows.append((name, statistics.median(got), max(got), lat))
         base_g, base_lat = rows[0][1], rows[0][3]
         print(
             f"\nthroughput (iperf3, 1 TCP stream, {SECONDS}s x {REPS} interleaved, median) and latency "
@@ -320,8 +384,11 @@ def throughput_table(tmp: Path) -> None:
         print(f"{'path':<26}{'Gbit/s':>9}{'max':>8}{'ratio':>8}{'RTT us':>9}{'ratio':>8}")
         for name, med, mx, lat in rows:
             print(f"{name:<26}{med:>9.2f}{mx:>8.2f}{med / base_g:>8.2f}{lat:>9.1f}{lat / base_lat:>8.2f}")
+        for name, why in failed.items():
+            print(f"{name}: failed: {why}")
         print(f"(loadavg {_load()})")
     finally:
+        stack.close()
         for b in benches:
             b.cleanup()
 

@@ -708,8 +708,22 @@ def _network(cfg: Config, s: Section) -> None:
                 print(f"net: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         s.notes.append(
             "Network (bench/net.py's throughput_table, run in this process with its guests made with "
-            "--userns host: iperf3 one TCP stream and a 1-byte TCP ping-pong; ratios to host loopback). The separate-kernel guest has no virtual NIC "
-            "in the lab (UML: no network device configured) and gVisor runs with --network=none: not run.\n\n"
+            "--userns host: iperf3 one TCP stream and a 1-byte TCP ping-pong, client in the guest, "
+            "server on the host; ratios to host loopback; each round runs every path once). Every "
+            "column runs the same two programs: the host's iperf3 with its libraries and ld.so, and "
+            "one static ping-pong binary, copied into berth's guests and bound read-only at the same "
+            "path into the peers'. The paths: berth's guests on a veth to the bench's bridge (IPv4 "
+            "and IPv6, guest to host and guest to guest) and an ip:ADDR guest on the host's own "
+            "stack (loopback, with a cgroup BPF address filter); the separate-kernel guest (User-Mode "
+            "Linux, one vCPU) on its vec0, UML's vector driver on a tap the bench makes with a private "
+            "/30 — a NIC driven in userspace by the UML process itself (read/write on the tap), with "
+            "the guest's own TCP stack on top, which is the cost of a separate kernel this row shows; "
+            "gVisor (runsc --network=sandbox, ptrace platform) in a netns with a veth to the host "
+            "(private /30), gVisor's own netstack in the sentry on an AF_PACKET socket. One fresh UML "
+            "or gVisor guest per measurement; boot time is not in the figures (iperf3 and the "
+            "ping-pong time themselves). Debian's runsc tells the root netns by a sysctl file that "
+            "every netns has on this kernel, so the lab runs runsc with an empty tmpfs on /proc/sys/net "
+            "in runsc's own mount namespace (bench/lab/gvisor.py).\n\n"
             "```\n" + out.getvalue().strip() + "\n```"
         )
         remove_cgroups(net.TAG)
