@@ -726,9 +726,28 @@ def _network(cfg: Config, s: Section) -> None:
             "in runsc's own mount namespace (bench/lab/gvisor.py).\n\n"
             "```\n" + out.getvalue().strip() + "\n```"
         )
+        s.targets += net_latency_targets(out.getvalue())
         remove_cgroups(net.TAG)
     finally:
         sys.path.remove(str(REPO / "bench"))
+
+
+def net_latency_targets(table: str) -> list[tuple[str, str, bool | None]]:
+    """The issue's "berth ahead of the separate-kernel guest and gVisor on network latency":
+    berth's guest->host round trip (the default MTU) against UML's and gVisor's, from
+    throughput_table's text (its rows: path, Gbit/s, max, ratio, RTT us, ratio)."""
+    rtt: dict[str, float] = {}
+    for line in table.splitlines():
+        m = re.match(r"(.+?)\s{2,}[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+|nan)\s+\S+$", line)
+        if m and m[2] != "nan":
+            rtt[m[1].strip()] = float(m[2])
+    berth = rtt.get("guest->host mtu 65535")
+    out: list[tuple[str, str, bool | None]] = []
+    for peer, row in (("uml", "UML guest->host (tap)"), ("gvisor", "gVisor guest->host (veth)")):
+        if berth and rtt.get(row):
+            r = rtt[row] / berth
+            out.append((f"berth network latency (TCP round trip) lower than {peer}", f"{r:.1f}×", r > 1))
+    return out
 
 
 # ---------------------------------------------------------------- 3. scale
