@@ -76,7 +76,7 @@ class Config:
 
 def config(quick: bool) -> Config:
     if quick:
-        return Config(True, 3, 0.25, (1, 2, 4, 8), (1, 2, 4), 1.0, 2, 2, 2)
+        return Config(True, 3, 0.25, (1, 2, 4, 8), (1, 2), 0.75, 2, 2, 2)
     return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 2.0, 4, 4, 3)
 
 
