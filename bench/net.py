@@ -152,6 +152,10 @@ class Bench:
         pid = self.info(name)["pid"]
         dest = Path(f"/proc/{pid}/root{OPT}")
         dest.mkdir(parents=True, exist_ok=True)
+        self._copy_tools(dest)
+
+    def _copy_tools(self, dest: Path) -> None:
+        """iperf3 with its libraries and ld.so, and the ping-pong program, into ``dest``."""
         libs = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True, check=True).stdout
         for line in libs.splitlines():
             path = line.split("=>")[-1].split("(")[0].strip()
@@ -179,13 +183,7 @@ class Bench:
         """The files _inject copies into guests, in one host directory (for the lab's peers)."""
         d = self.tmp / "opt"
         d.mkdir(exist_ok=True)
-        libs = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True, check=True).stdout
-        for line in libs.splitlines():
-            path = line.split("=>")[-1].split("(")[0].strip()
-            if path.startswith("/"):
-                shutil.copy2(path, d / os.path.basename(path))
-        shutil.copy2("/usr/bin/iperf3", d / "iperf3")
-        shutil.copy2(self.pp, d / "pp")
+        self._copy_tools(d)
         return d
 
     def cleanup(self) -> None:
