@@ -23,3 +23,13 @@ def test_slower_berth_is_a_miss_and_missing_rows_give_no_target() -> None:
     slow = TABLE.replace("    36.1    0.99", "   400.0   11.00")
     assert all(ok is False for _w, _r, ok in net_latency_targets(slow))
     assert net_latency_targets("gVisor guest->host (veth): failed: boom\n") == []
+
+
+def test_figures_beside_targets_are_rounded_down() -> None:
+    from bench.eval.experiments import _pct, floor_text
+
+    assert floor_text(94.96, 1) == "94.9"  # not "95.0" beside a 95 % target it missed
+    assert floor_text(0.97996, 3) == "0.979"
+    assert floor_text(10.0, 1) == "10.0"
+    assert floor_text(float("nan"), 1) == "–"
+    assert _pct([0.9496, 0.9499, 0.96]) == "94% (95–96)"  # the median 94.99 %: not "95%"
