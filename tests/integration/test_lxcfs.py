@@ -26,6 +26,7 @@ def lxcfs_point(prefix):
     yield point
     lxcfs.stop(point)
     assert not lxcfs.mounted(point)
+    assert not os.path.exists(point + ".lock")
 
 
 @pytest.fixture
@@ -123,6 +124,7 @@ def test_gc_stops_it_once_unused(env, background, lxcfs_point):
     assert lxcfs.stop_if_idle(lxcfs_point, grace=0) == f"stopped lxcfs at {lxcfs_point} (no guest uses it)"
     assert not lxcfs.mounted(lxcfs_point)
     assert not os.path.exists(lxcfs_point + ".pid")
+    assert not os.path.exists(lxcfs_point + ".lock")  # the lock file goes with the daemon
     assert lxcfs.stop_if_idle(lxcfs_point, grace=0) is None  # nothing left to do
 
 
@@ -137,3 +139,25 @@ def test_gc_removes_a_dead_mount(env, lxcfs_point):
     assert lxcfs.mounted(lxcfs_point) and not lxcfs.answers(lxcfs_point)
     assert lxcfs.stop_if_idle(lxcfs_point) == f"removed a dead lxcfs mount at {lxcfs_point}"
     assert not lxcfs.mounted(lxcfs_point)
+    assert not os.path.exists(lxcfs_point + ".lock")
+
+
+def test_failed_start_leaves_no_lock(prefix, tmp_path):
+    """An lxcfs that cannot start (its point is a file) fails and leaves no lock file behind; a
+    lock taken on a removed lock file is taken again on the new one."""
+    point = tmp_path / f"{prefix}-file"
+    point.write_text("")
+    with pytest.raises(FileExistsError):
+        lxcfs.ensure(str(point))
+    assert not os.path.exists(f"{point}.lock")
+    assert point.read_text() == ""
+    other = str(tmp_path / f"{prefix}-point")
+    fd = lxcfs._locked(other)
+    os.unlink(other + ".lock")  # as a stop does, holding it
+    os.close(fd)
+    fd2 = lxcfs._locked(other)
+    try:
+        assert os.fstat(fd2).st_ino == os.stat(other + ".lock").st_ino
+    finally:
+        lxcfs._unlock_removing(other, fd2)
+    assert not os.path.exists(other + ".lock")

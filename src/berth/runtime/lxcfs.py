@@ -80,17 +80,23 @@ def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
     if not os.path.exists("/dev/fuse"):
         raise UnsupportedError("lxcfs: no /dev/fuse on this host: guests see the host's figures")
     lock = _locked(mountpoint)
+    up = False
     try:
         if mounted(mountpoint) and answers(mountpoint):
+            up = True
             return mountpoint  # another berth started it meanwhile
         while mounted(mountpoint):
             _detach(mountpoint)  # a dead daemon's mount
         _stop_pid(mountpoint)
         os.makedirs(mountpoint, 0o755, exist_ok=True)
         _start(binary, mountpoint)
+        up = True
         return mountpoint
     finally:
-        os.close(lock)
+        if up:
+            os.close(lock)
+        else:  # it did not start: its lock file does not stay (its log does: the error names it)
+            _unlock_removing(mountpoint, lock)
 
 
 def _start(binary: str, mountpoint: str) -> None:
@@ -180,12 +186,34 @@ def _stop_locked(mountpoint: str, timeout: float) -> None:
 
 
 def _locked(mountpoint: str) -> int:
+    """The point's lock file, open and locked.  A stop removes the file (holding the lock), so
+    a lock taken on a file that is no longer at its path (removed, or made again meanwhile)
+    is given up and taken again on the file that is there."""
     import fcntl
 
-    os.makedirs(os.path.dirname(mountpoint.rstrip("/")) or "/", 0o755, exist_ok=True)
-    lock = os.open(mountpoint.rstrip("/") + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
+    path = mountpoint.rstrip("/") + ".lock"
+    os.makedirs(os.path.dirname(path) or "/", 0o755, exist_ok=True)
+    while True:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held = os.fstat(lock)
+        try:
+            there = os.stat(path)
+            if (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
+                return lock
+        except FileNotFoundError:
+            pass
+        os.close(lock)
+
+
+def _unlock_removing(mountpoint: str, lock: int) -> None:
+    """Remove the point's lock file (it is held: see :func:`_locked`), then release it."""
+    try:
+        os.unlink(mountpoint.rstrip("/") + ".lock")
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(lock)
 
 
 def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
@@ -193,11 +221,8 @@ def stop(mountpoint: str = DEFAULT_MOUNTPOINT, timeout: float = 5.0) -> None:
     lock = _locked(mountpoint)
     try:
         _stop_locked(mountpoint, timeout)
-        os.unlink(mountpoint.rstrip("/") + ".lock")
-    except FileNotFoundError:
-        pass
     finally:
-        os.close(lock)
+        _unlock_removing(mountpoint, lock)
 
 
 def _device(mountpoint: str) -> str | None:
@@ -244,6 +269,7 @@ def stop_if_idle(mountpoint: str = DEFAULT_MOUNTPOINT, grace: float = IDLE_GRACE
     if not mounted(mountpoint) and not os.path.exists(_pidfile(mountpoint)):
         return None
     lock = _locked(mountpoint)  # the lock of ensure(): no start races the check
+    stopped = False
     try:
         if mounted(mountpoint) and answers(mountpoint):
             try:
@@ -253,11 +279,16 @@ def stop_if_idle(mountpoint: str = DEFAULT_MOUNTPOINT, grace: float = IDLE_GRACE
             if age < grace or users(mountpoint):
                 return None
             _stop_locked(mountpoint, 5.0)
+            stopped = True
             return f"stopped lxcfs at {mountpoint} (no guest uses it)"
         _stop_locked(mountpoint, 5.0)
+        stopped = True
         return f"removed a dead lxcfs mount at {mountpoint}"
     finally:
-        os.close(lock)
+        if stopped:
+            _unlock_removing(mountpoint, lock)
+        else:
+            os.close(lock)
 
 
 def spec_mounts(mountpoint: str) -> list[dict[str, Any]]:
