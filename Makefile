@@ -34,7 +34,7 @@ setup-test: apt-test $(VENV)/.stamp criu
 criu: apt-test
 	@bash tools/criu-install.sh $(CRIU_DIR)
 
-$(VENV)/.stamp: pyproject.toml tools/launcher.sh src/berth/guests/fastclient.c
+$(VENV)/.stamp: pyproject.toml tools/launcher.sh src/berth/guests/fastclient.c src/berth/runtime/waiter.c
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 	@bash tools/launcher.sh $(VENV)

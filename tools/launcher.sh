@@ -5,7 +5,8 @@
 # `berth` itself is a small C program (src/berth/guests/fastclient.c) when a C compiler is there:
 # it does `berth start NAME...` through guestd's fast path without starting Python (~12 ms here)
 # and hands every other command to the Python launcher, written as berth-py beside it.  Without
-# a compiler, `berth` is the Python launcher.
+# a compiler, `berth` is the Python launcher.  berth-wait (src/berth/runtime/waiter.c) is what a
+# `berth run` becomes while its guest runs (berth.runtime.run); without it berth run waits in Python.
 set -euo pipefail
 venv=$(cd "$1" && pwd)
 src=$(cd "$(dirname "$0")/../src" && pwd)
@@ -33,4 +34,10 @@ if [ -n "$cc" ] && "$cc" -O2 -Wall -Wextra -Wno-sign-compare \
 else
   rm -f "$venv/bin/berth.tmp"
   echo "launcher.sh: no C compiler (or the build failed): berth is the Python launcher alone" >&2
+fi
+if [ -n "$cc" ] && "$cc" -O2 -Wall -Wextra -o "$venv/bin/berth-wait.tmp" "$src/berth/runtime/waiter.c"; then
+  mv -f "$venv/bin/berth-wait.tmp" "$venv/bin/berth-wait"
+else
+  rm -f "$venv/bin/berth-wait.tmp" "$venv/bin/berth-wait"
+  echo "launcher.sh: no C compiler (or the build failed): berth run waits for its guest in Python" >&2
 fi

@@ -32,6 +32,7 @@ VERBS = {
     "restore": "berth.cli.restore",
     "migrate": "berth.cli.migrate",
     "receive": "berth.cli.receive",
+    "_run-exit": "berth.cli.run_exit",  # internal: berth run's cleanup after its C waiter
 }
 USAGE = """usage: berth [--debug] VERB [ARGS...]
 

@@ -373,9 +373,9 @@ def main(argv: list[str]) -> int:
         try:
             assert rng is not None
             apply_userns(spec, rng, overlay)
-            return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
+            return _run(o, name, spec, overlay, store, state_root, cgroup_parent, userns_owner=owner)
         finally:
-            userns.release(store, owner)
+            userns.release(store, owner)  # (if berth run became the waiter: by berth _run-exit)
     return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
 
 
@@ -414,6 +414,7 @@ def _run(
     store: str,
     state_root: str,
     cgroup_parent: str,
+    userns_owner: str | None = None,
 ) -> int:
     use_init = o["init"] if o["init"] is not None else not _is_init(o["args"][0])
     hooks: dict[str, Any] = {}
@@ -426,11 +427,7 @@ def _run(
         def plug(c: Any) -> None:
             berth_net.setup(c, net, store)
 
-        def unplug(c: Any) -> None:
-            cg = c.cgroup()
-            berth_net.teardown(c.id, net, store, cgroup_dir=cg.unified_dir() if cg is not None else None)
-
-        hooks = {"on_created": plug, "on_exit": unplug}
+        hooks = {"on_created": plug, "on_exit": unplug_hook(net, store)}
     from berth.runtime import run as runner
 
     return runner.run(
@@ -442,8 +439,36 @@ def _run(
         use_init=use_init,
         interactive=o["interactive"],
         seccomp_cache=os.path.join(store, "cache", "seccomp"),
+        cleanup_argv=_cleanup_argv(state_root, cgroup_parent, store, name, net, userns_owner),
         **hooks,
     )
+
+
+def unplug_hook(net: Any, store: str) -> Any:
+    """The ``on_exit`` of a guest with network options ``net``: its host-side objects go."""
+
+    def unplug(c: Any) -> None:
+        from berth import net as berth_net
+
+        cg = c.cgroup()
+        berth_net.teardown(c.id, net, store, cgroup_dir=cg.unified_dir() if cg is not None else None)
+
+    return unplug
+
+
+def _cleanup_argv(
+    state_root: str, cgroup_parent: str, store: str, name: str, net: Any, userns_owner: str | None
+) -> list[str] | None:
+    """How the C waiter hands back to Python after the guest (``berth _run-exit``, through the
+    Python launcher beside this interpreter); None without the launcher (berth run then waits
+    in Python)."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "berth-py")
+    if not os.path.isfile(launcher):
+        return None
+    from berth.cli import run_exit
+
+    args = run_exit.argv(state_root, cgroup_parent, store, name, net, userns_owner)
+    return [sys.executable, "-IS", launcher, run_exit.VERB, *args]
 
 
 def _is_init(arg0: str) -> bool:

@@ -1,19 +1,38 @@
-"""Run one guest to completion: create, start, relay, wait, remove (``berth run``)."""
+"""Run one guest to completion: create, start, relay, wait, remove (``berth run``).
+
+While the guest runs, ``berth run`` is either this Python process (a terminal to relay, limits to
+poll) or, in the common case, ``berth-wait`` (src/berth/runtime/waiter.c): the same process
+exec'd into a small C waiter that forwards signals to the guest and waits for it, then execs the
+Python cleanup (``berth _run-exit``: :func:`finish_after_waiter`).  An idle interpreter costs
+megabytes a guest; the waiter a few hundred KiB.
+"""
 
 from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py imports enum, which costs milliseconds here
 import os
+import sys
 
 from berth.linux import prctl
 from berth.runtime import container
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+WAITER = "berth-wait"
+#: Seconds berth run waits for its guest in Python before it becomes the C waiter: handing over
+#: costs a second interpreter start for the cleanup (~15 ms here), which a short command (``berth
+#: run -- true``) should not pay; a guest that runs longer pays it once for megabytes less.
+WAITER_AFTER = 0.5
+
+
+def waiter_path() -> str | None:
+    """The C waiter beside the venv's interpreter (tools/launcher.sh builds it), if it is there."""
+    path = os.path.join(os.path.dirname(sys.executable), WAITER)
+    return path if os.access(path, os.X_OK) else None
 
 
 def run(
@@ -28,6 +47,7 @@ def run(
     seccomp_cache: str | None = None,
     on_created: Callable[[container.Container], None] | None = None,
     on_exit: Callable[[container.Container], None] | None = None,
+    cleanup_argv: Sequence[str] | None = None,
 ) -> int:
     """Create and start the guest, forward signals to it, relay its terminal, and return its
     exit status after everything it made is gone.
@@ -35,6 +55,11 @@ def run(
     ``on_created`` runs once the guest exists (its namespaces and cgroup are there, its command
     not yet started): where the network is plugged in.  ``on_exit`` runs after the guest ended,
     before its cgroup and state are removed: where host-side objects are taken down.
+
+    ``cleanup_argv``: a command that does what ``on_exit`` and the rest of the cleanup here do
+    (:func:`finish_after_waiter`) when given the exit status as one more argument.  With it,
+    once the guest runs (no terminal to relay, no limits to poll) this process execs the C waiter,
+    which waits for the guest and then execs that command: this call does not return then.
     """
     target = {"pid": 0}
     pending: list[int] = []
@@ -90,19 +115,98 @@ def run(
             sup = supervise.supervisor_for(c)  # ANON / MEMLOCK limits: poll the guest while waiting
             if sup is not None:
                 return supervise.wait(c.pid, sup)
+        if cleanup_argv is not None and c.console_fd is None and not _ends_within(c.pid, WAITER_AFTER):
+            _exec_waiter(c.pid, cleanup_argv)  # returns only if the waiter cannot run
         return container.wait_exit(c.pid)
     finally:
         target["pid"] = 0
         try:
-            if on_exit is not None:
-                on_exit(c)
+            finish(c, cgroup_parent, on_exit)
         finally:
-            cg = c.cgroup()
-            c.delete(force=True)
-            if cg is not None and cg.path.startswith(cgroup_parent.strip("/") + "/"):
-                # The parent goes with the last guest under it (a racing create retries).
-                cg.remove_empty_parents(cgroup_parent)
             if not was_subreaper:
                 prctl.set_child_subreaper(False)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)
+
+
+def finish(
+    c: container.Container, cgroup_parent: str, on_exit: Callable[[container.Container], None] | None
+) -> None:
+    """After the guest ended: ``on_exit``, then remove its processes, cgroup and state, and the
+    cgroup parents it leaves empty."""
+    try:
+        if on_exit is not None:
+            on_exit(c)
+    finally:
+        cg = c.cgroup()
+        c.delete(force=True)
+        if cg is not None and cg.path.startswith(cgroup_parent.strip("/") + "/"):
+            # The parent goes with the last guest under it (a racing create retries).
+            cg.remove_empty_parents(cgroup_parent)
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether our child ``pid`` ends within ``seconds`` (not reaped: :func:`container.wait_exit`
+    does that).  Signals are forwarded meanwhile."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return True  # let wait_exit find out
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(int(seconds * 1000)))  # (retried after a forwarded signal: PEP 475)
+    finally:
+        os.close(fd)
+
+
+def _exec_waiter(pid: int, cleanup_argv: Sequence[str]) -> None:
+    """Become the C waiter for ``pid`` (same process: the guest's init stays our child, its
+    parent-death signal armed).  The forwarded signals are blocked across the exec: one that
+    comes meanwhile stays pending until the waiter has its handlers.  Returns (signals unblocked)
+    if the waiter is missing or cannot be exec'd."""
+    waiter = waiter_path()
+    if waiter is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    # (pthread_sigmask runs the Python handlers of signals caught before the block: forwarded.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    argv = [waiter, str(pid), ",".join(str(int(s)) for s in FORWARDED), *cleanup_argv]
+    try:
+        os.execv(waiter, argv)
+    except OSError:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+
+def finish_after_waiter(
+    state_root: str,
+    cid: str,
+    cgroup_parent: str,
+    on_exit: Callable[[container.Container], None] | None = None,
+) -> None:
+    """The cleanup of :func:`run` once the waiter's guest ended (``berth _run-exit``): the
+    forwarded signals (blocked by the waiter) are caught and dropped, as :func:`run` does
+    while it cleans up, then :func:`finish`."""
+    for sig in FORWARDED:
+        signal.signal(sig, _ignore)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    from berth.errors import NotFoundError
+
+    try:
+        c = container.Container.load(state_root, cid)
+    except NotFoundError:
+        return  # removed meanwhile (berth gc): nothing of it left to remove here
+    finish(c, cgroup_parent, on_exit)
+
+
+def _ignore(_sig: int, _frame: Any) -> None:
+    pass

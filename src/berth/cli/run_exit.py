@@ -1,0 +1,75 @@
+"""berth _run-exit (internal): what ``berth run`` does after its guest ended, when it waited for
+the guest as the C waiter (berth.runtime.run): take the guest's network down, remove the guest
+and free its user-namespace ids, then exit with the guest's exit status.
+
+    berth _run-exit STATE_ROOT CGROUP_PARENT STORE NAME NET USERNS_OWNER STATUS
+
+NET is the guest's :class:`berth.net.NetOptions` as JSON (``-``: none), USERNS_OWNER its id
+range's owner (``-``: none); the waiter appends STATUS.  Not for users: not in ``berth --help``.
+"""
+
+from __future__ import annotations
+
+from berth.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+VERB = "_run-exit"
+NONE = "-"
+
+
+def argv(
+    state_root: str, cgroup_parent: str, store: str, name: str, net: Any, userns_owner: str | None
+) -> list[str]:
+    """The arguments after the verb, but the status (the waiter appends it)."""
+    return [
+        state_root,
+        cgroup_parent,
+        store,
+        name,
+        NONE if net is None else net_to_json(net),
+        userns_owner or NONE,
+    ]
+
+
+def net_to_json(net: Any) -> str:
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(net), separators=(",", ":"))
+
+
+def net_from_json(text: str) -> Any:
+    from berth.net import NetOptions, Publish
+    from berth.spec.jsontext import loads
+
+    d = loads(text)
+    d["addrs"] = tuple(d["addrs"])
+    d["publish"] = tuple(Publish(**p) for p in d["publish"])
+    return NetOptions(**d)
+
+
+def main(args: list[str]) -> int:
+    if len(args) != 7:
+        raise UsageError(VERB, "internal: STATE_ROOT CGROUP_PARENT STORE NAME NET USERNS_OWNER STATUS")
+    state_root, cgroup_parent, store, name, net_text, owner, status = args
+    if not status.isdigit():
+        raise UsageError(VERB, f"internal: STATUS {status!r} is not a number")
+    from berth.runtime import run as runner
+
+    on_exit = None
+    if net_text != NONE:
+        from berth.cli.run import unplug_hook
+
+        on_exit = unplug_hook(net_from_json(net_text), store)
+
+    try:
+        runner.finish_after_waiter(state_root, name, cgroup_parent, on_exit)
+    finally:
+        if owner != NONE:
+            from berth.runtime import userns
+
+            userns.release(store, owner)
+    return int(status)

@@ -1,0 +1,103 @@
+/* berth-wait: what `berth run` keeps in memory while its guest runs.
+ *
+ *   berth-wait PID SIGNALS CMD [ARG...]
+ *
+ * berth.runtime.run execs this once the guest's init (PID, our child: we are its subreaper, and it
+ * dies with us by PR_SET_PDEATHSIG) runs its command.  The process stays the same, so the init stays
+ * our child and its parent-death signal stays armed.  It forwards SIGNALS (comma-separated numbers:
+ * berth.runtime.run.FORWARDED) to the init, waits for it, and then execs CMD ARG... STATUS: the
+ * Python cleanup (`berth _run-exit`), with the init's exit status (128+N if killed by signal N)
+ * appended.  A Python interpreter idles at several MiB; this at a few hundred KiB.
+ *
+ * Signals: Python blocks SIGNALS before the exec (the mask and pending signals survive execve), so
+ * a signal sent between the guest's start and here is delivered once the handlers are installed.
+ * They are blocked again before the cleanup is exec'd, which installs its own handlers.
+ *
+ * Built by tools/launcher.sh beside the Python launcher; without it berth run waits in Python.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile pid_t target;
+
+static void forward(int sig) {
+    int saved = errno;
+    kill(target, sig);
+    errno = saved;
+}
+
+static int number(const char *s, const char *end, long *out) {
+    char *stop;
+    errno = 0;
+    long v = strtol(s, &stop, 10);
+    if (errno || stop == s || stop != end || v <= 0) return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: berth-wait PID SIGNALS CMD [ARG...] (started by berth run)\n");
+        return 125;
+    }
+    long pid;
+    if (number(argv[1], argv[1] + strlen(argv[1]), &pid) < 0) {
+        fprintf(stderr, "berth-wait: PID: %s is not a process id\n", argv[1]);
+        return 125;
+    }
+    target = (pid_t)pid;
+    sigset_t set;
+    sigemptyset(&set);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    for (const char *p = argv[2]; *p;) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        long sig;
+        if (number(p, end, &sig) < 0 || sig >= NSIG || sigaction((int)sig, &sa, NULL) < 0) {
+            fprintf(stderr, "berth-wait: SIGNALS: %s is not a list of signal numbers\n", argv[2]);
+            return 125;
+        }
+        sigaddset(&set, (int)sig);
+        p = *end ? end + 1 : end;
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* kept across execve: said again for clarity */
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+
+    int status, code = 255; /* as container.wait_exit: 255 when the init is not our child */
+    for (;;) {
+        if (waitpid(target, &status, 0) == target) {
+            if (WIFEXITED(status)) {
+                code = WEXITSTATUS(status);
+                break;
+            }
+            if (WIFSIGNALED(status)) {
+                code = 128 + WTERMSIG(status);
+                break;
+            }
+        } else if (errno != EINTR) {
+            break;
+        }
+    }
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    char status_arg[16];
+    snprintf(status_arg, sizeof status_arg, "%d", code);
+    char **args = calloc(argc - 1, sizeof(char *)); /* argv[3..] + status + NULL */
+    if (!args) return 125;
+    for (int i = 3; i < argc; i++) args[i - 3] = argv[i];
+    args[argc - 3] = status_arg;
+    execv(args[0], args);
+    fprintf(stderr, "berth: cannot run %s to clean up after the guest: %s\n", args[0], strerror(errno));
+    return 125;
+}
