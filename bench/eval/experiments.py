@@ -1118,8 +1118,8 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"/ {IDLE_GUESTS} (kernel side included; other processes' churn shows in it) and what the guests' "
             f"memory cgroups are charged / {IDLE_GUESTS} (memcg: their pages, page cache and kernel "
             f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: "
-            "`berth run --rm -- sleep` (its Python front-end stays alive for the guest's life and is "
-            "counted); UML/gVisor: the processes of one idle guest.",
+            "`berth run --rm -- sleep` (its front end is counted: after the guest's first 0.5 s it is "
+            "berth-wait, a small C waiter, no longer Python); UML/gVisor: the processes of one idle guest.",
             [
                 "column",
                 "start ms",
