@@ -923,6 +923,22 @@ class _Guests:
     def guestd(self) -> int:
         return int((self.run_dir / "guestd.pid").read_text())
 
+    def guestd_family(self, guests: Sequence[int]) -> list[int]:
+        """guestd and every process under it that is not one of the guests' (``guests``): its
+        workers, spare or busy, count as guestd's memory."""
+        out, todo, skip = [], [self.guestd()], set(guests)
+        while todo:
+            pid = todo.pop()
+            if pid in skip:
+                continue
+            out.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    pass
+        return out
+
     def pids(self, names: Sequence[str]) -> list[int]:
         from bench.density import cgroup_pids
 
@@ -964,7 +980,7 @@ class _Guests:
             if len(pids) < count:
                 raise LabError(f"{len(pids)} processes in {count} started guests")
             g_rss, g_pss = _mem_mib(pids)
-            d_rss, d_pss = _mem_mib([self.guestd()])
+            d_rss, d_pss = _mem_mib(self.guestd_family(pids))
             self.berth("stop", "--timeout", "5", *names)
             for k, v in (
                 ("used", grown / 2**20 / count),
@@ -1114,7 +1130,7 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
             f"guest ~3 s after its start; {GUESTD}: {IDLE_GUESTS} busybox system guests (`berth create "
             f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
-            f"plus guestd's, / {IDLE_GUESTS}, and the host's used memory (MemTotal − MemAvailable) growth "
+            f"plus guestd's (with any worker it keeps), / {IDLE_GUESTS}, and the host's used memory (MemTotal − MemAvailable) growth "
             f"/ {IDLE_GUESTS} (kernel side included; other processes' churn shows in it) and what the guests' "
             f"memory cgroups are charged / {IDLE_GUESTS} (memcg: their pages, page cache and kernel "
             f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: "
@@ -1142,8 +1158,8 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
         s.notes.append(
             f"{GUESTD} idle memory per guest (runs: {len(idle['pss'])}): host used "
             f"{spread(idle['used'])} MiB; memcg {spread(idle['memcg'])} MiB; PSS {spread(idle['pss'])} MiB = guest processes "
-            f"{spread(idle['guest_pss'])} MiB ({fmt(med(idle['procs']))} per guest) + guestd "
-            f"{spread(idle['guestd_pss'])} MiB / {IDLE_GUESTS}."
+            f"{spread(idle['guest_pss'])} MiB ({fmt(med(idle['procs']))} per guest) + guestd and its "
+            f"workers {spread(idle['guestd_pss'])} MiB / {IDLE_GUESTS}."
         )
     for col, e in errors.items():
         s.notes.append(f"start latency in {col}: {e}")
