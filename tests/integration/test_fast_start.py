@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,50 @@ def test_fast_start_of_several_and_errors(guests: Guests) -> None:
     pids = [guests.info(n)["pid"] for n in names]
     assert all(pids) and len(set(pids)) == 3
     guests("stop", "--timeout", "2", *names)
+
+
+def spares(daemon: int) -> list[int]:
+    """guestd's children that are guestd itself forked (its spare worker, a worker at work):
+    the same command line, not a guest's init."""
+    me = Path(f"/proc/{daemon}/cmdline").read_bytes()
+    out = []
+    for task in Path(f"/proc/{daemon}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == me:
+                    out.append(int(pid))
+            except OSError:
+                pass  # gone meanwhile
+    return out
+
+
+def spare(daemon: int, other_than: int = 0) -> int:
+    """The spare worker: one of :func:`spares` still there a while later (a worker at work is done
+    in milliseconds), 0 if none."""
+    before = set(spares(daemon)) - {other_than}
+    time.sleep(0.2)
+    still = sorted(before & set(spares(daemon)))
+    return still[0] if len(still) == 1 else 0
+
+
+def test_a_spare_worker_serves_the_next_start(guests: Guests) -> None:
+    """guestd, idle, forks the next worker ahead (a spare): the next start is its request (it
+    exits once done), another is forked when guestd is idle again, a start after the spare was
+    killed still runs (a worker forked for it), and once commands stop the spare goes."""
+    n = guests.name("spare")
+    guests("create", n, "--cmd", "sleep 1000")
+    guests("start", n)
+    guests("stop", "--timeout", "2", n)
+    daemon = guests.daemon_pid()
+    first = guests.wait(lambda: spare(daemon), what="a spare worker")
+    guests("start", n)
+    assert guests.info(n)["state"] == "running"
+    guests.wait(lambda: not Path(f"/proc/{first}").exists(), what="the spare to serve and exit")
+    second = guests.wait(lambda: spare(daemon, other_than=first), what="the next spare")
+    os.kill(second, signal.SIGKILL)
+    guests("stop", "--timeout", "2", n)
+    guests("start", n)
+    assert guests.info(n)["state"] == "running"
+    guests("stop", "--timeout", "2", n)
+    assert guests.daemon_pid() == daemon
+    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")

@@ -3,8 +3,11 @@
 Started on demand by the first berth command that needs it (double fork, setsid, stdio to
 ``<state root>/.guests/guestd.log``, cwd /), it is a child subreaper: each ``start`` request is done by
 a forked worker, whose container init is reparented to the daemon when the runtime's
-intermediate child exits.  The daemon reaps guest inits, and for each exit forks a worker that
-records the status, cleans up and applies the restart policy.  It imports nothing heavy
+intermediate child exits.  While commands come, it forks the next worker ahead when idle (a
+spare, its pages copied while nobody waits), so a request waits neither for the fork nor for its
+copy-on-write faults; a few seconds after the last command the spare goes.
+The daemon reaps guest inits, and for each exit forks a worker that records the status, cleans
+up and applies the restart policy.  It imports nothing heavy
 (memory per guest is what density costs: see bench/density.py) and holds no file in a guest.
 
 If it is killed, the guests keep running (reparented to the host's init); the next daemon
@@ -50,6 +53,10 @@ class Daemon:
         self.early: dict[int, int | None] = {}  # pids reaped before a worker told us whose they were
         self.supervised: dict[int, object] = {}  # init pid -> ANON/MEMLOCK supervisor of its guest
         self.next_check = 0.0
+        self.code_fd: int | None = None  # berth's source tree, watched (worker.preload)
+        self.spare: tuple[int, socket.socket] | None = None  # a worker forked ahead, waiting
+        self.spares: set[int] = set()  # spare workers not reaped yet and not given a request
+        self.last_request = -SPARE_KEEP  # monotonic time of the last command's request
 
     # -- run records ----------------------------------------------------------------------
     def _record(self, name: str) -> dict:
@@ -146,19 +153,63 @@ class Daemon:
         if "berth.guests.worker" not in sys.modules:
             import berth.guests.worker
 
-            berth.guests.worker.preload()
+            self.code_fd = berth.guests.worker.preload()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                signal.set_wakeup_fd(-1)
-                for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(s, signal.SIG_DFL)
+                _worker_signals()
                 code = sys.modules["berth.guests.worker"].serve(req, conn)
             except BaseException as e:
                 _log(f"worker {req.get('op')} {req.get('name') or req.get('names')}: {e}")
             finally:
                 os._exit(code)
+        self.workers[pid] = req
+        return pid
+
+    # -- the spare worker ------------------------------------------------------------------
+    def fork_spare(self) -> None:
+        """Fork a worker ahead of the next request (guestd is idle): it waits on a socket for
+        the request and the asker's connection (:meth:`hand_to_spare`).  The next command then
+        waits neither for the fork nor for the worker's first copy-on-write faults."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                a.close()
+                _worker_signals()
+                code = _spare(b)
+            except BaseException as e:
+                _log(f"spare worker: {e}")
+            finally:
+                os._exit(code)
+        b.close()
+        self.spare = (pid, a)
+        self.spares.add(pid)
+
+    def drop_spare(self) -> None:
+        """Let the spare go (it exits when its socket closes; reaped as any child)."""
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
+
+    def hand_to_spare(self, req: dict, conn: socket.socket) -> int | None:
+        """Give the request to the spare worker: its pid, or None (no spare, or it is gone)."""
+        if self.spare is None:
+            return None
+        import json
+
+        pid, sock = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(sock, [b"r"], [conn.fileno()])
+            sock.sendall(json.dumps(req).encode())
+        except OSError:
+            return None  # it died waiting: reaped as a spare
+        finally:
+            sock.close()
+        self.spares.discard(pid)
         self.workers[pid] = req
         return pid
 
@@ -190,7 +241,11 @@ class Daemon:
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
             req = self.workers.pop(pid, None)
-            if req is not None:
+            if pid in self.spares:
+                self.spares.discard(pid)
+                if self.spare is not None and pid == self.spare[0]:
+                    self.drop_spare()  # died waiting (killed): another is forked when idle
+            elif req is not None:
                 for name in req.get("names") or [req["name"]]:
                     self.watch(name)
             elif pid in self.guests:
@@ -202,6 +257,7 @@ class Daemon:
 
     def accept(self, listener: socket.socket) -> None:
         import json
+        import time
 
         conn, _ = listener.accept()
         conn.settimeout(5)
@@ -219,9 +275,13 @@ class Daemon:
                 conn.sendall(b'{"ok": true, "pid": %d}\n' % os.getpid())
                 return
             req["state_root"] = self.root
-            pid = self.fork_worker(req, conn)
+            self.last_request = time.monotonic()
+            pid = self.hand_to_spare(req, conn)
+            if pid is None:
+                pid = self.fork_worker(req, conn)
             # The asker watches the worker: the guest's processes hold a copy of this socket
-            # until they exec, so a worker that dies would never close it.
+            # until they exec, so a worker that dies would never close it.  (The worker's
+            # replies may come before this line: the asker takes them in any order.)
             conn.sendall(b'{"worker": %d}\n' % pid)
         except (OSError, ValueError) as e:
             _log(f"bad request: {e}")
@@ -247,11 +307,24 @@ class Daemon:
 
         while True:
             fds = [listener.fileno(), rfd, *self.adopted]
-            timeout = max(0.0, self.next_check - time.monotonic()) if self.supervised else None
+            if self.code_fd is not None:
+                fds.append(self.code_fd)
+            now = time.monotonic()
+            timeout = max(0.0, self.next_check - now) if self.supervised else None
+            # A spare while commands come (SPARE_KEEP after the last one): none when all is quiet.
+            keep = self.last_request + SPARE_KEEP - now
+            if self.spare is not None and keep <= 0:
+                self.drop_spare()
+            want_spare = self.spare is None and not self.workers and keep > SPARE_IDLE
+            if want_spare or self.spare is not None:
+                wake = SPARE_IDLE if want_spare else keep
+                timeout = wake if timeout is None else min(timeout, wake)
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
+            if want_spare and not ready and not self.workers:
+                self.fork_spare()  # idle for SPARE_IDLE: fork the next worker now
             if self.supervised and time.monotonic() >= self.next_check:
                 self.check_limits()
             for fd in ready:
@@ -264,10 +337,65 @@ class Daemon:
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
+                elif fd == self.code_fd:
+                    sys.modules["berth.guests.worker"].code_changed()
+                    self.drop_spare()  # forked before: it would trust the old stamp
                 elif fd in self.adopted:
                     name, pid = self.adopted.pop(fd)
                     os.close(fd)
                     self.exited(name, pid, None)
+
+
+SPARE_IDLE = 0.02  # seconds guestd is idle (no worker running) before it forks a spare worker
+# Seconds a spare is kept after the last command's request: a spare holds a copy of guestd's pages
+# (~10 MiB here), which a guestd that only supervises running guests does not pay for.
+SPARE_KEEP = 2.0
+
+
+def _worker_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _spare(sock: socket.socket) -> int:
+    """A spare worker's life: wait for a request (EOF: guestd let us go), serve it."""
+    import json
+
+    _own_pages()
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+    if not msg or not fds:
+        return 0
+    conn = socket.socket(fileno=fds[0])
+    conn.settimeout(5)  # as guestd's accept set it for a forked worker
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    sock.close()
+    return int(sys.modules["berth.guests.worker"].serve(json.loads(b"".join(chunks)), conn))
+
+
+def _own_pages() -> None:
+    """Copy the pages shared with guestd now (MADV_POPULATE_WRITE), while nobody waits: a
+    request's work then takes no copy-on-write fault for them (~4 us each here)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "rw-p":
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        libc.madvise(lo, hi - lo, 23)  # MADV_POPULATE_WRITE (5.14+); failure: faults as before
 
 
 def main(state_root: str) -> int:

@@ -134,18 +134,22 @@ def _lxcfs(spec: dict[str, Any], point: str) -> None:
         ]
 
 
-def start(store: Store, name: str, *, restarts: int = 0) -> int:
-    """Start ``name`` (stopped, cleaned); returns its init's pid.  Our stdio becomes the guest's."""
+def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] | None = None) -> int:
+    """Start ``name`` (stopped, cleaned); returns its init's pid.  Our stdio becomes the guest's.
+
+    ``saved``: its spec.json's object, read and checked against a valid config just now
+    (:func:`berth.guests.specinputs.fresh_spec`); else both are read here."""
     import json
 
     from berth.runtime import container
 
-    config.load(store.config(name))  # still there and valid
-    try:
-        with open(os.path.join(store.dir(name), "spec.json")) as f:
-            saved = json.load(f)
-    except (FileNotFoundError, ValueError):
-        raise BerthError(f"guest {name!r}: no spec built (start it with berth start)") from None
+    if saved is None:
+        config.load(store.config(name))  # still there and valid
+        try:
+            with open(os.path.join(store.dir(name), "spec.json")) as f:
+                saved = json.load(f)
+        except (FileNotFoundError, ValueError):
+            raise BerthError(f"guest {name!r}: no spec built (start it with berth start)") from None
     spec, use_init = saved["spec"], saved["use_init"]
     net_opts = config.net_from_dict(saved.get("net"))
     overlay: dict[str, Any] = {"lower": saved["lower"]}

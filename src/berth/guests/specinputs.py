@@ -19,10 +19,23 @@ if TYPE_CHECKING:
 
 
 def code_stamp() -> str:
-    """berth's code as it is on disk now: its modules' sizes and modification times."""
+    """berth's code as it is on disk now: its modules' sizes and modification times.
+
+    In guestd (and its workers) from the :class:`CodeWatch` it keeps, when it has one: the same
+    text, without a walk of the tree unless the tree may have changed since guestd's last walk."""
+    if _WATCH is not None:
+        return _WATCH.stamp()
+    return walk_stamp(_berth_dir())
+
+
+def _berth_dir() -> str:
     import berth
 
-    top = os.path.dirname(berth.__file__)
+    return os.path.dirname(berth.__file__)
+
+
+def walk_stamp(top: str) -> str:
+    """The ``.py`` files under ``top``: their paths, sizes and modification times, as one text."""
     parts = []
     for d, _dirs, files in os.walk(top):
         for f in files:
@@ -30,6 +43,116 @@ def code_stamp() -> str:
                 st = os.stat(os.path.join(d, f))
                 parts.append(f"{d[len(top) :]}/{f}:{st.st_size}:{st.st_mtime_ns}")
     return ";".join(sorted(parts))
+
+
+# inotify(7): what changes a file's size or mtime, or a directory's entries, or the watched
+# directory itself (IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE,
+# IN_DELETE_SELF, IN_MOVE_SELF).
+_IN_MASK = 0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+class CodeWatch:
+    """:func:`walk_stamp` of a tree, remembered by a long-lived process (guestd) and trusted only
+    while inotify reports nothing new about the tree.
+
+    guestd's workers are its forks: they share the inotify descriptor, so a change made after
+    guestd's last :meth:`refresh` is an event still queued there, and :meth:`stamp` then walks the
+    tree (as without a watch).  guestd reads the events as they come (:meth:`fileno` in its
+    select loop) and walks once (:meth:`refresh`).  Every directory of the tree is watched but
+    ``__pycache__`` (no ``.py`` there); a tree replaced as a whole (its top directory renamed or
+    removed, or a directory above it: a new inode at its path) is a change too.
+    """
+
+    def __init__(self, top: str) -> None:
+        import ctypes
+
+        from berth.linux.libc import libc
+
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_init1.restype = ctypes.c_int
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        libc.inotify_add_watch.restype = ctypes.c_int
+        self.top = top
+        self._libc = libc
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd = fd
+        self._top_id: tuple[int, int] | None = None
+        self._stamp = ""
+        self.refresh()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _pending(self) -> bool:
+        import select
+
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def _top_now(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.top)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def changed(self) -> bool:
+        """May the tree differ from the last :meth:`refresh`?  (Events queued, or a new top.)"""
+        return self._top_id is None or self._pending() or self._top_now() != self._top_id
+
+    def refresh(self) -> None:
+        """Read the queued events, watch every directory of the tree (new ones too), walk it."""
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        top_id = self._top_now()
+        self._top_id = None  # not trusted until this walk is done
+        for d, dirs, _files in os.walk(self.top):
+            dirs[:] = [x for x in dirs if x != "__pycache__"]
+            if self._libc.inotify_add_watch(self.fd, os.fsencode(d), _IN_MASK) < 0:
+                return  # a directory unwatched: never trusted (stamp walks)
+        try:
+            self._stamp = walk_stamp(self.top)
+        except OSError:  # a file removed during the walk: its event is queued, walk again then
+            return
+        self._top_id = top_id
+
+    def stamp(self) -> str:
+        """The tree's :func:`walk_stamp` now: remembered, or walked if it may have changed."""
+        if self.changed():
+            return walk_stamp(self.top)
+        return self._stamp
+
+
+_WATCH: CodeWatch | None = None
+
+
+def watch_code() -> int | None:
+    """Keep berth's code stamp in this (long-lived) process from now on (guestd, before its
+    first worker): the descriptor to watch (readable: call :func:`code_changed`), or None if
+    inotify is not available (every stamp is then walked)."""
+    global _WATCH
+    if _WATCH is None:
+        try:
+            _WATCH = CodeWatch(_berth_dir())
+        except OSError:
+            return None
+    return _WATCH.fileno()
+
+
+def code_changed() -> None:
+    """guestd: the watch's descriptor is readable: take the changes in (one walk)."""
+    if _WATCH is not None:
+        _WATCH.refresh()
 
 
 def inputs(
@@ -87,6 +210,12 @@ def saved_matches(saved: Any, key: str, *, lxcfs: bool) -> bool:
 def fresh(s: Store, name: str, env: Mapping[str, str]) -> bool:
     """Is ``name``'s spec.json built from what it would be built from now, for a command with
     environment ``env``?  (guestd's worker asks, for the fast start path.)"""
+    return fresh_spec(s, name, env) is not None
+
+
+def fresh_spec(s: Store, name: str, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """``name``'s spec.json (its object) if it is :func:`fresh`, else None: read once, for the
+    check and for the start (:func:`berth.guests.instance.start`'s ``saved``)."""
     import json
 
     from berth.runtime import userns
@@ -96,5 +225,5 @@ def fresh(s: Store, name: str, env: Mapping[str, str]) -> bool:
         with open(os.path.join(s.dir(name), "spec.json"), encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError):
-        return False
-    return saved_matches(saved, key, lxcfs=bool(cfg.get("lxcfs")))
+        return None
+    return saved if saved_matches(saved, key, lxcfs=bool(cfg.get("lxcfs"))) else None

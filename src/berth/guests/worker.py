@@ -47,10 +47,14 @@ _START_PATH = (
 )
 
 
-def preload() -> None:
+def preload() -> int | None:
     """Run once in guestd (the fork-server) before its first worker: import the start path and
     freeze the heap, so a worker neither imports nor copies the daemon's pages (the cyclic GC
-    would otherwise touch every object and break copy-on-write sharing in each fork)."""
+    would otherwise touch every object and break copy-on-write sharing in each fork).
+
+    Also keeps berth's code stamp (:func:`berth.guests.specinputs.watch_code`): a worker's
+    fast start then walks the source tree only if it changed.  Returns the descriptor guestd
+    watches for that (readable: call :func:`code_changed`), or None."""
     import gc
     import importlib
 
@@ -59,8 +63,19 @@ def preload() -> None:
             importlib.import_module(mod)
         except ImportError:  # an optional part (libseccomp missing): the worker reports it
             pass
+    from berth.guests import specinputs
+
+    fd = specinputs.watch_code()
     gc.collect()
     gc.freeze()
+    return fd
+
+
+def code_changed() -> None:
+    """guestd: berth's source tree changed (its watch is readable): walk it again, once."""
+    from berth.guests import specinputs
+
+    specinputs.code_changed()
 
 
 def _store(req: dict[str, Any]) -> Store:
@@ -123,7 +138,10 @@ def _fast_start(store: Store, name: str, env: dict[str, str]) -> dict[str, Any]:
     """The start of :mod:`berth.guests.fastclient`: the command did not lock, mark nor build
     anything.  Under the guest's lock: running already, its pid; a spec that is not built from
     the guest's inputs now (the command's ``env``), ``stale`` (the command builds it and takes
-    the full path); else mark it to run (as lifecycle.start does) and start it."""
+    the full path); else mark it to run (as lifecycle.start does) and start it.
+
+    The mark is the run record instance.start writes (``desired`` running, with the init's pid):
+    one write of the record, not two; a start that fails before it writes the mark alone."""
     from berth.guests import specinputs
 
     store.require(name)
@@ -132,10 +150,17 @@ def _fast_start(store: Store, name: str, env: dict[str, str]) -> dict[str, Any]:
         if instance.running(rec):
             return {"ok": True, "pid": rec["pid"]}
         warm.warm()  # the init's first cgroup attach waits less (berth.cgroups.warm)
-        if not specinputs.fresh(store, name, env):
+        saved = specinputs.fresh_spec(store, name, env)
+        if saved is None:
             return {"ok": False, "stale": True}
-        store.update_run(name, desired="running", store=store.root)
-        return {"ok": True, "pid": instance.start(store, name)}
+        try:
+            return {"ok": True, "pid": instance.start(store, name, saved=saved)}
+        except BaseException:
+            try:
+                store.update_run(name, desired="running", store=store.root)
+            except OSError:
+                pass  # the start's own error is the one to report
+            raise
 
 
 def supervisor(state_root: str, name: str, rec: dict[str, Any]) -> Any:
