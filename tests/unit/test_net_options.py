@@ -66,6 +66,19 @@ def test_pick_addresses() -> None:
     assert addr.pick_index({0, 1, 3}) == 2
 
 
+def test_guest_index_bounded_by_the_filter_priorities() -> None:
+    """Every index pick_index gives keeps the guest's IPv4 filter priority below the IPv6 ones
+    and those within 16 bits; one more is refused with the field named."""
+    from berth.policy.htb import GUEST_MINOR_BASE
+
+    top = addr.MAX_INDEX
+    assert htb.FILTER_PRIO_BASE + GUEST_MINOR_BASE + top < htb.FILTER_PRIO6_BASE
+    assert htb.FILTER_PRIO6_BASE + GUEST_MINOR_BASE + top <= 0xFFFF
+    assert addr.pick_index(set(range(top))) == top
+    with pytest.raises(UsageError, match="bridge.*places"):
+        addr.pick_index(set(range(top + 1)))
+
+
 def test_leases_persist(tmp_path) -> None:
     with addr.Leases(str(tmp_path), "br").locked() as db:
         kept = db.lease("a", "10.0.0.0/24", None, persist=True)

@@ -40,11 +40,21 @@ def pick(subnet: str, taken: set[str], want: str | None = None) -> str:
     raise UsageError("subnet6" if net.version == 6 else "subnet", f"no free address left in {subnet}")
 
 
+#: The highest guest index on one bridge: a guest's index gives its HTB class minor (0x10 + index)
+#: and the priorities of its filters (berth.net.htb: 100 + minor for IPv4, below the IPv6 ones
+#: at 0x4000 + minor, which must stay within 16 bits).
+MAX_INDEX = 0x4000 - 100 - 0x10 - 1  # 16267
+
+
 def pick_index(taken: set[int]) -> int:
     """The lowest index no other guest holds (veth name and HTB class minor)."""
     i = 0
     while i in taken:
         i += 1
+    if i > MAX_INDEX:
+        raise UsageError(
+            "bridge", f"all {MAX_INDEX + 1} guest places on this bridge are taken (use another bridge)"
+        )
     return i
 
 

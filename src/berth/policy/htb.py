@@ -10,7 +10,7 @@ applying it (pyroute2, on the egress of the uplink or bridge) to :mod:`berth.net
 
 Class ids are stable: a guest's minor is ``0x10 + index`` with *index* a number the guest store
 gives each guest for life, so starting or stopping one guest never renumbers another's class
-(and its filters).  Index 0…0xFFEF fits the 16-bit minor.
+(and its filters).  Index 0…berth.net.addr.MAX_INDEX (16267: the filter priorities bound it) fits the 16-bit minor.
 
 Rates (bits per second):
 
