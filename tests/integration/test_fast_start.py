@@ -211,3 +211,31 @@ def test_a_spare_worker_serves_the_next_start(guests: Guests) -> None:
     guests("stop", "--timeout", "2", n)
     assert guests.daemon_pid() == daemon
     guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
+
+
+def test_a_busy_exit_worker_does_not_hold_up_the_spares_request(guests: Guests) -> None:
+    """A worker forked while a spare waits (here: the exit worker of a guest whose lock is held)
+    must not keep the spare's socket open: the next start, handed to the spare, runs at once."""
+    from berth.guests.store import Lock
+
+    x, y = guests.name("exits"), guests.name("next")
+    guests("create", x, "--cmd", "sleep 0.8")
+    guests("create", y, "--cmd", "sleep 1000")
+    guests("start", x)
+    pid = guests.record(x)["pid"]
+    daemon = guests.daemon_pid()
+    held = Lock(str(guests.store / "guests" / ".locks" / x), x, 10)
+    held.acquire()
+    try:
+        first = guests.wait(lambda: spare(daemon), what="a spare worker")
+        guests.wait(lambda: not Path(f"/proc/{pid}").exists(), what=f"{x}'s init to end")
+        time.sleep(0.1)  # its exit worker is forked now, waiting for the lock we hold
+        t = time.monotonic()
+        guests("start", y, timeout=30)
+        assert time.monotonic() - t < 10
+        assert guests.info(y)["state"] == "running"
+        assert not Path(f"/proc/{first}").exists()  # the spare took the request and is done
+    finally:
+        held.release()
+    guests.wait(lambda: guests.record(x).get("status") == "stopped", what=f"{x} recorded stopped")
+    guests("stop", "--timeout", "2", y)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from berth.errors import AdmissionError, UsageError
-from berth.policy.htb import MAX_QUANTUM, MIN_RATE_BPS, HtbPlan, NetRequest, burst_bytes, htb_tree
+from berth.policy.htb import MAX_INDEX, MAX_QUANTUM, MIN_RATE_BPS, HtbPlan, NetRequest, burst_bytes, htb_tree
 
 MBIT, GBIT = 10**6, 10**9
 
@@ -112,6 +112,7 @@ def test_admission() -> None:
         ([NetRequest("a", 0), NetRequest("b", 0)], "net-index"),
         ([NetRequest("a", -1)], "net-index"),
         ([NetRequest("a", 0xFFF0)], "net-index"),
+        ([NetRequest("a", MAX_INDEX + 1)], "net-index"),
         ([NetRequest("a", 0, share=0)], "net-share"),
         ([NetRequest("a", 0, rate_bps=0)], "net-rate"),
         ([NetRequest("a", 0, ceil_bps=-1)], "net-ceil"),
@@ -135,7 +136,7 @@ def test_bad_link() -> None:
 @st.composite
 def net_sets(draw: st.DrawFn) -> tuple[int, list[NetRequest]]:
     link = draw(st.integers(MBIT, 100 * GBIT))
-    indexes = draw(st.lists(st.integers(0, 0xFFEF), min_size=1, max_size=10, unique=True))
+    indexes = draw(st.lists(st.integers(0, MAX_INDEX), min_size=1, max_size=10, unique=True))
     budget = link
     reqs = []
     for i, index in enumerate(indexes):

@@ -55,3 +55,22 @@ def test_argv_with_net_and_userns() -> None:
 def test_bad_arguments(args: list[str], why: str) -> None:
     with pytest.raises(UsageError, match=why):
         run_exit.main(args)
+
+
+def test_cleanup_of_a_guest_whose_state_is_gone_still_unplugs_it(tmp_path) -> None:
+    """berth gc may remove a stopped guest's state between the waiter's end and the cleanup: its
+    network (known from the cleanup's arguments) is still taken down."""
+    import signal
+
+    from berth.runtime import run as runner
+
+    saved = {s: signal.getsignal(s) for s in runner.FORWARDED}  # it sets its own: put ours back
+    seen = []
+    try:
+        runner.finish_after_waiter(
+            str(tmp_path), "bgone1", "berth", lambda c: seen.append((c.id, c.cgroup()))
+        )
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert seen == [("bgone1", None)]

@@ -97,3 +97,34 @@ def test_a_replaced_tree_is_seen(tree: Path) -> None:
 def test_without_a_watch_code_stamp_walks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(specinputs, "_WATCH", None)
     assert specinputs.code_stamp() == walk_stamp(specinputs._berth_dir())
+
+
+def test_a_worker_forked_before_a_refresh_walks_again(tree: Path) -> None:
+    """A worker forked before a change, asking after guestd has read the events (the queue they
+    share is empty then), still walks: its own walk is of an older generation."""
+    w = CodeWatch(str(tree))
+    try:
+        r, wr = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: waits until guestd has taken the change in, then asks
+            code = 1
+            try:
+                os.close(r)
+                os.read(go_r, 1)
+                os.write(wr, b"%d %d" % (int(w.changed()), int(w.stamp() == walk_stamp(str(tree)))))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wr)
+        (tree / "a.py").write_text("a = 100\n")
+        w.refresh()  # guestd: reads the events, walks
+        assert not w.changed()
+        os.write(go_w, b"x")
+        got = os.read(r, 16)
+        os.waitpid(pid, 0)
+        assert got == b"1 1"  # the worker knew its walk was old, and walked
+        for fd in (r, go_r, go_w):
+            os.close(fd)
+    finally:
+        w.close()

@@ -56,6 +56,7 @@ class Daemon:
         self.code_fd: int | None = None  # berth's source tree, watched (worker.preload)
         self.spare: tuple[int, socket.socket] | None = None  # a worker forked ahead, waiting
         self.spares: set[int] = set()  # spare workers not reaped yet and not given a request
+        self.listener: socket.socket | None = None  # the command socket (serve)
         self.last_request = -SPARE_KEEP  # monotonic time of the last command's request
 
     # -- run records ----------------------------------------------------------------------
@@ -158,6 +159,7 @@ class Daemon:
         if pid == 0:
             code = 1
             try:
+                self._close_spare_in_child()
                 _worker_signals()
                 code = sys.modules["berth.guests.worker"].serve(req, conn)
             except BaseException as e:
@@ -178,6 +180,8 @@ class Daemon:
             code = 1
             try:
                 a.close()
+                if self.listener is not None:
+                    self.listener.close()  # guestd's alone: a spare must not keep it open
                 _worker_signals()
                 code = _spare(b)
             except BaseException as e:
@@ -189,7 +193,14 @@ class Daemon:
         self.spares.add(pid)
 
     def drop_spare(self) -> None:
-        """Let the spare go (it exits when its socket closes; reaped as any child)."""
+        """Let the spare go (it exits at the end of its socket; reaped as any child)."""
+        if self.spare is not None:
+            _end(self.spare[1])
+            self.spare = None
+
+    def _close_spare_in_child(self) -> None:
+        """In a worker just forked: close its copy of guestd's end of the spare's socket (else the
+        spare would wait for this worker's exit to see the end of its request)."""
         if self.spare is not None:
             self.spare[1].close()
             self.spare = None
@@ -208,7 +219,7 @@ class Daemon:
         except OSError:
             return None  # it died waiting: reaped as a spare
         finally:
-            sock.close()
+            _end(sock)
         self.spares.discard(pid)
         self.workers[pid] = req
         return pid
@@ -300,15 +311,18 @@ class Daemon:
             pass
         listener.bind(path)
         listener.listen(128)
+        self.listener = listener
         self.adopt()
         self.reap()
         _log("ready")
         import time
 
         while True:
+            # The code watch first: a change is taken in (the spare dropped) before a request
+            # that came with it is handed over (select keeps this order in what it returns).
             fds = [listener.fileno(), rfd, *self.adopted]
             if self.code_fd is not None:
-                fds.append(self.code_fd)
+                fds.insert(0, self.code_fd)
             now = time.monotonic()
             timeout = max(0.0, self.next_check - now) if self.supervised else None
             # A spare while commands come (SPARE_KEEP after the last one): none when all is quiet.
@@ -344,6 +358,16 @@ class Daemon:
                     name, pid = self.adopted.pop(fd)
                     os.close(fd)
                     self.exited(name, pid, None)
+
+
+def _end(sock: socket.socket) -> None:
+    """Shut our side of a spare's socket down, then close it: the spare sees the end even if a
+    copy of this descriptor is still open somewhere."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 SPARE_IDLE = 0.02  # seconds guestd is idle (no worker running) before it forks a spare worker

@@ -63,6 +63,10 @@ class CodeWatch:
     select loop) and walks once (:meth:`refresh`).  Every directory of the tree is watched but
     ``__pycache__`` (no ``.py`` there); a tree replaced as a whole (its top directory renamed or
     removed, or a directory above it: a new inode at its path) is a change too.
+
+    A worker forked before a refresh holds the walk of its fork time, while guestd's refresh
+    has emptied the queue they share: a generation count in memory shared by all of them (bumped
+    before each refresh reads the queue) tells such a worker that its walk is old.
     """
 
     def __init__(self, top: str) -> None:
@@ -81,9 +85,16 @@ class CodeWatch:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd = fd
+        import mmap
+
+        self._gen = mmap.mmap(-1, 8)  # anonymous and MAP_SHARED: the same page in every fork
+        self._seen = -1  # the generation this process's walk belongs to
         self._top_id: tuple[int, int] | None = None
         self._stamp = ""
         self.refresh()
+
+    def _generation(self) -> int:
+        return int.from_bytes(self._gen[:8], "little")
 
     def fileno(self) -> int:
         return self.fd
@@ -105,10 +116,18 @@ class CodeWatch:
 
     def changed(self) -> bool:
         """May the tree differ from the last :meth:`refresh`?  (Events queued, or a new top.)"""
-        return self._top_id is None or self._pending() or self._top_now() != self._top_id
+        return (
+            self._top_id is None
+            or self._seen != self._generation()
+            or self._pending()
+            or self._top_now() != self._top_id
+        )
 
     def refresh(self) -> None:
         """Read the queued events, watch every directory of the tree (new ones too), walk it."""
+        gen = self._generation() + 1
+        self._gen[:8] = gen.to_bytes(8, "little")  # before the queue is read: forks see it is old
+        self._seen = -1
         try:
             while os.read(self.fd, 65536):
                 pass
@@ -125,6 +144,7 @@ class CodeWatch:
         except OSError:  # a file removed during the walk: its event is queued, walk again then
             return
         self._top_id = top_id
+        self._seen = gen
 
     def stamp(self) -> str:
         """The tree's :func:`walk_stamp` now: remembered, or walked if it may have changed."""

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from berth.errors import UsageError
+from berth.policy import htb as htb_policy
 
 
 def pick(subnet: str, taken: set[str], want: str | None = None) -> str:
@@ -40,10 +41,9 @@ def pick(subnet: str, taken: set[str], want: str | None = None) -> str:
     raise UsageError("subnet6" if net.version == 6 else "subnet", f"no free address left in {subnet}")
 
 
-#: The highest guest index on one bridge: a guest's index gives its HTB class minor (0x10 + index)
-#: and the priorities of its filters (berth.net.htb: 100 + minor for IPv4, below the IPv6 ones
-#: at 0x4000 + minor, which must stay within 16 bits).
-MAX_INDEX = 0x4000 - 100 - 0x10 - 1  # 16267
+#: The highest guest index on one bridge: a guest's index gives its HTB class minor and the
+#: priorities of its filters (berth.policy.htb.MAX_INDEX).
+MAX_INDEX = htb_policy.MAX_INDEX
 
 
 def pick_index(taken: set[int]) -> int:

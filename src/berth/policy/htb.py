@@ -10,7 +10,7 @@ applying it (pyroute2, on the egress of the uplink or bridge) to :mod:`berth.net
 
 Class ids are stable: a guest's minor is ``0x10 + index`` with *index* a number the guest store
 gives each guest for life, so starting or stopping one guest never renumbers another's class
-(and its filters).  Index 0…berth.net.addr.MAX_INDEX (16267: the filter priorities bound it) fits the 16-bit minor.
+(and its filters).  Index 0…:data:`MAX_INDEX` (16267: the filter priorities bound it) fits the 16-bit minor.
 
 Rates (bits per second):
 
@@ -50,7 +50,9 @@ ROOT_MAJOR = 1
 LINK_MINOR = 1
 DEFAULT_MINOR = 2
 GUEST_MINOR_BASE = 0x10
-MAX_INDEX = 0xFFFF - GUEST_MINOR_BASE
+#: The highest guest index: berth.net.htb gives a guest's IPv4 filter the priority 100 + its minor,
+#: below its IPv6 filter's 0x4000 + minor (which must stay within 16 bits).
+MAX_INDEX = 0x4000 - 100 - GUEST_MINOR_BASE - 1  # 16267
 #: The least rate a class gets, so it can always send (1 kB/s).
 MIN_RATE_BPS = 8_000
 #: An Ethernet frame: HTB counts bytes at layer 2.

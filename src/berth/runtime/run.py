@@ -204,8 +204,22 @@ def finish_after_waiter(
     try:
         c = container.Container.load(state_root, cid)
     except NotFoundError:
-        return  # removed meanwhile (berth gc): nothing of it left to remove here
+        # Its state was removed meanwhile (berth gc of a stopped guest): what it had on the
+        # host (network: lease, rules, class) is still known from here, and goes.
+        if on_exit is not None:
+            on_exit(_Gone(cid))  # type: ignore[arg-type]
+        return
     finish(c, cgroup_parent, on_exit)
+
+
+class _Gone:
+    """A guest whose state is gone, as ``on_exit`` sees it: its id, no cgroup."""
+
+    def __init__(self, cid: str) -> None:
+        self.id = cid
+
+    def cgroup(self) -> None:
+        return None
 
 
 def _ignore(_sig: int, _frame: Any) -> None:

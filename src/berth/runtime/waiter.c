@@ -74,22 +74,28 @@ int main(int argc, char **argv) {
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* kept across execve: said again for clarity */
     sigprocmask(SIG_UNBLOCK, &set, NULL);
 
-    int status, code = 255; /* as container.wait_exit: 255 when the init is not our child */
+    /* Wait for the init's end without reaping it (WNOWAIT): until the signals are blocked
+     * again, a forwarded one still finds the init's pid, not a reused one. */
+    int code = 255; /* as container.wait_exit: 255 when the init is not our child */
+    int ended = 0;
     for (;;) {
-        if (waitpid(target, &status, 0) == target) {
-            if (WIFEXITED(status)) {
-                code = WEXITSTATUS(status);
-                break;
-            }
-            if (WIFSIGNALED(status)) {
-                code = 128 + WTERMSIG(status);
-                break;
-            }
-        } else if (errno != EINTR) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)target, &si, WEXITED | WNOWAIT) == 0) {
+            ended = 1;
             break;
         }
+        if (errno != EINTR) break;
     }
     sigprocmask(SIG_BLOCK, &set, NULL);
+    int status = 0;
+    pid_t got = -1;
+    if (ended) {
+        do got = waitpid(target, &status, 0);
+        while (got < 0 && errno == EINTR);
+    }
+    if (got == target && WIFEXITED(status)) code = WEXITSTATUS(status);
+    else if (got == target && WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
 
     char status_arg[16];
     snprintf(status_arg, sizeof status_arg, "%d", code);
@@ -98,6 +104,7 @@ int main(int argc, char **argv) {
     for (int i = 3; i < argc; i++) args[i - 3] = argv[i];
     args[argc - 3] = status_arg;
     execv(args[0], args);
-    fprintf(stderr, "berth: cannot run %s to clean up after the guest: %s\n", args[0], strerror(errno));
+    fprintf(stderr, "berth: cannot run %s to clean up after the guest (berth gc removes what is left): %s\n",
+            args[0], strerror(errno));
     return 125;
 }
