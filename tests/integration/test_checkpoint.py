@@ -482,6 +482,7 @@ def _ip_guest_round_trip(h: Host, unique: str, *, userns_host: bool) -> None:
         f"(while true; do echo ping $(cat /count); sleep 0.2; done) | nc 127.0.0.1 {echo.port} > /replies & wait"
     )
     opts = ["--userns", "host", "--no-lxcfs"] if userns_host else []
+    criu_tables = _criu_tables()
     try:
         h("create", name, "--net", f"ip:{addr}", *opts, "--", "sh", "-c", script)
         h("start", name)
@@ -520,6 +521,16 @@ def _ip_guest_round_trip(h: Host, unique: str, *, userns_host: bool) -> None:
         h("gc", check=False)
     assert not _host_has(addr)
     assert not _links(unique[:8])
+    # CRIU's lock of the guest's connection on the host's network (an nftables table) is gone
+    # too, also when the connection came back closed (CRIU leaves it then: berth removes it).
+    assert _criu_tables() <= criu_tables
+
+
+def _criu_tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables", "inet"], capture_output=True, text=True).stdout
+    return {
+        ln.split()[-1] for ln in out.splitlines() if ln.split()[-1:] and ln.split()[-1].startswith("CRIU-")
+    }
 
 
 def test_checkpoint_restore_ip_mode_guest(host_a: Host, unique: str) -> None:

@@ -208,6 +208,10 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
             _stop_locked(store, name, rec, timeout=0)
         instance.cleanup(store, name, rec)
         _forget_address(store, name)
+        if rec.get("status") == "checkpointed" and rec.get("checkpoint"):
+            from berth.runtime import checkpoint as ck
+
+            ck.drop_lock_table(rec["checkpoint"])  # CRIU's lock of its connections: no restore will lift it
         trash = os.path.join(store.guests, f".destroy-{name}-{os.urandom(3).hex()}")
         os.rename(store.dir(name), trash)
         try:

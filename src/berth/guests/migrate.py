@@ -521,6 +521,9 @@ def migrate(
 
         lifecycle.destroy(store, name, force=True)
         dumped = False
+        from berth.runtime import checkpoint as ck
+
+        ck.drop_lock_table(images)  # CRIU's lock of its connections here: the restore there cannot lift it
         try:
             s.send_json({"commit": True})
         except OSError:

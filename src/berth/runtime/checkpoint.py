@@ -699,6 +699,8 @@ def restore(
         data["status"] = st.RUNNING
         berth["start_time"] = st.proc_start_time(pid)
         st.write(state_root, cid, data)
+        if meta.get("network_lock") == "nftables":
+            drop_lock_table(images)
         if pid_file:
             tmp = f"{pid_file}.tmp"
             with open(tmp, "w") as f:
@@ -721,6 +723,81 @@ def restore(
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _pb_string(msg: bytes, field: int) -> str | None:
+    """The string field ``field`` of a protobuf message (None if absent or the bytes are not a
+    well-formed message)."""
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            if i >= len(msg) or shift > 63:
+                raise ValueError("truncated varint")
+            b = msg[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+
+    try:
+        while i < len(msg):
+            key = varint()
+            num, wire = key >> 3, key & 7
+            if wire == 0:
+                varint()
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            elif wire == 2:
+                n = varint()
+                if i + n > len(msg):
+                    return None
+                if num == field:
+                    return msg[i : i + n].decode("ascii")
+                i += n
+            else:
+                return None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def lock_table(images: str) -> str | None:
+    """The nftables table (family inet) in which CRIU locks a dump's TCP connections on the
+    host's network: ``CRIU-<run id>``, the run id from the dump's inventory, cut as CRIU cuts it
+    (``inet CRIU-%s`` into 32 bytes).  None if the inventory has no run id."""
+    try:
+        with open(os.path.join(images, "inventory.img"), "rb") as f:
+            data = f.read(1 << 16)
+    except OSError:
+        return None
+    if len(data) < 8:
+        return None
+    size = int.from_bytes(data[4:8], "little")
+    run_id = _pb_string(data[8 : 8 + size], 13)  # inventory_entry.dump_criu_run_id
+    if not run_id or not all(c.isalnum() or c == "-" for c in run_id):
+        return None
+    return ("inet CRIU-" + run_id)[:31][len("inet ") :]
+
+
+def drop_lock_table(images: str) -> None:
+    """Remove the dump's connection lock table if CRIU left it after the restore (it does when
+    the connections came back closed, --tcp-close): its drop rules name 4-tuples that are gone.
+    Best effort."""
+    import shutil
+    import subprocess
+
+    table = lock_table(images)
+    nft = shutil.which("nft")
+    if table is None or nft is None:
+        return
+    if subprocess.run([nft, "list", "table", "inet", table], capture_output=True).returncode == 0:
+        subprocess.run([nft, "delete", "table", "inet", table], capture_output=True)
 
 
 class NetnsHolder:
