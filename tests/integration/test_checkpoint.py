@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_subnet
+
 REPO = Path(__file__).resolve().parents[2]
 BERTH = str(REPO / ".venv" / "bin" / "berth")
 # A counter, an echo server and one client connection that pings it every 0.2 s.
@@ -329,7 +331,6 @@ def test_checkpoint_restore_bridged_default_guest(default_host: Host, unique: st
     import socket
 
     from test_migrate import BRIDGED
-    from test_net import _free_subnet
 
     h = default_host
     net_prefix = f"{unique[:8]}"
@@ -337,7 +338,7 @@ def test_checkpoint_restore_bridged_default_guest(default_host: Host, unique: st
         BERTH_NET_PREFIX=net_prefix,
         BERTH_BRIDGE=f"{net_prefix}br",
         BERTH_NFT_TABLE=f"{unique}nft",
-        BERTH_SUBNET=_free_subnet(),
+        BERTH_SUBNET=free_subnet(),
     )
     name = f"{unique}-br"
     try:
@@ -465,9 +466,7 @@ def _host_has(addr: str) -> bool:
 
 
 def _ip_guest_round_trip(h: Host, unique: str, *, userns_host: bool) -> None:
-    from test_net import _free_subnet
-
-    subnet = _free_subnet()
+    subnet = free_subnet()
     addr = subnet.rsplit(".", 1)[0] + ".5"
     h.env.update(
         BERTH_NET_PREFIX=unique[:8],

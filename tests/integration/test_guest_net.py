@@ -18,7 +18,9 @@ import time
 import pytest
 import test_guests
 from test_guests import Guests, berth_cmd
-from test_net import _free_subnet, _links, _tables
+from test_net import _links, _tables
+
+from helpers import free_subnet
 
 
 class NetGuests(Guests):
@@ -59,7 +61,7 @@ def net(berth_env: dict[str, str], prefix: str, unique: str, check_clean):
         BERTH_NET_PREFIX=prefix,
         BERTH_BRIDGE=f"{prefix}br0",
         BERTH_NFT_TABLE=prefix,
-        BERTH_SUBNET=_free_subnet(),
+        BERTH_SUBNET=free_subnet(),
     )
     g = NetGuests(berth_env, unique)
     point = test_guests.userns_ready(berth_env)

@@ -7,9 +7,7 @@ carries the session prefix; the session leak check looks for links and nft table
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import secrets
 import shutil
 import signal
 import socket
@@ -20,23 +18,7 @@ from pathlib import Path
 import pytest
 
 from berth import net as berth_net
-
-
-def _free_subnet() -> str:
-    """A /24 in 10.0.0.0/8 that no host route overlaps."""
-    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    routes = []
-    for line in out.splitlines():
-        dst = line.split()[0]
-        if dst in ("default", "broadcast", "local", "unreachable"):
-            dst = line.split()[1] if dst != "default" else "0.0.0.0/32"
-        with contextlib.suppress(ValueError):
-            routes.append(ipaddress.IPv4Network(dst, strict=False))
-    for _ in range(100):
-        net = ipaddress.IPv4Network(f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(250)}.0/24")
-        if not any(r.overlaps(net) and r.prefixlen > 0 for r in routes):
-            return str(net)
-    pytest.skip("no free 10.x /24 for a test subnet")
+from helpers import free_subnet
 
 
 def _free_port() -> int:
@@ -52,7 +34,7 @@ def net_env(berth_env: dict[str, str], prefix: str) -> dict[str, str]:
         BERTH_NET_PREFIX=prefix,
         BERTH_BRIDGE=f"{prefix}br0",
         BERTH_NFT_TABLE=prefix,
-        BERTH_SUBNET=_free_subnet(),
+        BERTH_SUBNET=free_subnet(),
     )
     return berth_env
 

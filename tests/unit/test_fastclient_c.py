@@ -14,23 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from helpers import compile_c
+
 SRC = Path(__file__).resolve().parents[2] / "src" / "berth" / "guests" / "fastclient.c"
 ECHO = shutil.which("echo") or "/bin/echo"
 
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler: berth is the Python launcher alone on this machine")
-    out = tmp_path_factory.mktemp("launcher") / "berth"
-    r = subprocess.run(
-        [cc, "-O2", "-Wall", "-Wextra", "-Wno-sign-compare", "-Werror", f'-DBERTH_PYTHON="{ECHO}"',
-         '-DBERTH_SCRIPT="HANDOVER"', "-o", str(out), str(SRC)],
-        capture_output=True, text=True, check=False,
+    return compile_c(
+        tmp_path_factory.mktemp("launcher") / "berth", SRC,
+        "-Wno-sign-compare", f'-DBERTH_PYTHON="{ECHO}"', '-DBERTH_SCRIPT="HANDOVER"',
+        missing="berth is the Python launcher alone on this machine",
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return out
 
 
 @pytest.fixture

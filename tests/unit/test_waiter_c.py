@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import compile_c
+
 SRC = Path(__file__).resolve().parents[2] / "src" / "berth" / "runtime" / "waiter.c"
 ECHO = shutil.which("echo") or "/bin/echo"
 SIGS = f"{int(signal.SIGINT)},{int(signal.SIGTERM)}"
@@ -21,18 +23,11 @@ SIGS = f"{int(signal.SIGINT)},{int(signal.SIGTERM)}"
 
 @pytest.fixture(scope="module")
 def waiter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler: berth run waits in Python on this machine")
-    out = tmp_path_factory.mktemp("waiter") / "berth-wait"
-    r = subprocess.run(
-        [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(SRC)],
-        capture_output=True,
-        text=True,
-        check=False,
+    return compile_c(
+        tmp_path_factory.mktemp("waiter") / "berth-wait",
+        SRC,
+        missing="berth run waits in Python on this machine",
     )
-    assert r.returncode == 0, r.stderr
-    return out
 
 
 def _sh(script: str) -> subprocess.CompletedProcess[str]:
