@@ -566,3 +566,42 @@ def test_delegate_refuses_missing_cgroup(parent: str) -> None:
     c = open_cgroup(f"{parent}/never-made", detect())
     with pytest.raises(CgroupError, match="does not exist"):
         c.delegate(DELEGATE_UID, DELEGATE_UID)
+
+
+def test_two_creates_racing_into_a_fresh_parent(parent: str) -> None:
+    """Two cgroups made at once under a parent that neither finds: the one whose mkdir of the
+    parent lost must not copy the parent's cpuset before the winner filled it in (an empty v1
+    cpuset takes no task: ENOSPC).  Rounds until both raced at least a few times."""
+    import threading
+
+    layout = detect()
+    cpuset = layout.v1.get("cpuset")
+    if cpuset is None:
+        pytest.skip("no v1 cpuset hierarchy on this host")
+    for i in range(40):
+        top = f"{parent}/r{i}"
+        cgs = [open_cgroup(f"{top}/g{j}", layout) for j in range(2)]
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def make(c: Cgroup, start: threading.Barrier, errors: list[BaseException]) -> None:
+            try:
+                start.wait()
+                c.create()
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=make, args=(c, start, errors)) for c in cgs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert not errors, errors
+            for c in cgs:
+                for key in ("cpuset.cpus", "cpuset.mems"):
+                    assert read(f"{cpuset}/{c.path}/{key}"), f"{c.path}: empty {key}"
+        finally:
+            for c in cgs:
+                c.destroy(timeout=10)
+            cgs[0].remove_empty_parents(parent)

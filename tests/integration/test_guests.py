@@ -505,3 +505,74 @@ def test_concurrent_create_and_start(guests: Guests) -> None:
     running = sorted(r["name"] for r in rows if r["state"] == "running" and r["name"] in names)
     assert running == sorted(names)
     guests("stop", "--timeout", "2", *names)
+
+
+def parent_dirs(env: dict[str, str]) -> list[Path]:
+    """The test's cgroup parent in each hierarchy where it exists."""
+    parent = env["BERTH_CGROUP_PARENT"]
+    return [top / parent for top in Path("/sys/fs/cgroup").iterdir() if (top / parent).is_dir()]
+
+
+def hierarchies() -> list[str]:
+    """Every cgroup hierarchy berth makes a guest's cgroup in (v1 controllers, cgroup2)."""
+    from berth.cgroups import detect
+
+    return detect().mountpoints()
+
+
+def test_the_last_guest_takes_its_cgroup_parent_with_it(guests: Guests) -> None:
+    """destroy (and stop) of the last guest under the cgroup parent removes the parent, in every
+    hierarchy, as berth run's cleanup does; while another guest runs under it, it stays."""
+    a, b = guests.name("pa"), guests.name("pb")
+    for n in (a, b):
+        guests("create", n, "--cmd", "sleep 1000")
+    guests("start", a, b)
+    assert len(parent_dirs(guests.env)) == len(hierarchies())
+    guests("destroy", "--force", a)
+    assert len(parent_dirs(guests.env)) == len(hierarchies())  # b's cgroup is in it
+    assert all((d / b).is_dir() for d in parent_dirs(guests.env))
+    guests("destroy", "--force", b)
+    assert parent_dirs(guests.env) == []
+    # stop, then destroy: the stop takes it
+    guests("create", a, "--cmd", "sleep 1000")
+    guests("start", a)
+    assert parent_dirs(guests.env)
+    guests("stop", "--timeout", "2", a)
+    assert parent_dirs(guests.env) == []
+    guests("destroy", a)
+    assert parent_dirs(guests.env) == []
+
+
+def test_a_start_racing_with_the_parents_removal_succeeds(guests: Guests) -> None:
+    """The last guest stopping (its empty parent removed) while another starts (making the
+    parent again): the start always succeeds, and the parent goes with the last guest."""
+    a, b = guests.name("ra"), guests.name("rb")
+    for n in (a, b):
+        guests("create", n, "--cmd", "sleep 1000")
+    for _ in range(4):
+        guests("start", a)
+        with ThreadPoolExecutor(2) as pool:
+            stop = pool.submit(guests, "stop", "--timeout", "2", a, check=False)
+            start = pool.submit(guests, "start", b, check=False)
+            assert stop.result().returncode == 0, stop.result().stderr
+            assert start.result().returncode == 0, start.result().stderr
+        assert guests.info(b)["state"] == "running"
+        assert all((d / b).is_dir() for d in parent_dirs(guests.env))
+        assert len(parent_dirs(guests.env)) == len(hierarchies())
+        guests("stop", "--timeout", "2", b)
+        assert parent_dirs(guests.env) == []
+
+
+def test_gc_survives_an_unreadable_state(guests: Guests) -> None:
+    """A runtime state whose state.json cannot be read (a directory in its place) is named by
+    `berth gc`, which goes on with the rest and leaves it for a look (not removed as damaged)."""
+    cid = guests.name("unreadable")
+    state = guests.run_root / cid / "state.json"
+    state.mkdir(parents=True)
+    try:
+        p = guests("gc")
+        assert f"could not read state {cid}" in p.stdout, p.stdout
+        assert state.is_dir()
+    finally:
+        state.rmdir()
+        state.parent.rmdir()

@@ -121,3 +121,20 @@ def test_remove_empty_parents_checks_upto(tmp_path: Path) -> None:
     (tmp_path / "pids/a/b").mkdir(parents=True)
     cg.remove_empty_parents("a")
     assert not (tmp_path / "pids/a").exists()
+
+
+def test_remove_empty_parents_keeps_the_hosts_own(tmp_path: Path) -> None:
+    """A systemd unit's cgroup (the host's) stays, even empty and given as ``upto``; so does what
+    is above it.  Below it, berth's empty parents go; a parent with another child stays."""
+    layout = fake(tmp_path, "v1", ["pids"])
+    (tmp_path / "pids/machine.slice/berth/x").mkdir(parents=True)
+    open_cgroup("machine.slice/berth/x/g", layout).remove_empty_parents("machine.slice")
+    assert not (tmp_path / "pids/machine.slice/berth").exists()
+    assert (tmp_path / "pids/machine.slice").is_dir()
+    (tmp_path / "pids/a/u.scope/b").mkdir(parents=True)
+    open_cgroup("a/u.scope/b/g", layout).remove_empty_parents("a")
+    assert not (tmp_path / "pids/a/u.scope/b").exists()
+    assert (tmp_path / "pids/a/u.scope").is_dir()
+    (tmp_path / "pids/p/other").mkdir(parents=True)
+    open_cgroup("p/g", layout).remove_empty_parents("p")
+    assert (tmp_path / "pids/p/other").is_dir()

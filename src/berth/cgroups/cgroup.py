@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 _WR = os.O_WRONLY | os.O_CLOEXEC
 _RD = os.O_RDONLY | os.O_CLOEXEC
+# The cgroups of systemd units: the host's own, never removed by berth (remove_empty_parents).
+_SYSTEMD_UNITS = (".slice", ".scope", ".service", ".mount", ".socket", ".swap")
 
 
 def _write(path: str, value: str) -> None:
@@ -204,7 +206,10 @@ class Cgroup:
             break
         for i in range(n + 1, len(parts) + 1):
             d = f"{mnt}/{'/'.join(parts[:i])}"
-            os.mkdir(d)
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                continue  # a create racing with ours made it (and fills its cpuset in)
             made.append(d)
             if cpuset:
                 self._cpuset_init(mnt, parts[:i], last=i == len(parts))
@@ -214,12 +219,26 @@ class Cgroup:
         """A new v1 cpuset starts with no cpus and mems: copy the parent's.  Its own new children
         get them from the kernel (clone_children)."""
         d = f"{mnt}/{'/'.join(parts)}"
-        parent = f"{mnt}/{'/'.join(parts[:-1])}" if len(parts) > 1 else mnt
         for key in ("cpuset.cpus", "cpuset.mems"):
             if not _read(f"{d}/{key}").strip():
-                _write(f"{d}/{key}", _read(f"{parent}/{key}").strip() or "\n")
+                _write(f"{d}/{key}", Cgroup._cpuset_of(mnt, parts[:-1], key) or "\n")
         if not last:
             _write(f"{d}/cgroup.clone_children", "1")
+
+    @staticmethod
+    def _cpuset_of(mnt: str, parts: list[str], key: str) -> str:
+        """``key`` (cpuset.cpus or .mems) of the v1 cpuset ``parts``; if a create racing with
+        ours made it and has not copied its own parent's in yet, they are copied here first (top
+        down; both write the same value): else our new cgroup would get none and take no task."""
+        if not parts:
+            return _read(f"{mnt}/{key}").strip()
+        d = f"{mnt}/{'/'.join(parts)}"
+        value = _read(f"{d}/{key}").strip()
+        if not value:
+            value = Cgroup._cpuset_of(mnt, parts[:-1], key)
+            if value:
+                _write(f"{d}/{key}", value)
+        return value
 
     def _enable(self, controllers: frozenset[str] | set[str]) -> None:
         """Enable ``controllers`` in ``cgroup.subtree_control`` of every cgroup2 ancestor."""
@@ -625,7 +644,9 @@ class Cgroup:
 
     def remove_empty_parents(self, upto: str) -> None:
         """Remove the empty ancestors of this cgroup, deepest first, up to and including ``upto``
-        (itself an ancestor path, e.g. ``"berth"``).  Non-empty ones and everything above stay."""
+        (itself an ancestor path, e.g. ``"berth"``).  Non-empty ones and everything above stay,
+        and so does a systemd unit's (``*.slice``, ``.scope``, ``.service``, …: the host's own, even
+        given as ``upto``) and everything above it."""
         top = clean_path(upto, "upto")
         if not self.path.startswith(top + "/"):
             raise UsageError("upto", f"{upto!r} is not an ancestor of {self.path!r}")
@@ -633,6 +654,8 @@ class Cgroup:
         keep = top.count("/")
         for mnt in self.layout.mountpoints():
             for i in range(len(parts) - 1, keep, -1):
+                if parts[i - 1].endswith(_SYSTEMD_UNITS):
+                    break
                 try:
                     os.rmdir(f"{mnt}/{'/'.join(parts[:i])}")
                 except FileNotFoundError:

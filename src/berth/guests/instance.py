@@ -83,12 +83,14 @@ def _unplug(store: Store, name: str, rec: dict[str, Any]) -> None:
 
 def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
     """Remove what a run of ``name`` left: container state, network, cgroup (and its processes),
-    disk mount."""
+    the cgroup parents that leaves empty, disk mount."""
     from berth.runtime import container
 
     rec = store.read_run(name) if rec is None else rec
+    removed = False  # a cgroup (with the container's state, or alone): its parents may be empty now
     try:
         container.Container.load(store.state_root, name).delete(force=True)
+        removed = True
     except NotFoundError:
         pass
     _unplug(store, name, rec)
@@ -98,13 +100,34 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
 
         cg = open_cgroup(cg_path)
         if cg.exists():
+            removed = True
             try:
                 cg.destroy()
             except BerthError:
                 pass
+        if removed:
+            remove_cgroup_parents(store, name, rec)
     image = store.image(name)
     if os.path.exists(image):
         disk.detach(image, store.disk_mnt(name))
+
+
+def remove_cgroup_parents(store: Store, name: str, rec: dict[str, Any]) -> None:
+    """Remove the cgroup parents (berth's own: up to and including the cgroup parent the guest
+    was started under, nothing above) that ``name``'s gone cgroup leaves empty, as ``berth
+    run``'s cleanup does.  One that holds other guests' cgroups stays (its rmdir fails: EBUSY),
+    and a create racing with the rmdir makes it again (:meth:`berth.cgroups.Cgroup.create`
+    retries).  A guest in a cgroupsPath of its own, outside the parent, is left alone."""
+    from berth.cgroups import open_cgroup
+
+    parent = str(rec.get("cgroup_parent") or store.cgroup_parent).strip("/")
+    path = str(rec.get("cgroup") or f"{parent}/{name}").strip("/")
+    if not parent or not path.startswith(parent + "/"):
+        return
+    try:
+        open_cgroup(path).remove_empty_parents(parent)
+    except (BerthError, OSError):
+        pass
 
 
 _LXCFS_SEEN: dict[str, float] = {}  # mount point -> when this process last found lxcfs serving it

@@ -207,6 +207,7 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
                 raise StateError(f"guest {name!r} is running: stop it first or use --force")
             _stop_locked(store, name, rec, timeout=0)
         instance.cleanup(store, name, rec)
+        instance.remove_cgroup_parents(store, name, rec)  # (stopped earlier: its cgroup went then)
         _forget_address(store, name)
         if rec.get("status") == "checkpointed" and rec.get("checkpoint"):
             from berth.runtime import checkpoint as ck
@@ -617,7 +618,11 @@ def gc(store: Store) -> list[str]:
             if rec.get("status") == "running":
                 rec.update(status="stopped")
                 store.write_run(name, rec)
-            instance.cleanup(store, name, rec)
+            try:
+                instance.cleanup(store, name, rec)
+            except OSError as e:  # its state unreadable (a directory where state.json was, say)
+                done.append(f"could not clean {name}: {e}")
+                continue
             if had:
                 done.append(f"cleaned {name}")
         finally:
@@ -639,6 +644,8 @@ def gc(store: Store) -> list[str]:
             except (NotFoundError, BerthError):
                 st.remove_tree(os.path.join(store.state_root, cid))
                 done.append(f"removed state {cid}")
+            except OSError as e:  # unreadable, not damaged (EIO, a directory): left for a look
+                done.append(f"could not read state {cid}: {e}")
     if os.path.isdir(store.run_dir()):
         for f in os.listdir(store.run_dir()):
             if f.endswith(".json") and f[:-5] not in names:
@@ -707,13 +714,21 @@ def _gc_loops(store: Store, names: set[str]) -> list[str]:
         if not backing.startswith(prefix):
             continue
         owner = backing[len(prefix) :].split("/", 1)[0]
-        if owner in names and instance.running(store.read_run(owner)):
+        # A guest being started (its lock held) has its disk attached before it runs.
+        lock = store.lock(owner) if owner in names else None
+        if lock is not None and not lock.acquire(blocking=False):
             continue
-        mnt = os.path.join(os.path.dirname(backing), "disk")
-        if disk.is_mounted(mnt):
-            subprocess.run(["umount", mnt], capture_output=True, check=False)
-        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
-        done.append(f"detached {dev} ({backing})")
+        try:
+            if owner in names and instance.running(store.read_run(owner)):
+                continue
+            mnt = os.path.join(os.path.dirname(backing), "disk")
+            if disk.is_mounted(mnt):
+                subprocess.run(["umount", mnt], capture_output=True, check=False)
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+            done.append(f"detached {dev} ({backing})")
+        finally:
+            if lock is not None:
+                lock.release()
     return done
 
 
@@ -731,6 +746,11 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
             if os.path.isdir(os.path.join(base, child)) and child not in running:
                 seen.add(child)
     for child in sorted(seen):
+        # A guest's cgroup is made empty before its init joins it: one that is being started
+        # (its lock held) is not a leftover.
+        lock = store.lock(child) if child in names else None
+        if lock is not None and not lock.acquire(blocking=False):
+            continue
         cg = open_cgroup(f"{store.cgroup_parent}/{child}")
         try:
             if cg.pids():
@@ -739,6 +759,18 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
             done.append(f"removed cgroup {cg.path}")
         except (BerthError, OSError):
             pass
+        finally:
+            if lock is not None:
+                lock.release()
+    # The parent itself, once nothing is under it (as a guest's cleanup leaves it).
+    try:
+        parent = open_cgroup(store.cgroup_parent)
+        if parent.exists():
+            open_cgroup(f"{parent.path}/-").remove_empty_parents(parent.path)  # (the child: a name only)
+            if not parent.exists():
+                done.append(f"removed cgroup {parent.path}")
+    except (BerthError, OSError):
+        pass
     return done
 
 

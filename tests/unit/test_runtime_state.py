@@ -1,0 +1,23 @@
+"""The runtime's state.json: a missing or damaged one reads as a clear error (which `berth gc`
+takes as a state to remove)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berth.errors import NotFoundError
+from berth.runtime import state as st
+
+
+def test_a_missing_state_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"):
+        st.read(str(tmp_path), "c1")
+
+
+def test_a_damaged_state_is_named(tmp_path: Path) -> None:
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "state.json").write_text("{not json")
+    with pytest.raises(NotFoundError, match="c1.*damaged"):
+        st.read(str(tmp_path), "c1")
