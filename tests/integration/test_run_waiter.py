@@ -8,9 +8,7 @@ and a user namespace too), and a killed berth run taking its guest with it, as b
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from berth.runtime.run import WAITER_AFTER
+from helpers import free_subnet
 
 REPO = Path(__file__).resolve().parents[2]
 WAITER = REPO / ".venv" / "bin" / "berth-wait"
@@ -38,6 +37,7 @@ class Run:
     def __init__(
         self, argv: list[str], env: dict[str, str], *args: str, stdin: int = subprocess.DEVNULL
     ) -> None:
+        self.env = env
         self.proc = subprocess.Popen(
             [*argv, "run", "--rm", *args],
             env=env,
@@ -85,10 +85,13 @@ class Run:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, (self.out + out).decode(errors="replace"), err.decode(errors="replace")
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=15)
+    def kill(self) -> bool:
+        """SIGKILL it if it still runs (a test failed half-way); whether it did."""
+        if self.proc.poll() is not None:
+            return False
+        self.proc.kill()
+        self.proc.communicate(timeout=15)
+        return True
 
 
 def _children(pid: int) -> list[int]:
@@ -105,37 +108,85 @@ def _dead(pid: int) -> bool:
 
 
 @pytest.fixture
-def runs(berth_env: dict[str, str], berth_argv: list[str]):
-    """``runs(*args, env=None, stdin=...)``: a background berth run; any still running at the end is
-    killed (by pid)."""
+def runs(berth_env: dict[str, str], berth_argv: list[str], check_clean):
+    """``runs(*args, env=None, stdin=..., debug=False)``: a background ``berth [--debug] run``.  At the end, any still running
+    is killed (by pid: its guest dies with it, its state and cgroup stay), and if a run was killed
+    or left anything, ``berth gc`` with that run's env removes it; then nothing may be left."""
     started: list[Run] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL) -> Run:
-        r = Run(berth_argv, env or berth_env, *args, stdin=stdin)
+    def start(
+        *args: str, env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL, debug: bool = False
+    ) -> Run:
+        r = Run([*berth_argv, *(["--debug"] if debug else [])], env or berth_env, *args, stdin=stdin)
         started.append(r)
         return r
 
     yield start
-    for r in started:
-        r.kill()
+    _reap(started, berth_argv, berth_env)
+    check_clean()
 
 
-def _pss_kib(pid: int) -> int:
+def _reap(started: list[Run], argv: list[str], env: dict[str, str]) -> None:
+    """Kill the runs still running; ``berth gc`` with each run's env if one was killed or
+    anything of this test's guests is left."""
+    killed = [r.kill() for r in started]
+    if any(killed) or _left(env):
+        for run_env in {id(r.env): r.env for r in started}.values():
+            _gc(argv, run_env)
+
+
+def _left(env: dict[str, str]) -> list[str]:
+    """This test's guests' state dirs and cgroups."""
+    run = Path(env["BERTH_RUN"])
+    left = [str(d) for d in run.iterdir() if not d.name.startswith(".")] if run.is_dir() else []
+    for top in Path("/sys/fs/cgroup").iterdir():
+        parent = top / env["BERTH_CGROUP_PARENT"]
+        if parent.is_dir():
+            left += [str(d) for d in parent.iterdir() if d.is_dir()]
+    return left
+
+
+def _gc(argv: list[str], env: dict[str, str], timeout: float = 15) -> None:
+    """``berth gc`` until this test's guests left nothing (a killed waiter's guest init is killed
+    by its parent-death signal, and gc removes only the state of a guest whose init is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gc = subprocess.run([*argv, "gc"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert gc.returncode == 0, gc.stderr
+        if not _left(env) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def _rollup_kib(pid: int) -> dict[str, int]:
+    """smaps_rollup's fields (kB)."""
+    out = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise AssertionError("no Pss line")
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def _small(pid: int) -> None:
+    """The process is a small C program, not the Python front end (RSS > 10 MiB): its own memory
+    (anonymous) well under 1 MiB, and all it maps resident under 4 MiB.  Not its PSS: the shared
+    libc pages count in full while other processes have not yet mapped them again (after a
+    reclaim under another test's memory pressure), which once put PSS above 1 MiB."""
+    m = _rollup_kib(pid)
+    assert m["Pss_Anon"] < 512, m
+    assert m["Rss"] < 4096, m
 
 
 @pytest.mark.parametrize("status", [0, 3])
 def test_exit_status_output_and_the_waiter(runs, status: int, check_clean) -> None:
     """The guest's exit status and output pass through; meanwhile berth run is berth-wait, holding
-    only stdin/stdout/stderr, in well under 1 MiB PSS."""
+    only stdin/stdout/stderr, with well under 1 MiB of its own memory."""
     r = runs("-i", "--", "sh", "-c", "echo UP; read x; echo got $x; exit $x", stdin=subprocess.PIPE)
     r.wait_line("UP")
     r.wait_waiter()
     assert sorted(int(fd) for fd in os.listdir(f"/proc/{r.proc.pid}/fd")) == [0, 1, 2]
-    assert _pss_kib(r.proc.pid) < 1024
+    _small(r.proc.pid)
     assert r.proc.stdin is not None
     r.proc.stdin.write(f"{status}\n".encode())
     r.proc.stdin.flush()  # (communicate() closes it)
@@ -201,7 +252,8 @@ def test_short_command_and_failed_start_unchanged(berth) -> None:
 
 def test_waiter_killed_takes_the_guest_with_it(runs, berth_env, berth_argv, check_clean) -> None:
     """As when berth run was Python: SIGKILL to it kills the guest (its init's parent-death
-    signal); its state dir and cgroup stay for ``berth gc``."""
+    signal); its state dir and cgroup stay for ``berth gc``, which removes them (and the emptied
+    cgroup parent)."""
     r = runs("--", "sh", "-c", f"echo UP; {LOOP}")
     r.wait_line("UP")
     r.wait_waiter()
@@ -217,25 +269,54 @@ def test_waiter_killed_takes_the_guest_with_it(runs, berth_env, berth_argv, chec
     gc = subprocess.run([*berth_argv, "gc"], env=berth_env, capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0, gc.stderr
     assert "removed state" in gc.stdout
+    parent = berth_env["BERTH_CGROUP_PARENT"]
+    assert [
+        str(top) for top in Path("/sys/fs/cgroup").iterdir() if (top / parent).exists()
+    ] == []  # gc took it
     check_clean()
 
 
+def test_a_run_left_running_leaves_nothing(runs, berth_env, berth_argv, check_clean) -> None:
+    """What the ``runs`` fixture does after a test that failed half-way: the waiter killed, its
+    guest's state and cgroup collected by ``berth gc``."""
+    r = runs("--", "sh", "-c", f"echo UP; {LOOP}")
+    r.wait_line("UP")
+    r.wait_waiter()
+    assert _left(berth_env)
+    _reap([r], berth_argv, berth_env)
+    assert r.proc.returncode == -signal.SIGKILL
+    check_clean()
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_debug_reaches_the_cleanup(runs, berth_env, unique: str, debug: bool, check_clean) -> None:
+    """``berth --debug run``: the cleanup the waiter execs (``berth _run-exit``) runs with --debug
+    too, so an error in it prints its traceback; without --debug, one line.  The error: the
+    guest's state.json made a directory while the waiter waits (put back for the fixture's gc)."""
+    name = f"{unique}dbg"
+    r = runs("--name", name, "--", "sh", "-c", f"echo UP; {LOOP}", debug=debug)
+    r.wait_line("UP")
+    r.wait_waiter()
+    state = Path(berth_env["BERTH_RUN"]) / name / "state.json"
+    saved = state.read_bytes()
+    state.unlink()
+    state.mkdir()
+    try:
+        r.proc.send_signal(signal.SIGTERM)
+        code, _out, err = r.finish()
+    finally:
+        state.rmdir()
+        state.write_bytes(saved)
+    assert code == 125, err
+    assert err.strip().splitlines()[-1] == f"berth: [Errno 21] Is a directory: '{state}'", err
+    if debug:
+        assert err.startswith("Traceback (most recent call last):"), err
+        assert "finish_after_waiter" in err
+    else:
+        assert len(err.strip().splitlines()) == 1, err
+
+
 # -- a bridge network and a user namespace: what the cleanup takes down --------------------------
-
-
-def _free_subnet() -> str:
-    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    routes = []
-    for line in out.splitlines():
-        words = line.split()
-        dst = words[1] if words[0] in ("broadcast", "local", "unreachable") else words[0]
-        with contextlib.suppress(ValueError):
-            routes.append(ipaddress.IPv4Network("0.0.0.0/32" if dst == "default" else dst, strict=False))
-    for _ in range(100):
-        net = ipaddress.IPv4Network(f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(250)}.0/24")
-        if not any(r.overlaps(net) and r.prefixlen > 0 for r in routes):
-            return str(net)
-    pytest.skip("no free 10.x /24 for a test subnet")
 
 
 def _named(prefix: str) -> list[str]:
@@ -253,7 +334,7 @@ def net_env(berth_env: dict[str, str], prefix: str):
         BERTH_NET_PREFIX=prefix,
         BERTH_BRIDGE=f"{prefix}wbr",
         BERTH_NFT_TABLE=f"{prefix}w",
-        BERTH_SUBNET=_free_subnet(),
+        BERTH_SUBNET=free_subnet(),
     )
     yield env
     from berth import net as berth_net

@@ -54,9 +54,12 @@ verbs:
 environment: BERTH_ROOT (store, default /var/lib/berth), BERTH_RUN (state, default /run/berth),
 BERTH_CGROUP_PARENT (default berth).  'berth VERB --help' for a verb's options.
 """
+#: ``--debug`` was given (set by :func:`main`): what a verb passes on to a berth it execs.
+DEBUG = False
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEBUG
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = False
     while argv and argv[0].startswith("-"):
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         sys.stderr.write(USAGE)
         return 125
+    DEBUG = debug
     verb = argv.pop(0)
     modname = VERBS.get(verb)
     if modname is None:

@@ -465,10 +465,12 @@ def _cleanup_argv(
     launcher = os.path.join(os.path.dirname(sys.executable), "berth-py")
     if not os.path.isfile(launcher):
         return None
+    from berth import cli
     from berth.cli import run_exit
 
     args = run_exit.argv(state_root, cgroup_parent, store, name, net, userns_owner)
-    return [sys.executable, "-IS", launcher, run_exit.VERB, *args]
+    debug = ["--debug"] if cli.DEBUG else []  # a failing cleanup's traceback, as berth run's own
+    return [sys.executable, "-IS", launcher, *debug, run_exit.VERB, *args]
 
 
 def _is_init(arg0: str) -> bool:

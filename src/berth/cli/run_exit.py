@@ -2,10 +2,11 @@
 the guest as the C waiter (berth.runtime.run): take the guest's network down, remove the guest
 and free its user-namespace ids, then exit with the guest's exit status.
 
-    berth _run-exit STATE_ROOT CGROUP_PARENT STORE NAME NET USERNS_OWNER STATUS
+    berth [--debug] _run-exit STATE_ROOT CGROUP_PARENT STORE NAME NET USERNS_OWNER STATUS
 
 NET is the guest's :class:`berth.net.NetOptions` as JSON (``-``: none), USERNS_OWNER its id
-range's owner (``-``: none); the waiter appends STATUS.  Not for users: not in ``berth --help``.
+range's owner (``-``: none); the waiter appends STATUS; --debug if berth run had it
+(berth.cli.run).  Not for users: not in ``berth --help``.
 """
 
 from __future__ import annotations
