@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import replace
 from typing import Any
 
@@ -24,9 +25,13 @@ from berth.policy.htb import NetRequest, htb_tree
 
 
 def _starttime(pid: int) -> str | None:
+    """The start time of a live ``pid`` (tells it from a later process given the same pid);
+    ``None`` once it has ended, a zombie too: a guest's init killed by a crash or by gc is one
+    until the host's pid 1 reaps it, and its network must go with it then (not at the next gc)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X", "x") else fields[19]
     except (OSError, IndexError):
         return None
 
@@ -362,7 +367,9 @@ def gc(store: str, opts: NetOptions) -> list[str]:
     done = []
     with ipam.Leases(store, opts.bridge).locked() as db:
         for name, rec in list(db.active.items()):
-            if _starttime(int(rec.get("pid") or 0)) != rec.get("starttime") or not rec.get("pid"):
+            # (no start time recorded: its init was a zombie already when the lease was written)
+            start = rec.get("starttime")
+            if not rec.get("pid") or start is None or _starttime(int(rec["pid"])) != start:
                 with contextlib.suppress(NetworkError):
                     _teardown_locked(db, name, opts, None)
                 done.append(name)
@@ -403,8 +410,20 @@ def _write_etc(db: ipam.Leases, opts: NetOptions) -> None:
             r["resolv_written"] = True
 
 
+def _mnt_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on (/proc/self/fdinfo: no call into its file system)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(f"no mnt_id for fd {fd}")
+
+
 def _write_in_guest(pid: int, fname: str, text: str) -> None:
-    """Write /etc/<fname> through /proc/PID/root without following a symlink the guest made."""
+    """Write /etc/<fname> through /proc/PID/root without following a symlink the guest made, nor
+    a mount it made (a guest with CAP_SYS_ADMIN could bind any file it sees, or a FUSE mount,
+    over /etc or /etc/hosts: berth, as the host's root, would write into that, or hang on it):
+    /etc and the file must be on the guest's root mount, else the guest does without."""
     try:
         root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -412,14 +431,36 @@ def _write_in_guest(pid: int, fname: str, text: str) -> None:
     try:
         etc = os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
         try:
-            fd = os.open(
-                fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=etc
-            )
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            mnt = _mnt_id(root)
+            fd = _open_regular(fname, etc, mnt) if _mnt_id(etc) == mnt else None
+            if fd is not None:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
         finally:
             os.close(etc)
     except OSError:
         pass  # a read-only root or no /etc: the guest does without
     finally:
         os.close(root)
+
+
+def _open_regular(fname: str, etc: int, mnt: int) -> int | None:
+    """``etc/fname`` opened for writing, truncated; ``None`` when the guest made it something other
+    than a regular file.  Opening a FIFO the guest put there would block (every bridge guest's
+    start after it waits on its lock) and opening a device node runs that device's open (a tty,
+    another pty): so the name is looked at through an O_PATH fd and only a regular file is opened,
+    through that fd, never by the name again; and only if it is on mount ``mnt`` (looked at
+    before anything asks its file system)."""
+    try:
+        return os.open(
+            fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=etc
+        )
+    except FileExistsError:
+        pass
+    path = os.open(fname, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=etc)
+    try:
+        if _mnt_id(path) != mnt or not stat.S_ISREG(os.fstat(path).st_mode):
+            return None
+        return os.open(f"/proc/self/fd/{path}", os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    finally:
+        os.close(path)
