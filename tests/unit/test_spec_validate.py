@@ -69,6 +69,7 @@ def test_good_configs(good: dict) -> None:
     v.validate(runc_spec(rootless=True))
     v.validate(default_spec(["sh"], privileged=True))
     v.validate({"ociVersion": "1.0.2", "root": {"path": "/r"}})  # process is optional
+    v.validate({**good, "hostname": "h" * 64, "domainname": "é" * 32})  # the kernel's 64 bytes
 
 
 BAD = [
@@ -81,6 +82,10 @@ BAD = [
     ("root.path", "", "root.path", "must not be empty"),
     ("root.readonly", "yes", "root.readonly", "must be true or false"),
     ("hostname", 5, "hostname", "must be a string"),
+    ("hostname", "h" * 65, "hostname", "65 bytes long: at most 64"),
+    ("hostname", "é" * 33, "hostname", "66 bytes long: at most 64"),
+    ("hostname", "a\0b", "hostname", "NUL byte"),
+    ("domainname", "d" * 65, "domainname", "at most 64"),
     ("annotations", {"a": 1}, "annotations.a", "must be a string"),
     # process
     ("process", [], "process", "must be an object"),
@@ -91,6 +96,8 @@ BAD = [
     ("process.cwd", "srv", "process.cwd", "must be an absolute path"),
     ("process.cwd", _DELETE, "process.cwd", "is required"),
     ("process.env", ["A=1", None], "process.env[1]", "must be a string"),
+    ("process.env", ["A=1", "B=\0"], "process.env[1]", "contains a NUL byte"),
+    ("process.args", ["sh", "-c", "a\0b"], "process.args[2]", "contains a NUL byte"),
     ("process.terminal", 1, "process.terminal", "must be true or false"),
     ("process.consoleSize.height", -1, "process.consoleSize.height", "must not be negative"),
     ("process.consoleSize.width", "80", "process.consoleSize.width", "must be an integer"),
@@ -123,6 +130,8 @@ BAD = [
     ("mounts[0].destination", _DELETE, "mounts[0].destination", "is required"),
     ("mounts[1].options", "ro", "mounts[1].options", "must be a list"),
     ("mounts", {}, "mounts", "must be a list"),
+    ("mounts[0].type", "tmpfs", "mounts[0].destination", "takes only a proc mount"),
+    ("mounts[1].destination", "//proc/", "mounts[1].destination", "takes only a proc mount"),
     # hooks
     ("hooks.prestart[0].path", "hook", "hooks.prestart[0].path", "must be an absolute path"),
     ("hooks.poststop", [{"args": []}], "hooks.poststop[0].path", "is required"),
@@ -143,12 +152,47 @@ BAD = [
         "linux.uidMappings[0].size",
         "between 1 and",
     ),
+    (
+        "linux.uidMappings",
+        [
+            {"containerID": 0, "hostID": 100000, "size": 1000},
+            {"containerID": 500, "hostID": 200000, "size": 10},
+        ],
+        "linux.uidMappings[1].containerID",
+        "overlaps linux.uidMappings[0]'s",
+    ),
+    (
+        "linux.gidMappings",
+        [
+            {"containerID": 0, "hostID": 100000, "size": 1000},
+            {"containerID": 5000, "hostID": 100999, "size": 1},
+        ],
+        "linux.gidMappings[1].hostID",
+        "overlaps linux.gidMappings[0]'s",
+    ),
+    (
+        "linux.uidMappings",
+        [{"containerID": 0, "hostID": 4294967290, "size": 6}],
+        "linux.uidMappings[0].size",
+        "runs past the last id",
+    ),
+    (
+        "linux.uidMappings",
+        [{"containerID": i, "hostID": 100000 + i, "size": 1} for i in range(341)],
+        "linux.uidMappings",
+        "at most 340",
+    ),
     ("linux.devices[0].type", "x", "linux.devices[0].type", "unknown device type"),
     ("linux.devices[0].path", "dev/fuse", "linux.devices[0].path", "must be an absolute path"),
     ("linux.devices[0].major", _DELETE, "linux.devices[0].major", "is required"),
     ("linux.maskedPaths[1]", "proc/kcore", "linux.maskedPaths[1]", "must be an absolute path"),
     ("linux.readonlyPaths", "/proc/sys", "linux.readonlyPaths", "must be a list"),
     ("linux.sysctl", {"a": 1}, "linux.sysctl.a", "must be a string"),
+    ("linux.sysctl", {"kernel.core_pattern": "|/x"}, "linux.sysctl.kernel.core_pattern", "host's kernel"),
+    ("linux.sysctl", {"kernel/core_pattern": "|/x"}, "linux.sysctl.kernel/core_pattern", "host's kernel"),
+    ("linux.sysctl", {"vm.overcommit_memory": "1"}, "linux.sysctl.vm.overcommit_memory", "host's kernel"),
+    ("linux.sysctl", {"net..ipv4": "1"}, "linux.sysctl.net..ipv4", "host's kernel"),
+    ("linux.sysctl", {"fs.mqueue": "1"}, "linux.sysctl.fs.mqueue", "host's kernel"),
     ("linux.rootfsPropagation", "rshard", "linux.rootfsPropagation", "unknown propagation"),
     # resources
     ("linux.resources.devices[0].allow", _DELETE, "linux.resources.devices[0].allow", "is required"),
@@ -230,7 +274,31 @@ BAD = [
     ),
     # across objects
     ("linux.namespaces", [{"type": "pid"}, {"type": "mount"}], "hostname", "without a private UTS namespace"),
+    (
+        "linux.namespaces",
+        [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}],
+        "linux.sysctl.net.ipv4.ip_forward",
+        "needs the container's own network namespace",
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("key", "ns"),
+    [
+        ("net.ipv4.ip_forward", "network"),
+        ("net/ipv4/ip_forward", "network"),
+        ("kernel.shmmax", "ipc"),
+        ("fs.mqueue.msg_max", "ipc"),
+        ("kernel.domainname", "uts"),
+        ("kernel.core_pattern", None),
+        ("kernel.modprobe", None),
+        ("vm.panic_on_oom", None),
+        ("", None),
+    ],
+)
+def test_sysctl_namespace(key: str, ns: str | None) -> None:
+    assert v.sysctl_namespace(key) == ns
 
 
 @pytest.mark.parametrize(
@@ -257,6 +325,15 @@ def test_null_is_absent(good: dict) -> None:
 
 def test_unknown_fields_are_left_alone(good: dict) -> None:
     v.validate(setp(good, "x-berth", {"anything": [1]}))
+
+
+def test_id_mappings_side_by_side(good: dict) -> None:
+    maps = [{"containerID": 0, "hostID": 100000, "size": 1000}, {"containerID": 1000, "hostID": 0, "size": 1}]
+    maps += [{"containerID": 1001, "hostID": 4294967294 - 5, "size": 5}]  # up to the last id
+    ns = [*good["linux"]["namespaces"], {"type": "user"}]
+    v.validate(
+        setp(setp(setp(good, "linux.namespaces", ns), "linux.uidMappings", maps), "linux.gidMappings", maps)
+    )
 
 
 def test_uid_mappings_need_user_ns(good: dict) -> None:

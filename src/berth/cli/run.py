@@ -146,6 +146,8 @@ def tmpfs_mount(text: str, field: str = "tmpfs") -> dict[str, Any]:
     path, _, opts = text.partition(":")
     if not path.startswith("/") or os.path.normpath(path) == "/":
         raise UsageError(field, f"{text!r}: PATH must be an absolute path other than /")
+    if os.path.normpath("/" + path.lstrip("/")) == "/proc":
+        raise UsageError(field, f"{text!r}: the guest's proc is mounted there")
     options = ["nosuid", "nodev", "mode=1777"]
     words = [w for w in opts.split(",") if w] if opts else []
     if len(words) == 1 and "=" not in words[0] and words[0] not in _TMPFS_FLAGS:
@@ -264,6 +266,10 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
             raise UsageError("env", f"{raw!r}: empty variable name")
         env.append(raw)
     hostname = o["hostname"] or name
+    if o["hostname"]:
+        from berth.spec.validate import uts_name
+
+        uts_name(hostname, "hostname")  # else sethostname's bare EINVAL from the guest's init
     spec = default_spec(
         o["args"],
         terminal=o["tty"],

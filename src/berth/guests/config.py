@@ -79,6 +79,8 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
             raise ConfigError(path, key, f"must be a string, not {type(value).__name__}")
         if key in _LIST and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ConfigError(path, key, "must be a list of strings")
+        if any("\0" in v for v in ([value] if isinstance(value, str) else value if key in _LIST else [])):
+            raise ConfigError(path, key, "must not hold a NUL byte")  # (no argv, env or path can)
         if key in _BOOL and not isinstance(value, bool):
             raise ConfigError(path, key, f"must be true or false, not {value!r}")
         if key in _NUM and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -106,6 +108,13 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
             raise ConfigError(path, "stop_signal", e.reason) from None
     if data.get("workdir") and not data["workdir"].startswith("/"):
         raise ConfigError(path, "workdir", "must be an absolute path")
+    if data.get("hostname"):
+        from berth.spec.validate import uts_name
+
+        try:
+            uts_name(data["hostname"], "hostname")
+        except UsageError as e:
+            raise ConfigError(path, "hostname", e.reason) from None
     res = data.get("resources", {})
     if not isinstance(res, dict):
         raise ConfigError(path, "resources", "must be a table")

@@ -63,8 +63,10 @@ def set_rlimits(rlimits: list[dict[str, Any]], *, strict: bool = False) -> None:
         if res is None:
             raise UsageError("process.rlimits", f"unknown rlimit {name!r}")
         soft, hard = int(rl["soft"]), int(rl["hard"])
-        soft = resource.RLIM_INFINITY if soft < 0 or soft >= 2**64 - 1 else soft
-        hard = resource.RLIM_INFINITY if hard < 0 or hard >= 2**64 - 1 else hard
+        # setrlimit here takes a C long: 2**63 and more (no less than the kernel's own cap on any
+        # limit) is "no limit", as is RLIM_INFINITY (2**64 - 1)
+        soft = resource.RLIM_INFINITY if soft < 0 or soft >= 2**63 else soft
+        hard = resource.RLIM_INFINITY if hard < 0 or hard >= 2**63 else hard
         try:
             resource.setrlimit(res, (soft, hard))
         except (ValueError, PermissionError) as e:
@@ -86,8 +88,11 @@ def set_rlimits(rlimits: list[dict[str, Any]], *, strict: bool = False) -> None:
 def set_oom_score_adj(value: int | None) -> None:
     if value is None:
         return
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(value))
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:  # lowering it needs CAP_SYS_RESOURCE, which a host may not give
+        raise UsageError("process.oomScoreAdj", f"cannot set {value}: {e.strerror}") from None
 
 
 def cap_masks(capabilities: dict[str, list[str]] | None) -> dict[str, int]:

@@ -43,6 +43,8 @@ SECCOMP_FLAGS = frozenset(
     }
 )
 HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+UID_GID_MAP_MAX = 340  # UID_GID_MAP_MAX_EXTENTS: lines in a uid_map or gid_map
+UTS_NAME_MAX = 64  # __NEW_UTS_LEN: sethostname(2) and setdomainname(2) refuse longer names
 PROPAGATIONS = frozenset(
     {"shared", "slave", "private", "unbindable", "rshared", "rslave", "rprivate", "runbindable"}
 )
@@ -119,11 +121,30 @@ def _abs(value: object, field: str) -> str:
     return value  # type: ignore[return-value]
 
 
+def uts_name(value: object, field: str) -> str:
+    """A hostname or domainname: what sethostname(2)/setdomainname(2) take (64 bytes, no NUL)."""
+    name = _str(value, field)
+    if "\0" in name:
+        _fail(field, "contains a NUL byte")
+    if len(name.encode()) > UTS_NAME_MAX:
+        _fail(field, f"{len(name.encode())} bytes long: at most {UTS_NAME_MAX} (the kernel's limit)")
+    return name
+
+
 def _strings(value: object, field: str) -> list[str]:
     items = _list(value, field)
     if not all(type(item) is str for item in items):  # fast path: long syscall name lists
         for i, item in enumerate(items):
             _str(item, f"{field}[{i}]")
+    return items
+
+
+def _c_strings(value: object, field: str) -> list[str]:
+    """Strings for execve(2): no NUL byte in any (else the exec fails after ``start``)."""
+    items = _strings(value, field)
+    for i, item in enumerate(items):
+        if "\0" in item:
+            _fail(f"{field}[{i}]", "contains a NUL byte")
     return items
 
 
@@ -169,8 +190,8 @@ def validate(config: object) -> dict[str, Any]:
         _fail("ociVersion", f"unsupported version {spec['ociVersion']!r} (berth implements 1.x)")
     _req(spec, "root", "", _root)
     _opt(spec, "process", "", _process)
-    _opt(spec, "hostname", "", _str)
-    _opt(spec, "domainname", "", _str)
+    _opt(spec, "hostname", "", uts_name)
+    _opt(spec, "domainname", "", uts_name)
     _opt(spec, "mounts", "", lambda v, f: _each(v, f, _mount))
     _opt(spec, "hooks", "", _hooks)
     _opt(spec, "annotations", "", _str_map)
@@ -213,8 +234,8 @@ def _mount(m: dict[str, Any], field: str) -> None:
     _opt(m, "type", field, _str)
     _opt(m, "source", field, _str)
     _opt(m, "options", field, _strings)
-    _opt(m, "uidMappings", field, lambda v, f: _each(v, f, _idmap))
-    _opt(m, "gidMappings", field, lambda v, f: _each(v, f, _idmap))
+    _opt(m, "uidMappings", field, _idmaps)
+    _opt(m, "gidMappings", field, _idmaps)
 
 
 def _hooks(value: object, field: str) -> None:
@@ -238,10 +259,10 @@ def _process(value: object, field: str) -> None:
     _opt(proc, "terminal", field, _bool)
     _opt(proc, "consoleSize", field, _console_size)
     _req(proc, "user", field, _user)
-    _req(proc, "args", field, _strings)
+    _req(proc, "args", field, _c_strings)
     if not proc["args"]:
         _fail(f"{field}.args", "must not be empty")
-    _opt(proc, "env", field, _strings)
+    _opt(proc, "env", field, _c_strings)
     _req(proc, "cwd", field, _abs)
     _opt(proc, "capabilities", field, _capabilities)
     _opt(proc, "rlimits", field, _rlimits)
@@ -309,8 +330,8 @@ def _io_priority(value: object, field: str) -> None:
 def _linux(value: object, field: str) -> None:
     linux = _obj(value, field)
     _opt(linux, "namespaces", field, _namespaces)
-    _opt(linux, "uidMappings", field, lambda v, f: _each(v, f, _idmap))
-    _opt(linux, "gidMappings", field, lambda v, f: _each(v, f, _idmap))
+    _opt(linux, "uidMappings", field, _idmaps)
+    _opt(linux, "gidMappings", field, _idmaps)
     _opt(linux, "devices", field, lambda v, f: _each(v, f, _device))
     _opt(linux, "cgroupsPath", field, _str)
     _opt(linux, "resources", field, _resources)
@@ -341,6 +362,24 @@ def _idmap(m: dict[str, Any], field: str) -> None:
     _req(m, "containerID", field, lambda v, f: _int(v, f, 0, 0xFFFFFFFF))
     _req(m, "hostID", field, lambda v, f: _int(v, f, 0, 0xFFFFFFFF))
     _req(m, "size", field, lambda v, f: _int(v, f, 1, 0xFFFFFFFF))
+    for key in ("containerID", "hostID"):
+        if m[key] + m["size"] > 0xFFFFFFFF:  # the kernel's u32 ids: -1 is no id
+            _fail(f"{field}.size", f"{key} {m[key]} + size {m['size']} runs past the last id 4294967294")
+
+
+def _idmaps(value: object, field: str) -> None:
+    """A uid or gid map as /proc/PID/uid_map takes it: at most 340 lines, no two ranges
+    overlapping on either side (else the kernel's bare EINVAL)."""
+    _each(value, field, _idmap)
+    maps: list[dict[str, Any]] = value  # type: ignore[assignment]
+    if len(maps) > UID_GID_MAP_MAX:
+        _fail(field, f"{len(maps)} ranges: the kernel takes at most {UID_GID_MAP_MAX}")
+    for i, a in enumerate(maps):
+        for j in range(i):
+            b = maps[j]
+            for key in ("containerID", "hostID"):
+                if a[key] < b[key] + b["size"] and b[key] < a[key] + a["size"]:
+                    _fail(f"{field}[{i}].{key}", f"its range overlaps {field}[{j}]'s")
 
 
 def _device(d: dict[str, Any], field: str) -> None:
@@ -370,6 +409,46 @@ def _semantics(spec: dict[str, Any]) -> None:
         _fail("domainname", "cannot set the domainname without a private UTS namespace (linux.namespaces)")
     if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
         _fail("linux.uidMappings", "ID mappings need a user namespace (linux.namespaces)")
+    for i, m in enumerate(spec.get("mounts") or ()):
+        if os.path.normpath("/" + m["destination"].lstrip("/")) == "/proc" and m.get("type") != "proc":
+            # over the guest's proc the runtime's own /proc/self/fd/N lookups fail after create
+            _fail(f"mounts[{i}].destination", f"{m['destination']!r} takes only a proc mount")
+    for key in linux.get("sysctl") or {}:
+        need = sysctl_namespace(key)
+        if need is None:
+            _fail(f"linux.sysctl.{key}", "not in a kernel namespace: it would change the host's kernel")
+        if need not in types:
+            _fail(f"linux.sysctl.{key}", f"needs the container's own {need} namespace (linux.namespaces)")
+
+
+_IPC_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
+
+
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace a sysctl belongs to (``ipc``, ``network``, ``uts``), ``None`` for one of the
+    whole kernel (``kernel.core_pattern``, ``vm.*``): the init writes linux.sysctl as root into
+    /proc/sys before the capabilities go, so only namespaced ones are allowed (runc's list)."""
+    name = key.replace("/", ".")
+    if not all(name.split(".")):
+        return None
+    if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+        return "ipc"
+    if name.startswith("net."):
+        return "network"
+    if name in ("kernel.hostname", "kernel.domainname"):
+        return "uts"
+    return None
 
 
 # -- linux.resources ---------------------------------------------------------------------------------
