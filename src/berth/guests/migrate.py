@@ -131,19 +131,19 @@ def checkpoint(
         images = os.path.abspath(images)
         os.makedirs(os.path.dirname(images), 0o700, exist_ok=True)
         fresh = tempfile.mkdtemp(prefix=f".{os.path.basename(images)}.new-", dir=os.path.dirname(images))
-        if not leave_running:
-            store.update_run(name, pid=0, status="checkpointing")  # guestd's exit worker: not ours
+        # The record says "running" until the dump is whole: if this command is killed half-way
+        # the guest runs on and is seen to (a record marked before the dump made gc clean up the
+        # live guest).  guestd's exit worker for the init CRIU ends waits for this lock and then
+        # finds pid 0: not its exit to record.
         try:
             meta = _dump(store, name, spec, c, fresh, criu, leave_running=leave_running)
         except BaseException:
             shutil.rmtree(fresh, ignore_errors=True)
-            if not leave_running:
-                store.write_run(name, rec)
             raise
         _replace_dir(fresh, images)
         if not leave_running:
             ck.forget(c)
-            rec = store.update_run(name, status="checkpointed", desired="stopped", checkpoint=images)
+            rec = store.update_run(name, pid=0, status="checkpointed", desired="stopped", checkpoint=images)
             instance.cleanup(store, name, rec)
         return meta
 
@@ -471,24 +471,25 @@ def migrate(
             times["precopy"] = time.monotonic() - t0
         t_freeze = time.monotonic()
         with store.lock(name):
-            c, rec = _running_container(store, name)
+            c, _rec = _running_container(store, name)
             spec = json.loads(spec_text)
             # The page files go while CRIU writes them: the dump and the transfer overlap.
             s.send_json({"final": True, "delta": before is not None})
             tail = transfer.Tail(s, images, "images")
-            store.update_run(name, pid=0, status="migrating")
             pump = threading.Thread(target=tail.run, daemon=True)
             pump.start()
+            # The record says "running" until the dump is whole (as checkpoint's): a migrate
+            # killed during it leaves a guest that runs on and is seen to, not one gc cleans up.
             try:
                 meta = _dump(store, name, spec, c, images, criu)
             except BaseException:
                 tail.stop()
                 pump.join()
-                store.write_run(name, rec)
                 raise
             finally:
                 tail.stop()
             dumped = True
+            store.update_run(name, pid=0, status="migrating")  # guestd's exit worker: not ours
             times["dump"] = time.monotonic() - t_freeze
             # Of which CRIU by its own log, and berth's copy of the tmpfs mounts.
             times["dump_criu"] = _criu_seconds(os.path.join(images, "dump.log"))
