@@ -376,6 +376,14 @@ def test_user_uid_gid(berth, any_rootfs):
     assert res.field("CapBnd") == DOCKER_CAPS
 
 
+def test_user_without_any_capability(berth, any_rootfs):
+    """A non-root user with every capability dropped: the init, already that user, still reopens
+    exec.fifo to go on (it was root's alone: EACCES without CAP_DAC_OVERRIDE)."""
+    res = berth(*probe(any_rootfs, "id", opts=("-u", "1000:1000", "--cap-drop", "ALL")))
+    assert res.returncode == 0, res
+    assert (res.field("uid"), res.field("gid")) == ("1000", "1000")
+
+
 def test_user_name(berth, busybox_rootfs):
     res = berth(*probe(busybox_rootfs, "id", opts=("-u", "user")))
     assert res.returncode == 0, res

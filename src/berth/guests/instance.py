@@ -193,6 +193,34 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
     os.close(log)
     if saved.get("lxcfs"):
         _lxcfs(spec, saved["lxcfs"])
+    before = dict(rec) if os.path.exists(store.run_file(name)) else None  # the record as it was
+    recorded = False
+    fifo_fd: int | None = None
+
+    def record(c: container.Container) -> None:
+        """The run record, with the init's pid: written while the init still builds its root."""
+        nonlocal recorded, fifo_fd
+        rec.update(
+            status="starting",
+            desired="running",
+            pid=c.pid,
+            start_time=c.data["berth"]["start_time"],
+            started_at=time.time(),
+            cgroup=c.data["berth"]["cgroup"],
+            store=store.root,
+            cgroup_parent=store.cgroup_parent,
+            loop=loop,
+            restarts=restarts,
+            net=config.net_to_dict(net_opts),
+        )
+        store.write_run(name, rec)
+        recorded = True
+        if net_opts is None:
+            # Nothing is left to do before the guest's start (no network to plug in): the fifo's
+            # reader, opened now, lets its init go as soon as it is ready (c.start below takes
+            # it over), not after a round trip through us once it is ready.
+            fifo_fd = os.open(os.path.join(c.dir, "exec.fifo"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
     try:
         c = container.create(
             name,
@@ -203,26 +231,23 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
             overlay=overlay,
             use_init=use_init,
             seccomp_cache=os.path.join(store.root, "cache", "seccomp"),
+            on_pid=record,
         )
     except BaseException:
+        if fifo_fd is not None:
+            os.close(fifo_fd)
+        if recorded:  # the init is gone again (create removed it): the record as it was before
+            try:
+                if before is None:
+                    os.unlink(store.run_file(name))
+                else:
+                    store.write_run(name, before)
+            except OSError:
+                pass
         if has_disk:
             disk.detach(store.image(name), store.disk_mnt(name))
         raise
     fault("start:created")
-    rec.update(
-        status="starting",
-        desired="running",
-        pid=c.pid,
-        start_time=c.data["berth"]["start_time"],
-        started_at=time.time(),
-        cgroup=c.data["berth"]["cgroup"],
-        store=store.root,
-        cgroup_parent=store.cgroup_parent,
-        loop=loop,
-        restarts=restarts,
-        net=config.net_to_dict(net_opts),
-    )
-    store.write_run(name, rec)
     fault("start:recorded")
     try:
         if net_opts is not None:
@@ -230,7 +255,7 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
             # command starts with its address, routes and /etc/hosts in place.
             net().setup(c, net_opts, store.root)
             fault("start:net")
-        c.start()
+        c.start(fifo_fd=fifo_fd)
     except BaseException:
         store.update_run(name, status="stopped", pid=0)
         cleanup(store, name, rec)

@@ -19,8 +19,9 @@ from berth.errors import (
     NotFoundError,
     StateError,
     UnsupportedError,
+    UsageError,
 )
-from berth.runtime import hooks, sync
+from berth.runtime import hooks, mounts, sync
 from berth.runtime import state as st
 from berth.runtime.init import InitOptions, stage1
 
@@ -117,13 +118,31 @@ class Container:
         st.write(self.root, self.id, self.data)
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, *, timeout: float = 30.0, warn: Callable[[str], None] | None = None) -> None:
-        """Release the container's init: it execs the command."""
-        status = self.status()
-        if not st.can_start(status):
-            raise StateError(f"container {self.id!r} is {status}: only a created container can be started")
+    def start(
+        self,
+        *,
+        timeout: float = 30.0,
+        warn: Callable[[str], None] | None = None,
+        fifo_fd: int | None = None,
+    ) -> None:
+        """Release the container's init: it execs the command.
+
+        ``fifo_fd``: exec.fifo opened for reading (non-blocking) by the caller already, which let
+        the init go as soon as it was ready; taken over (closed here)."""
         fifo = os.path.join(self.dir, "exec.fifo")
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            # (the init let go early may have run its command and ended already: its byte in the
+            # fifo says it did start, so no state check before reading it)
+            status = self.status() if fifo_fd is None else st.CREATED
+            if not st.can_start(status):
+                raise StateError(
+                    f"container {self.id!r} is {status}: only a created container can be started"
+                )
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if fifo_fd is None else fifo_fd
+        except BaseException:
+            if fifo_fd is not None:
+                os.close(fifo_fd)
+            raise
         try:
             deadline = time.monotonic() + timeout
             poller = select.poll()
@@ -230,14 +249,23 @@ def create(
     no_pivot: bool = False,
     new_keyring: bool = False,
     warn: Callable[[str], None] | None = None,
+    on_pid: Callable[[Container], None] | None = None,
 ) -> Container:
     """Set up a container whose init waits for :meth:`Container.start`.
 
     On any failure everything made so far (state dir, cgroup, processes) is removed and
     the error is raised.  The spec's prestart, createRuntime and createContainer hooks run
     here; ``warn`` receives the init's warnings (default: stderr).
+
+    ``on_pid`` (a guest's starter, which records the run): called once with the container,
+    its state written (created, with the init's pid), as soon as the init's pid is known,
+    while the init still builds its root, so the caller's record is made then, not on the
+    start's critical path after the init is ready.  With create hooks (their state is
+    ``creating``) it is called once the init is ready, as the state is written then.  If it
+    was called and the create fails, the caller undoes what it did.
     """
     warn = warn or _stderr_warn
+    _check_sysctl_namespaces(spec.get("linux") or {})
     spec_hooks = spec.get("hooks") or {}
     hook_sync = hooks.wanted(spec_hooks, *hooks.CREATE_PHASES, *hooks.CONTAINER_PHASES)
     if spec_hooks.get("startContainer"):
@@ -250,9 +278,11 @@ def create(
     linux = spec.get("linux") or {}
     try:
         fifo = os.path.join(sdir, "exec.fifo")
-        # Only its owner may open it: root, or a user namespace's root (chowned below), which
-        # reopens it through an O_PATH fd (mode 0o622 was cut to 0o600 by the umask anyway).
+        # The init reopens it for writing through an O_PATH fd after it became process.user:
+        # writable by all (as runc's), or a non-root user without CAP_DAC_OVERRIDE (--cap-drop
+        # ALL) could not.  Nobody else reaches it: the state directory is root's alone (0700).
         os.mkfifo(fifo, 0o600)
+        os.chmod(fifo, 0o622)  # (past the umask)
         rootfs = spec["root"]["path"]
         if not os.path.isabs(rootfs):
             rootfs = os.path.join(bundle, rootfs)
@@ -290,20 +320,11 @@ def create(
                 overlay["lower_at"] = [os.path.join(sdir, f"lower{i}") for i in range(len(overlay["lower"]))]
                 for path in overlay["lower_at"]:
                     os.mkdir(path, 0o755)
+        host_cgroups = mounts.host_cgroup_mounts(spec)  # here, not in the init after the cgroup wait
         cgpath = linux.get("cgroupsPath") or f"{cgroup_parent}/{cid}"
         # Admission control and every guest's CPU weights (berth.runtime.resources).
         res_lock, res_fields = _resources().place(state_root, cid, cgpath, spec, linux)
         cg = _cgroups().open_cgroup(cgpath)
-        try:
-            cg.create()
-        except (BerthError, PermissionError) as e:
-            if not _rootless():
-                raise
-            # As runc: a rootless runtime without a delegated cgroup runs without limits.
-            warn(f"rootless: no cgroup ({e}); resource limits are skipped")
-            cg = None
-        if cg is not None and linux.get("resources"):
-            cg.set(linux["resources"])
         opts = InitOptions(
             state_dir=sdir,
             fifo=fifo,
@@ -319,6 +340,7 @@ def create(
             hook_sync=hook_sync,
             no_pivot=no_pivot,
             new_keyring=new_keyring,
+            cgroup_mounts=host_cgroups,
         )
         data: dict[str, Any] = {
             "ociVersion": spec.get("ociVersion", "1.2.0"),
@@ -328,7 +350,7 @@ def create(
             "bundle": bundle,
             "annotations": spec.get("annotations") or {},
             "berth": {
-                "cgroup": cg.path if cg is not None else "",
+                "cgroup": cg.path,
                 "rootfs": rootfs,
                 "created": time.time(),
                 **res_fields,
@@ -337,7 +359,19 @@ def create(
         later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
         if later:
             data["berth"]["hooks"] = later
-        st.write(state_root, cid, data)
+        st.write(state_root, cid, data)  # now: the cgroup's creation may wait (berth.cgroups.warm)
+        try:
+            cg.create()
+        except (BerthError, PermissionError) as e:
+            if not _rootless():
+                raise
+            # As runc: a rootless runtime without a delegated cgroup runs without limits.
+            warn(f"rootless: no cgroup ({e}); resource limits are skipped")
+            cg = None
+            data["berth"]["cgroup"] = ""
+            st.write(state_root, cid, data)
+        if cg is not None and linux.get("resources"):
+            cg.set(linux["resources"])
         _resources().unlock(res_lock)
         res_lock = None
         parent_sock, child_sock = sync.pair()
@@ -352,6 +386,7 @@ def create(
             os.close(init_fd)
         console_fd = None
         ready = mounted = False
+        early = on_pid is not None and not hook_sync  # no hook sees the state before the init is ready
         try:
             while not (ready and pid):
                 msg, fds = sync.recv(parent_sock)
@@ -374,6 +409,9 @@ def create(
                     pid = msg["pid"]
                     os.waitpid(stage1_pid, 0)
                     stage1_pid = 0
+                    if early and on_pid is not None:
+                        _created(state_root, cid, data, pid)
+                        on_pid(Container(state_root, cid, data))
                 elif kind == "console":
                     console_fd = fds[0]
                 elif kind == "ready":
@@ -395,10 +433,10 @@ def create(
         finally:
             if stage1_pid:
                 os.waitpid(stage1_pid, 0)
-        data["pid"] = pid
-        data["status"] = st.CREATED
-        data["berth"]["start_time"] = st.proc_start_time(pid)
-        st.write(state_root, cid, data)
+        if not early:
+            _created(state_root, cid, data, pid)
+            if on_pid is not None:
+                on_pid(Container(state_root, cid, data))
         if pid_file:
             tmp = f"{pid_file}.tmp"
             with open(tmp, "w") as f:
@@ -438,6 +476,15 @@ def create(
         for s in (parent_sock, child_sock):
             if s is not None:
                 s.close()
+
+
+def _created(state_root: str, cid: str, data: dict[str, Any], pid: int) -> None:
+    """Record the init ``pid`` in the container's state: created (it waits on exec.fifo once
+    ready), with its start time (:func:`berth.runtime.state.alive`)."""
+    data["pid"] = pid
+    data["status"] = st.CREATED
+    data["berth"]["start_time"] = st.proc_start_time(pid)
+    st.write(state_root, cid, data)
 
 
 def _host_id(maps: list[dict[str, int]] | None, cid: int) -> int:
@@ -509,6 +556,33 @@ def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) 
     for path in owned:
         if os.path.dirname(path) == sdir:
             os.chown(path, uid, gid)
+
+
+_NS_FILES = {"network": "net", "ipc": "ipc", "uts": "uts"}
+
+
+def _check_sysctl_namespaces(linux: dict[str, Any]) -> None:
+    """linux.sysctl only for namespaces of the container's own (spec.validate checks that their
+    type is in linux.namespaces): one joined by path must not be the runtime's own, the host's
+    (``{"type": "network", "path": "/proc/1/ns/net"}`` with net.ipv4.ip_forward would set the
+    host's), as runc refuses.  A path that cannot be looked at fails later, at the setns."""
+    if not linux.get("sysctl"):
+        return
+    from berth.spec.validate import sysctl_namespace
+
+    paths = {ns.get("type"): ns["path"] for ns in linux.get("namespaces") or () if ns.get("path")}
+    for key in linux["sysctl"]:
+        kind = sysctl_namespace(key)
+        if kind not in paths:
+            continue
+        try:
+            joined, own = os.stat(paths[kind]), os.stat(f"/proc/self/ns/{_NS_FILES[kind]}")
+        except OSError:
+            continue
+        if (joined.st_dev, joined.st_ino) == (own.st_dev, own.st_ino):
+            raise UsageError(
+                f"linux.sysctl.{key}", f"the {kind} namespace joined ({paths[kind]}) is the host's own"
+            )
 
 
 def _stderr_warn(text: str) -> None:

@@ -54,6 +54,7 @@ class InitOptions:
         hook_sync: bool = False,
         no_pivot: bool = False,
         new_keyring: bool = False,
+        cgroup_mounts: list[tuple[str, str, str]] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.fifo = fifo
@@ -69,6 +70,7 @@ class InitOptions:
         self.hook_sync = hook_sync  # OCI hooks: stop after the mounts for the runtime's hooks
         self.no_pivot = no_pivot  # MS_MOVE + chroot instead of pivot_root (a rootfs on ramfs)
         self.new_keyring = new_keyring  # a session keyring of the container's own
+        self.cgroup_mounts = cgroup_mounts  # the host's, read before the fork (mounts.host_cgroup_mounts)
         self.fifo_fd = -1  # set by stage1
         self.idmapped: list[int] = []  # set by stage1 in a user namespace
         self.sysfs_fd: int | None = None  # set by stage1: the host's /sys, for a userns on its network
@@ -236,10 +238,32 @@ def _wait_start(fifo_fd: int) -> None:
     os.close(fifo_fd)
 
 
+def _runtime_watcher(sock: socket.socket) -> Any:
+    """``berth run``: until the command starts (pdeathsig is armed only then), a thread that ends
+    this init when the runtime's end of the sync socket closes (it was killed while plugging in
+    the network, say): else the init waits for a start that never comes and gc keeps a guest
+    that looks "created".  Started only once no more namespaces are entered (unshare and setns
+    of a user namespace refuse a threaded process); threads end at execve."""
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        # only the peer's close wakes it (POLLIN is not asked for); POLLNVAL: the init closed its
+        # fds for the exec, nothing to watch any more
+        if any(ev & (select.POLLRDHUP | select.POLLHUP) for _fd, ev in poller.poll()):
+            os._exit(1)
+
+    return threading.Thread(target=watch, daemon=True)
+
+
 def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None:
     """The container's pid 1 until it execs the command."""
     try:
         os.setsid()
+        # made here, started just before the wait for start: its modules are not in the guest
+        watcher = _runtime_watcher(sock) if opts.watch_parent else None
         proc = spec.get("process") or {}
         linux = spec.get("linux") or {}
         flags, _join_ns = ns_flags(spec)
@@ -259,7 +283,14 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             mounts.mount_overlay(lower, ov["upper"], ov["work"], rootfs, userxattr=opts.userns)
         elif opts.idmapped:
             mounts.attach_idmapped(opts.idmapped, [rootfs])
-        mounts.prepare_root(spec, rootfs, userns=opts.userns, console_slave=None, sysfs_fd=opts.sysfs_fd)
+        mounts.prepare_root(
+            spec,
+            rootfs,
+            userns=opts.userns,
+            console_slave=None,
+            sysfs_fd=opts.sysfs_fd,
+            cgroups=opts.cgroup_mounts,
+        )
         init: int | str | None = opts.init_fd
         if opts.use_init and init is None:
             mounts.bind_init(rootfs, process.TINI, process.INIT_AT)
@@ -345,6 +376,11 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             raise CannotExecute(f"process.cwd: cannot enter {cwd!r} in the guest: {e.strerror}") from None
 
         sync.send(sock, "ready")
+        if watcher is not None:
+            try:
+                watcher.start()
+            except RuntimeError:  # no thread under a small RLIMIT_NPROC/AS: go on without it
+                pass
         _wait_start(fifo_fd)
         if hook_state is not None and (spec.get("hooks") or {}).get("startContainer"):
             from berth.runtime import hooks

@@ -80,6 +80,18 @@ class _Target:
         os.close(self.fd)
 
 
+def host_cgroup_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str]] | None:
+    """:func:`_cgroup_mounts` read by the runtime before it forks the init, for a spec that mounts
+    cgroups in a new mount namespace (a copy of the runtime's): the init then need not read and
+    parse mountinfo itself.  None otherwise (the init reads it in its mount namespace)."""
+    linux = spec.get("linux") or {}
+    if not any(m.get("type") in ("cgroup", "cgroup2") for m in spec.get("mounts") or []):
+        return None
+    if not any(n.get("type") == "mount" and not n.get("path") for n in linux.get("namespaces") or []):
+        return None
+    return _cgroup_mounts()
+
+
 def _cgroup_mounts() -> list[tuple[str, str, str]]:
     """(fstype, mountpoint, super options) of the host's cgroup hierarchies, from mountinfo."""
     out = []
@@ -131,13 +143,20 @@ def cgroup_delegated(spec: dict[str, Any]) -> bool:
 
 
 def _mount_cgroup(
-    root: str, dest: str, flags: int, *, systemd: bool = False, delegated: bool = False
+    root: str,
+    dest: str,
+    flags: int,
+    *,
+    systemd: bool = False,
+    delegated: bool = False,
+    host: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """/sys/fs/cgroup inside the guest: cgroup2, or a tmpfs of v1 hierarchies (hybrid hosts too).
 
     The guest is in its own cgroup namespace, so each hierarchy shows the guest's cgroup as its root.
+    ``host``: the host's cgroup mounts (:func:`host_cgroup_mounts`), else read here.
     """
-    cg = _cgroup_mounts()
+    cg = _cgroup_mounts() if host is None else host
     target = _Target(root, dest, is_file=False)
     try:
         if all(t == "cgroup2" for t, _m, _o in cg):
@@ -202,7 +221,13 @@ def clone_sysfs() -> int:
 
 
 def _mount_one(
-    root: str, m: dict[str, Any], *, shared_netns: bool, delegated: bool = False, sysfs_fd: int | None = None
+    root: str,
+    m: dict[str, Any],
+    *,
+    shared_netns: bool,
+    delegated: bool = False,
+    sysfs_fd: int | None = None,
+    cgroups: list[tuple[str, str, str]] | None = None,
 ) -> None:
     dest = m["destination"]
     mtype = m.get("type") or ""
@@ -210,7 +235,8 @@ def _mount_one(
     flags, prop, data = parse_options(options)
     source = m.get("source") or mtype or "none"
     if mtype in ("cgroup", "cgroup2"):
-        _mount_cgroup(root, dest, flags, systemd=SYSTEMD_CGROUP_OPTION in options, delegated=delegated)
+        systemd = SYSTEMD_CGROUP_OPTION in options
+        _mount_cgroup(root, dest, flags, systemd=systemd, delegated=delegated, host=cgroups)
         return
     moved = None
     if mtype == "sysfs" and shared_netns:
@@ -263,10 +289,14 @@ def _mount_one(
 
 def _make_devices(root: str, devices: list[dict[str, Any]], *, userns: bool) -> None:
     """Device nodes: mknod, or (in a user namespace, where mknod is refused) a bind of the host's."""
+    made = set()  # parent directories made (or found) already: most devices share /dev
     for d in devices:
         path = d["path"]
         target = secure_join(root, path)
-        mkdir_all(root, os.path.dirname(path))
+        parent = os.path.dirname(path)
+        if parent not in made:
+            mkdir_all(root, parent)
+            made.add(parent)
         if os.path.lexists(target):
             os.unlink(target)
         kind = d.get("type", "c")
@@ -316,11 +346,18 @@ def default_device_list(spec_devices: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def prepare_root(
-    spec: dict[str, Any], rootfs: str, *, userns: bool, console_slave: str | None, sysfs_fd: int | None = None
+    spec: dict[str, Any],
+    rootfs: str,
+    *,
+    userns: bool,
+    console_slave: str | None,
+    sysfs_fd: int | None = None,
+    cgroups: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """Mount everything under ``rootfs`` (already a mount point in our private mount namespace).
     ``sysfs_fd``: a detached copy of the host's /sys (:func:`clone_sysfs`) for the sysfs mount of
-    a guest on the host's network namespace, attached instead of a bind (and closed)."""
+    a guest on the host's network namespace, attached instead of a bind (and closed).
+    ``cgroups``: the host's cgroup mounts (:func:`host_cgroup_mounts`), else read when needed."""
     linux = spec.get("linux") or {}
     ns_types = {n["type"] for n in linux.get("namespaces") or [] if not n.get("path")}
     shared_netns = "network" not in ns_types
@@ -328,11 +365,11 @@ def prepare_root(
     delegated = cgroup_delegated(spec)
     for m in spec.get("mounts") or []:
         if m.get("type") == "sysfs" and sysfs_fd is not None and shared_netns:
-            _mount_one(rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd)
+            _mount_one(rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd, cgroups=cgroups)
             os.close(sysfs_fd)
             sysfs_fd = None
             continue
-        _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated)
+        _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated, cgroups=cgroups)
         if m["destination"] == "/dev" and m.get("type") == "tmpfs":
             dev_is_tmpfs = True
     if dev_is_tmpfs:

@@ -36,6 +36,9 @@ def warn(msg: str) -> None:
         pass
 
 
+_SEALED_AWAY: list[Any] = []  # what seal_imports took out of reach of the import system
+
+
 def seal_imports() -> None:
     """Once inside a guest's root, no module may be loaded from the guest's files.
 
@@ -48,7 +51,10 @@ def seal_imports() -> None:
 
     sys.path[:] = []
     sys.path_hooks[:] = []
-    sys.path_importer_cache.clear()
+    # A new empty cache; the old one is kept, not freed: freeing its finders (and their sets of
+    # file names) would write to every page they sit on, each a copy-on-write fault in this fork.
+    _SEALED_AWAY.append(sys.path_importer_cache)
+    sys.path_importer_cache = {}
     sys.meta_path[:] = [
         f for f in sys.meta_path if getattr(f, "__name__", "") in ("BuiltinImporter", "FrozenImporter")
     ]
