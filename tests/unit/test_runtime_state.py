@@ -3,6 +3,7 @@ takes as a state to remove)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,11 @@ def test_a_damaged_state_is_named(tmp_path: Path) -> None:
     (tmp_path / "c1" / "state.json").write_text("{not json")
     with pytest.raises(NotFoundError, match="c1.*damaged"):
         st.read(str(tmp_path), "c1")
+
+
+def test_owner_gone() -> None:
+    """berth run's containers record their owner (pid, start time): gone once that process is."""
+    me = [os.getpid(), st.proc_start_time(os.getpid())]
+    assert not st.owner_gone({"berth": {"owner": me}})
+    assert st.owner_gone({"berth": {"owner": [me[0], me[1] + 1]}})  # the pid reused since
+    assert not st.owner_gone({"berth": {}})  # an OCI runtime's: no owner, never "gone"

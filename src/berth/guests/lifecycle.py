@@ -638,7 +638,16 @@ def gc(store: Store) -> list[str]:
 
             try:
                 c = container.Container.load(store.state_root, cid)
-                if c.status() == st.STOPPED or c.data.get("status") == st.CREATING:
+                status = c.status()
+                owned = bool(c.data.get("berth", {}).get("owner"))
+                if (
+                    status == st.STOPPED
+                    # berth run's, its berth run gone: killed between create and start its init
+                    # waits for good; after the start it dies by pdeathsig (maybe not yet)
+                    or st.owner_gone(c.data)
+                    # half made by a runtime's command that crashed (not a berth run's going on)
+                    or (c.data.get("status") == st.CREATING and not owned)
+                ):
                     c.delete(force=True)
                     done.append(f"removed state {cid}")
             except (NotFoundError, BerthError):

@@ -356,6 +356,12 @@ def create(
                 **res_fields,
             },
         }
+        if watch_parent:
+            # berth run: the container lives only as long as this process (its init dies by
+            # pdeathsig once started); killed before the start, its init would wait on exec.fifo
+            # for good: gc tells that from another runtime's container between create and start
+            # by this (owner_gone)
+            data["berth"]["owner"] = [os.getpid(), st.proc_start_time(os.getpid())]
         later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
         if later:
             data["berth"]["hooks"] = later

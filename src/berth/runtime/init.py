@@ -238,32 +238,10 @@ def _wait_start(fifo_fd: int) -> None:
     os.close(fifo_fd)
 
 
-def _runtime_watcher(sock: socket.socket) -> Any:
-    """``berth run``: until the command starts (pdeathsig is armed only then), a thread that ends
-    this init when the runtime's end of the sync socket closes (it was killed while plugging in
-    the network, say): else the init waits for a start that never comes and gc keeps a guest
-    that looks "created".  Started only once no more namespaces are entered (unshare and setns
-    of a user namespace refuse a threaded process); threads end at execve."""
-    import select
-    import threading
-
-    def watch() -> None:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLRDHUP)
-        # only the peer's close wakes it (POLLIN is not asked for); POLLNVAL: the init closed its
-        # fds for the exec, nothing to watch any more
-        if any(ev & (select.POLLRDHUP | select.POLLHUP) for _fd, ev in poller.poll()):
-            os._exit(1)
-
-    return threading.Thread(target=watch, daemon=True)
-
-
 def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None:
     """The container's pid 1 until it execs the command."""
     try:
         os.setsid()
-        # made here, started just before the wait for start: its modules are not in the guest
-        watcher = _runtime_watcher(sock) if opts.watch_parent else None
         proc = spec.get("process") or {}
         linux = spec.get("linux") or {}
         flags, _join_ns = ns_flags(spec)
@@ -376,11 +354,6 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             raise CannotExecute(f"process.cwd: cannot enter {cwd!r} in the guest: {e.strerror}") from None
 
         sync.send(sock, "ready")
-        if watcher is not None:
-            try:
-                watcher.start()
-            except RuntimeError:  # no thread under a small RLIMIT_NPROC/AS: go on without it
-                pass
         _wait_start(fifo_fd)
         if hook_state is not None and (spec.get("hooks") or {}).get("startContainer"):
             from berth.runtime import hooks

@@ -152,6 +152,17 @@ def proc_start_time(pid: int) -> int | None:
     return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
+def owner_gone(state: dict[str, Any]) -> bool:
+    """The process that made the container and must start it (``berth run``, recorded as
+    ``berth.owner``: pid and start time) has ended; False when none is recorded (an OCI runtime's
+    container waits for a ``start`` from any later command)."""
+    owner = state.get("berth", {}).get("owner")
+    if not owner:
+        return False
+    pid, start = owner
+    return proc_start_time(pid) != start
+
+
 def alive(state: dict[str, Any]) -> bool:
     """Is the container's init still the process we started (not a reused pid)?"""
     pid = state.get("pid") or 0
