@@ -22,10 +22,16 @@ def process_for(name: str, o: dict[str, Any]) -> dict[str, Any]:
 
     s = store()
     s.require(name)
-    if not instance.running(s.read_run(name)):
+    rec = s.read_run(name)
+    if not instance.running(rec) or instance.dumping(s, name, rec):
         from berth.errors import StateError
 
-        raise StateError(f"guest {name!r} is not running")
+        why = (
+            "is being checkpointed (try again once that is done)"
+            if instance.running(rec)
+            else "is not running"
+        )
+        raise StateError(f"guest {name!r} {why}")
     from berth.guests.lifecycle import effective_config
 
     base = config.run_options(effective_config(s, config.load(s.config(name))))  # an image's env too

@@ -30,6 +30,20 @@ def running(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "running" and alive(rec)
 
 
+def dumping(store: Store, name: str, rec: dict[str, Any]) -> bool:
+    """Guest ``name`` is being dumped (checkpoint, migrate): its record says "running" until the
+    dump is whole, but an exec joining it or a signal sent now would go into (or fail) the dump.
+    The mark counts only while the dumping command holds the guest's lock: one killed half-way
+    leaves a stale mark on a guest that runs on."""
+    if not rec.get("dumping"):
+        return False
+    lock = store.lock(name)
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+
+
 def net() -> Any:
     """:mod:`berth.net`, importable also in guestd's workers: guestd runs ``python -I -S`` (no
     site-packages), and the network code needs pyroute2 from the environment berth is installed in."""

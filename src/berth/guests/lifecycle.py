@@ -454,6 +454,8 @@ def kill(store: Store, name: str, sig: int) -> None:
     rec = store.read_run(name)
     if not instance.running(rec):
         raise StateError(f"guest {name!r} is not running")
+    if instance.dumping(store, name, rec):
+        raise StateError(f"guest {name!r} is being checkpointed (try again once that is done)")
     os.kill(rec["pid"], sig)
 
 

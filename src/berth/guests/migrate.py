@@ -135,12 +135,17 @@ def checkpoint(
         # the guest runs on and is seen to (a record marked before the dump made gc clean up the
         # live guest).  guestd's exit worker for the init CRIU ends waits for this lock and then
         # finds pid 0: not its exit to record.
+        store.update_run(name, dumping=True)  # exec and kill wait (instance.dumping)
         try:
             meta = _dump(store, name, spec, c, fresh, criu, leave_running=leave_running)
         except BaseException:
             shutil.rmtree(fresh, ignore_errors=True)
+            store.update_run(name, dumping=False)
             raise
-        _replace_dir(fresh, images)
+        try:
+            _replace_dir(fresh, images)
+        finally:
+            rec = store.update_run(name, dumping=False)
         if not leave_running:
             ck.forget(c)
             rec = store.update_run(name, pid=0, status="checkpointed", desired="stopped", checkpoint=images)
@@ -480,16 +485,18 @@ def migrate(
             pump.start()
             # The record says "running" until the dump is whole (as checkpoint's): a migrate
             # killed during it leaves a guest that runs on and is seen to, not one gc cleans up.
+            store.update_run(name, dumping=True)  # exec and kill wait (instance.dumping)
             try:
                 meta = _dump(store, name, spec, c, images, criu)
             except BaseException:
                 tail.stop()
                 pump.join()
+                store.update_run(name, dumping=False)
                 raise
             finally:
                 tail.stop()
             dumped = True
-            store.update_run(name, pid=0, status="migrating")  # guestd's exit worker: not ours
+            store.update_run(name, pid=0, status="migrating", dumping=False)  # guestd's exit worker: not ours
             times["dump"] = time.monotonic() - t_freeze
             # Of which CRIU by its own log, and berth's copy of the tmpfs mounts.
             times["dump_criu"] = _criu_seconds(os.path.join(images, "dump.log"))
