@@ -185,7 +185,12 @@ def test_exit_status_output_and_the_waiter(runs, status: int, check_clean) -> No
     r = runs("-i", "--", "sh", "-c", "echo UP; read x; echo got $x; exit $x", stdin=subprocess.PIPE)
     r.wait_line("UP")
     r.wait_waiter()
-    assert sorted(int(fd) for fd in os.listdir(f"/proc/{r.proc.pid}/fd")) == [0, 1, 2]
+    # (exe turns to berth-wait inside execve a moment before the close-on-exec fds go: a fd
+    # still there 2 s on is one the waiter holds)
+    deadline = time.monotonic() + 2
+    while (fds := sorted(int(fd) for fd in os.listdir(f"/proc/{r.proc.pid}/fd"))) != [0, 1, 2]:
+        assert time.monotonic() < deadline, fds
+        time.sleep(0.01)
     _small(r.proc.pid)
     assert r.proc.stdin is not None
     r.proc.stdin.write(f"{status}\n".encode())
