@@ -13,6 +13,7 @@ VERBS = {
     "run": "berth.cli.run",
     "template": "berth.cli.template",
     "stats": "berth.cli.stats",
+    "metrics": "berth.cli.metrics",
     "top": "berth.cli.top",
     "create": "berth.cli.create",
     "start": "berth.cli.start",
@@ -49,6 +50,7 @@ verbs:
   clone NAME NEW, destroy NAME      copy or remove a guest
   gc         remove what crashes left behind
   stats      resource use of the running guests (cgroup accounting)
+  metrics    the same as Prometheus metrics: one scrape, or served over HTTP (--listen ADDR:PORT)
   top        a live, refreshing view of every guest (--once: one frame)
 
 environment: BERTH_ROOT (store, default /var/lib/berth), BERTH_RUN (state, default /run/berth),

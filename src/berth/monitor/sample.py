@@ -66,6 +66,7 @@ def container_stats(state_root: str, names: list[str], interval: float) -> dict[
         cpu["seconds"] = None if usage is None else usage / 1e9
         out[c.id] = {
             "pid": c.pid,
+            "created": created,
             "cgroup": cg.path,
             "cpu": cpu,
             "memory": dict(s["memory"]),
