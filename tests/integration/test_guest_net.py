@@ -152,6 +152,28 @@ def test_set_net_rate_changes_the_class_live(net: NetGuests, prefix: str) -> Non
     _nothing_left(prefix)
 
 
+def test_rates_of_2_32_bytes_per_second_and_more(net: NetGuests, prefix: str) -> None:
+    """A 100 Gbit/s link and classes above 34.4 Gbit/s: HTB's 64-bit rate attributes (tc_htb_opt's
+    32-bit bytes/s overflowed: the start failed with a struct error)."""
+    g = net
+    g.env["BERTH_NET_LINK_RATE"] = "100gbit"
+    n = g.name("f")
+    g("create", n, "--net-rate", "40gbit", "--net-ceil", "60gbit", "--cmd", "sleep 1000")
+    g("start", n)
+    ifb = f"{prefix}br0ifb"
+
+    def classes() -> str:
+        return subprocess.run(["tc", "class", "show", "dev", ifb], capture_output=True, text=True).stdout
+
+    assert "root rate 100Gbit ceil 100Gbit" in classes()
+    assert "rate 40Gbit ceil 60Gbit" in classes()
+    assert "rate 40Gbit/s  ceil 60Gbit/s" in g("info", n).stdout  # read back from the kernel's dump
+    g("set", n, "--net-rate", "1gbit", "--net-ceil", "50gbit")
+    assert "rate 1Gbit ceil 50Gbit" in classes()
+    g("destroy", "--force", n)
+    _nothing_left(prefix)
+
+
 def test_guest_exit_and_crash_leave_nothing(net: NetGuests, prefix: str) -> None:
     g = net
     short, crash = g.name("x"), g.name("y")

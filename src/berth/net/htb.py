@@ -30,6 +30,82 @@ FILTER_PRIO6_BASE = 0x4000
 SRC_OFFSET, DST_OFFSET = 12, 16  # IPv4 header: source, destination address
 SRC6_OFFSET, DST6_OFFSET = 8, 24  # IPv6 header
 LEAF_LIMIT = 1000
+#: HTB's rates are 32-bit bytes/s in tc_htb_opt; above it the kernel takes TCA_HTB_RATE64/CEIL64.
+_U32 = 0xFFFFFFFF
+
+
+def _rate64() -> Any:
+    """pyroute2's HTB plugin with the kernel's 64-bit rate attributes (Linux 3.13; pyroute2 0.7
+    knows only tc_htb_opt's 32-bit bytes/s, so a link of 34.4 Gbit/s or more failed to encode):
+    its ``options`` class replaced once by a subclass whose map adds TCA_HTB_DIRECT_QLEN,
+    TCA_HTB_RATE64 and TCA_HTB_CEIL64 (the kernel's numbers 5–7), for requests and dumps alike."""
+    from pyroute2.netlink.rtnl.tcmsg import sched_htb
+
+    if getattr(sched_htb.options, "berth_rate64", False):
+        return sched_htb
+
+    class options(sched_htb.options):
+        berth_rate64 = True
+        nla_map = (
+            (0, "TCA_HTB_UNSPEC", "none"),
+            (1, "TCA_HTB_PARMS", "htb_parms"),
+            (2, "TCA_HTB_INIT", "htb_glob"),
+            (3, "TCA_HTB_CTAB", "ctab"),
+            (4, "TCA_HTB_RTAB", "rtab"),
+            (5, "TCA_HTB_DIRECT_QLEN", "uint32"),
+            (6, "TCA_HTB_RATE64", "uint64"),
+            (7, "TCA_HTB_CEIL64", "uint64"),
+        )
+
+    # pyroute2 compiles a class's map on first use and keeps it on the class: the subclass must
+    # compile its own, not inherit its parent's.
+    options._nlmsg_base__compiled_nla = False
+    sched_htb.options = options
+    return sched_htb
+
+
+def _replace_class(
+    ipr: Any, idx: int, handle: int, parent: int, rate_bps: int, ceil_bps: int, **kw: Any
+) -> None:
+    """``tc class replace … htb`` for one class; rates of 2^32 bytes/s and more go in the 64-bit
+    attributes (as tc does: the 32-bit fields then hold their largest value)."""
+    if rate_bps // 8 <= _U32 and ceil_bps // 8 <= _U32:
+        ipr.tc(
+            "replace-class",
+            "htb",
+            idx,
+            handle,
+            parent=parent,
+            rate=f"{rate_bps}bit",
+            ceil=f"{ceil_bps}bit",
+            **kw,
+        )
+        return
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWTCLASS
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+    from pyroute2.netlink.rtnl.tcmsg.common import calc_xmittime
+
+    sched_htb = _rate64()
+    rate, ceil = rate_bps // 8, ceil_bps // 8
+    opts = sched_htb.get_class_parameters(
+        {"rate": f"{min(rate, _U32) * 8}bit", "ceil": f"{min(ceil, _U32) * 8}bit", **kw}
+    )
+    parms = opts["attrs"][0][1]
+    parms["buffer"] = calc_xmittime(rate, kw["burst"])  # the burst's time at the real rates
+    parms["cbuffer"] = calc_xmittime(ceil, kw["cburst"])
+    if rate > _U32:
+        opts["attrs"].append(["TCA_HTB_RATE64", rate])
+    if ceil > _U32:
+        opts["attrs"].append(["TCA_HTB_CEIL64", ceil])
+    msg = tcmsg()
+    msg["index"] = idx
+    msg["handle"] = handle
+    msg["parent"] = parent
+    msg["attrs"] = [["TCA_KIND", "htb"], ["TCA_OPTIONS", opts]]
+    ipr.nlm_request(
+        msg, msg_type=RTM_NEWTCLASS, msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    )
 
 
 def _idx(ipr: Any, name: str) -> int | None:
@@ -97,14 +173,13 @@ def apply_tree(
             pass
         ipr.tc("add", "htb", idx, plan.root_handle, default=plan.default_minor)
     for cls in plan.classes():
-        ipr.tc(
-            "replace-class",
-            "htb",
+        _replace_class(
+            ipr,
             idx,
             cls.handle,
-            parent=cls.parent,
-            rate=f"{cls.rate_bps}bit",
-            ceil=f"{cls.ceil_bps}bit",
+            cls.parent,
+            cls.rate_bps,
+            cls.ceil_bps,
             quantum=cls.quantum,
             burst=burst_bytes(cls.rate_bps, plan.mtu),
             cburst=burst_bytes(cls.ceil_bps, plan.mtu),
@@ -204,16 +279,19 @@ def show(ipr: Any, dev: str) -> list[dict[str, Any]]:
     idx = _idx(ipr, dev)
     if idx is None:
         return []
+    _rate64()  # so the dump decodes a rate of 2^32 bytes/s or more
     out = []
     for c in ipr.get_classes(index=idx):
         opts = c.get_attr("TCA_OPTIONS")
         parms = opts.get_attr("TCA_HTB_PARMS") if opts is not None else None
+        rate64 = opts.get_attr("TCA_HTB_RATE64") if opts is not None else None
+        ceil64 = opts.get_attr("TCA_HTB_CEIL64") if opts is not None else None
         out.append(
             {
                 "classid": f"{c['handle'] >> 16:x}:{c['handle'] & 0xFFFF:x}",
                 "parent": f"{c['parent'] >> 16:x}:{c['parent'] & 0xFFFF:x}",
-                "rate_bps": parms["rate"] * 8 if parms else None,
-                "ceil_bps": parms["ceil"] * 8 if parms else None,
+                "rate_bps": (rate64 or parms["rate"]) * 8 if parms else None,
+                "ceil_bps": (ceil64 or parms["ceil"]) * 8 if parms else None,
             }
         )
     return out
