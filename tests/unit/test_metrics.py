@@ -51,7 +51,7 @@ def test_values_units_and_types() -> None:
     got = _scrape({"web": _guest()})
     g = (("guest", "web"),)
     assert got["berth_guest_up"][g] == 1
-    assert got["berth_guest_created_seconds"][g] == 1700000000.5
+    assert got["berth_guest_start_time_seconds"][g] == 1700000000.5
     assert got["berth_cpu_seconds_total"][g] == pytest.approx(2.5)
     assert got["berth_cpu_user_seconds_total"][g] == pytest.approx(2.0)
     assert got["berth_cpu_throttled_seconds_total"][g] == pytest.approx(0.01)
@@ -59,7 +59,7 @@ def test_values_units_and_types() -> None:
     assert got["berth_memory_usage_bytes"][g] == 1 << 20
     assert got["berth_memory_limit_bytes"][g] == 64 << 20
     assert got["berth_memory_oom_kills_total"][g] == 1
-    assert got["berth_pids"][g] == 3
+    assert got["berth_tasks"][g] == 3
     assert got["berth_blkio_write_bytes_total"][g] == 200
     # the host end receives what the guest sends
     net = {c: i + 1 for i, c in enumerate(metrics.NET_COUNTERS)}
@@ -71,10 +71,10 @@ def test_values_units_and_types() -> None:
 
 def test_unknown_values_are_left_out_not_zero() -> None:
     got = _scrape({"a": _guest(net=None, pids={"current": 1, "limit": None})})
-    assert (("guest", "a"),) not in got.get("berth_pids_limit", {})
+    assert (("guest", "a"),) not in got.get("berth_tasks_limit", {})
     assert (("guest", "a"),) not in got.get("berth_memory_swap_bytes", {})
     assert (("guest", "a"),) not in got.get("berth_network_transmit_bytes_total", {})
-    assert got["berth_pids"][(("guest", "a"),)] == 1
+    assert got["berth_tasks"][(("guest", "a"),)] == 1
 
 
 def test_stopped_guests_are_down_and_running_wins() -> None:
@@ -99,7 +99,7 @@ def test_no_guests_is_a_valid_scrape() -> None:
     ("text", "want"),
     [
         ("127.0.0.1:9478", ("127.0.0.1", 9478)),
-        (":9478", ("::", 9478)),
+        ("[::]:9478", ("::", 9478)),
         ("[::1]:0", ("::1", 0)),
         ("0.0.0.0:65535", ("0.0.0.0", 65535)),
     ],
@@ -123,3 +123,25 @@ def test_parse_options() -> None:
         parse(["--listen"])
     with pytest.raises(UsageError, match="--bogus"):
         parse(["--bogus"])
+    with pytest.raises(UsageError, match="twice"):
+        parse(["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"])
+
+
+def test_collector_describes_its_families(tmp_path, monkeypatch) -> None:
+    """The registry knows the names before a scrape, so ?name[]= filters work."""
+    monkeypatch.setattr(metrics, "snapshot", lambda _run, _store: {"a": _guest()})
+    reg = metrics.registry(str(tmp_path / "run"), str(tmp_path / "store"))
+    text = generate_latest(reg.restricted_registry(["berth_guest_up", "berth_cpu_seconds_total"])).decode()
+    assert 'berth_guest_up{guest="a"} 1.0' in text and 'berth_cpu_seconds_total{guest="a"} 2.5' in text
+    assert "berth_memory_usage_bytes" not in text
+    assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()  # reading made nothing
+
+
+def test_bad_network_records_are_skipped(tmp_path) -> None:
+    d = tmp_path / "net"
+    d.mkdir()
+    (d / "a.json").write_text("[1, 2]")  # not an object
+    (d / "b.json").write_text("{not json")
+    (d / "c.json").write_text('{"active": {"x": {"veth": "v0", "pid": "12"}, "y": {"veth": "v1", "pid": 7},'
+                              ' "z": {"veth": 5}, "w": "no"}}')  # fmt: skip
+    assert metrics.veths(str(tmp_path)) == {"x": ("v0", -1), "y": ("v1", 7)}

@@ -37,8 +37,8 @@ _CGROUP_METRICS: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("memory_swap_bytes", "swap used", "gauge", "memory", "swap", 1),
     ("memory_oom_kills", "processes the OOM killer ended in the guest", "counter", "memory", "oom_kills", 1),
     ("memory_limit_hits", "times the memory limit was reached", "counter", "memory", "failcnt", 1),
-    ("pids", "processes and threads in the guest", "gauge", "pids", "current", 1),
-    ("pids_limit", "the guest's process limit (absent: none)", "gauge", "pids", "limit", 1),
+    ("tasks", "processes and threads in the guest (the pids controller's count)", "gauge", "pids", "current", 1),
+    ("tasks_limit", "the guest's limit on processes and threads (absent: none)", "gauge", "pids", "limit", 1),
     ("blkio_read_bytes", "bytes read from block devices", "counter", "blkio", "read_bytes", 1),
     ("blkio_write_bytes", "bytes written to block devices", "counter", "blkio", "write_bytes", 1),
     ("blkio_reads", "read operations on block devices", "counter", "blkio", "read_ios", 1),
@@ -70,7 +70,9 @@ def families(snap: dict[str, dict[str, Any]], stopped: Iterable[str] = ()) -> It
     for guest in sorted(set(stopped) - set(snap)):
         up.add_metric([guest], 0)
     started = GaugeMetricFamily(
-        PREFIX + "guest_created_seconds", "when the guest's container was made (Unix time)", labels=["guest"]
+        PREFIX + "guest_start_time_seconds",
+        "when the guest's current run began (Unix time)",
+        labels=["guest"],
     )
     for guest, s in sorted(snap.items()):
         up.add_metric([guest], 1)
@@ -122,14 +124,16 @@ def veths(store_root: str) -> dict[str, tuple[str, int]]:
     for f in files:
         try:
             with open(os.path.join(d, f)) as fh:
-                active = (json.load(fh) or {}).get("active") or {}
-        except (OSError, ValueError):
-            continue
+                active = json.load(fh).get("active")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable, or not a record: no network figures from it
         if not isinstance(active, dict):
             continue
         for name, rec in active.items():
-            if isinstance(rec, dict) and isinstance(rec.get("veth"), str) and rec["veth"]:
-                out[name] = (rec["veth"], int(rec.get("pid") or 0))
+            if not isinstance(rec, dict) or not isinstance(rec.get("veth"), str) or not rec["veth"]:
+                continue
+            pid = rec.get("pid") or 0
+            out[name] = (rec["veth"], pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
     return out
 
 
@@ -166,6 +170,10 @@ class Collector:
     def collect(self) -> Iterator[Any]:
         snap = snapshot(self.state_root, self.store_root)
         yield from families(snap, stopped_guests(self.store_root, self.state_root, snap))
+
+    def describe(self) -> list[Any]:
+        """The families without samples: the registry learns their names (``?name[]=`` filters)."""
+        return list(families({}))
 
 
 def registry(state_root: str, store_root: str) -> Any:

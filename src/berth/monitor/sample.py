@@ -92,13 +92,19 @@ def addresses(store_root: str) -> dict[str, list[tuple[str, int]]]:
     for f in files:
         try:
             with open(os.path.join(d, f)) as fh:
-                active = (json.load(fh) or {}).get("active") or {}
-        except (OSError, ValueError):
+                active = json.load(fh).get("active")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable, or not a record
+        if not isinstance(active, dict):
             continue
         for name, rec in active.items():
             if isinstance(rec, dict):
                 ips = rec.get("ips") or ([rec["ip"]] if rec.get("ip") else [])
-                out.setdefault(name, []).extend((ip, int(rec.get("pid") or 0)) for ip in ips)
+                pid = rec.get("pid") or 0
+                if not isinstance(pid, int) or isinstance(pid, bool):
+                    pid = -1  # matches no process
+                if isinstance(ips, list):
+                    out.setdefault(name, []).extend((str(ip), pid) for ip in ips)
     return out
 
 

@@ -4,13 +4,18 @@ scrape and served over HTTP on loopback."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
+import socket
 import subprocess
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 from test_guest_net import NetGuests, net  # noqa: F401 - the fixture
 from test_guests import berth_cmd
+
+from berth.cli.metrics import MAX_CONNECTIONS
 
 
 def _samples(text: str) -> dict[str, dict[str, float]]:
@@ -33,8 +38,8 @@ def test_metrics_of_running_and_stopped_guests(net: NetGuests) -> None:  # noqa:
     got = _samples(g("metrics").stdout)
     assert got["berth_guest_up"] == {a: 1, b: 0}
     assert got["berth_memory_limit_bytes"][a] == 64 << 20
-    assert got["berth_pids_limit"][a] == 50
-    assert got["berth_pids"][a] >= 1
+    assert got["berth_tasks_limit"][a] == 50
+    assert got["berth_tasks"][a] >= 1
     assert got["berth_cpu_seconds_total"][a] > 0
     assert got["berth_memory_usage_bytes"][a] > 0
     assert got["berth_network_transmit_packets_total"][a] >= 3  # the pings (and ARP)
@@ -67,8 +72,16 @@ def test_metrics_served_over_http_until_sigterm(net: NetGuests) -> None:  # noqa
             got = _samples(r.read().decode())
         assert got["berth_guest_up"][a] == 1
         assert got["berth_cpu_seconds_total"][a] > 0
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=10) == 0
+        # Silent clients hold at most MAX_CONNECTIONS threads, and do not hold up SIGTERM.
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CONNECTIONS + 8)]
+        try:
+            time.sleep(0.5)
+            assert len(os.listdir(f"/proc/{p.pid}/task")) <= MAX_CONNECTIONS + 2
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=5) == 0
+        finally:
+            for c in idle:
+                c.close()
     finally:
         if p.poll() is None:
             p.kill()
@@ -76,7 +89,7 @@ def test_metrics_served_over_http_until_sigterm(net: NetGuests) -> None:  # noqa
 
 
 def test_metrics_bad_listen_is_one_line(net: NetGuests) -> None:  # noqa: F811
-    for bad in ("127.0.0.1:70000", "nohost:80", "127.0.0.1"):
+    for bad in ("127.0.0.1:70000", "nohost:80", "127.0.0.1", ":9478"):
         r = net("metrics", "--listen", bad, check=False)
         assert r.returncode == 125, r
         assert r.stderr.count("\n") == 1 and "--listen" in r.stderr, r.stderr
