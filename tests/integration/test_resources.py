@@ -248,7 +248,7 @@ def test_bad_values_create_nothing(berth_env: dict[str, str], check_clean) -> No
         (["--cpu-share", "-1"], "cpu-share"),
         (["--cpus", "0"], "cpus"),
         (["--cpus", "99"], "cpus"),
-        (["--cpu-reserve", "1", "--cpus", "0.5"], "cpu-cap"),
+        (["--cpu-reserve", "1", "--cpus", "0.5"], "cpus"),
         (["--memory", "12parsecs"], "memory"),
         (["--memory", "1k"], "memory"),
         (["--pids-limit", "0"], "pids-limit"),

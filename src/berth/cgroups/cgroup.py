@@ -26,6 +26,11 @@ _WR = os.O_WRONLY | os.O_CLOEXEC
 _RD = os.O_RDONLY | os.O_CLOEXEC
 # The cgroups of systemd units: the host's own, never removed by berth (remove_empty_parents).
 _SYSTEMD_UNITS = (".slice", ".scope", ".service", ".mount", ".socket", ".swap")
+# Set on every parent directory create() makes (kernfs keeps trusted.* xattrs on v1 and v2
+# cgroups while they exist): remove_empty_parents climbs above its ``upto`` only through these,
+# never into one an admin or systemd made.  Where it cannot be set (no CAP_SYS_ADMIN) the
+# parent is simply kept.
+_MADE_XATTR = "trusted.berth.made"
 
 
 def _write(path: str, value: str) -> None:
@@ -201,6 +206,8 @@ class Cgroup:
                 n -= 1
                 continue
             made.append(f"{mnt}/{'/'.join(parts[:n])}")
+            if n < len(parts):
+                _mark_made(made[-1])
             if cpuset:
                 self._cpuset_init(mnt, parts[:n], last=n == len(parts))
             break
@@ -211,6 +218,8 @@ class Cgroup:
             except FileExistsError:
                 continue  # a create racing with ours made it (and fills its cpuset in)
             made.append(d)
+            if i < len(parts):
+                _mark_made(d)
             if cpuset:
                 self._cpuset_init(mnt, parts[:i], last=i == len(parts))
 
@@ -644,20 +653,22 @@ class Cgroup:
 
     def remove_empty_parents(self, upto: str) -> None:
         """Remove the empty ancestors of this cgroup, deepest first, up to and including ``upto``
-        (itself an ancestor path, e.g. ``"berth"``).  Non-empty ones and everything above stay,
-        and so does a systemd unit's (``*.slice``, ``.scope``, ``.service``, …: the host's own, even
-        given as ``upto``) and everything above it."""
+        (itself an ancestor path, e.g. ``"berth"``), then those above ``upto`` that berth's
+        create() made (``"a"`` of a parent ``"a/b"``; never one made by hand or by systemd).
+        Non-empty ones and everything above stay, and so does a systemd unit's (``*.slice``,
+        ``.scope``, ``.service``, …: the host's own, even given as ``upto``) and everything above it."""
         top = clean_path(upto, "upto")
         if not self.path.startswith(top + "/"):
             raise UsageError("upto", f"{upto!r} is not an ancestor of {self.path!r}")
         parts = self.path.split("/")
         keep = top.count("/")
         for mnt in self.layout.mountpoints():
-            for i in range(len(parts) - 1, keep, -1):
-                if parts[i - 1].endswith(_SYSTEMD_UNITS):
+            for i in range(len(parts) - 1, 0, -1):
+                d = f"{mnt}/{'/'.join(parts[:i])}"
+                if parts[i - 1].endswith(_SYSTEMD_UNITS) or (i <= keep and not _made(d)):
                     break
                 try:
-                    os.rmdir(f"{mnt}/{'/'.join(parts[:i])}")
+                    os.rmdir(d)
                 except FileNotFoundError:
                     continue
                 except OSError:
@@ -688,6 +699,20 @@ class Cgroup:
         if self.layout.mode == "hybrid":
             return stats.merge(first, stats.collect_v2(read_v2))
         return first
+
+
+def _mark_made(d: str) -> None:
+    try:
+        os.setxattr(d, _MADE_XATTR, b"1")
+    except OSError:
+        pass  # (then kept: see _MADE_XATTR)
+
+
+def _made(d: str) -> bool:
+    try:
+        return os.getxattr(d, _MADE_XATTR) == b"1"
+    except OSError:
+        return False
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -11,7 +11,11 @@ def main(argv: list[str]) -> int:
     from berth.guests import lifecycle
     from berth.runtime import lxcfs
 
-    Parser(prog="berth gc", description="clean up leftovers").parse_args(argv)
+    Parser(
+        prog="berth gc",
+        description="remove what crashes left behind (state, cgroups, disk mounts, loop devices, "
+        "network objects) and stop berth's lxcfs when no guest uses it (not within a minute of its start)",
+    ).parse_args(argv)
     for line in lifecycle.gc(store()):
         print(line)
     done = lxcfs.stop_if_idle(os.environ.get("BERTH_LXCFS") or lxcfs.DEFAULT_MOUNTPOINT)

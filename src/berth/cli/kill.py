@@ -9,7 +9,7 @@ def main(argv: list[str]) -> int:
 
     p = Parser(prog="berth kill", description="signal a guest's init")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--signal", "-s", default="KILL")
+    p.add_argument("--signal", "-s", default="KILL", help="signal name or number (default KILL)")
     args = p.parse_args(argv)
     lifecycle.kill(store(), args.name, lifecycle.parse_signal(args.signal))
     return 0

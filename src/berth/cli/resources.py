@@ -226,7 +226,11 @@ def _check_cpu(ann: dict[str, str], ncpus: int) -> None:
     from berth.policy.cpu import check_request
     from berth.runtime.resources import request_from_annotations
 
-    check_request(request_from_annotations("new", ann))
+    try:
+        check_request(request_from_annotations("new", ann))
+    except UsageError as e:  # in the words of the flags: no guest name yet, --cpus for the cap
+        reason = e.reason.removeprefix("guest 'new': ").replace("cpu-cap", "--cpus")
+        raise UsageError("cpus" if e.field == "cpu-cap" else e.field, reason) from None
 
 
 def apply(spec: dict[str, Any], items: list[tuple[str, str]]) -> None:

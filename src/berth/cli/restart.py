@@ -9,7 +9,7 @@ def main(argv: list[str]) -> int:
 
     p = Parser(prog="berth restart", description="restart guests")
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--timeout", "-t", type=float, default=10.0)
+    p.add_argument("--timeout", "-t", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
     args = p.parse_args(argv)
     s = store()
     lifecycle.stop(s, args.names, timeout=args.timeout)

@@ -653,6 +653,8 @@ def gc(store: Store) -> list[str]:
                     c.delete(force=True)
                     done.append(f"removed state {cid}")
             except (NotFoundError, BerthError):
+                if _being_made(os.path.join(store.state_root, cid)):
+                    continue
                 st.remove_tree(os.path.join(store.state_root, cid))
                 done.append(f"removed state {cid}")
             except OSError as e:  # unreadable, not damaged (EIO, a directory): left for a look
@@ -743,7 +745,42 @@ def _gc_loops(store: Store, names: set[str]) -> list[str]:
     return done
 
 
+# A state directory without its state.json is one being made (st.reserve, then st.write: the
+# runtime's create writes it before it makes the cgroup) or a claim of _gc_cgroups: left alone
+# while younger than this many seconds, then taken for what a crash left.
+STATE_GRACE = 30.0
+
+
+def _being_made(sdir: str) -> bool:
+    """``sdir`` has no state.json yet and was made less than STATE_GRACE seconds ago."""
+    try:
+        if os.path.exists(os.path.join(sdir, "state.json")):
+            return False
+        return time.time() - os.lstat(sdir).st_mtime < STATE_GRACE
+    except OSError:
+        return False
+
+
+def _claim(state_root: str, cid: str) -> str | None:
+    """Hold the name ``cid`` as a container's create does (its state directory, made first:
+    berth.runtime.state.reserve): while held, no container ``cid`` is made, so its cgroup is
+    nobody's.  None if a container (alive, dead or being made) has it."""
+    from berth.runtime import state as st
+
+    if not st.valid_id(cid):
+        return ""  # no container can be named so
+    try:
+        return st.reserve(state_root, cid)
+    except (ExistsError, OSError):
+        return None
+
+
 def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
+    """Empty cgroups under the parent that no guest and no container holds.  A container's
+    cgroup is made after its state (berth run's, with its owner): one whose state is there is
+    left (the state pass above removed the dead ones with their cgroups); one whose state is not
+    is removed under a claim of its name, so a create starting meanwhile (a ``berth run --name``
+    reusing a crashed one's) cannot have it pulled away before its init joins."""
     from berth.cgroups import open_cgroup
 
     done = []
@@ -762,6 +799,9 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
         lock = store.lock(child) if child in names else None
         if lock is not None and not lock.acquire(blocking=False):
             continue
+        claim = _claim(store.state_root, child) if lock is None else ""
+        if claim is None:
+            continue  # a container's: alive, being made, or its state left for a look
         cg = open_cgroup(f"{store.cgroup_parent}/{child}")
         try:
             if cg.pids():
@@ -771,6 +811,11 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
         except (BerthError, OSError):
             pass
         finally:
+            if claim:
+                try:
+                    os.rmdir(claim)
+                except OSError:
+                    pass  # (a later gc takes it, past STATE_GRACE)
             if lock is not None:
                 lock.release()
     # The parent itself, once nothing is under it (as a guest's cleanup leaves it).
