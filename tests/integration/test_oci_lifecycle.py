@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots
+
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / ".venv" / "bin" / "berth-runtime"
 
@@ -115,13 +117,13 @@ def rt(tmp_path: Path, busybox_rootfs: Path, prefix: str, unique: str):
     yield r
     r.cleanup()
     _subreaper(False)  # other tests expect orphans to go to the host's init
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique / "c", top / prefix / unique, top / prefix):
             try:
                 d.rmdir()
             except OSError:
                 pass
-    left = [p for top in Path("/sys/fs/cgroup").iterdir() for p in [top / prefix / unique] if p.exists()]
+    left = [p for top in cgroup_roots() for p in [top / prefix / unique] if p.exists()]
     assert not left, f"cgroups left: {left}"
     assert not [n for n in os.listdir(r.root) if not n.startswith(".")] if r.root.exists() else True
 
@@ -421,3 +423,176 @@ def test_signal_names(rt: Runtime, unique: str) -> None:
     assert st["pid"] == 0
     assert rt("kill", unique, "NOSUCHSIG", check=False).returncode != 0
     rt("delete", unique)
+
+
+def _leftovers(rt: Runtime, cid: str) -> list[str]:
+    """What of container ``cid`` is still on the host: its state dir, cgroup, processes."""
+    left = [str(rt.root / cid)] if (rt.root / cid).exists() else []
+    for top in cgroup_roots():
+        cg = top / rt.cgroup.lstrip("/")
+        if cg.is_dir():
+            left.append(str(cg))
+    return left
+
+
+@pytest.mark.parametrize("verb", ["start", "run"])
+@pytest.mark.parametrize("failure", ["startContainer", "interpreter"])
+def test_failure_between_start_and_exec_fails_start_and_stops(
+    rt: Runtime, unique: str, verb: str, failure: str
+) -> None:
+    """runtime-spec lifecycle step 7: a failing startContainer hook makes ``start`` generate an
+    error and the container stops.  The same for an execve that fails only then (a script whose
+    #! interpreter is missing: the command is found at create, as runc's LookPath finds it)."""
+    if failure == "startContainer":
+        cfg = rt.config(["sleep", "100"], hooks={"startContainer": [{"path": "/bin/false"}]})
+        want = "hooks.startContainer[0]"
+    else:
+        script = rt.bundle / "script"
+        script.write_text("#!/no/such/interpreter\necho hi\n")
+        script.chmod(0o755)
+        cfg = rt.config(["/script"])
+        cfg["mounts"].append({"destination": "/script", "type": "bind", "source": str(script),
+                              "options": ["bind", "ro"]})  # fmt: skip
+        want = "/script"
+    rt.write(cfg)
+    if verb == "start":
+        rt.create(unique)  # create succeeds: the failure comes only at the start (as runc)
+        assert rt.state(unique)["status"] == "created"
+        proc = rt("start", unique, check=False)
+        assert proc.returncode != 0
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert want in proc.stderr
+        st = rt.state(unique)
+        assert (st["status"], st["pid"]) == ("stopped", 0)
+        assert rt("start", unique, check=False).returncode != 0
+        rt("delete", unique)  # a plain delete: it is stopped
+    else:
+        rt.made.append(unique)
+        proc = rt("run", unique, check=False, stdin=subprocess.DEVNULL)
+        assert proc.returncode != 0
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert want in proc.stderr
+        assert proc.stdout == ""
+    _reap_all()
+    assert _leftovers(rt, unique) == []
+    logged = [json.loads(line) for line in rt.log.read_text().splitlines()]
+    assert any(e["level"] == "error" and want in e["msg"] for e in logged)
+
+
+def test_start_of_a_command_that_runs_still_succeeds_at_once(rt: Runtime, unique: str) -> None:
+    """``start`` waits for the exec (its fifo's end), not for the command."""
+    rt.write(rt.config(["sleep", "100"]))
+    rt.create(unique)
+    t0 = time.monotonic()
+    rt("start", unique)
+    assert time.monotonic() - t0 < 5
+    assert rt.state(unique)["status"] == "running"
+    rt("delete", "--force", unique)
+
+
+@pytest.mark.parametrize(
+    ("mount", "field", "reason"),
+    [
+        (
+            {"type": "bind", "source": "/nonexistent-berth-src", "options": ["rbind"]},
+            "source",
+            "does not exist",
+        ),
+        ({"type": "nosuchfs", "source": "none"}, "destination", "No such device"),
+        ({"type": "tmpfs", "source": "tmpfs", "options": ["size=bogus"]}, "destination", "Invalid argument"),
+        (
+            {"type": "tmpfs", "source": "tmpfs", "destination": "/etc/passwd/below"},
+            "destination",
+            "Not a dir",
+        ),
+    ],
+)
+def test_mount_error_names_the_field_not_the_fd_path(
+    rt: Runtime, unique: str, mount: dict, field: str, reason: str
+) -> None:
+    cfg = rt.config(["true"])
+    index = len(cfg["mounts"])
+    cfg["mounts"].append({"destination": "/mnt/m", **mount})
+    rt.write(cfg)
+    proc = rt("create", "--bundle", str(rt.bundle), unique, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1, proc.stderr
+    assert f"mounts[{index}].{field}" in line
+    assert reason in line
+    assert "/proc/self/fd" not in line
+    _reap_all()
+    assert _leftovers(rt, unique) == []
+    assert [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if unique in ln] == []
+
+
+def test_berth_run_mount_error_is_one_line_status_125(
+    berth_env: dict[str, str], busybox_rootfs: Path
+) -> None:
+    from conftest import assert_clean, berth_cmd
+
+    proc = subprocess.run(
+        [*berth_cmd(), "run", "--rootfs", str(busybox_rootfs), "--tmpfs", "/etc/passwd/below", "true"],
+        env=berth_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 125, proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1, proc.stderr
+    assert "].destination" in line and "/etc/passwd/below" in line and "Not a directory" in line
+    assert "/proc/self/fd" not in line
+    assert_clean(berth_env)
+
+
+def test_gc_leaves_a_create_in_progress_and_takes_a_crashed_one(
+    rt: Runtime, unique: str, berth_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``berth gc`` over the runtime's --root: a state still "creating" whose create is alive (held
+    in a createRuntime hook) is left; one whose create was killed is removed with its cgroup."""
+    from conftest import berth_cmd
+
+    env = {
+        **berth_env,
+        "BERTH_RUN": str(rt.root),
+        "BERTH_CGROUP_PARENT": f"{berth_env['BERTH_CGROUP_PARENT']}gc",
+    }
+    mark = tmp_path / "in-hook"
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"touch {mark}; sleep 1.5"], "timeout": 20}
+    rt.write(rt.config(["sleep", "100"], hooks={"createRuntime": [hook]}))
+
+    def gc() -> str:
+        r = subprocess.run(
+            [*berth_cmd(), "gc"], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def held_create(cid: str) -> subprocess.Popen:
+        rt.made.append(cid)
+        p = subprocess.Popen(
+            [str(RUNTIME), "--root", str(rt.root), "create", "--bundle", str(rt.bundle), cid],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert p.poll() is None, p.stderr.read() if p.stderr else ""
+            assert time.monotonic() < deadline, "the createRuntime hook did not run"
+            time.sleep(0.02)
+        mark.unlink()
+        return p
+
+    p = held_create(unique)
+    assert json.loads((rt.root / unique / "state.json").read_text())["status"] == "creating"
+    assert f"removed state {unique}" not in gc()
+    assert p.wait(timeout=30) == 0, p.stderr.read() if p.stderr else ""
+    assert rt.state(unique)["status"] == "created"
+    rt("delete", "--force", unique)
+
+    crashed = unique + "k"
+    p = held_create(crashed)
+    p.kill()
+    p.wait()
+    assert (rt.root / crashed / "state.json").exists()
+    assert f"removed state {crashed}" in gc()
+    assert not (rt.root / crashed).exists()
+    _reap_all()
+    assert _leftovers(rt, crashed) == []

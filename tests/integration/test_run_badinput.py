@@ -154,9 +154,20 @@ def test_workdir_missing_in_guest_is_created(berth, minimal_rootfs):
 
 
 def test_workdir_missing_on_read_only_root(berth, minimal_rootfs):
+    # As runc and docker: created before the root turns read-only.
     res = berth(*probe(minimal_rootfs, "cwd", opts=("--read-only", "-w", "/not/on/ro/root")))
+    assert res.returncode == 0, res
+    assert res.field("cwd") == "/not/on/ro/root"
+
+
+def test_workdir_that_cannot_be_made_is_named(berth, minimal_rootfs):
+    (minimal_rootfs / "afile").touch()
+    try:
+        res = berth(*probe(minimal_rootfs, "cwd", opts=("-w", "/afile/below")))
+    finally:
+        (minimal_rootfs / "afile").unlink()
     assert res.returncode in (125, 126), res
-    assert "/not/on/ro/root" in res.error_line()
+    assert "/afile/below" in res.error_line()
 
 
 def test_name_taken(berth, background, minimal_rootfs, unique):

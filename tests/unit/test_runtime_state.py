@@ -30,3 +30,13 @@ def test_owner_gone() -> None:
     assert not st.owner_gone({"berth": {"owner": me}})
     assert st.owner_gone({"berth": {"owner": [me[0], me[1] + 1]}})  # the pid reused since
     assert not st.owner_gone({"berth": {}})  # an OCI runtime's: no owner, never "gone"
+
+
+def test_creator_gone() -> None:
+    """Every create records its process (pid, start time): gc takes a state still "creating"
+    only once that process is gone (a create held in its hooks is going on)."""
+    me = [os.getpid(), st.proc_start_time(os.getpid())]
+    assert not st.creator_gone({"berth": {"creator": me}})
+    assert st.creator_gone({"berth": {"creator": [me[0], me[1] + 1]}})  # the pid reused since
+    assert st.creator_gone({"berth": {"creator": [me[0], None]}})
+    assert st.creator_gone({"berth": {}})  # a state from before the creator was recorded

@@ -648,7 +648,7 @@ def gc(store: Store) -> list[str]:
                     # waits for good; after the start it dies by pdeathsig (maybe not yet)
                     or st.owner_gone(c.data)
                     # half made by a runtime's command that crashed (not a berth run's going on)
-                    or (c.data.get("status") == st.CREATING and not owned)
+                    or (c.data.get("status") == st.CREATING and not owned and st.creator_gone(c.data))
                 ):
                     c.delete(force=True)
                     done.append(f"removed state {cid}")

@@ -110,11 +110,34 @@ def main(ctx: Context, argv: list[str]) -> int:
     return 0
 
 
-def create(ctx: Context, cid: str, opts: dict[str, Any], *, subreaper: bool = False) -> Any:
+def check_terminal(spec: dict[str, Any], console_socket: str | None, *, detach: bool) -> None:
+    """runc's rules: a terminal of a container that runs detached (every ``create``, ``run -d``)
+    goes to --console-socket, which is for nothing else (the pty master would be lost with this
+    command, the container's terminal hung up)."""
+    terminal = bool((spec.get("process") or {}).get("terminal"))
+    if detach and terminal and not console_socket:
+        raise UsageError(
+            "console-socket",
+            "process.terminal is true: a detached container's terminal needs --console-socket",
+        )
+    if console_socket and (not detach or not terminal):
+        raise UsageError(
+            "console-socket",
+            "only for a detached container with a terminal (process.terminal true; create or run -d)",
+        )
+
+
+def create(
+    ctx: Context, cid: str, opts: dict[str, Any], *, subreaper: bool = False, detach: bool = True
+) -> Any:
     from berth.runtime import container
 
     bundle = os.path.abspath(opts.get("bundle") or ".")
     spec = load(ctx, bundle)
+    check_terminal(spec, opts.get("console_socket"), detach=detach)
+    pid_file = opts.get("pid_file")
+    if pid_file and not os.path.isdir(os.path.dirname(os.path.abspath(pid_file))):
+        raise UsageError("pid-file", f"{pid_file!r}: its directory does not exist")
     try:
         preserve = int(opts.get("preserve_fds") or 0)
     except ValueError:

@@ -11,16 +11,22 @@ if TYPE_CHECKING:
 
 
 def signal_number(text: str) -> int:
-    """``9``, ``KILL`` or ``SIGKILL``."""
+    """``9``, ``KILL``, ``SIGKILL`` (any case), or a real-time one: ``RTMIN+3``, ``SIGRTMAX-1``."""
     import signal
 
     if text.isdigit():
-        return int(text)
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
+        number = int(text)
+        if not 0 <= number <= signal.SIGRTMAX:
+            raise UsageError("SIGNAL", f"{text!r} is not a signal number (0-{int(signal.SIGRTMAX)})")
+        return number
+    name = text.upper().removeprefix("SIG")
+    for base, sign in (("RTMIN+", 1), ("RTMAX-", -1)):
+        if name.startswith(base) and name[len(base) :].isdigit():
+            number = int(signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX) + sign * int(name[len(base) :])
+            if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+                return number
     try:
-        return int(getattr(signal.Signals, name))
+        return int(getattr(signal.Signals, "SIG" + name))
     except AttributeError:
         raise UsageError("SIGNAL", f"unknown signal {text!r}") from None
 
@@ -33,7 +39,13 @@ def main(ctx: Context, argv: list[str]) -> int:
     cid = need_id(rest, "kill")
     sig = signal_number(rest[1]) if len(rest) > 1 else 15
     c = Container.load(ctx.root, cid)
-    if not st.can_kill(c.status()):
+    status = c.status()
+    if not st.can_kill(status):
         raise StateError(f"container {cid!r}: container not running")
     c.kill(sig, all_processes=bool(opts.get("all")))
+    if sig == 9 and status == st.PAUSED:
+        # As runc: a process of a frozen (v1) cgroup dies only once thawed.
+        cg = c.cgroup()
+        if cg is not None and cg.frozen():
+            cg.thaw()
     return 0

@@ -23,9 +23,11 @@ def main(ctx: Context, argv: list[str]) -> int:
     rows = []
     for cid in st.ids(ctx.root):
         try:
-            rows.append(describe(Container.load(ctx.root, cid)))
+            row = describe(Container.load(ctx.root, cid))
         except BerthError:
             continue
+        row["owner"] = _owner(st.container_dir(ctx.root, cid))  # as runc's list (its state: "")
+        rows.append(row)
     if opts.get("quiet"):
         for r in rows:
             print(r["id"])
@@ -35,5 +37,20 @@ def main(ctx: Context, argv: list[str]) -> int:
         fmt = "{:<24} {:<8} {:<10} {:<40} {:<32} {}"
         print(fmt.format("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"))
         for r in rows:
-            print(fmt.format(r["id"], r["pid"], r["status"], r["bundle"], r["created"], "root"))
+            print(fmt.format(r["id"], r["pid"], r["status"], r["bundle"], r["created"], r["owner"]))
     return 0
+
+
+def _owner(path: str) -> str:
+    """The name of the user owning ``path`` (the uid if it has none)."""
+    import os
+    import pwd
+
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

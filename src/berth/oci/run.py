@@ -41,7 +41,7 @@ def main(ctx: Context, argv: list[str]) -> int:
     if not detach:
         for sig in FORWARDED:
             signal.signal(sig, forward)
-    c = create_verb.create(ctx, cid, opts, subreaper=not detach)
+    c = create_verb.create(ctx, cid, opts, subreaper=not detach, detach=detach)
     try:
         target["pid"] = c.pid
         if c.console_fd is not None and not detach:

@@ -19,6 +19,8 @@ def describe(c: Any) -> dict[str, Any]:
     berth = c.data.get("berth") or {}
     created = float(berth.get("created") or 0)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1e9):09d}Z"
+    if not state.get("annotations"):
+        del state["annotations"]  # optional; runc leaves it out when empty
     state["rootfs"] = berth.get("rootfs", "")
     state["created"] = stamp
     state["owner"] = ""

@@ -159,9 +159,14 @@ class Container:
                     raise ContainerInitError(
                         f"container {self.id!r}: init did not start within {timeout:.0f}s"
                     )
+            # Released: the fifo ends when the command is exec'd (close-on-exec), or carries the
+            # error that stopped the init first (a startContainer hook, the execve itself).
+            failed = read_start_error(fd, poller, lambda: st.alive(self.data))
         finally:
             os.close(fd)
         os.unlink(fifo)
+        if failed is not None:
+            self._stopped_by(failed)
         self.data["status"] = st.RUNNING
         self.save()
         later = self.data.get("berth", {}).get("hooks")
@@ -178,6 +183,21 @@ class Container:
                     raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
             self._sock.close()
             self._sock = None
+
+    def _stopped_by(self, error: BerthError) -> None:
+        """The init failed between its release and the command's exec: make sure it is gone
+        (stopped, as the runtime spec asks of a failed startContainer hook), then raise."""
+        deadline = time.monotonic() + 2.0
+        while st.alive(self.data) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if st.alive(self.data):
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.data["status"] = st.STOPPED
+        self.save()
+        raise error
 
     def _reported_error(self) -> BerthError | None:
         """The error the init sent before it died (berth run keeps the sync socket), if any."""
@@ -353,6 +373,9 @@ def create(
                 "cgroup": cg.path,
                 "rootfs": rootfs,
                 "created": time.time(),
+                # this process, until the state is "created": gc leaves a "creating" state alone
+                # while its creator lives (st.creator_gone)
+                "creator": [os.getpid(), st.proc_start_time(os.getpid())],
                 **res_fields,
             },
         }
@@ -482,6 +505,37 @@ def create(
         for s in (parent_sock, child_sock):
             if s is not None:
                 s.close()
+
+
+def read_start_error(fd: int, poller: Any, alive: Callable[[], bool]) -> BerthError | None:
+    """What follows the start byte on exec.fifo: nothing up to its end (the command was exec'd),
+    or the init's error record (:func:`berth.runtime.init.report_start_error`) as the error."""
+    data = b""
+    while True:
+        if poller.poll(100):
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        elif not alive():
+            # gone (its fifo end with it): what it wrote is buffered, read it all
+            try:
+                while chunk := os.read(fd, 4096):
+                    data += chunk
+            except BlockingIOError:
+                pass
+            break
+    if not data:
+        return None
+    code, _, msg = data.decode(errors="replace").partition(" ")
+    try:
+        status = int(code)
+    except ValueError:
+        status, msg = 1, data.decode(errors="replace")
+    return _ERRORS.get(status, ContainerInitError)(msg)
 
 
 def _created(state_root: str, cid: str, data: dict[str, Any], pid: int) -> None:

@@ -218,7 +218,9 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
             take_terminal(sock, master, slave, process.get("consoleSize"))
         proc_mod.set_rlimits(process.get("rlimits") or [], strict=False)
         proc_mod.set_oom_score_adj(process.get("oomScoreAdj"))
-        env = list(process.get("env") or [])
+        env = proc_mod.with_home(
+            list(process.get("env") or []), int((process.get("user") or {}).get("uid") or 0)
+        )
         cwd = process.get("cwd") or "/"
         path = proc_mod.find_executable(process["args"][0], env, cwd)
         if process.get("noNewPrivileges"):

@@ -22,6 +22,8 @@ when a hook actually runs.
 
 from __future__ import annotations
 
+import os
+
 from berth.errors import ContainerInitError
 
 TYPE_CHECKING = False
@@ -59,36 +61,67 @@ def run(spec_hooks: dict[str, Any] | None, phase: str, state: dict[str, Any]) ->
 
 
 def run_one(hook: dict[str, Any], stdin: bytes, field: str) -> None:
+    """Run one hook.  Its output goes to a memfd, not to our stdout and stderr (for ``create``
+    they are the container's: a hook's chatter would end in its log), and only its last line,
+    in the error of a failure (as runc keeps it).  A memfd, not a pipe: a daemon the hook
+    leaves behind cannot keep us waiting."""
     import subprocess
 
     path = hook["path"]
     args = list(hook.get("args") or [path])
     env = dict(item.split("=", 1) if "=" in item else (item, "") for item in hook.get("env") or [])
     timeout = hook.get("timeout")
+    out = os.memfd_create("berth-hook-output", os.MFD_CLOEXEC)
     try:
-        proc = subprocess.Popen(
-            args, executable=path, stdin=subprocess.PIPE, env=env, close_fds=True, cwd="/"
-        )
-    except OSError as e:
-        raise HookError(f"{field}: cannot run {path!r}: {e.strerror}") from None
+        try:
+            proc = subprocess.Popen(
+                args, executable=path, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
+                close_fds=True, cwd="/",
+            )  # fmt: skip
+        except OSError as e:
+            raise HookError(f"{field}: cannot run {path!r}: {e.strerror}") from None
+        try:
+            proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise HookError(
+                f"{field}: {path!r} did not finish within its timeout of {timeout}s{_last_line(out)}"
+            ) from None
+        if proc.returncode != 0:
+            how = (
+                f"killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exit status {proc.returncode}"
+            )
+            raise HookError(f"{field}: {path!r} failed ({how}){_last_line(out)}")
+    finally:
+        os.close(out)
+
+
+def _last_line(fd: int, limit: int = 200) -> str:
+    """``": <the last line the hook wrote>"`` (shortened), or "" if it wrote nothing."""
     try:
-        proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise HookError(f"{field}: {path!r} did not finish within its timeout of {timeout}s") from None
-    if proc.returncode != 0:
-        how = (
-            f"killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exit status {proc.returncode}"
-        )
-        raise HookError(f"{field}: {path!r} failed ({how})")
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, 4096, max(0, size - 4096))
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return ": " + (last if len(last) <= limit else last[: limit - 3] + "...")
 
 
 def run_or_warn(spec_hooks: dict[str, Any] | None, phase: str, state: dict[str, Any], warn: Any) -> None:
-    """Run a phase whose failures must not fail the operation (poststart, poststop)."""
-    try:
-        run(spec_hooks, phase, state)
-    except HookError as e:
-        warn(str(e))
+    """Run a phase whose failures must not fail the operation (poststart, poststop): each
+    failure is a warning and the remaining hooks still run (runtime-spec lifecycle 10, 13)."""
+    hooks = (spec_hooks or {}).get(phase) or []
+    if not hooks:
+        return
+    data = state_json(state)
+    for i, hook in enumerate(hooks):
+        try:
+            run_one(hook, data, f"hooks.{phase}[{i}]")
+        except HookError as e:
+            warn(str(e))

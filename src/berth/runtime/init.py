@@ -76,6 +76,12 @@ class InitOptions:
         self.sysfs_fd: int | None = None  # set by stage1: the host's /sys, for a userns on its network
 
 
+# exec.fifo opened for writing once ``start`` came (:func:`_wait_start`): close-on-exec, so the
+# reader sees its end when the command is exec'd; an error before that is written to it instead
+# (the runtime's ``create`` that held the sync socket is gone by then).
+_started_fd = -1
+
+
 def _fail(sock: socket.socket, exc: BaseException) -> None:
     """Report ``exc`` to the runtime as one line and exit; never returns, whatever happens."""
     code = 1
@@ -85,11 +91,22 @@ def _fail(sock: socket.socket, exc: BaseException) -> None:
         elif isinstance(exc, CannotExecute):
             code = 126
         msg = str(exc) if isinstance(exc, (BerthError, OSError)) else f"{type(exc).__name__}: {exc}"
+        if _started_fd >= 0:
+            try:
+                report_start_error(_started_fd, code, msg)
+            except OSError:
+                pass  # ``start`` gave up waiting
         sync.send(sock, "error", msg=msg, code=code, error_class=type(exc).__name__)
     except BaseException:
         pass
     finally:
         os._exit(code)
+
+
+def report_start_error(fd: int, code: int, msg: str) -> None:
+    """After the start byte, one error record on exec.fifo: ``CODE MESSAGE`` (one write below
+    PIPE_BUF, so it arrives whole); read by :func:`berth.runtime.container.read_start_error`."""
+    os.write(fd, f"{code} {msg}".encode(errors="replace")[:3000])
 
 
 def ns_flags(spec: dict[str, Any]) -> tuple[int, list[tuple[str, str]]]:
@@ -231,10 +248,12 @@ def _sysctl(values: dict[str, str]) -> None:
 
 
 def _wait_start(fifo_fd: int) -> None:
-    """Block until ``start`` opens the fifo for reading, then tell it we are going."""
+    """Block until ``start`` opens the fifo for reading, then tell it we are going.  The fifo
+    stays open (close-on-exec): the reader waits for its end, or an error (:func:`_fail`)."""
+    global _started_fd
     fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
     os.write(fd, b"0")
-    os.close(fd)
+    _started_fd = fd
     os.close(fifo_fd)
 
 
@@ -300,6 +319,16 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         else:
             mounts.enter_root(rootfs)
         process.seal_imports()  # from here on nothing may be imported from the guest
+        cwd = proc.get("cwd") or "/"
+        if not os.path.isdir(cwd):
+            # As runc and docker: a working directory missing in the guest is created (by root),
+            # before the root turns read-only.
+            try:
+                os.makedirs(cwd, 0o755, exist_ok=True)
+            except OSError as e:
+                raise CannotExecute(
+                    f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}"
+                ) from None
         if linux.get("sysctl"):
             _sysctl(linux["sysctl"])  # before /proc/sys turns read-only (as runc)
         mounts.mask_paths(linux.get("maskedPaths") or [])
@@ -328,8 +357,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         if terminal:
             take_terminal(sock, master, slave, proc.get("consoleSize"))
 
-        env = list(proc.get("env") or [])
-        cwd = proc.get("cwd") or "/"
+        env = process.with_home(list(proc.get("env") or []), int((proc.get("user") or {}).get("uid") or 0))
         path = process.find_executable(proc["args"][0], env, cwd)
 
         # Privileges: no_new_privs, seccomp, then the identity and capability sets.
@@ -339,14 +367,6 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         elif seccomp_prog:
             _load_seccomp(seccomp_prog)
             seccomp_prog = None
-        if not os.path.isdir(cwd):
-            # As docker does: a working directory missing in the guest is created (by root).
-            try:
-                os.makedirs(cwd, 0o755, exist_ok=True)
-            except OSError as e:
-                raise CannotExecute(
-                    f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}"
-                ) from None
         process.become(proc)
         try:
             os.chdir(cwd)

@@ -251,7 +251,7 @@ def _mount_one(
     if is_bind:
         flags |= MS.BIND
         if not os.path.exists(source):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"mount source {source}")
+            raise UsageError("source", f"{source!r} does not exist")
         is_file = not os.path.isdir(source)
     else:
         is_file = False
@@ -287,31 +287,41 @@ def _mount_one(
         target.close()
 
 
-def _make_devices(root: str, devices: list[dict[str, Any]], *, userns: bool) -> None:
-    """Device nodes: mknod, or (in a user namespace, where mknod is refused) a bind of the host's."""
-    made = set()  # parent directories made (or found) already: most devices share /dev
-    for d in devices:
-        path = d["path"]
-        target = secure_join(root, path)
-        parent = os.path.dirname(path)
-        if parent not in made:
-            mkdir_all(root, parent)
-            made.add(parent)
-        if os.path.lexists(target):
-            os.unlink(target)
-        kind = d.get("type", "c")
-        if userns:
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000))
-            mount(path, target, None, MS.BIND)
-            continue
-        mode = (stat.S_IFBLK if kind == "b" else stat.S_IFIFO if kind == "p" else stat.S_IFCHR) | (
-            d.get("fileMode") or 0o666
-        )
-        os.mknod(target, mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
-        os.chmod(target, mode & 0o7777)
-        uid, gid = d.get("uid"), d.get("gid")
-        if uid is not None or gid is not None:
-            os.chown(target, uid if uid is not None else -1, gid if gid is not None else -1)
+def _make_devices(root: str, devices: list[dict[str, Any]], *, userns: bool, own: int | None = None) -> None:
+    """Device nodes: mknod, or (in a user namespace, where mknod is refused) a bind of the host's.
+    The first ``own`` (default: all) are the spec's ``linux.devices``, named so in an error."""
+    made: set[str] = set()  # parent directories made (or found) already: most devices share /dev
+    for i, d in enumerate(devices):
+        try:
+            _make_device(root, d, made, userns=userns)
+        except OSError as e:
+            field = f"linux.devices[{i}].path" if own is None or i < own else f"default device {d['path']}"
+            raise UsageError(field, f"cannot create {d['path']!r}: {e.strerror or e}") from None
+
+
+def _make_device(root: str, d: dict[str, Any], made: set[str], *, userns: bool) -> None:
+    """One device node of :func:`_make_devices`."""
+    path = d["path"]
+    target = secure_join(root, path)
+    parent = os.path.dirname(path)
+    if parent not in made:
+        mkdir_all(root, parent)
+        made.add(parent)
+    if os.path.lexists(target):
+        os.unlink(target)
+    kind = d.get("type", "c")
+    if userns:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o000))
+        mount(path, target, None, MS.BIND)
+        return
+    mode = (stat.S_IFBLK if kind == "b" else stat.S_IFIFO if kind == "p" else stat.S_IFCHR) | (
+        d.get("fileMode") or 0o666
+    )
+    os.mknod(target, mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+    os.chmod(target, mode & 0o7777)
+    uid, gid = d.get("uid"), d.get("gid")
+    if uid is not None or gid is not None:
+        os.chown(target, uid if uid is not None else -1, gid if gid is not None else -1)
 
 
 def _dev_links(root: str) -> None:
@@ -363,17 +373,23 @@ def prepare_root(
     shared_netns = "network" not in ns_types
     dev_is_tmpfs = False
     delegated = cgroup_delegated(spec)
-    for m in spec.get("mounts") or []:
-        if m.get("type") == "sysfs" and sysfs_fd is not None and shared_netns:
-            _mount_one(rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd, cgroups=cgroups)
-            os.close(sysfs_fd)
-            sysfs_fd = None
-            continue
-        _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated, cgroups=cgroups)
+    for i, m in enumerate(spec.get("mounts") or []):
+        try:
+            if m.get("type") == "sysfs" and sysfs_fd is not None and shared_netns:
+                _mount_one(
+                    rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd, cgroups=cgroups
+                )
+                os.close(sysfs_fd)
+                sysfs_fd = None
+                continue
+            _mount_one(rootfs, m, shared_netns=shared_netns, delegated=delegated, cgroups=cgroups)
+        except (OSError, UsageError) as e:
+            raise mount_error(i, m, e) from None
         if m["destination"] == "/dev" and m.get("type") == "tmpfs":
             dev_is_tmpfs = True
     if dev_is_tmpfs:
-        _make_devices(rootfs, default_device_list(linux.get("devices") or []), userns=userns)
+        own = linux.get("devices") or []
+        _make_devices(rootfs, default_device_list(own), userns=userns, own=len(own))
         _dev_links(rootfs)
     elif linux.get("devices"):
         _make_devices(rootfs, linux["devices"], userns=userns)
@@ -383,6 +399,26 @@ def prepare_root(
             mount(console_slave, target.proc, None, MS.BIND)
         finally:
             target.close()
+
+
+def mount_error(index: int, m: dict[str, Any], e: OSError | UsageError) -> UsageError:
+    """The failure of ``mounts[index]`` as one line naming the field and the reason, not the
+    /proc/self/fd path the mount was made through."""
+    dest = m.get("destination")
+    if isinstance(e, UsageError):
+        if e.field == "source":
+            return UsageError(f"mounts[{index}].source", f"{e.reason} (destination {dest!r})")
+        return UsageError(f"mounts[{index}].destination", str(e))  # "mount /dev: resolves to ..."
+    what = m.get("type") or "bind"
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENODEV:
+        reason += f" (no file system of type {what!r} in this kernel)"
+    elif e.errno == errno.EINVAL and m.get("options"):
+        reason += f" (options {','.join(m['options'])!r})"
+    return UsageError(
+        f"mounts[{index}].destination",
+        f"cannot mount {m.get('source') or what!r} ({what}) at {dest!r}: {reason}",
+    )
 
 
 def bind_init(root: str, source: str, dest: str) -> None:

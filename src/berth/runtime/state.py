@@ -163,6 +163,17 @@ def owner_gone(state: dict[str, Any]) -> bool:
     return proc_start_time(pid) != start
 
 
+def creator_gone(state: dict[str, Any]) -> bool:
+    """Has the process making the container (``berth.creator``: pid and start time, recorded by
+    every create) ended?  A state still "creating" is then what a crashed create left; while it
+    lives the create is going on (its hooks may take a while).  True when none is recorded."""
+    creator = state.get("berth", {}).get("creator")
+    if not creator:
+        return True
+    pid, start = creator
+    return start is None or proc_start_time(pid) != start
+
+
 def alive(state: dict[str, Any]) -> bool:
     """Is the container's init still the process we started (not a reused pid)?"""
     pid = state.get("pid") or 0
