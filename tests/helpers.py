@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import secrets
 import shutil
 import subprocess
@@ -48,3 +49,20 @@ def compile_c(out: Path, src: Path, *flags: str, missing: str) -> Path:
     )
     assert r.returncode == 0, r.stderr
     return out
+
+
+def cgroup_roots() -> list[Path]:
+    """The root of every cgroup hierarchy mounted under /sys/fs/cgroup: that directory itself on a
+    cgroup-v2-only host (where a test's parent cgroup is /sys/fs/cgroup/PARENT), else each v1
+    hierarchy and the hybrid host's cgroup2 one (/sys/fs/cgroup/unified)."""
+    top = Path("/sys/fs/cgroup")
+    if (top / "cgroup.controllers").exists():
+        return [top]
+    return [p for p in sorted(top.iterdir()) if p.is_dir() and not p.is_symlink()]
+
+
+def timing_matters() -> bool:
+    """Whether a test's time limits mean anything here: not on an emulated CPU (``make test-v2``
+    under TCG sets BERTH_TEST_EMULATED), where every process runs some 30 times slower and a
+    limit would measure the emulator; the test's other assertions still hold there."""
+    return not os.environ.get("BERTH_TEST_EMULATED")
