@@ -53,13 +53,24 @@ def built_from(store: Store, name: str, inputs: str, *, lxcfs: bool) -> bool:
 def build(store: Store, name: str, *, inputs: str | None = None) -> None:
     """Build ``name``'s spec from its config and save it as ``spec.json`` in the guest's dir
     (with ``inputs``, the digest of what it was built from, for :func:`built_from`)."""
+    from berth.guests.store import atomic_write
+
+    saved = make(store, name, load(store, name))
+    if inputs:
+        saved["inputs"] = inputs
+    # Not fsynced: derived from config.toml and rebuilt by every `berth start` (a spec.json lost
+    # to a power cut reads as "no spec built", which the next start repairs).
+    atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved), durable=False)
+
+
+def make(store: Store, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``name``'s spec (spec.json's object) built from its config ``cfg`` (validated); its id
+    range, if it has a user namespace, is the one allocated to it (berth.runtime.userns)."""
     from berth.cli import run as runcli
     from berth.guests import config
     from berth.guests.lifecycle import effective_config
-    from berth.guests.store import atomic_write
     from berth.runtime.process import wants_init
 
-    cfg = load(store, name)
     o = config.run_options(effective_config(store, cfg))  # with an imported image's defaults
     spec, _rootfs, overlay = runcli.build(o, name, store.root)
     _userns(store, name, cfg, spec, overlay)
@@ -72,11 +83,7 @@ def build(store: Store, name: str, *, inputs: str | None = None) -> None:
     saved = {"spec": spec, "use_init": use_init, "lower": (overlay or {}).get("lower", []), "net": net}
     if point:
         saved["lxcfs"] = point
-    if inputs:
-        saved["inputs"] = inputs
-    # Not fsynced: derived from config.toml and rebuilt by every `berth start` (a spec.json lost
-    # to a power cut reads as "no spec built", which the next start repairs).
-    atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved), durable=False)
+    return saved
 
 
 def _userns(store: Store, name: str, cfg: dict[str, Any], spec: dict[str, Any], overlay: Any) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def main(argv: list[str]) -> int:
     from berth.cli._args import Parser, store
@@ -30,6 +34,17 @@ def main(argv: list[str]) -> int:
 
     args = p.parse_args(argv)
     token = migrate.read_token(args.token_file) if args.token_file else None
-    for name in migrate.receive(store(), args.listen, once=not args.keep, ready=ready, token=token):
+    for name in migrate.receive(
+        store(), args.listen, build=build_spec, once=not args.keep, ready=ready, token=token
+    ):
         print(f"received {name}")
     return 0
+
+
+def build_spec(store: Any, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """An incoming guest's spec, built from its config as `berth create` and `berth start` build
+    it (its [resources] keys checked as there)."""
+    from berth.cli import _guestspec
+
+    _guestspec.check_resources(cfg, f"{name}: config")
+    return _guestspec.make(store, name, cfg)

@@ -65,6 +65,20 @@ stream's SHA-256): the receiver refuses a sender without the token before it loo
 else, and a stream altered on the way.  Without a token the receiver accepts any connection: its
 port must be reachable only from the trusted source host.
 
+**A hostile peer.**  Before the token is checked every read is bounded: the HELLO frame to
+``transfer.HELLO_MAX``, all of the nonce's answer and HELLO to :data:`PREAUTH_SECONDS`; each
+connection has a worker of its own (up to :data:`MAX_WORKERS` at once), so a peer that
+connects and stalls holds up no one.  After it, HELLO's fields are checked by type, the config
+as `berth create` checks it, and the guest's spec is built here from that config (the CLI's
+``build``): the sender's spec.json (its mounts, lower layer, resources, network) is never used.
+Each tree entry is checked (:func:`berth.guests.transfer.recv_tree`: path, type, devices,
+owners of set-id files), and the checkpoint's berth.json before the restore
+(:func:`berth.runtime.checkpoint.check_meta`: host paths bound in, files reopened, tmpfs
+copies, pre-dump links, hooks dropped; the pages against their pagemaps).  What an
+authenticated sender can still do: use the store's and /dev/shm's space down to a reserve
+(``transfer.RESERVE``: no quota per stream), and hand CRIU images it made (CRIU restores them
+as the guest's processes, inside the guest's namespaces and cgroup).
+
 Memory pre-copy: not done.  CRIU's iterative ``pre-dump --track-mem`` needs soft-dirty page
 tracking (``CONFIG_MEM_SOFT_DIRTY``), which this project's test machine lacks, so live migration
 pre-copies the upper layer only and the memory goes in the final, frozen transfer (the PRECOPY
@@ -95,6 +109,13 @@ if TYPE_CHECKING:
 
 MAGIC = b"BERTHMIG2\n"
 NONCE_BYTES = 32
+PREAUTH_SECONDS = 10.0  # for the nonce's answer and HELLO, all told
+MAX_WORKERS = 16  # connections served at once (more wait in the listen backlog)
+# What a received tree may hold: the upper layer anything a guest makes, the images CRIU's
+# files and berth's copies of tmpfs mounts (no block device; a character device only one of
+# berth.runtime.checkpoint.SAFE_DEVICES).
+UPPER_KINDS = "fdlhpc"
+IMAGE_KINDS = "fdlhpca"
 
 
 # -- checkpoint / restore ----------------------------------------------------------------------
@@ -221,20 +242,23 @@ def _restore_locked(
     log = store.log(name)
 
     def reopen(f: dict[str, Any]) -> str:
-        if f["path"].endswith("/console.log"):
+        path = str(f["path"])
+        if path.endswith("/console.log"):
             return log
-        if f["path"].startswith("/dev/"):
-            return str(f["path"])
-        raise StateError(f"guest {name!r}: its checkpoint holds the host file {f['path']} open")
+        # A device every guest has (not any path under /dev: /dev/sda, /dev/../etc/shadow).
+        if path.startswith("/dev/") and os.path.normpath(path) == path and _safe_device(path):
+            return path
+        raise StateError(f"guest {name!r}: its checkpoint holds the host file {path!r} open")
 
     net_opts = config.net_from_dict(spec.get("net"))
     meta = ck.read_meta(images)
     _check_delegation(name, spec, meta)
+    _check_userns(name, spec, meta)
     bridged = net_opts is not None and net_opts.mode == "bridge"
     # A guest in its own user namespace: CRIU dumped its network namespace and makes it again
     # inside the guest's new user namespace; berth makes the veth and hands its guest end over.
     handoff = bridged and not meta.get("netns_external")
-    had = meta.get("net") or {}
+    had = meta.get("net") if isinstance(meta.get("net"), dict) else {}
     holder = None
     netns_fd = None
     plugged = False
@@ -264,6 +288,14 @@ def _restore_locked(
             if handoff:
                 if not had.get("ifname"):
                     raise StateError(f"guest {name!r}: its checkpoint names no veth of its network namespace")
+                import re
+
+                if not isinstance(had["ifname"], str) or not re.fullmatch(
+                    r"[\w.-]{1,15}", had["ifname"], re.ASCII
+                ):
+                    raise StateError(
+                        f"guest {name!r}: its checkpoint's net.ifname {had['ifname']!r} is not an interface name"
+                    )
                 if plugged_peer is not None and plugged_peer.get("ip") == had.get("ip"):
                     got = plugged_peer
                 else:
@@ -290,6 +322,7 @@ def _restore_locked(
             netns_fd=netns_fd,
             criu_args=criu_args,
             on_cgroup=on_cgroup,
+            binds=[m["source"] for m in _bind_mounts(spec["spec"])],
         )
         if plugged:
             instance.net().adopt(store.root, name, net_opts, c.pid)
@@ -322,6 +355,47 @@ def _restore_locked(
     rec.pop("checkpoint", None)
     store.write_run(name, rec)
     return c.pid
+
+
+def _safe_device(path: str) -> bool:
+    import stat
+
+    from berth.runtime.checkpoint import SAFE_DEVICES
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev in SAFE_DEVICES
+
+
+def _bind_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in spec.get("mounts") or []
+        if isinstance(m, dict)
+        and isinstance(m.get("source"), str)
+        and (m.get("type") == "bind" or {"bind", "rbind"} & set(m.get("options") or []))
+    ]
+
+
+def _check_userns(name: str, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A checkpoint's user namespace (whose root gets the image files, and maps the restored
+    processes) must be the guest's own: the images may come from another host, or have been
+    altered."""
+    from berth.runtime import ckuserns
+
+    rng = incoming_ids(spec)
+    userns = meta.get("userns")
+    if userns:
+        try:
+            roots = {ckuserns._host_id(userns["uid_map"]), ckuserns._host_id(userns["gid_map"])}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            roots = set()
+        if rng is None or roots != {rng[0]}:
+            raise StateError(f"guest {name!r}: its checkpoint's user namespace is not the guest's own")
+    elif rng is not None:
+        raise StateError(f"guest {name!r}: its checkpoint has no user namespace; the guest has one")
 
 
 def _check_delegation(name: str, spec: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -569,6 +643,29 @@ def _criu(store: Store) -> str:
 
 
 # -- receiver ----------------------------------------------------------------------------------
+_HELLO_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "config": (str,),
+    "spec": (str,),
+    "live": (bool, type(None)),
+    "auth": (str, type(None)),
+    "net": (dict, type(None)),
+}
+
+
+def check_hello(hello: dict[str, Any]) -> None:
+    """Each HELLO field of the type it must have (UsageError naming the field)."""
+    for key, types in _HELLO_TYPES.items():
+        if key not in hello and type(None) in types:
+            continue
+        if key not in hello:
+            raise UsageError(key, "missing from the sender's HELLO")
+        if not isinstance(hello[key], types):
+            raise UsageError(key, f"the sender's HELLO gives a {type(hello[key]).__name__}")
+    if len(hello["name"]) > 255:
+        raise UsageError("name", f"the sender's guest name is {len(hello['name'])} characters long")
+
+
 def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     """Check a migration request before anything is created; the guest's name."""
     from berth.rootfs import template
@@ -585,9 +682,16 @@ def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     config.validate(cfg, f"{name}: config")
     if cfg.get("disk"):
         raise UsageError("disk", "migrating a guest with a --disk image is not supported yet")
-    spec = json.loads(hello["spec"])
-    if not isinstance(spec.get("spec"), dict):
+    try:
+        spec = json.loads(hello["spec"])
+    except ValueError as e:
+        raise UsageError("spec", f"the guest's spec is not valid JSON: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("spec"), dict):
         raise UsageError("spec", "missing")
+    try:
+        template.check_template_name(cfg["template"])  # a name, not a path out of the store
+    except UsageError as e:
+        raise UsageError("template", e.reason) from None
     if cfg["template"] not in template.TEMPLATES and not os.path.isdir(
         template.template_rootfs(store.root, cfg["template"])
     ):
@@ -645,54 +749,106 @@ def _release_ids(store: Store, name: str) -> None:
 
 
 def receive(
-    store: Store, listen: str, *, once: bool = True, ready: Any = None, token: bytes | None = None
+    store: Store,
+    listen: str,
+    *,
+    build: Any,
+    once: bool = True,
+    ready: Any = None,
+    token: bytes | None = None,
 ) -> list[str]:
     """Accept migrations on ``listen`` (ADDR:PORT); the names of the guests received.  With
-    ``token``, only from a sender that has it (HMAC of the stream's nonce).
+    ``token``, only from a sender that has it (HMAC of the stream's nonce).  ``build(store,
+    name, config)``: the guest's spec (spec.json's object) built here from its validated config,
+    as `berth start` builds it (the CLI's; the sender's own spec is not trusted: its mounts,
+    lower layer, resources and network would be taken as they come).
 
     Each connection is served by a forked worker; if the worker dies (killed, crashed), this
     process removes what it staged or placed, so the destination keeps nothing."""
+    import select
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # through the cleanup below: no worker outlives us
+
+    signal.signal(signal.SIGTERM, stop)
     srv = socket.create_server(parse_addr(listen))
-    got = []
+    got: list[str] = []
+    # Each worker: its progress pipe and the words it sent.  Served at once (up to MAX_WORKERS):
+    # a peer that connects and stalls holds its own worker (until PREAUTH_SECONDS), no one else.
+    workers: dict[int, tuple[int, bytearray]] = {}
     try:
         if ready is not None:
             ready(srv.getsockname())
         while True:
-            conn, _peer = srv.accept()
-            rfd, wfd = os.pipe()
-            pid = os.fork()
-            if pid == 0:
+            fds = {rfd: pid for pid, (rfd, _w) in workers.items()}
+            wanted = list(fds) + ([srv.fileno()] if len(workers) < MAX_WORKERS else [])
+            readable, _, _ = select.select(wanted, [], [])
+            for fd in readable:
+                if fd == srv.fileno():
+                    pid, rfd = _serve(store, srv, token, build)
+                    workers[pid] = (rfd, bytearray())
+                    continue
+                pid = fds[fd]
+                rfd, words = workers[pid]
+                chunk = os.read(rfd, 4096)
+                if chunk:
+                    words += chunk
+                    continue
+                del workers[pid]
                 os.close(rfd)
-                srv.close()
-                code = 1
-                try:
-                    name = _receive_one(store, conn, progress=wfd, token=token)
-                    os.write(wfd, f"done {name}\n".encode())
-                    code = 0
-                except BaseException as e:
-                    import sys
-
-                    sys.stderr.write(f"berth receive: {e}\n")
-                finally:
-                    os._exit(code)
-            conn.close()
-            os.close(wfd)
-            words = b""
-            while chunk := os.read(rfd, 4096):
-                words += chunk
-            os.close(rfd)
-            _, status = os.waitpid(pid, 0)
-            lines = words.decode().split()
-            if os.WIFSIGNALED(status):
-                _clean_after_worker(store, lines)
-            elif lines[-2:-1] == ["done"]:
-                got.append(lines[-1])
-            if once:
-                if not got:
-                    raise BerthError("the migration was not received (see the messages above)")
-                return got
+                _, status = os.waitpid(pid, 0)
+                lines = words.decode(errors="replace").split()
+                if os.WIFSIGNALED(status):
+                    _clean_after_worker(store, lines)
+                elif lines[-2:-1] == ["done"]:
+                    got.append(lines[-1])
+                # Once: the first sender that spoke the protocol (sent a HELLO) decides;
+                # a stray connection (a scan, a stalled or garbled peer) does not end it.
+                if once and "hello" in lines:
+                    if not got:
+                        raise BerthError("the migration was not received (see the messages above)")
+                    return got
     finally:
         srv.close()
+        for pid, (rfd, words) in workers.items():
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            left = bytes(words)
+            while chunk := os.read(rfd, 4096):
+                left += chunk
+            os.close(rfd)
+            _clean_after_worker(store, left.decode(errors="replace").split())
+
+
+def _serve(store: Store, srv: socket.socket, token: bytes | None, build: Any) -> tuple[int, int]:
+    """Accept one connection and fork its worker; (its pid, the read end of its progress pipe)."""
+    conn, _peer = srv.accept()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(rfd)
+        srv.close()
+        code = 1
+        try:
+            name = _receive_one(store, conn, build, progress=wfd, token=token)
+            os.write(wfd, f"done {name}\n".encode())
+            code = 0
+        except BaseException as e:
+            import sys
+
+            sys.stderr.write(f"berth receive: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        finally:
+            os._exit(code)
+    conn.close()
+    os.close(wfd)
+    return pid, rfd
 
 
 def _clean_after_worker(store: Store, words: list[str]) -> None:
@@ -716,28 +872,55 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
                 _undo(store, value)
 
 
-def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token: bytes | None = None) -> str:
+def _receive_one(
+    store: Store, conn: socket.socket, build: Any, *, progress: int = -1, token: bytes | None = None
+) -> str:
     from berth.rootfs import template
 
-    conn.settimeout(300)
+    conn.settimeout(PREAUTH_SECONDS)
     s = Stream(conn)
+    # Until the sender has authenticated, every read is bounded in size and all of them
+    # together in time: a peer that sends nothing, or claims a huge frame, costs nothing.
+    s.deadline = time.monotonic() + PREAUTH_SECONDS
     nonce = os.urandom(NONCE_BYTES)
     s.send(nonce, hashed=False)
     if s._exact(len(MAGIC)) != MAGIC:
         raise BerthError("not a berth migration stream")
-    hello = s.recv_json()
+    hello = s.recv_json(limit=transfer.HELLO_MAX)
+    _tell(progress, "hello", "-")
+    ids = False
     try:
         if token and not hmac.compare_digest(str(hello.get("auth") or ""), _mac(token, nonce)):
             raise BerthError("the sender did not authenticate (wrong or missing --token-file)")
+        check_hello(hello)
+        s.deadline = None
+        conn.settimeout(300)
         name = validate_incoming(store, hello)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
+        rng = incoming_ids(json.loads(hello["spec"]))
         with store.lock(name):
             _tell(progress, "ids", name)
             ids = _reserve_ids(store, name, json.loads(hello["spec"]))
-    except BerthError as e:
-        s.send_json({"ok": False, "error": str(e)})
-        raise
+        # The spec this host runs the guest with: built here from the validated config (with
+        # the id range just reserved), as `berth start` would; the sender's is not used.
+        saved = build(store, name, cfg)
+        if incoming_ids(saved) != rng:
+            raise UsageError(
+                "userns", "the guest's config and the sender's spec disagree on its user namespace"
+            )
+        spec_text = json.dumps(saved)
+    except Exception as e:
+        if ids:
+            _release_ids(store, name)
+        err = e if isinstance(e, BerthError) else BerthError(f"the migration was refused: {e}")
+        try:
+            s.send_json({"ok": False, "error": str(err)})
+        except OSError:
+            pass
+        if err is e:
+            raise
+        raise err from e
     os.makedirs(store.guests, 0o711, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=store.guests)
     _tell(progress, "staging", staging)
@@ -748,30 +931,32 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
     plugged = None
     try:
         s.send_json({"ok": True})
-        _preload(json.loads(hello["spec"]))
+        _preload(json.loads(spec_text))
         from berth.runtime import checkpoint as ck
 
         netns = ck.NetnsHolder()  # the guest's network namespace, made now, not in the downtime
-        net_spec = json.loads(hello["spec"]).get("net")
+        net_spec = json.loads(spec_text).get("net")
         _tell(progress, "plugged", json.dumps({"name": name, "net": net_spec}).encode().hex())
-        plugged = _preplug(store, name, json.loads(hello["spec"]), hello.get("net"))
+        plugged = _preplug(store, name, json.loads(spec_text), hello.get("net"))
         while True:
             head = s.recv_json()
             if head.get("final"):
                 break
             fault("receive:precopy")
             shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
-            transfer.recv_tree(s, {"upper": staging})
+            transfer.recv_tree(s, {"upper": staging}, kinds=UPPER_KINDS, ids=rng)
         fault("receive:transfer")
         t_final = time.monotonic()
         phases: dict[str, float] = {}
-        transfer.recv_tree(s, {"images": scratch})
+        transfer.recv_tree(s, {"images": scratch}, kinds=IMAGE_KINDS)
         remove = s.recv_json().get("remove") or []
+        if not isinstance(remove, list) or not all(isinstance(r, str) for r in remove):
+            raise UsageError("remove", "the sender's removal list is not a list of paths")
         if head.get("delta") and os.path.isdir(os.path.join(staging, "upper")):
             transfer.remove_paths(os.path.join(staging, "upper"), remove)
         else:
             shutil.rmtree(os.path.join(staging, "upper"), ignore_errors=True)
-        transfer.recv_tree(s, {"upper": staging})
+        transfer.recv_tree(s, {"upper": staging}, kinds=UPPER_KINDS, ids=rng)
         phases["received"] = time.monotonic() - t_final
         digest = _final_digest(s, token, nonce)
         if not hmac.compare_digest(s.recv(hashed=False).decode(errors="replace"), digest):
@@ -780,7 +965,7 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
         with open(os.path.join(staging, "config.toml"), "w") as f:
             f.write(hello["config"])
         with open(os.path.join(staging, "spec.json"), "w") as f:
-            f.write(hello["spec"])
+            f.write(spec_text)
         os.mkdir(os.path.join(staging, "work"), 0o700)
         with store.lock(name):
             if os.path.lexists(store.dir(name)):
@@ -789,7 +974,7 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
             os.rename(staging, store.dir(name))
             placed = True
             # "net": what cleanup (here or by the parent, if this worker dies) unplugs.
-            net = json.loads(hello["spec"]).get("net")
+            net = json.loads(spec_text).get("net")
             store.write_run(
                 name, {"status": "stopped", "desired": "stopped", "store": store.root, "net": net}
             )
@@ -812,7 +997,7 @@ def _receive_one(store: Store, conn: socket.socket, *, progress: int = -1, token
             _undo(store, name)
         else:
             if plugged is not None:
-                _unplug_early(store, name, json.loads(hello["spec"]))
+                _unplug_early(store, name, json.loads(spec_text))
             if ids:
                 _release_ids(store, name)
         try:

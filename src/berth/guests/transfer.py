@@ -7,8 +7,10 @@ attributes such as overlayfs's opaque mark, link target or device number), a reg
 bytes in frames of at most :data:`CHUNK` after it, an empty frame at the end.  (Not tar:
 Python's tarfile streams at a tenth of the speed and drops extended attributes.)  The receiver
 writes each entry as it arrives, checking its path first (no absolute path, no ``..``, no
-symlink on the way, only the top-level names it expects), into a staging directory nothing uses
-before the stream's digest has been checked.
+symlink on the way, only the top-level names it expects, each a directory; every header field
+of its type; no block device, no character device but a guest's usual ones), into a staging
+directory nothing uses before the stream's digest has been checked.  No frame longer than
+:data:`MAX_FRAME` (a file's data: :data:`CHUNK`) is read, whatever length the peer claims.
 
 **Delta of the upper layer.**  :func:`manifest` records each entry's (type, inode, size, mtime,
 ctime) while the pre-copy tar is made.  After the freeze, :func:`delta` lists what changed: new
@@ -37,7 +39,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHUNK = 1 << 20
-MAX_FRAME = 1 << 40
+# The largest frame a receiver takes (a file's data comes in frames of at most CHUNK; entry
+# headers and the removal list are JSON): every read is bounded, nothing is allocated for a
+# length a peer merely claims.  Before the sender has authenticated, far less (HELLO_MAX).
+MAX_FRAME = 1 << 26
+HELLO_MAX = 1 << 20
+RESERVE = 256 << 20  # free space a received file may not take (or 5% of a smaller filesystem)
 SLACK_NS = 1_000_000_000
 
 
@@ -48,6 +55,9 @@ class Stream:
         self.sock = sock
         self.sha = hashlib.sha256()
         self.sent = 0
+        # A time.monotonic() by which every read must be done (None: the socket's own timeout
+        # per read): a peer that has not authenticated cannot hold a receiver by trickling.
+        self.deadline: float | None = None
 
     def send(self, body: bytes, *, hashed: bool = True) -> None:
         if len(body) < 65536:
@@ -67,23 +77,37 @@ class Stream:
         view = memoryview(buf)
         got = 0
         while got < n:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the peer sent too slowly")
+                self.sock.settimeout(left)
             k = self.sock.recv_into(view[got:], n - got)
             if not k:
                 raise ConnectionError("the migration stream broke")
             got += k
         return bytes(buf)
 
-    def recv(self, *, hashed: bool = True) -> bytes:
+    def recv(self, *, hashed: bool = True, limit: int = MAX_FRAME) -> bytes:
+        """The next frame's body; a frame longer than ``limit`` is refused before it is read."""
         (n,) = struct.unpack(">Q", self._exact(8))
-        if n > MAX_FRAME:
-            raise ConnectionError("the migration stream is corrupt (frame too large)")
+        if n > limit:
+            raise BerthError(f"the migration stream is corrupt: a frame of {n} bytes (at most {limit})")
         body = self._exact(n)
         if hashed:
             self.sha.update(body)
         return body
 
-    def recv_json(self) -> dict[str, Any]:
-        return json.loads(self.recv())  # type: ignore[no-any-return]
+    def recv_json(self, *, limit: int = MAX_FRAME) -> dict[str, Any]:
+        """The next frame as a JSON object (BerthError if it is not one)."""
+        body = self.recv(limit=limit)
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BerthError("the migration stream is corrupt: a frame is not JSON") from None
+        if not isinstance(obj, dict):
+            raise BerthError("the migration stream is corrupt: a frame is not a JSON object")
+        return obj
 
 
 _KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
@@ -264,20 +288,102 @@ def _clear(path: str, keep_dir: bool) -> None:
         os.unlink(path)
 
 
-def recv_tree(s: Stream, dests: dict[str, str]) -> None:
+_FIELDS = {
+    "n": str,
+    "t": str,
+    "m": int,
+    "u": int,
+    "g": int,
+    "mt": int,
+    "s": int,
+    "l": str,
+    "r": int,
+    "x": dict,
+}
+NAME_MAX = 4096
+
+
+def _header(raw: bytes) -> dict[str, Any]:
+    """An entry header, every field of the type it must have (BerthError naming the field)."""
+    try:
+        h = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BerthError("the migration stream is corrupt: an entry header is not JSON") from None
+    if not isinstance(h, dict) or not isinstance(h.get("n"), str) or not isinstance(h.get("t"), str):
+        raise BerthError("the migration stream is corrupt: an entry header lacks its name or type")
+    name = h["n"]
+    if len(name) > NAME_MAX or "\0" in name:
+        raise BerthError(f"the migration stream holds a bad path: {name[:100]!r}")
+    need = {"a": ("n", "t"), "h": ("n", "t", "l")}.get(h["t"], ("n", "t", "m", "u", "g", "mt"))
+    for key, typ in _FIELDS.items():
+        v = h.get(key)
+        if v is None:
+            if key in need or (key == "s" and h["t"] == "f") or (key == "l" and h["t"] == "l"):
+                raise BerthError(f"the migration stream's entry {name!r}: field {key!r} is missing")
+            continue
+        if not isinstance(v, typ) or isinstance(v, bool) or (typ is int and not 0 <= v < 1 << 63):
+            raise BerthError(
+                f"the migration stream's entry {name!r}: field {key!r} is not a valid {typ.__name__}"
+            )
+    if "\0" in h.get("l", "") or len(h.get("l", "")) > NAME_MAX:
+        raise BerthError(f"the migration stream's entry {name!r}: field 'l' is not a valid link target")
+    for k, v in (h.get("x") or {}).items():
+        if not isinstance(v, str) or "\0" in k:
+            raise BerthError(f"the migration stream's entry {name!r}: field 'x' holds a bad attribute")
+    return h
+
+
+def recv_tree(
+    s: Stream, dests: dict[str, str], *, kinds: str = "fdlhpca", ids: tuple[int, int] | None = None
+) -> None:
     """Receive what :func:`send_tree` sent: an entry ``top/...`` goes under ``dests[top]``
-    (which holds ``top``); a path that would leave it is refused."""
+    (which holds ``top``, a directory); a path that would leave it is refused.  ``kinds``: the
+    entry types this tree may hold (a character device only one of berth.runtime.checkpoint's ``SAFE_DEVICES``; no
+    block device ever); ``ids``: the (start, size) range the owner of a setuid or setgid file
+    must be in (a guest in its own user namespace: no set-id file of the host's ids)."""
+    from berth.runtime.checkpoint import SAFE_DEVICES
+
     d = _Dest(dests)
     dirs: list[tuple[str, dict[str, Any]]] = []
     while head := s.recv():
-        h = json.loads(head)
-        name = str(h["n"])
+        h = _header(head)
+        name = h["n"]
         path = d.path(name)
         kind = h["t"]
+        if kind not in kinds:
+            raise BerthError(f"the migration stream's entry {name!r}: type {kind!r} is not allowed here")
+        if "/" not in name and kind != "d":
+            raise BerthError(f"the migration stream's entry {name!r}: not a directory")
+        if kind == "c" and h.get("r", 0) not in SAFE_DEVICES:
+            raise BerthError(
+                f"the migration stream's entry {name!r}: device {os.major(h.get('r', 0))}:"
+                f"{os.minor(h.get('r', 0))} is not one a guest may have"
+            )
+        if ids is not None and kind == "f" and h["m"] & (stat.S_ISUID | stat.S_ISGID):
+            for key in ("u", "g"):
+                if not ids[0] <= h[key] < ids[0] + ids[1]:
+                    raise BerthError(
+                        f"the migration stream's entry {name!r}: field {key!r}: owner {h[key]} "
+                        f"outside the guest's ids {ids[0]}:{ids[1]}"
+                    )
         if kind == "a":  # a stretch of a file being written on the other side (Tail)
-            data = s.recv()
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            data = s.recv(limit=CHUNK)
+            # Not a fifo (an open that waits forever) nor anything else but a regular file.
             try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise BerthError(f"the migration stream appends to a non-file: {name!r}")
+            _room(os.path.dirname(path), len(data), name)
+            fd = os.open(
+                path,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise BerthError(f"the migration stream appends to a non-file: {name!r}")
                 os.write(fd, data)
             finally:
                 os.close(fd)
@@ -288,22 +394,25 @@ def recv_tree(s: Stream, dests: dict[str, str]) -> None:
             dirs.append((path, h))
             continue
         if kind == "h":
-            target = d.path(str(h["l"]))
-            if str(h["l"]).split("/")[0] != name.split("/")[0]:
+            if h["l"].split("/")[0] != name.split("/")[0]:
                 raise BerthError(f"the migration stream holds a bad link: {h['l']!r}")
+            target = d.path(h["l"])
+            if not stat.S_ISREG(os.lstat(target).st_mode):
+                raise BerthError(f"the migration stream links to a non-file: {h['l']!r}")
             os.link(target, path, follow_symlinks=False)
             continue
         if kind == "l":
-            os.symlink(str(h["l"]), path)
-        elif kind in "cbp":
-            fmt = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
-            os.mknod(path, fmt | 0o600, int(h.get("r", 0)))
+            os.symlink(h["l"], path)
+        elif kind in "cp":
+            fmt = {"c": stat.S_IFCHR, "p": stat.S_IFIFO}[kind]
+            os.mknod(path, fmt | 0o600, h.get("r", 0))
         elif kind == "f":
+            _room(os.path.dirname(path), h["s"], name)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                left = int(h["s"])
+                left = h["s"]
                 while left > 0:
-                    data = s.recv()
+                    data = s.recv(limit=CHUNK)
                     if not data or len(data) > left:
                         raise BerthError(f"the migration stream is corrupt (the size of {name!r})")
                     os.write(fd, data)
@@ -317,6 +426,19 @@ def recv_tree(s: Stream, dests: dict[str, str]) -> None:
         _meta(path, h)
 
 
+def _room(directory: str, size: int, name: str) -> None:
+    """Refuse a file that would leave the filesystem of ``directory`` with less than
+    :data:`RESERVE` free (a sender cannot fill the store or /dev/shm: it is told at once)."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    reserve = min(RESERVE, st.f_blocks * st.f_frsize // 20)
+    if size > free - reserve:
+        raise BerthError(
+            f"the migration stream's entry {name!r}: no room for {size} bytes here "
+            f"({max(free - reserve, 0)} free above the reserve)"
+        )
+
+
 def _meta(path: str, h: dict[str, Any]) -> None:
     link = h["t"] == "l"
     for n, v in (h.get("x") or {}).items():
@@ -326,7 +448,7 @@ def _meta(path: str, h: dict[str, Any]) -> None:
             pass  # a name this filesystem does not take
     os.chown(path, int(h["u"]), int(h["g"]), follow_symlinks=False)
     if not link:
-        os.chmod(path, int(h["m"]))
+        os.chmod(path, int(h["m"]) & 0o7777)
     os.utime(path, ns=(int(h["mt"]), int(h["mt"])), follow_symlinks=False)
 
 

@@ -90,6 +90,7 @@ def main(ctx: Context, argv: list[str]) -> int:
     images = os.path.abspath(opts.get("image_path") or "checkpoint")
     spec = create_verb.load(ctx, bundle)
     meta = ck.read_meta(images)
+    _check_userns(images, meta, spec)
     criu = criu_mod.find()
     root = spec.get("root") or {}
     rootfs = os.path.join(bundle, root.get("path") or "rootfs")
@@ -142,6 +143,12 @@ def main(ctx: Context, argv: list[str]) -> int:
             pid_file=os.path.abspath(opts["pid_file"]) if opts.get("pid_file") else None,
             criu_args=args,
             inherit=inherit,
+            # What the restored container may bind in, and its hooks: the bundle's, never the
+            # checkpoint's (its berth.json may have been altered).
+            binds=list(sources.values()),
+            hooks={
+                k: v for k, v in (spec.get("hooks") or {}).items() if k in ("poststart", "poststop") and v
+            },
         )
     finally:
         for fd in opened:
@@ -159,3 +166,30 @@ def _record_spec(c: Any, spec: dict[str, Any]) -> None:
     bundle's (what ``state`` reports)."""
     c.data["annotations"] = spec.get("annotations") or {}
     c.save()
+
+
+def _check_userns(images: str, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+    """A checkpoint's user namespace (whose root gets the image files) and cgroup delegation
+    must be the bundle's root (the checkpoint may have been altered)."""
+    from berth.errors import StateError
+    from berth.runtime import ckuserns
+    from berth.runtime.checkpoint import META
+
+    linux = spec.get("linux") or {}
+    want = set()
+    for key in ("uidMappings", "gidMappings"):
+        for m in linux.get(key) or []:
+            if isinstance(m, dict) and m.get("containerID") == 0:
+                want.add(m.get("hostID"))
+    deleg = meta.get("delegated")
+    if deleg and (not isinstance(deleg, dict) or {deleg.get("uid"), deleg.get("gid")} != (want or {0})):
+        raise StateError(f"{images}/{META}: delegated: not the bundle's root")
+    userns = meta.get("userns")
+    if not userns:
+        return
+    try:
+        have = {ckuserns._host_id(userns["uid_map"]), ckuserns._host_id(userns["gid_map"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        have = set()
+    if not have or have != want:
+        raise StateError(f"{images}/{META}: userns: not the bundle's user namespace")

@@ -62,6 +62,12 @@ if TYPE_CHECKING:
 
 META = "berth.json"
 NETNS_KEY = "berth-netns"
+# The character devices a restored guest's copied tmpfs (and a migrated tree) may hold:
+# overlayfs's whiteout (0:0) and those every guest's /dev has (null, zero, full, random,
+# urandom, tty, ptmx); never a block device nor another character device.
+SAFE_DEVICES = frozenset(
+    os.makedev(a, b) for a, b in ((0, 0), (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2))
+)
 # The content of the container's tmpfs mounts, copied by berth (dump(own_tmpfs=True)).
 TMPFS_DIR = "tmpfs"
 TMPFS_KEY = "berth-tmpfs-"
@@ -310,12 +316,13 @@ def _tmpfs_data(options: str) -> tuple[bool, str]:
     return "ro" in opts, ",".join(o for o in opts if o not in ("ro", "rw"))
 
 
-def copy_tree(src: str, dst: str, dev: int | None = None) -> None:
+def copy_tree(src: str, dst: str, dev: int | None = None, *, safe: bool = False) -> None:
     """Copy the tree at ``src`` into the directory ``dst`` (there already: it gets ``src``'s
     mode, owner, times and extended attributes), every entry with its type (files, directories,
     symlinks, device nodes, fifos; sockets are left out: their owners bind them again), mode,
     owner, times, extended attributes and hard links.  ``dev``: only this filesystem (mount
-    points of others are copied as empty directories)."""
+    points of others are copied as empty directories).  ``safe``: from a checkpoint that may
+    have been tampered with: no device node but :data:`SAFE_DEVICES` (StateError)."""
     links: dict[tuple[int, int], str] = {}
     dirs: list[tuple[str, os.stat_result, str]] = []
     todo = [(src, dst)]
@@ -344,6 +351,10 @@ def copy_tree(src: str, dst: str, dev: int | None = None) -> None:
             elif fmt == stat.S_IFLNK:
                 os.symlink(os.readlink(s), d)
             elif fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
+                if safe and fmt != stat.S_IFIFO and (fmt == stat.S_IFBLK or st.st_rdev not in SAFE_DEVICES):
+                    raise StateError(
+                        f"{s}: device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} in a checkpoint"
+                    )
                 os.mknod(d, fmt | 0o600, st.st_rdev)
             else:
                 continue  # a socket
@@ -540,6 +551,127 @@ def forget(c: Container) -> None:
 
 
 # -- restore -----------------------------------------------------------------------------------
+def _bad(images: str, field: str, why: str) -> StateError:
+    return StateError(f"{images}/{META}: {field}: {why}")
+
+
+def check_meta(meta: dict[str, Any], images: str, *, cgroup_path: str, binds: Sequence[str] = ()) -> None:
+    """What a restore takes from a checkpoint's berth.json, checked (it may have been tampered
+    with, or come from another host): a StateError naming the field.  Every host path it binds
+    in is one of ``binds`` (the new spec's bind sources), berth's tini, a device of
+    :data:`SAFE_DEVICES` or the guest's own cgroup (``cgroup_path``); every tmpfs copy is a
+    directory of the image directory; every file it reopens an absolute, normal path; a
+    pre-dump it builds on (``parent``) a berth pre-dump."""
+    from berth.runtime.process import TINI
+
+    real = os.path.realpath(images)
+    with os.scandir(images) as it:  # CRIU's images themselves: none may lead out (/etc/shadow as pages)
+        for e in it:
+            if e.is_symlink() and e.name != "parent":
+                raise StateError(f"{images}/{e.name}: a symlink in a checkpoint")
+    if not isinstance(meta.get("state"), dict):
+        raise _bad(images, "state", "missing or not an object")
+    if meta.get("network_lock") not in (None, "iptables", "nftables", "skip"):
+        raise _bad(images, "network_lock", f"{meta['network_lock']!r} is not a CRIU network lock")
+    import re
+
+    for field in ("ext_mounts", "tmpfs", "files"):  # their keys go into CRIU's --external and --inherit-fd
+        for rec in meta.get(field) or [] if isinstance(meta.get(field), list) else []:
+            key = rec.get("key") if isinstance(rec, dict) else None
+            ok = isinstance(key, str) and (
+                re.fullmatch(r"file\[[0-9a-f]+:[0-9a-f]+\]", key)
+                if field == "files"
+                else re.fullmatch(r"[\w./-]+", key, re.ASCII)
+            )
+            if not ok:
+                raise _bad(images, field, f"the key {key!r} is not one berth makes")
+    allowed = {os.path.normpath(b) for b in binds if isinstance(b, str)} | {TINI, os.path.realpath(TINI)}
+    ext = meta.get("ext_mounts") or []
+    if not isinstance(ext, list):
+        raise _bad(images, "ext_mounts", "not a list")
+    for e in ext:
+        if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("mnt", "host", "key")):
+            raise _bad(images, "ext_mounts", f"{e!r} is not a mount record")
+        host = e["host"]
+        if e.get("sysfs"):
+            continue  # a new sysfs is mounted for it, nothing of the host's
+        if os.path.normpath(host) != host or not host.startswith("/"):
+            raise _bad(images, "ext_mounts", f"{host!r} is not an absolute, normal path")
+        if e.get("cgroup"):
+            moved = extmounts.moved_cgroup(host, str(meta.get("cgroup") or ""), cgroup_path)
+            if not (moved.startswith("/sys/fs/cgroup/") and moved.endswith("/" + cgroup_path.strip("/"))):
+                raise _bad(images, "ext_mounts", f"{host!r} is not the guest's own cgroup")
+            continue
+        if host in allowed:
+            continue
+        try:
+            dev = os.stat(host)
+        except OSError:
+            dev = None
+        if dev is None or not stat.S_ISCHR(dev.st_mode) or dev.st_rdev not in SAFE_DEVICES:
+            raise _bad(images, "ext_mounts", f"the host path {host!r} is not one this guest binds")
+    tmpfs = meta.get("tmpfs") or []
+    if not isinstance(tmpfs, list):
+        raise _bad(images, "tmpfs", "not a list")
+    for t in tmpfs:
+        d = t.get("dir") if isinstance(t, dict) else None
+        if (
+            not isinstance(d, str)
+            or not d.startswith(f"{TMPFS_DIR}/")
+            or not d[len(TMPFS_DIR) + 1 :].isdigit()
+        ):
+            raise _bad(images, "tmpfs", f"{d!r} is not a copy in the image directory")
+        if not all(
+            isinstance(t.get(k), (str, type(None))) for k in ("key", "source", "options", "mnt_options")
+        ):
+            raise _bad(images, "tmpfs", f"{d!r}: a field is not a string")
+        path = os.path.join(images, d)
+        if os.path.realpath(path) != os.path.join(real, d) or not os.path.isdir(path):
+            raise _bad(images, "tmpfs", f"{d!r} is not a directory of the image directory")
+        for top, _dirs, names in os.walk(path):  # its device nodes: those a guest's /dev has
+            for n in names:
+                st_ = os.lstat(os.path.join(top, n))
+                if stat.S_ISBLK(st_.st_mode) or (
+                    stat.S_ISCHR(st_.st_mode) and st_.st_rdev not in SAFE_DEVICES
+                ):
+                    rdev = f"{os.major(st_.st_rdev)}:{os.minor(st_.st_rdev)}"
+                    raise _bad(images, "tmpfs", f"{os.path.join(top, n)}: device {rdev} in a checkpoint")
+    files = meta.get("files") or []
+    if not isinstance(files, list):
+        raise _bad(images, "files", "not a list")
+    for f in files:
+        path = f.get("path") if isinstance(f, dict) else None
+        if not isinstance(path, str) or not path.startswith("/") or os.path.normpath(path) != path:
+            raise _bad(images, "files", f"{path!r} is not an absolute, normal path")
+        if not isinstance(f.get("flags"), int) or not isinstance(f.get("key"), str):
+            raise _bad(images, "files", f"{path!r}: its flags or key are missing")
+    _check_parents(images)
+
+
+def _check_parents(images: str) -> None:
+    """The pre-dumps a checkpoint builds on (CRIU's ``parent`` links, followed by the restore
+    and made readable to the guest): each a berth pre-dump beside the checkpoint, not any
+    directory of the host."""
+    path = images
+    beside = os.path.dirname(os.path.realpath(images)) + "/"  # where pre-dumps are made
+    seen: set[str] = set()
+    while os.path.lexists(parent := os.path.join(path, "parent")):
+        real = os.path.realpath(parent)
+        if real in seen:
+            return
+        seen.add(real)
+        if not real.startswith(beside):
+            raise StateError(f"{images}: its parent {real} is not beside it")
+        try:
+            with open(os.path.join(real, META)) as f:
+                ok = json.load(f).get("pre_dump") is True
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise StateError(f"{images}: its parent {real} is not a berth pre-dump")
+        path = real
+
+
 def restore(
     state_root: str,
     cid: str,
@@ -559,6 +691,8 @@ def restore(
     inherit: Sequence[tuple[int, str]] = (),
     netns_fd: int | None = None,
     on_cgroup: Callable[[Any], None] | None = None,
+    binds: Sequence[str] = (),
+    hooks: dict[str, Any] | None = None,
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
@@ -572,6 +706,12 @@ def restore(
     with loopback up).  ``on_cgroup(cgroup)``: called once the cgroup exists with its limits,
     before any process is restored into it (a guest's address filter is attached there).  On
     failure nothing is left: no state directory, cgroup or process.
+
+    The image directory may have been tampered with (or sent by another host): its berth.json
+    is checked (:func:`check_meta`: the host paths it binds in must be the caller's ``binds``,
+    the guest's devices, berth's tini or the guest's own cgroup; its tmpfs copies in the image
+    directory), and the restored state keeps none of the old one's commands: its poststart and
+    poststop ``hooks`` are the caller's (the new spec's).
     """
     from berth.cgroups import open_cgroup
     from berth.runtime.container import Container
@@ -582,6 +722,8 @@ def restore(
     overlay = overlay if overlay is not None else (None if rootfs else meta.get("overlay"))
     cgroup_path = cgroup_path or meta.get("cgroup") or f"berth/{cid}"
     resources = resources if resources is not None else meta.get("resources")
+    check_meta(meta, images, cgroup_path=cgroup_path, binds=binds)
+    check_pages(images)
     sdir = st.reserve(state_root, cid)
     cg = None
     pid = 0
@@ -676,9 +818,12 @@ def restore(
                 sysfs_at.append(host)
             args += ["--external", f"mnt[{e['key']}]:{host}"]
         args += list(criu_args)
-        data = dict(old)
-        berth = dict(old.get("berth") or {})
+        # Of the old state only what names nothing to run or remove on this host.
+        data = {k: old[k] for k in ("ociVersion", "annotations") if k in old}
+        berth = {k: v for k, v in (old.get("berth") or {}).items() if k in ("created", "limits")}
         berth.update(cgroup=cg.path, rootfs=target, restored=time.time())
+        if hooks:
+            berth["hooks"] = hooks
         data.update(id=cid, status=st.CREATING, pid=0, berth=berth)
         if bundle:
             data["bundle"] = bundle
@@ -765,6 +910,78 @@ def _pb_string(msg: bytes, field: int) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return None
+
+
+def _pb_varints(msg: bytes) -> dict[int, int]:
+    """The varint fields of a protobuf message ({field: value}; ValueError if malformed)."""
+    i = 0
+    out: dict[int, int] = {}
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            if i >= len(msg) or shift > 63:
+                raise ValueError("truncated varint")
+            b = msg[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+
+    while i < len(msg):
+        key = varint()
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            out[num] = varint()
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            i += varint()
+        else:
+            raise ValueError(f"wire type {wire}")
+    if i != len(msg):
+        raise ValueError("truncated field")
+    return out
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_PE_PRESENT = 4  # pagemap_entry.flags: the pages are in this dump's pages file
+
+
+def check_pages(images: str) -> None:
+    """Each ``pages-N.img`` holds exactly the pages its pagemap lists (a truncated or padded
+    one makes CRIU's restore spin for good instead of failing: seen with CRIU 4.1.1)."""
+    for name in sorted(os.listdir(images)):
+        if not (name.startswith("pagemap-") and name.endswith(".img")):
+            continue
+        try:
+            with open(os.path.join(images, name), "rb") as f:
+                data = f.read()
+            off, pages_id, want = 8, None, 0  # after the two magics
+            while off < len(data):
+                size = int.from_bytes(data[off : off + 4], "little")
+                if off + 4 + size > len(data):
+                    raise ValueError("truncated entry")
+                fields = _pb_varints(data[off + 4 : off + 4 + size])
+                off += 4 + size
+                if pages_id is None:
+                    pages_id = fields.get(1, 0)  # pagemap_head.pages_id
+                    continue
+                present = fields[4] & _PE_PRESENT if 4 in fields else not fields.get(3)  # flags, in_parent
+                if present:
+                    want += fields.get(2, 0) * PAGE_SIZE  # nr_pages
+        except (OSError, ValueError, KeyError) as e:
+            raise StateError(f"{images}/{name}: damaged ({e})") from None
+        if pages_id is None:
+            raise StateError(f"{images}/{name}: damaged (no header)")
+        pages = os.path.join(images, f"pages-{pages_id}.img")
+        have = os.stat(pages).st_size if os.path.exists(pages) else 0
+        if have != want:
+            raise StateError(
+                f"{images}/pages-{pages_id}.img: damaged ({have} bytes; its pagemap lists {want})"
+            )
 
 
 def lock_table(images: str) -> str | None:
@@ -912,7 +1129,7 @@ def _restore_in_private_ns(
             ro, data = _tmpfs_data(t["options"])
             flags = extmounts.mount_flags(t.get("mnt_options") or "")  # as the guest had them
             mount(t.get("source") or "tmpfs", t["at"], "tmpfs", flags, data)
-            copy_tree(t["from"], t["at"])
+            copy_tree(t["from"], t["at"], safe=True)
             if ro:
                 mount("none", t["at"], None, MS.REMOUNT | MS.RDONLY | flags, data)
         for at in sysfs_at:
