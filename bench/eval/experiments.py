@@ -1623,15 +1623,22 @@ def _net_flood(cfg: Config, s: Section) -> None:
     taken = flood_rates.get("berth, limits", [])
     if alone and beside and taken:
         link = 10.0  # Gbit/s: bench/net.py's Bench default (BERTH_NET_LINK_RATE)
-        bound = 100 * min(med(alone), link - med(taken)) / med(alone)
+        share = 100 * med(alone) / link
+        if share >= 90:
+            bound = 100 * min(med(alone), link - med(taken)) / med(alone)
+            what = (
+                f"{share:.0f}% of the HTB link's {link:g} Gbit/s, so the link bounds it; the "
+                f"neighbour's capped flood takes {med(taken):.2f} Gbit/s of that link, so the most the "
+                f"victim could keep beside it is {bound:.0f}%"
+            )
+        else:
+            what = f"{share:.0f}% of the HTB link's {link:g} Gbit/s (the link does not bound it in this run)"
         s.notes.append(
-            f"Network flood, berth, limits: the victim alone runs at {med(alone):.2f} Gbit/s, "
-            f"{100 * med(alone) / link:.0f}% of the HTB link's {link:g} Gbit/s, so the link bounds it; "
-            f"the neighbour's capped flood takes {med(taken):.2f} Gbit/s of that link, so the most the "
-            f"victim could keep beside it is {bound:.0f}%. Its guarantee (--net-rate 2gbit) is kept "
-            f"{med(beside) / 2:.1f} times over; what it loses below {bound:.0f}% is CPU time outside "
-            "the guests' limits (the host's iperf3 receiving the flood runs in the host's own cgroup, "
-            "and softirq work lands on whichever task runs) on this host's 2 CPUs."
+            f"Network flood, berth, limits: the victim alone runs at {med(alone):.2f} Gbit/s, {what}. "
+            f"Its guarantee (--net-rate 2gbit) is kept {med(beside) / 2:.1f} times over beside the "
+            "flood; the rest of its loss is CPU time outside the guests' limits (the host's iperf3 "
+            "receiving the flood runs in the host's own cgroup, and softirq work lands on whichever "
+            "task runs) on this host's 2 CPUs."
         )
 
 
