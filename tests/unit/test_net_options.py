@@ -97,7 +97,7 @@ def test_ruleset_shape() -> None:
     tables = [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
     assert tables == [("inet", "bt"), ("bridge", "bt")]
     dnat = [i["rule"] for i in items if "rule" in i and any("dnat" in e for e in i["rule"]["expr"])]
-    assert {r["chain"] for r in dnat} == {"prerouting", "output"}
+    assert {r["chain"] for r in dnat} == {"prerouting-btbr0", "output-btbr0"}
     assert all(r["table"] == "bt" for i in items for r in [i.get("rule") or {"table": "bt"}])
     drops = [
         i["rule"]

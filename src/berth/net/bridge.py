@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from berth.errors import NetworkError, UsageError
@@ -35,8 +36,15 @@ def check_subnet_free(ipr: Any, subnet: str, bridge: str) -> None:
 
 def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | None = None) -> int:
     """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``;
-    an existing bridge keeps its own: see :func:`mtu_of`).  Its index."""
+    an existing bridge keeps its own: see :func:`mtu_of`).  Its index.  A link of that name that is
+    not a bridge is refused, in one line naming it."""
     idx = link_index(ipr, name)
+    if idx is not None:
+        kind = kind_of(ipr, idx)
+        if kind != "bridge":
+            raise NetworkError(
+                f"bridge {name}: the name is taken by {'a ' + kind if kind else 'a'} link (index {idx})"
+            )
     if idx is None:
         check_subnet_free(ipr, subnet, name)
         if subnet6 is not None:
@@ -44,7 +52,9 @@ def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | Non
         try:
             ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
         except Exception as exc:
-            raise NetworkError(f"bridge {name}: cannot create: {exc}") from None
+            code = getattr(exc, "code", None)
+            why = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
+            raise NetworkError(f"bridge {name}: cannot create: {why}") from None
         idx = link_index(ipr, name)
         if idx is None:
             raise NetworkError(f"bridge {name}: vanished after creation")
@@ -67,6 +77,13 @@ def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | Non
     ipr.link("set", index=idx, state="up")
     _sysctl(name, "route_localnet", "1")  # published ports reachable from the host via 127.0.0.1
     return idx
+
+
+def kind_of(ipr: Any, idx: int) -> str | None:
+    """A link's kind (``bridge``, ``veth``…; None for a physical one)."""
+    links = ipr.get_links(idx)
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
 def mtu_of(ipr: Any, idx: int) -> int:

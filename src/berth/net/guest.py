@@ -3,17 +3,29 @@
 * :func:`check` — before the guest is created: the address and published ports are free.
 * :func:`setup` — from ``on_created``: the guest's host objects (bridge, veth, nft table, HTB,
   BPF address filter), recorded in the store *before* they are made so :func:`gc` finds them.
-* :func:`teardown` — from ``on_exit``: everything the guest got; the bridge, IFB and nft table go
-  with the last guest.
+* :func:`teardown` — from ``on_exit``: everything the guest got; the bridge, IFB and the bridge's
+  nft chains go with its last guest, the nft table (shared by the bridges that name it) with the
+  last bridge.
 * :func:`gc` — after a crash: tears down every recorded guest whose init is gone.
 * :func:`set_rate` — live change of a running guest's bandwidth; :func:`info` — its class tree.
+
+A veth's host end is named ``{prefix}v{n}`` with ``n`` unique among all the bridges of the store
+(the guest's class index on its bridge when that is free, as before): two bridges' first guests
+do not both get ``v0``.  The name is picked and the link made under the store's veth lock,
+recorded before it is made; a name the kernel refuses (another store, a stray link) is never
+taken down by the failed start's cleanup.  A bridge the host had before berth's first guest on
+it stays when the last one goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
+import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -116,13 +128,11 @@ def _setup_bridge(
 
     _check_ports(db, name, opts.publish)
     lease = db.lease(name, opts.subnet, opts.ip, persist=opts.persist, subnet6=opts.subnet6, want6=opts.ip6)
-    host = opts.veth(lease["index"])
     rec = {
         **_record(name, pid, opts),
         "ip": lease["ip"],
         "ip6": lease.get("ip6"),
         "index": lease["index"],
-        "veth": host,
         "isolate": opts.isolate,
         "publish": [
             {"host_port": p.host_port, "guest_port": p.guest_port, "proto": p.proto} for p in opts.publish
@@ -132,15 +142,26 @@ def _setup_bridge(
         "share": opts.share,
     }
     if handoff:
-        rec["peer"] = f"{host}g"
         rec["handoff"] = True  # not the guest's pid yet: no /etc written through it
         rec["resolv_written"] = True  # the restored guest has its own (in its upper layer)
     db.active[name] = rec
     db.save()  # recorded before anything is made: gc can always find it
     with IPRoute() as ipr:
-        br = bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6)
+        br = _ensure_bridge(ipr, db, opts)
         rec["mtu"] = bridge.mtu_of(ipr, br)
-        veth.create(ipr, host, br, None if handoff else pid, isolate=opts.isolate, mtu=rec["mtu"])
+        with _flock(os.path.join(db.dir, "veth.lock")):
+            host = _pick_veth(ipr, db, opts, int(lease["index"]))
+            rec["veth"] = host
+            if handoff:
+                rec["peer"] = f"{host}g"
+            db.save()  # the name recorded before the link is made: gc finds it
+            try:
+                veth.create(ipr, host, br, None if handoff else pid, isolate=opts.isolate, mtu=rec["mtu"])
+            except veth.NotCreated:
+                del rec["veth"]  # not ours: the cleanup must leave it alone
+                rec.pop("peer", None)
+                db.save()
+                raise
         if not handoff:
             prefixlen = int(opts.subnet.split("/")[1])
             v6 = None
@@ -152,6 +173,83 @@ def _setup_bridge(
         _apply_htb(ipr, db, opts)
     _write_etc(db, opts)
     return rec
+
+
+def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
+    """The bridge (:func:`berth.net.bridge.ensure`), noting in the bridge's file whether berth made
+    it: one the host had before berth's first guest on it is not berth's to remove."""
+    from berth.net import bridge
+
+    existed = bridge.link_index(ipr, opts.bridge) is not None
+    if not existed:
+        db.data["bridge_made"] = True
+        db.save()  # before it is made: gc removes it
+    elif len(db.active) <= 1 and "bridge_made" not in db.data:
+        db.data["bridge_made"] = False
+        db.save()
+    return int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6))
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+#: The highest ``n`` of a veth ``{prefix}v{n}`` (options.check_name keeps ``{prefix}v99999g`` short enough).
+MAX_VETH = 99999
+
+
+def _store_veths(db: ipam.Leases) -> set[str]:
+    """The veth names (host ends and peers) the store's guests hold, on every bridge (the other
+    bridges' files are read without their locks: they are replaced whole by rename)."""
+    held: set[str] = set()
+    try:
+        files = [f for f in os.listdir(db.dir) if f.endswith(".json")]
+    except OSError:
+        files = []
+    recs: list[Any] = []
+    for f in files:
+        path = os.path.join(db.dir, f)
+        if path == db.path:
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                active = json.load(fh).get("active")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(active, dict):
+            recs += active.values()
+    recs += db.active.values()
+    for r in recs:
+        if isinstance(r, dict) and r.get("veth"):
+            held.update((str(r["veth"]), f"{r['veth']}g"))
+    return held
+
+
+def _pick_veth(ipr: Any, db: ipam.Leases, opts: NetOptions, index: int) -> str:
+    """A veth name no guest of the store on any bridge holds and no link of the host has (host
+    end and peer): ``{prefix}v{index}`` when free (one bridge: the names are as they always
+    were), else the lowest free ``{prefix}v{n}``.  Called under the store's veth lock."""
+    held = _store_veths(db)
+
+    def free(n: int) -> bool:
+        host = opts.veth(n)
+        return (
+            host not in held
+            and f"{host}g" not in held
+            and not ipr.link_lookup(ifname=host)
+            and not ipr.link_lookup(ifname=f"{host}g")
+        )
+
+    for n in itertools.chain((index,), range(MAX_VETH + 1)):
+        if free(n):
+            return opts.veth(n)
+    raise NetworkError(f"veth: no free name {opts.veth(0)}…{opts.veth(MAX_VETH)} left (BERTH_NET_PREFIX)")
 
 
 def adopt(store: str, name: str, opts: NetOptions, pid: int) -> None:
@@ -172,7 +270,7 @@ def adopt(store: str, name: str, opts: NetOptions, pid: int) -> None:
 def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOptions) -> dict[str, Any]:
     from pyroute2 import IPRoute
 
-    from berth.net import bridge, ipisolate
+    from berth.net import ipisolate
 
     for other, r in db.active.items():
         if other != name and set(r.get("addrs", [])) & set(opts.addrs):
@@ -184,7 +282,7 @@ def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOpt
         local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)}
         missing = [a for a in opts.addrs if a not in local]
         if missing:
-            br = bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6)
+            br = _ensure_bridge(ipr, db, opts)
             for a in missing:
                 ipr.addr("add", index=br, address=a, prefixlen=32)
                 rec["added"].append(a)
@@ -225,7 +323,7 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
     with IPRoute() as ipr:
         if rec is not None and rec.get("veth"):
             try:
-                veth.remove(ipr, rec["veth"])
+                veth.remove(ipr, rec["veth"], bridge=opts.bridge)
             except Exception as exc:
                 errors.append(f"veth {rec['veth']}: {exc}")
         for a in (rec or {}).get("added", []):
@@ -238,13 +336,17 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
                 ipisolate.detach(cgroup_dir)
         if not db.active:
             with contextlib.suppress(Exception):
-                nft.delete(opts.nft_table)
+                _nft_remove(db, opts)
             with contextlib.suppress(Exception):
                 bridge.remove(ipr, opts.ifb)
-            try:
-                bridge.remove(ipr, opts.bridge)
-            except Exception as exc:
-                errors.append(f"bridge {opts.bridge}: {exc}")
+            if db.data.pop("bridge_made", True):  # (a file from before the flag: berth's bridge)
+                try:
+                    bridge.remove(ipr, opts.bridge)
+                except Exception as exc:
+                    errors.append(f"bridge {opts.bridge}: {exc}")
+            else:  # the host's own bridge stays, without berth's shaping
+                with contextlib.suppress(Exception):
+                    htb.remove_root(ipr, opts.bridge)
         else:
             try:
                 _apply_nft(db, opts)
@@ -253,7 +355,7 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
                 errors.append(str(exc))
             if not _bridge_guests(db):
                 with contextlib.suppress(Exception):
-                    nft.delete(opts.nft_table)
+                    _nft_remove(db, opts)
                 with contextlib.suppress(Exception):
                     htb.remove_root(ipr, opts.bridge)
     db.save()
@@ -278,8 +380,22 @@ def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
         for a in (r["ip"], r.get("ip6"))
         if a
     ]
-    isolated = [r["veth"] for r in guests.values() if r.get("isolate")]
-    nft.apply(nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated, opts.subnet6))
+    isolated = [r["veth"] for r in guests.values() if r.get("isolate") and r.get("veth")]
+    rules = nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated, opts.subnet6)
+    with _flock(_nft_lock(db, opts.nft_table)):
+        nft.apply(rules, opts.bridge)
+
+
+def _nft_lock(db: ipam.Leases, table: str) -> str:
+    """The lock that serialises the bridges sharing nft ``table``: one bridge's removal (the
+    table goes once no bridge has chains in it) never drops another's rules being loaded."""
+    return os.path.join(db.dir, f"nft-{table}.lock")
+
+
+def _nft_remove(db: ipam.Leases, opts: NetOptions) -> None:
+    """The bridge's chains out of its nft table; the table with the last bridge that uses it."""
+    with _flock(_nft_lock(db, opts.nft_table)):
+        nft.remove_bridge(opts.nft_table, opts.bridge)
 
 
 def _apply_htb(ipr: Any, db: ipam.Leases, opts: NetOptions) -> None:

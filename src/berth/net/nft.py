@@ -1,9 +1,14 @@
 """berth's own nftables table: outbound NAT for the guests' subnet and published ports (DNAT).
 
-:func:`ruleset` builds the whole table as ``nft -j`` JSON from the running guests (pure);
-:func:`apply` replaces the table atomically (one ``nft -j -f -`` transaction: add, delete, add
-again, so it works whether the table exists or not) and :func:`delete` removes it with the last
-guest.  No rule ever goes outside berth's table.
+One table (``BERTH_NFT_TABLE``) may serve several bridges: each bridge has its own chains in it
+(``prerouting-BRIDGE``, ``output-BRIDGE``, ``postrouting-BRIDGE``, and ``forward-BRIDGE`` in the
+``bridge`` family table of the same name), so a bridge's rules are replaced or removed without
+touching another's.  :func:`ruleset` builds one bridge's chains as ``nft -j`` JSON from its
+running guests (pure); :func:`apply` replaces that bridge's chains atomically (one ``nft -j -f -``
+transaction: add, flush, delete, add again, so it works whether they exist or not) and
+:func:`remove_bridge` removes them with the bridge's last guest, and the tables with the last
+bridge.  The caller serialises them per table (:func:`berth.net.guest`).  No rule ever goes
+outside berth's table.
 """
 
 from __future__ import annotations
@@ -19,6 +24,31 @@ from berth.errors import NetworkError, UnsupportedError
 
 FAMILY = "inet"  # one table for IPv4 and IPv6
 LEGACY_FAMILY = "ip"  # berth's table before the guests had IPv6: replaced, never made again
+#: (family, hook, type, priority) of each bridge's base chains, by chain kind.
+CHAINS = {
+    "prerouting": (FAMILY, "prerouting", "nat", -100),
+    "output": (FAMILY, "output", "nat", -100),
+    "postrouting": (FAMILY, "postrouting", "nat", 100),
+    "forward": ("bridge", "forward", "filter", 0),
+}
+
+
+def chain_name(kind: str, bridge: str) -> str:
+    """The chain of ``bridge`` for ``kind`` (no two bridges share one: no kind is a prefix of another)."""
+    return f"{kind}-{bridge}"
+
+
+def _chain(table: str, kind: str, name: str) -> dict[str, Any]:
+    family, hook, typ, prio = CHAINS[kind]
+    return {
+        "family": family,
+        "table": table,
+        "name": name,
+        "type": typ,
+        "hook": hook,
+        "prio": prio,
+        "policy": "accept",
+    }
 
 
 def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
@@ -57,23 +87,10 @@ def ruleset(
       isolated ports from each other); the host, reached through the bridge device, stays reachable.
     """
     t = {"family": FAMILY, "table": table}
+    ch = {kind: chain_name(kind, bridge) for kind in CHAINS}
     items: list[dict[str, Any]] = [{"table": {"family": FAMILY, "name": table}}]
-    for name, hook, prio in (("prerouting", "prerouting", -100), ("output", "output", -100)):
-        items.append(
-            {"chain": {**t, "name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}
-        )
-    items.append(
-        {
-            "chain": {
-                **t,
-                "name": "postrouting",
-                "type": "nat",
-                "hook": "postrouting",
-                "prio": 100,
-                "policy": "accept",
-            }
-        }
-    )
+    for kind in ("prerouting", "output", "postrouting"):
+        items.append({"chain": _chain(table, kind, ch[kind])})
     for addr, host_port, guest_port, proto in sorted(
         publishes, key=lambda p: (p[1], p[3], ipaddress.ip_address(p[0]).version)
     ):
@@ -87,9 +104,9 @@ def ruleset(
             _match(_payload(proto, "dport"), host_port),
             {"dnat": {"family": fam, "addr": addr, "port": guest_port}},
         ]
-        for chain in ("prerouting", "output"):
+        for kind in ("prerouting", "output"):
             items.append(
-                {"rule": {**t, "chain": chain, "comment": f"publish {host_port}/{proto}", "expr": expr}}
+                {"rule": {**t, "chain": ch[kind], "comment": f"publish {host_port}/{proto}", "expr": expr}}
             )
     nets = [("ip", subnet)]
     if subnet6 is not None:
@@ -99,7 +116,7 @@ def ruleset(
             {
                 "rule": {
                     **t,
-                    "chain": "postrouting",
+                    "chain": ch["postrouting"],
                     "comment": "guests out",
                     "expr": [
                         _match(_payload(fam, "saddr"), _prefix(net)),
@@ -113,7 +130,7 @@ def ruleset(
         {
             "rule": {
                 **t,
-                "chain": "postrouting",
+                "chain": ch["postrouting"],
                 "comment": "published, from loopback",
                 "expr": [
                     _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
@@ -125,25 +142,14 @@ def ruleset(
     )
     b = {"family": "bridge", "table": table}
     items.append({"table": {"family": "bridge", "name": table}})
-    items.append(
-        {
-            "chain": {
-                **b,
-                "name": "forward",
-                "type": "filter",
-                "hook": "forward",
-                "prio": 0,
-                "policy": "accept",
-            }
-        }
-    )
+    items.append({"chain": _chain(table, "forward", ch["forward"])})
     for port in sorted(isolated):
         for key in ("iifname", "oifname"):
             items.append(
                 {
                     "rule": {
                         **b,
-                        "chain": "forward",
+                        "chain": ch["forward"],
                         "comment": "isolated",
                         "expr": [_match({"meta": {"key": key}}, port), {"drop": None}],
                     }
@@ -165,16 +171,59 @@ def _nft(payload: dict[str, Any], what: str) -> str:
     return proc.stdout
 
 
-def apply(rules: dict[str, Any]) -> None:
-    """Replace the tables in ``rules`` in one transaction."""
+def _replace_ops(table: str, bridge: str) -> list[dict[str, Any]]:
+    """Ops that leave ``bridge``'s chains (and the chains of berth before they were per bridge,
+    which held one bridge's rules for the whole table) gone, whether they existed or not."""
+    ops: list[dict[str, Any]] = []
+    for family in (FAMILY, "bridge"):
+        ops.append({"add": {"table": {"family": family, "name": table}}})
+    for kind in CHAINS:
+        for name in (chain_name(kind, bridge), kind):
+            spec = _chain(table, kind, name)
+            ref = {"family": spec["family"], "table": table, "name": name}
+            ops += [{"add": {"chain": spec}}, {"flush": {"chain": ref}}, {"delete": {"chain": ref}}]
+    return ops
+
+
+def apply(rules: dict[str, Any], bridge: str) -> None:
+    """Replace ``bridge``'s chains with those in ``rules`` (:func:`ruleset`) in one transaction;
+    the other bridges' chains in the table stay as they are."""
     tables = [i["add"]["table"] for i in rules["nftables"] if "table" in i["add"]]
-    legacy = [{"family": LEGACY_FAMILY, "name": t["name"]} for t in tables if t["family"] == FAMILY]
-    head = [op for t in tables + legacy for op in ({"add": {"table": t}}, {"delete": {"table": t}})]
-    _nft({"nftables": head + rules["nftables"]}, f"load table {tables[0]['name']}")
+    name = tables[0]["name"]
+    legacy = {"family": LEGACY_FAMILY, "name": name}
+    head = [{"add": {"table": legacy}}, {"delete": {"table": legacy}}, *_replace_ops(name, bridge)]
+    _nft({"nftables": head + rules["nftables"]}, f"load table {name} (bridge {bridge})")
+
+
+def chains(table: str) -> list[str]:
+    """The chains in berth's tables named ``table`` (``inet`` and ``bridge``: the legacy ``ip``
+    table goes with them); [] when there are none."""
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    if nft is None:
+        return []
+    out: list[str] = []
+    for family in (FAMILY, "bridge"):
+        proc = subprocess.run([nft, "-j", "list", "table", family, table], capture_output=True, text=True)
+        if proc.returncode != 0:
+            continue  # no such table
+        for item in json.loads(proc.stdout).get("nftables", []):
+            if "chain" in item:
+                out.append(f"{family} {item['chain']['name']}")
+    return out
+
+
+def remove_bridge(table: str, bridge: str) -> None:
+    """Remove ``bridge``'s chains from the table, and the tables once no chain is left in them
+    (another bridge's chains keep them)."""
+    if not any(exists(table, family) for family in (FAMILY, "bridge", LEGACY_FAMILY)):
+        return
+    _nft({"nftables": _replace_ops(table, bridge)}, f"remove bridge {bridge} from table {table}")
+    if not chains(table):
+        delete(table)
 
 
 def delete(table: str) -> None:
-    """Remove berth's tables (nothing if they are not there)."""
+    """Remove berth's tables, every bridge's chains with them (nothing if they are not there)."""
     ops: list[dict[str, Any]] = []
     for family in (FAMILY, LEGACY_FAMILY, "bridge"):
         tbl = {"family": family, "name": table}
@@ -182,9 +231,9 @@ def delete(table: str) -> None:
     _nft({"nftables": ops}, f"delete table {table}")
 
 
-def exists(table: str) -> bool:
+def exists(table: str, family: str = FAMILY) -> bool:
     nft = shutil.which("nft")
     if nft is None:
         return False
-    proc = subprocess.run([nft, "list", "table", FAMILY, table], capture_output=True, text=True)
+    proc = subprocess.run([nft, "list", "table", family, table], capture_output=True, text=True)
     return proc.returncode == 0

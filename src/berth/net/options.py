@@ -95,7 +95,8 @@ class NetOptions:
         return f"{self.bridge}ifb"
 
     def veth(self, index: int) -> str:
-        """The host end of guest ``index``'s veth pair."""
+        """The host end of veth pair ``index`` (``index`` unique in the store, over all its bridges:
+        :func:`berth.net.guest.setup` picks it; a guest's recorded name is what counts)."""
         return f"{self.prefix}v{index}"
 
 

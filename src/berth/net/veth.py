@@ -16,15 +16,53 @@ AF_INET6 = 10
 IFA_F_NODAD = 0x02
 
 
+class NotCreated(NetworkError):
+    """The pair could not be made (nothing was: whatever holds the name is not the caller's)."""
+
+
+def _errno_text(exc: BaseException) -> str:
+    """``File exists`` rather than pyroute2's ``(17, 'File exists')``."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code)
+    return str(exc) or type(exc).__name__
+
+
+def holder(ipr: Any, name: str) -> str | None:
+    """What holds the link ``name`` on the host, in words (None: no such link)."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    try:
+        (link,) = ipr.get_links(found[0])
+    except Exception:
+        return f"link {name} (index {found[0]})"
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    what = f"a {kind} link" if kind else "a link"
+    master = link.get_attr("IFLA_MASTER")
+    if master:
+        mlinks = ipr.get_links(master)
+        mname = mlinks[0].get_attr("IFLA_IFNAME") if mlinks else str(master)
+        what += f" on bridge {mname}"
+    return f"{what} (index {found[0]})"
+
+
 def create(ipr: Any, host: str, bridge_idx: int, pid: int | None, *, isolate: bool, mtu: int = 1500) -> None:
     """Make the pair with ``mtu`` on both ends, plug the host end into the bridge and move the
     peer into ``pid``'s netns (``None``: the peer, ``<host>g``, stays here for CRIU to move into
-    the network namespace it restores: :func:`berth.net.guest.setup`'s ``handoff``)."""
+    the network namespace it restores: :func:`berth.net.guest.setup`'s ``handoff``).
+
+    :class:`NotCreated` when the pair could not be made, naming what holds a taken name."""
     peer = f"{host}g"
     try:
         ipr.link("add", ifname=host, kind="veth", peer=peer)
     except Exception as exc:
-        raise NetworkError(f"veth {host}: cannot create: {exc}") from None
+        for name in (host, peer):
+            held = holder(ipr, name)
+            if held is not None:
+                raise NotCreated(f"veth {name}: cannot create: the name is taken by {held}") from None
+        raise NotCreated(f"veth {host}: cannot create: {_errno_text(exc)}") from None
     (hidx,) = ipr.link_lookup(ifname=host)
     (pidx,) = ipr.link_lookup(ifname=peer)
     ipr.link("set", index=hidx, mtu=mtu)
@@ -107,9 +145,17 @@ def peer_name(pid: int, host: str) -> str | None:
     return name if status == 0 and name else None
 
 
-def remove(ipr: Any, host: str) -> None:
-    """Delete the pair (its peer goes with it); nothing if it is gone already."""
+def remove(ipr: Any, host: str, *, bridge: str | None = None) -> None:
+    """Delete the pair (its peer goes with it); nothing if it is gone already.  With ``bridge``,
+    a link of that name plugged into another bridge is not ours (its name was given again after
+    ours went with its guest's network namespace): it stays."""
     found = ipr.link_lookup(ifname=host)
+    if found and bridge is not None:
+        links = ipr.get_links(found[0])
+        master = links[0].get_attr("IFLA_MASTER") if links else None
+        own = ipr.link_lookup(ifname=bridge)
+        if master and master not in own:
+            return
     if found:
         try:
             ipr.link("del", index=found[0])

@@ -1,0 +1,243 @@
+"""Guests on two bridges that share the name prefix and the nft table (the default setup: one
+``BERTH_NET_PREFIX`` and ``BERTH_NFT_TABLE``, ``--bridge``/``--subnet`` per guest).
+
+Each guest's veth name is unique on the host, each bridge has its own chains in the shared table:
+starting, stopping, destroying, crashing (+ gc) or failing to start a guest on one bridge leaves
+the other bridge's guest its veth, address, rules and published port.  Traffic goes only from
+the host to the guests' own addresses (directly, and through 127.0.0.1 on a published port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+import test_guests
+from test_guest_net import (
+    NetGuests,
+    _nothing_left,
+    net,  # noqa: F401  (the fixture)
+)
+from test_net import _free_port, _links
+
+from helpers import free_subnet
+
+
+@dataclass
+class Side:
+    """One guest on its own bridge, publishing ``port`` to its port 80 (which answers ``hello``)."""
+
+    name: str
+    bridge: str
+    subnet: str
+    port: int
+    hello: str
+
+
+def _two(g: NetGuests, prefix: str) -> tuple[Side, Side]:
+    a_net = free_subnet()
+    b_net = free_subnet()
+    while b_net == a_net:
+        b_net = free_subnet()
+    port_a = _free_port()
+    port_b = _free_port()
+    while port_b == port_a:
+        port_b = _free_port()
+    a = Side(g.name("a"), f"{prefix}brA", a_net, port_a, "hello-a")
+    b = Side(g.name("b"), f"{prefix}brB", b_net, port_b, "hello-b")
+    for s in (a, b):
+        g(
+            "create", s.name, "--net", "bridge", "--bridge", s.bridge, "--subnet", s.subnet,
+            "-p", f"{s.port}:80", "--cmd", f"nc -ll -p 80 -e echo {s.hello}",
+        )  # fmt: skip
+    return a, b
+
+
+def _rec(g: NetGuests, s: Side) -> dict:
+    try:
+        return json.loads((g.store / "net" / f"{s.bridge}.json").read_text())["active"].get(s.name) or {}
+    except FileNotFoundError:
+        return {}
+
+
+def _master(link: str) -> str | None:
+    out = subprocess.run(["ip", "-o", "link", "show", "dev", link], capture_output=True, text=True).stdout
+    words = out.split()
+    return words[words.index("master") + 1] if "master" in words else None
+
+
+def _chain(table: str, chain: str) -> str:
+    r = subprocess.run(["nft", "list", "chain", "inet", table, chain], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def _get(addr: str, port: int, timeout: float = 10) -> bytes:
+    """What ``addr:port`` says (the guests answer and close), retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=3) as sk:
+                data = b""
+                while chunk := sk.recv(4096):
+                    data += chunk
+                if data:
+                    return data.strip()
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing from {addr}:{port}")
+        time.sleep(0.1)
+
+
+def _assert_up(g: NetGuests, s: Side, prefix: str) -> str:
+    """``s`` runs with its veth on its bridge, its address, its rules and its published port; its veth."""
+    rec = _rec(g, s)
+    veth, ip = rec["veth"], rec["ip"]
+    assert veth.startswith(f"{prefix}v"), rec
+    assert _master(veth) == s.bridge, (veth, _master(veth))
+    assert f"inet {ip}/" in g("exec", s.name, "--", "ip", "-4", "addr", "show", "eth0").stdout
+    assert f"dport {s.port} dnat ip to {ip}:80" in _chain(prefix, f"prerouting-{s.bridge}")
+    assert f"ip saddr {s.subnet}" in _chain(prefix, f"postrouting-{s.bridge}")
+    assert _get(ip, 80) == s.hello.encode()  # the host to the guest's address
+    assert _get("127.0.0.1", s.port) == s.hello.encode()  # the published port
+    return str(veth)
+
+
+def _assert_gone(g: NetGuests, s: Side, prefix: str, veth: str) -> None:
+    """``s``'s network is gone: its record, veth, bridge and chains (the table may stay)."""
+    assert _rec(g, s) == {}
+    assert not _links(veth + "@") and not _links(f"{s.bridge}:"), _links(prefix)
+    for kind in ("prerouting", "output", "postrouting"):
+        assert _chain(prefix, f"{kind}-{s.bridge}") == ""
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_two_bridges_same_prefix_and_table(net: NetGuests, prefix: str, first: str) -> None:  # noqa: F811
+    g = net
+    a, b = _two(g, prefix)
+    one, two = (a, b) if first == "a" else (b, a)
+    g("start", one.name)
+    g("start", two.name)
+    v1, v2 = _assert_up(g, one, prefix), _assert_up(g, two, prefix)
+    assert v1 != v2
+    # Stop the first started: the second keeps everything.
+    g("stop", "--timeout", "2", one.name)
+    _assert_gone(g, one, prefix, v1)
+    assert _assert_up(g, two, prefix) == v2
+    # Back again, then the second stops: the first keeps everything.
+    g("start", one.name)
+    v1 = _assert_up(g, one, prefix)
+    g("stop", "--timeout", "2", two.name)
+    _assert_gone(g, two, prefix, v2)
+    assert _assert_up(g, one, prefix) == v1
+    g("start", two.name)
+    v2 = _assert_up(g, two, prefix)
+    # Destroyed one after the other (the later started first): the other keeps its network.
+    g("destroy", "--force", two.name)
+    _assert_gone(g, two, prefix, v2)
+    assert _assert_up(g, one, prefix) == v1
+    g("destroy", "--force", one.name)
+    _nothing_left(prefix)
+
+
+def test_failed_start_beside_a_running_guest(net: NetGuests, prefix: str, monkeypatch) -> None:  # noqa: F811
+    """A veth name that cannot be had (here: the running guest's, as a race with a start outside
+    the store would give) fails the start in one line naming the link and what holds it, and its
+    cleanup takes nothing of the running guest's."""
+    from berth import net as berth_net
+    from berth.errors import NetworkError
+    from berth.net import guest
+
+    g = net
+    a, b = _two(g, prefix)
+    g("start", a.name)
+    va = _assert_up(g, a, prefix)
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    # b's start, in this process: a sleeping process in its own network namespace is its init.
+    init = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+
+        class Stub:
+            id = b.name
+            pid = init.pid
+
+            def cgroup(self) -> None:
+                return None
+
+        time.sleep(0.2)  # unshare has made the namespace
+        opts = berth_net.parse(
+            "bridge", bridge=b.bridge, subnet=b.subnet, publish=[f"{b.port}:80"], env=g.env
+        )
+        monkeypatch.setattr(guest, "_pick_veth", lambda *_: va)
+        with pytest.raises(NetworkError) as e:
+            berth_net.setup(Stub(), opts, g.env["BERTH_ROOT"])
+    finally:
+        init.kill()
+        init.wait()
+    msg = str(e.value)
+    assert (
+        "\n" not in msg
+        and f"veth {va}: cannot create: the name is taken by a veth link on bridge {a.bridge}" in msg
+    )
+    assert "(17," not in msg
+    assert _assert_up(g, a, prefix) == va
+    assert subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout == tables
+    _assert_gone(g, b, prefix, f"{prefix}vnone")
+    # The same guest's real start works beside it, with a veth of its own.
+    monkeypatch.undo()
+    g("start", b.name)
+    vb = _assert_up(g, b, prefix)
+    assert vb != va and _assert_up(g, a, prefix) == va
+    g("destroy", "--force", a.name, b.name)
+    _nothing_left(prefix)
+
+
+def test_gc_after_a_crash_keeps_the_other_bridge(net: NetGuests, prefix: str) -> None:  # noqa: F811
+    g = net
+    a, b = _two(g, prefix)
+    g("start", a.name, b.name)
+    va, vb = _assert_up(g, a, prefix), _assert_up(g, b, prefix)
+    # The supervisor and b's init die with SIGKILL: nobody unplugs b.
+    pid = g.record(b.name)["pid"]
+    for d in test_guests._daemons(g.run_root):
+        os.kill(d, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    g.wait(lambda: not test_guests._pid_alive(pid), what="b's init to die")
+    assert _chain(prefix, f"prerouting-{b.bridge}")  # left by the crash
+    out = g("gc").stdout
+    assert b.name in out and a.name not in out, out
+    _assert_gone(g, b, prefix, vb)
+    assert _assert_up(g, a, prefix) == va
+    g("destroy", "--force", a.name)
+    _nothing_left(prefix)
+
+
+def test_hosts_own_links_are_left_alone(net: NetGuests, prefix: str) -> None:  # noqa: F811
+    """A bridge the host had before berth's first guest on it stays when the last guest goes; a
+    link that is not a bridge is refused as one, in one line, and kept."""
+    g = net
+    own, other = f"{prefix}brH", f"{prefix}brX"
+    subprocess.run(["ip", "link", "add", own, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "add", other, "type", "veth", "peer", "name", f"{prefix}brXp"], check=True)
+    try:
+        h, x = g.name("h"), g.name("x")
+        g("create", h, "--net", "bridge", "--bridge", own, "--subnet", free_subnet(), "--cmd", "sleep 1000")
+        g("create", x, "--net", "bridge", "--bridge", other, "--subnet", free_subnet(), "--cmd", "sleep 1000")
+        g("start", h)
+        assert _master(_rec(g, Side(h, own, "", 0, ""))["veth"]) == own
+        r = g("start", x, check=False)
+        assert r.returncode != 0
+        err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(err) == 1 and f"bridge {other}: the name is taken by a veth link" in err[0], r.stderr
+        g("destroy", "--force", h, x)
+        assert _links(f"{own}:") and _links(f"{other}@"), _links(prefix)
+    finally:
+        subprocess.run(["ip", "link", "del", own], check=False)
+        subprocess.run(["ip", "link", "del", other], check=False)
+    _nothing_left(prefix)
