@@ -212,3 +212,24 @@ def test_runtime_restore_of_a_tampered_checkpoint(rt, unique: str, tmp_path: Pat
     rt("delete", "--force", cid)
     _reap_all()
     assert not marker.exists(), "a hook from the checkpoint ran on the host"
+    # Its external files: a host file (opened read-write for the guest, chmod'ed) or a new
+    # one (created set-id) is refused; only the harmless devices are reopened.
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    made = tmp_path / "made-by-restore"
+    for i, (path, flags, mode) in enumerate(
+        ((victim, 2, 0o666), (made, 1, 0o4777), (Path("/dev/tty"), 2, 0o666))
+    ):
+        bad = copy(images, tmp_path, f"oci-files{i}")
+        entry = {"key": f"file[1:{i + 2}]", "path": str(path), "flags": flags, "mode": mode}
+        edit_meta(bad, lambda m, entry=entry: m.setdefault("files", []).append(entry))
+        # (with the restore's stderr on the container's own file, which it may reopen)
+        p, _pipe = rt.with_pipe(
+            "restore", "-d", "--image-path", str(bad), "--bundle", str(rt.bundle), cid, check=False
+        )
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and f"host file '{path}'" in lines[0], p.stderr
+        assert rt("state", cid, check=False).returncode != 0
+    assert victim.stat().st_mode & 0o7777 == 0o600 and victim.read_text() == "secret\n"
+    assert not made.exists()

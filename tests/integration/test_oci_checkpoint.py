@@ -251,20 +251,24 @@ def test_leave_running_and_restore_attached(rt: Runtime, unique: str, tmp_path: 
     rt("checkpoint", "--tcp-established", "--image-path", str(images), cid)
     _reap_all()
     # restore without --detach: the runtime waits for the container and removes it when it ends.
+    # Its stderr is the container's (a file: a restore reopens only what its caller hands it).
     pipe = Pipe()
     rt.pipes.append(pipe)
+    err = open(rt.bundle / "stderr", "a+")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(RUNTIME), "--root", str(rt.root), "restore", "--image-path", str(images), "--bundle",
          str(rt.bundle), "--tcp-established", cid],
-        stdin=subprocess.DEVNULL, stdout=pipe.w, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, stdout=pipe.w, stderr=err,
     )  # fmt: skip
+    err.close()
     rt.made.append(cid)
     try:
         try:
             wait(lambda: len(pipe.counts()) >= 3, what="output of the restored container")
         except AssertionError:
             proc.kill()
-            raise AssertionError(f"restore: {proc.communicate()[1]!r}") from None
+            proc.wait()
+            raise AssertionError(f"restore: {(rt.bundle / 'stderr').read_text()[-500:]!r}") from None
         st = wait(lambda: rt("state", cid, check=False).returncode == 0 and rt.state(cid), what="state")
         os.kill(st["pid"], 9)
         assert proc.wait(30) == 137
@@ -273,8 +277,6 @@ def test_leave_running_and_restore_attached(rt: Runtime, unique: str, tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_refusals_are_one_line(rt: Runtime, unique: str, tmp_path: Path) -> None:
@@ -314,3 +316,42 @@ def test_refusals_are_one_line(rt: Runtime, unique: str, tmp_path: Path) -> None
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert rt.state(cid)["status"] == "running"
     rt("delete", "--force", cid)
+
+
+def test_restore_admits_the_cpu_reservation(rt: Runtime, unique: str, tmp_path: Path) -> None:
+    """A restored container keeps its CPU request and is admitted again on this host: refused
+    while another holds the CPUs it reserved, counted (and refusing others) once back."""
+    cfg = json.loads((rt.bundle / "config.json").read_text())
+    cfg.setdefault("annotations", {})["berth.cpu.reserve"] = "1.2"
+    (rt.bundle / "config.json").write_text(json.dumps(cfg))
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg2 = {**cfg, "process": {**cfg["process"], "args": ["sleep", "1000"]}}
+    cfg2["linux"] = {**cfg["linux"], "cgroupsPath": cfg["linux"]["cgroupsPath"] + "-b"}
+    (other / "config.json").write_text(json.dumps(cfg2))
+    a, b = f"{unique}-a", f"{unique}-b"
+    start(rt, a)
+    assert json.loads((rt.root / a / "state.json").read_text())["berth"]["cpu"]["reserve"] == 1.2
+    images = tmp_path / "img"
+    rt("checkpoint", "--tcp-established", "--image-path", str(images), a)
+    _reap_all()
+    rt.made.append(b)
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    rt("run", "-d", "--bundle", str(other), b, capture_output=False, **quiet)  # its stdio: the container's
+    p, _pipe = rt.with_pipe(
+        "restore", "-d", "--image-path", str(images), "--bundle", str(rt.bundle), "--tcp-established", a,
+        check=False,
+    )  # fmt: skip
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and "unreserved" in lines[0], p.stderr
+    assert rt("state", a, check=False).returncode != 0  # nothing left of the refused restore
+    rt("delete", "--force", b)
+    _reap_all()
+    p, _pipe = rt.with_pipe(
+        "restore", "-d", "--image-path", str(images), "--bundle", str(rt.bundle), "--tcp-established", a
+    )
+    assert json.loads((rt.root / a / "state.json").read_text())["berth"]["cpu"]["reserve"] == 1.2
+    p = rt("run", "-d", "--bundle", str(other), b, stdin=subprocess.DEVNULL, check=False, timeout=20)
+    assert p.returncode != 0 and "unreserved" in p.stderr, p.stderr  # the restored one counts
+    rt("delete", "--force", a)
+    _reap_all()

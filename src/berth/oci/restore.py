@@ -149,6 +149,8 @@ def main(ctx: Context, argv: list[str]) -> int:
             hooks={
                 k: v for k, v in (spec.get("hooks") or {}).items() if k in ("poststart", "poststop") and v
             },
+            spec=spec,  # its CPU request admitted here, as a create's
+            reopen=ck.caller_stdio_reopen,  # the harmless devices and this command's own stdio
         )
     finally:
         for fd in opened:

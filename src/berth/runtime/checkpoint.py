@@ -42,6 +42,7 @@ copy of its kerndat cache (:func:`berth.runtime.criu.private_run`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import stat
@@ -75,6 +76,81 @@ TMPFS_KEY = "berth-tmpfs-"
 NETWORK_LOCK = "nftables"
 _O_ACCMODE = 0o3
 _O_APPEND = 0o2000
+# The host files a restore reopens for a checkpoint's external files by default: these devices
+# by their exact names (a checkpoint may name any path: /dev/tty, /etc/passwd).
+REOPEN_DEVICES = {
+    "/dev/null": (1, 3),
+    "/dev/zero": (1, 5),
+    "/dev/full": (1, 7),
+    "/dev/random": (1, 8),
+    "/dev/urandom": (1, 9),
+}
+
+
+def safe_reopen(f: dict[str, Any]) -> str:
+    """The default ``reopen`` of :func:`restore`: one of :data:`REOPEN_DEVICES` (checked: that
+    character device, not a symlink), else StateError naming the file."""
+    path = str(f.get("path"))
+    want = REOPEN_DEVICES.get(path)
+    try:
+        st_ = os.lstat(path) if want else None
+    except OSError:
+        st_ = None
+    if want is None or st_ is None or not stat.S_ISCHR(st_.st_mode) or st_.st_rdev != os.makedev(*want):
+        raise StateError(
+            f"the checkpoint holds the host file {path!r} open: a restore reopens only "
+            f"{', '.join(REOPEN_DEVICES)}"
+        )
+    return path
+
+
+def caller_stdio_reopen(f: dict[str, Any]) -> str | int:
+    """The ``reopen`` of ``berth-runtime restore``: a harmless device (:func:`safe_reopen`), or
+    the file the restoring command has as its own stdin, stdout or stderr (the caller hands the
+    restored container its output file, as at the create), opened anew through that descriptor
+    (the same file, whatever its path names meanwhile).  Any other host file: StateError."""
+    path = str(f.get("path"))
+    if path in REOPEN_DEVICES:
+        return safe_reopen(f)
+    try:
+        st_ = os.lstat(path)
+    except OSError:
+        st_ = None
+    if st_ is not None and stat.S_ISREG(st_.st_mode):
+        for n in (0, 1, 2):
+            try:
+                mine = os.fstat(n)
+            except OSError:
+                continue
+            if (mine.st_dev, mine.st_ino) == (st_.st_dev, st_.st_ino):
+                flags = _open_flags(f["flags"]) & ~os.O_CREAT
+                return os.open(f"/proc/self/fd/{n}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+    return safe_reopen(f)  # refused, in its words
+
+
+def _reopen(path: str | int, f: dict[str, Any], userns: dict[str, Any] | None) -> int:
+    """Open ``path`` for the external file ``f`` (an int: opened already by ``reopen``): a
+    device as it is (never created, chmod'ed or chown'ed); a regular file (the guest's console
+    log) created if missing, with at most the recorded mode's read/write bits, and given to the
+    user namespace's root."""
+    flags = _open_flags(f["flags"]) | os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW
+    try:
+        fd = path if isinstance(path, int) else os.open(path, flags & ~os.O_CREAT)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        mode = int(f.get("mode") or 0o640) & 0o666
+        fd = os.open(path, flags | os.O_EXCL, mode)
+        os.fchmod(fd, mode)  # CRIU checks the mode of the file it is given
+    else:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        mode = f.get("mode")
+        if isinstance(mode, int) and os.fstat(fd).st_mode & 0o7777 != mode & 0o666:
+            os.fchmod(fd, mode & 0o666)
+    if userns:
+        ckuserns.own_file(userns, fd)
+    return fd
 
 
 # -- what the container holds -----------------------------------------------------------------
@@ -681,7 +757,7 @@ def restore(
     overlay: dict[str, Any] | None = None,
     rootfs: str | None = None,
     resources: dict[str, Any] | None = None,
-    reopen: Callable[[dict[str, Any]], str] | None = None,
+    reopen: Callable[[dict[str, Any]], str | int] | None = None,
     bundle: str | None = None,
     work: str | None = None,
     tcp_established: bool = True,
@@ -693,19 +769,26 @@ def restore(
     on_cgroup: Callable[[Any], None] | None = None,
     binds: Sequence[str] = (),
     hooks: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
     ``overlay`` (lower/upper/work) or ``rootfs`` give the root filesystem (default: what was
     recorded at dump time); ``cgroup_path`` the cgroup (default: the recorded one), created and
     given ``resources`` (default: the recorded ones); ``reopen(file)`` maps an external file
-    recorded at dump time to the path to open now (default: the same path).  ``inherit``:
+    recorded at dump time to the path to open now (default: :func:`safe_reopen`, the harmless
+    devices only).  ``inherit``:
     (fd, CRIU key) pairs of the caller's open fds CRIU is to use for the key (``--inherit-fd``:
     stdio pipes, an external network namespace); ``criu_args``: more options.  ``netns_fd``:
     the network namespace for a checkpoint dumped with ``external_netns`` (default: a new one
     with loopback up).  ``on_cgroup(cgroup)``: called once the cgroup exists with its limits,
     before any process is restored into it (a guest's address filter is attached there).  On
     failure nothing is left: no state directory, cgroup or process.
+
+    ``spec`` (the container's spec now): its CPU request (share, reservation, cap) is admitted
+    on this host and everyone's CPU weights recomputed, as a create does
+    (:func:`berth.runtime.resources.place`: AdmissionError when the reservations would pass
+    the host's capacity).  Without it the recorded request is kept as it was.
 
     The image directory may have been tampered with (or sent by another host): its berth.json
     is checked (:func:`check_meta`: the host paths it binds in must be the caller's ``binds``,
@@ -728,7 +811,16 @@ def restore(
     cg = None
     pid = 0
     fds: list[int] = []
+    res_lock = None
     try:
+        if spec is not None:
+            from berth.runtime import resources as res_mod
+
+            linux = {**(spec.get("linux") or {}), "resources": copy.deepcopy(resources or {})}
+            res_lock, res_fields = res_mod.place(state_root, cid, cgroup_path, spec, linux)
+            resources = linux["resources"]
+        else:
+            res_fields = {k: v for k, v in (old.get("berth") or {}).items() if k in ("cpu", "limits")}
         cg = open_cgroup(cgroup_path)
         cg.create()
         if resources:
@@ -786,13 +878,8 @@ def restore(
             fds.append(fd)
             args += ["--inherit-fd", f"fd[{fd}]:{NETNS_KEY}"]
         for f in meta.get("files") or []:
-            path = reopen(f) if reopen else f["path"]
-            # CRIU checks the mode of the file it is given: a new file gets the recorded one.
-            fd = os.open(path, _open_flags(f["flags"]) | os.O_CLOEXEC, f.get("mode", 0o640))
-            if f.get("mode") is not None and os.fstat(fd).st_mode & 0o7777 != f["mode"]:
-                os.fchmod(fd, f["mode"])
-            if meta.get("userns"):
-                ckuserns.own_file(meta["userns"], fd)
+            path = (reopen or safe_reopen)(f)
+            fd = _reopen(path, f, meta.get("userns"))
             os.set_inheritable(fd, True)
             fds.append(fd)
             args += ["--inherit-fd", f"fd[{fd}]:{f['key']}"]
@@ -820,14 +907,19 @@ def restore(
         args += list(criu_args)
         # Of the old state only what names nothing to run or remove on this host.
         data = {k: old[k] for k in ("ociVersion", "annotations") if k in old}
-        berth = {k: v for k, v in (old.get("berth") or {}).items() if k in ("created", "limits")}
-        berth.update(cgroup=cg.path, rootfs=target, restored=time.time())
+        berth = {k: v for k, v in (old.get("berth") or {}).items() if k == "created"}
+        berth.update(res_fields, cgroup=cg.path, rootfs=target, restored=time.time())
         if hooks:
             berth["hooks"] = hooks
         data.update(id=cid, status=st.CREATING, pid=0, berth=berth)
         if bundle:
             data["bundle"] = bundle
         st.write(state_root, cid, data)
+        if res_lock is not None:  # counted from here on by the state's berth.cpu
+            from berth.runtime import resources as res_mod
+
+            res_mod.unlock(res_lock)
+            res_lock = None
         log = os.path.join(work, "restore.log")
         if meta.get("userns"):
             ckuserns.share_with_guest(meta["userns"], images, sdir, work)
@@ -866,6 +958,10 @@ def restore(
         st.remove_tree(sdir)
         raise
     finally:
+        if res_lock is not None:
+            from berth.runtime import resources as res_mod
+
+            res_mod.unlock(res_lock)
         for fd in fds:
             os.close(fd)
 
