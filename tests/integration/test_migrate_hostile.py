@@ -30,12 +30,12 @@ hosts = test_migrate.hosts  # the two-host fixture
 
 
 class Receiver:
-    """``berth receive --keep --token-file`` on 127.0.0.1, a port of the kernel's choice."""
+    """``berth receive [--keep] --token-file`` on 127.0.0.1, a port of the kernel's choice."""
 
-    def __init__(self, h: Host, token: Path) -> None:
+    def __init__(self, h: Host, token: Path, *, keep: bool = True) -> None:
         self.h = h
         self.p = subprocess.Popen(
-            [BERTH, "receive", "--listen", "127.0.0.1:0", "--keep", "--token-file", str(token)],
+            [BERTH, "receive", "--listen", "127.0.0.1:0", *(["--keep"] if keep else []), "--token-file", str(token)],
             env=h.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.p.stdout is not None and self.p.stderr is not None
@@ -534,3 +534,107 @@ def test_stopped_receiver_leaves_nothing(host: Host, unique: str, tmp_path: Path
     assert r.p.wait(10) == 128 + 15
     assert p.closed(5)
     nothing_left(host, unique)
+
+
+def test_sent_directory_turned_symlink(recv: Receiver, unique: str, tmp_path: Path) -> None:
+    """A directory, a file in it, the directory again as a symlink to a host directory, then
+    entries below it (a new file, an append to a host file): refused at the symlink, the host
+    directory untouched."""
+    criu_or_skip()
+    outside = tmp_path / "outside"  # stands for /etc
+    outside.mkdir()
+    (outside / "victim").write_text("original\n")
+    p = accepted(recv, f"{unique}-y")
+    p.json({"final": True, "delta": False})
+    p.json(IMAGES[0])
+    p.json(entry("images/x", "d"))
+    p.json(entry("images/x/y", "f", s=1))
+    p.frame(b"1")
+    p.json(entry("images/x", "l", l=str(outside)))
+    p.json(entry("images/x/planted", "f", s=6))
+    p.frame(b"pwned\n")
+    p.json({"n": "images/x/victim", "t": "a"})
+    p.frame(b"appended by the sender\n")
+    p.frame(b"")
+    refused(p, recv, "'images/x': type 'l' replaces a directory it sent")
+    assert sorted(q.name for q in outside.iterdir()) == ["victim"]
+    assert (outside / "victim").read_text() == "original\n"
+
+
+def test_once_survives_strays_and_waits_for_senders(host: Host, unique: str, tmp_path: Path) -> None:
+    """berth receive without --keep: peers that do not authenticate (a wrong token, garbage) do
+    not end it; when the first authenticated sender's migration ends, another one in flight is
+    waited for, not killed."""
+    criu_or_skip()
+    token = tmp_path / "token"
+    token.write_bytes(TOKEN)
+    r = Receiver(host, token, keep=False)
+    try:
+        a = accepted(r, f"{unique}-a")  # in flight: a staged file, then silence
+        a.json({"final": True, "delta": False})
+        a.json(IMAGES[0])
+        a.json(entry("images/x", "f", s=4))
+        a.frame(b"xxxx")
+        wait(lambda: list(Path("/dev/shm").glob(f".incoming-{unique}-a-*/images/x")), what="a's staged file")
+        stray = Peer(r.port)
+        stray.sock.sendall(MAGIC)
+        stray.json({"auth": "0" * 64, "name": f"{unique}-a", "config": CONFIG, "spec": SPEC})
+        assert stray.reply()["ok"] is False
+        assert "authenticate" in r.line()
+        garbled = Peer(r.port)
+        garbled.sock.sendall(MAGIC)
+        garbled.frame(b"[1]")
+        assert garbled.closed(5)
+        assert "not a JSON object" in r.line()
+        time.sleep(0.5)
+        assert r.alive(), "an unauthenticated peer ended the receiver"
+        b = accepted(r, f"{unique}-b")  # authenticated, and its migration fails: once decides
+        b.json({"final": True, "delta": False})
+        b.json(entry("images", "l", l="/"))
+        refused(b, r, "'images': not a directory")
+        time.sleep(0.5)
+        assert r.alive(), "the receiver ended with a migration in flight"
+        assert list(Path("/dev/shm").glob(f".incoming-{unique}-a-*/images/x")), "a's worker was killed"
+        a.json(entry("images/mem", "c", r=1 << 8 | 1))  # a's worker still serves it
+        refused(a, r, "device 1:1 is not one a guest may have")
+        assert r.p.wait(20) != 0  # then it ends: nothing was received
+        assert "the migration was not received" in r.line()
+    finally:
+        if r.alive():
+            r.stop()
+    nothing_left(host, unique)
+
+
+def test_same_name_twice_at_once(recv: Receiver, unique: str, host: Host) -> None:
+    """Two authenticated senders of one guest name at once: the second is refused in one line,
+    and the first one's id range stays its own; once the first is gone the name is free."""
+    criu_or_skip()
+    import test_guests
+
+    from berth.runtime import userns
+
+    test_guests.userns_ready(host.env)
+    (host.store / "guests").mkdir(exist_ok=True)
+    rng = userns.allocate(str(host.store), f"{unique}-probe", "auto")  # a free range, given back
+    userns.release(str(host.store), f"{unique}-probe")
+    assert rng is not None
+    start = rng[0]
+    m = {"containerID": 0, "hostID": start, "size": 65536}
+    spec = json.dumps(
+        {"spec": {"linux": {"namespaces": [{"type": "user"}], "uidMappings": [m], "gidMappings": [m]}}}
+    )
+    cfg = CONFIG.replace('userns = "host"', f'userns = "{start}:65536"')
+    name = f"{unique}-n"
+    first = accepted(recv, name, config=cfg, spec=spec)
+    assert userns.allocations(str(host.store)).get(name) == (start, 65536)
+    second = Peer(recv.port)
+    second.hello(name=name, config=cfg, spec=spec, live=False, net=None)
+    refused(second, recv, f"guest {name!r} is being received already")
+    time.sleep(0.5)
+    assert userns.allocations(str(host.store)).get(name) == (start, 65536), "the second took the first's ids"
+    first.close()
+    assert "broke" in recv.line()
+    wait(lambda: userns.allocations(str(host.store)).get(name) is None, what="the first's ids released")
+    again = accepted(recv, name, config=cfg, spec=spec)  # the name is free again
+    again.close()
+    assert "broke" in recv.line()

@@ -126,6 +126,8 @@ def _hostile(entries: list[dict], dests: dict[str, str]) -> None:
             s.send(json.dumps({"m": 0o644, "u": os.getuid(), "g": os.getgid(), "mt": 0, **e}).encode())
             if e.get("t") == "f":
                 s.send(b"x" * e["s"])
+            elif e.get("t") == "a":
+                s.send(b"evil::0:0::/:/bin/sh\n")
         s.send(b"")
 
     _send_recv(send, dests)
@@ -148,6 +150,91 @@ def test_hostile_paths_are_refused(tmp_path: Path, entries: list[dict]) -> None:
     with pytest.raises(BerthError):
         _hostile(entries, {"upper": str(dst), "images": str(tmp_path / "img")})
     assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("top", ["images", "upper"])
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"n": "TOP/x/created", "t": "f", "s": 5},
+        {"n": "TOP/x/victim", "t": "a"},
+        {"n": "TOP/x/hard", "t": "h", "l": "TOP/y0"},  # a file of the stream linked out there
+        {"n": "TOP/stolen", "t": "h", "l": "TOP/x/victim"},  # a host file linked in
+    ],
+)
+def test_a_sent_directory_is_not_replaced(tmp_path: Path, top: str, last: dict) -> None:
+    """A directory the stream sent, then a file below it (its directory opened once), then the
+    directory sent again as a symlink to a host directory, then an entry below it: refused, the
+    host directory untouched."""
+    outside = tmp_path / "outside"  # stands for /etc
+    outside.mkdir()
+    (outside / "victim").write_text("root:x:0:0\n")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    entries = [
+        {"n": top, "t": "d", "m": 0o755},
+        {"n": f"{top}/y0", "t": "f", "s": 1},
+        {"n": f"{top}/x", "t": "d", "m": 0o755},
+        {"n": f"{top}/x/y", "t": "f", "s": 1},
+        {"n": f"{top}/x", "t": "l", "l": str(outside)},
+        {k: v.replace("TOP", top) if isinstance(v, str) else v for k, v in last.items()},
+    ]
+    with pytest.raises(BerthError, match=f"'{top}/x': type 'l' replaces a directory it sent"):
+        _hostile(entries, {top: str(dst)})
+    assert sorted(os.listdir(outside)) == ["victim"]
+    assert (outside / "victim").read_text() == "root:x:0:0\n"
+    assert not (dst / top / "stolen").exists()
+
+
+def test_a_sent_directory_is_not_replaced_by_a_file(tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    entries = [
+        {"n": "upper", "t": "d"},
+        {"n": "upper/x", "t": "d"},
+        {"n": "upper/x/y", "t": "f", "s": 1},
+        {"n": "upper/x", "t": "f", "s": 1},
+    ]
+    with pytest.raises(BerthError, match="replaces a directory it sent"):
+        _hostile(entries, {"upper": str(dst)})
+    assert (dst / "upper" / "x" / "y").is_file()
+
+
+def test_a_directory_from_before_may_change_type(tmp_path: Path) -> None:
+    """A directory already there (the pre-copy's), not sent by this stream: a file may replace it
+    (the source saw it change type during the pre-copy)."""
+    dst = tmp_path / "dst"
+    (dst / "upper" / "x").mkdir(parents=True)
+    (dst / "upper" / "x" / "old").write_text("old")
+    _hostile([{"n": "upper", "t": "d", "m": 0o755}, {"n": "upper/x", "t": "f", "s": 3}], {"upper": str(dst)})
+    assert (dst / "upper" / "x").read_bytes() == b"xxx"
+
+
+def test_dest_walks_without_following_symlinks(tmp_path: Path) -> None:
+    """An entry's directory is opened by descriptors from the root down: a symlink put on the
+    way (by anyone, at any time) is never followed; a descriptor kept for the next entry is the
+    directory itself, wherever it went."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "dst"
+    (root / "upper" / "x").mkdir(parents=True)
+    d = transfer._Dest({"upper": str(root)})
+    try:
+        fd, base = d.parent("upper/x/y")
+        assert base == "y" and os.path.samestat(os.fstat(fd), os.stat(root / "upper" / "x"))
+        os.rename(root / "upper" / "x", tmp_path / "moved")
+        (root / "upper" / "x").symlink_to(outside)
+        fd, _ = d.parent("upper/x/z")
+        assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "moved"))
+        d.close()
+        with pytest.raises(BerthError, match="through a symlink: 'upper/x/z'"):
+            d.parent("upper/x/z")
+        (root / "upper" / "f").write_text("")
+        with pytest.raises(BerthError, match="through a non-directory: 'upper/f/z'"):
+            d.parent("upper/f/z")
+    finally:
+        d.close()
+    assert os.listdir(outside) == []
 
 
 def test_remove_paths_stays_inside(tmp_path: Path) -> None:
@@ -201,3 +288,32 @@ def test_tail_sends_page_files_as_they_grow(tmp_path: Path) -> None:
     assert (dst / "images" / "pages-1.img").read_bytes() == chunks[0] + chunks[1]
     assert (dst / "images" / "pages-2.img").read_bytes() == chunks[2]
     assert (dst / "images" / "inventory.img").read_bytes() == b"inv"
+
+
+def test_safe_reopen_path() -> None:
+    """What a checkpoint's open file may be reopened as on the receiving host: exact names of
+    harmless devices only, never a terminal (the admin's controlling tty, a new pty)."""
+    from berth.guests import migrate
+
+    for path in ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"):
+        if os.path.exists(path):
+            assert migrate.safe_reopen_path(path), path
+    for path in ("/dev/tty", "/dev/ptmx", "/dev/console", "/dev/stdin", "/dev/./null", "/dev//null",
+                 "/dev/null/", "/dev/../dev/null", "/etc/passwd", "/dev/sda", "dev/null"):  # fmt: skip
+        assert not migrate.safe_reopen_path(path), path
+
+
+def test_safe_reopen_path_wants_the_device_itself(tmp_path: Path) -> None:
+    from berth.guests import migrate
+
+    link = tmp_path / "null"
+    link.symlink_to("/dev/tty")
+    saved = dict(migrate.REOPEN_DEVICES)
+    try:  # a name in the list that is a symlink, or a device of another number: refused
+        migrate.REOPEN_DEVICES[str(link)] = (5, 0)
+        migrate.REOPEN_DEVICES["/dev/tty"] = (1, 3)
+        assert not migrate.safe_reopen_path(str(link))
+        assert not migrate.safe_reopen_path("/dev/tty")
+    finally:
+        migrate.REOPEN_DEVICES.clear()
+        migrate.REOPEN_DEVICES.update(saved)

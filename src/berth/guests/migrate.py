@@ -68,13 +68,21 @@ port must be reachable only from the trusted source host.
 **A hostile peer.**  Before the token is checked every read is bounded: the HELLO frame to
 ``transfer.HELLO_MAX``, all of the nonce's answer and HELLO to :data:`PREAUTH_SECONDS`; each
 connection has a worker of its own (up to :data:`MAX_WORKERS` at once), so a peer that
-connects and stalls holds up no one.  After it, HELLO's fields are checked by type, the config
+connects and stalls holds up no one, and only a sender that authenticated and sent a valid HELLO
+counts for ``berth receive`` without ``--keep`` (which then waits, up to :data:`DRAIN_SECONDS`,
+for the other authenticated migrations in flight: none is killed half-way).  The guest's name is
+claimed for the whole receive (a second sender of the same name is refused at once, not let
+undo the first's id range, veth and lease).  After it, HELLO's fields are checked by type, the config
 as `berth create` checks it, and the guest's spec is built here from that config (the CLI's
 ``build``): the sender's spec.json (its mounts, lower layer, resources, network) is never used.
 Each tree entry is checked (:func:`berth.guests.transfer.recv_tree`: path, type, devices,
-owners of set-id files), and the checkpoint's berth.json before the restore
+owners of set-id files; each entry made relative to its directory's descriptor, opened from the
+root down without following a symlink; a directory the stream sent never replaced by anything
+else), and the checkpoint's berth.json before the restore
 (:func:`berth.runtime.checkpoint.check_meta`: host paths bound in, files reopened, tmpfs
-copies, pre-dump links, hooks dropped; the pages against their pagemaps).  What an
+copies, pre-dump links, hooks dropped; the pages against their pagemaps); a file the guest had
+open on the old host is reopened here only if it is one of :data:`REOPEN_DEVICES` (never a
+terminal).  What an
 authenticated sender can still do: use the store's and /dev/shm's space down to a reserve
 (``transfer.RESERVE``: no quota per stream), and hand CRIU images it made (CRIU restores them
 as the guest's processes, inside the guest's namespaces and cgroup).
@@ -111,6 +119,7 @@ MAGIC = b"BERTHMIG2\n"
 NONCE_BYTES = 32
 PREAUTH_SECONDS = 10.0  # for the nonce's answer and HELLO, all told
 MAX_WORKERS = 16  # connections served at once (more wait in the listen backlog)
+DRAIN_SECONDS = 600.0  # once: how long authenticated migrations in flight are waited for at the end
 # What a received tree may hold: the upper layer anything a guest makes, the images CRIU's
 # files and berth's copies of tmpfs mounts (no block device; a character device only one of
 # berth.runtime.checkpoint.SAFE_DEVICES).
@@ -245,8 +254,8 @@ def _restore_locked(
         path = str(f["path"])
         if path.endswith("/console.log"):
             return log
-        # A device every guest has (not any path under /dev: /dev/sda, /dev/../etc/shadow).
-        if path.startswith("/dev/") and os.path.normpath(path) == path and _safe_device(path):
+        # A harmless device (not any path under /dev: /dev/sda, /dev/../etc/shadow, /dev/tty).
+        if safe_reopen_path(path):
             return path
         raise StateError(f"guest {name!r}: its checkpoint holds the host file {path!r} open")
 
@@ -357,16 +366,31 @@ def _restore_locked(
     return c.pid
 
 
-def _safe_device(path: str) -> bool:
+# What a restored guest may get back reopened from this host, by exact name (mode, major, minor):
+# never a terminal (/dev/tty, /dev/ptmx: the receiving admin's), never a path through a symlink.
+REOPEN_DEVICES = {
+    "/dev/null": (1, 3),
+    "/dev/zero": (1, 5),
+    "/dev/full": (1, 7),
+    "/dev/random": (1, 8),
+    "/dev/urandom": (1, 9),
+}
+
+
+def safe_reopen_path(path: str) -> bool:
+    """Whether a checkpoint's open file ``path`` may be reopened on this host for the restored
+    guest: exactly one of :data:`REOPEN_DEVICES`, a character device of its usual number (lstat:
+    not a symlink).  The opener should add ``O_NOCTTY`` all the same."""
     import stat
 
-    from berth.runtime.checkpoint import SAFE_DEVICES
-
+    want = REOPEN_DEVICES.get(path) if isinstance(path, str) else None
+    if want is None:
+        return False
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev in SAFE_DEVICES
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(*want)
 
 
 def _bind_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -673,6 +697,8 @@ def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     name = check_name(str(hello.get("name", "")))
     if store.exists(name) or os.path.lexists(store.dir(name)):
         raise ExistsError(f"guest {name!r} exists already on this host")
+    if _claim_holder(store, name) not in (None, os.getpid()):
+        raise ExistsError(f"guest {name!r} is being received already")
     import tomllib
 
     try:
@@ -764,7 +790,11 @@ def receive(
     lower layer, resources and network would be taken as they come).
 
     Each connection is served by a forked worker; if the worker dies (killed, crashed), this
-    process removes what it staged or placed, so the destination keeps nothing."""
+    process removes what it staged or placed, so the destination keeps nothing.  Once
+    (``once``): the first sender that authenticated and sent a valid HELLO decides when its
+    worker ends; workers of other authenticated senders then in flight are waited for (up to
+    :data:`DRAIN_SECONDS`), those of peers that have not authenticated are ended.  A stray
+    connection (a scan, a stalled, garbled or unauthenticated peer) does not end it."""
     import select
     import signal
 
@@ -777,13 +807,28 @@ def receive(
     # Each worker: its progress pipe and the words it sent.  Served at once (up to MAX_WORKERS):
     # a peer that connects and stalls holds its own worker (until PREAUTH_SECONDS), no one else.
     workers: dict[int, tuple[int, bytearray]] = {}
+    ending: float | None = None  # once: when the receiver stops waiting for the others
     try:
         if ready is not None:
             ready(srv.getsockname())
         while True:
+            if ending is not None:
+                for pid, (_rfd, words) in workers.items():
+                    if "hello" not in words.decode(errors="replace").split():
+                        _kill(pid)  # not authenticated: nothing of it to wait for
+                if not workers:
+                    if not got:
+                        raise BerthError("the migration was not received (see the messages above)")
+                    return got
+                if time.monotonic() > ending:
+                    raise BerthError(
+                        f"receive: {len(workers)} migration(s) still in flight after {DRAIN_SECONDS:.0f} s: ended"
+                    )
             fds = {rfd: pid for pid, (rfd, _w) in workers.items()}
-            wanted = list(fds) + ([srv.fileno()] if len(workers) < MAX_WORKERS else [])
-            readable, _, _ = select.select(wanted, [], [])
+            accept = ending is None and len(workers) < MAX_WORKERS
+            wanted = list(fds) + ([srv.fileno()] if accept else [])
+            timeout = None if ending is None else max(ending - time.monotonic(), 0.0)
+            readable, _, _ = select.select(wanted, [], [], timeout)
             for fd in readable:
                 if fd == srv.fileno():
                     pid, rfd = _serve(store, srv, token, build)
@@ -796,32 +841,41 @@ def receive(
                     words += chunk
                     continue
                 del workers[pid]
-                os.close(rfd)
-                _, status = os.waitpid(pid, 0)
-                lines = words.decode(errors="replace").split()
-                if os.WIFSIGNALED(status):
-                    _clean_after_worker(store, lines)
-                elif lines[-2:-1] == ["done"]:
+                lines = _reap(store, pid, rfd, words)
+                if lines[-2:-1] == ["done"]:
                     got.append(lines[-1])
-                # Once: the first sender that spoke the protocol (sent a HELLO) decides;
-                # a stray connection (a scan, a stalled or garbled peer) does not end it.
-                if once and "hello" in lines:
-                    if not got:
-                        raise BerthError("the migration was not received (see the messages above)")
-                    return got
+                # Once: the first sender that authenticated (and sent a valid HELLO) decides.
+                if once and ending is None and "hello" in lines:
+                    ending = time.monotonic() + DRAIN_SECONDS
     finally:
         srv.close()
         for pid, (rfd, words) in workers.items():
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            left = bytes(words)
-            while chunk := os.read(rfd, 4096):
-                left += chunk
-            os.close(rfd)
-            _clean_after_worker(store, left.decode(errors="replace").split())
+            _kill(pid)
+            _reap(store, pid, rfd, words)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(store: Store, pid: int, rfd: int, words: bytearray) -> list[str]:
+    """A worker that ended (or is being killed): the rest of its words read, what it left
+    cleaned up if it died by a signal, then it is reaped (only then: until it is, its pid still
+    holds its claim of the guest's name); its words."""
+    left = bytes(words)
+    while chunk := os.read(rfd, 4096):
+        left += chunk
+    os.close(rfd)
+    lines = left.decode(errors="replace").split()
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        _clean_after_worker(store, lines)
+    _release_claims(store, lines, pid)
+    os.waitpid(pid, 0)
+    return lines
 
 
 def _serve(store: Store, srv: socket.socket, token: bytes | None, build: Any) -> tuple[int, int]:
@@ -872,6 +926,66 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
                 _undo(store, value)
 
 
+def _release_claims(store: Store, words: list[str], pid: int) -> None:
+    """The claims of guest names the worker ``pid`` made and left (it was killed)."""
+    for kind, value in zip(words[::2], words[1::2], strict=False):
+        if kind == "claim":
+            _release_claim(store, value, pid)
+
+
+# A guest name being received here is claimed for the whole receive (a file under the store's
+# lock directory naming the worker: pid and start time): a second sender of the same name is
+# refused at once instead of undoing the first one's id range, veth and lease.
+def _claim_path(store: Store, name: str) -> str:
+    return os.path.join(store.guests, ".locks", f".receiving-{name}")  # a guest name has no leading dot
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]  # field 22, starttime
+    except (OSError, IndexError):
+        return None
+
+
+def _claim_holder(store: Store, name: str) -> int | None:
+    """The live process (a zombie still counts) receiving ``name`` here; None if none."""
+    try:
+        with open(_claim_path(store, name)) as f:
+            pid_text, start = f.read().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return pid if _proc_start(pid) == start else None
+
+
+def _claim(store: Store, name: str) -> str:
+    """Claim ``name`` for this process's receive (ExistsError if another process holds it)."""
+    me = os.getpid()
+    with store.lock(name):
+        holder = _claim_holder(store, name)
+        if holder is not None and holder != me:
+            raise ExistsError(f"guest {name!r} is being received already")
+        path = _claim_path(store, name)
+        with open(f"{path}.{me}", "w") as f:
+            f.write(f"{me} {_proc_start(me)}\n")
+        os.replace(f"{path}.{me}", path)  # over a stale one (its process is gone)
+    return name
+
+
+def _release_claim(store: Store, name: str, pid: int | None = None) -> None:
+    """Drop the claim of ``name`` if it is ``pid``'s (this process's by default)."""
+    path = _claim_path(store, name)
+    with store.lock(name):
+        try:
+            with open(path) as f:
+                if int(f.read().split()[0]) != (pid or os.getpid()):
+                    return
+            os.unlink(path)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
 def _receive_one(
     store: Store, conn: socket.socket, build: Any, *, progress: int = -1, token: bytes | None = None
 ) -> str:
@@ -887,14 +1001,17 @@ def _receive_one(
     if s._exact(len(MAGIC)) != MAGIC:
         raise BerthError("not a berth migration stream")
     hello = s.recv_json(limit=transfer.HELLO_MAX)
-    _tell(progress, "hello", "-")
     ids = False
+    claimed = ""
     try:
         if token and not hmac.compare_digest(str(hello.get("auth") or ""), _mac(token, nonce)):
             raise BerthError("the sender did not authenticate (wrong or missing --token-file)")
         check_hello(hello)
+        _tell(progress, "hello", "-")  # a sender that spoke the protocol (see receive's once)
         s.deadline = None
         conn.settimeout(300)
+        claimed = _claim(store, check_name(hello["name"]))
+        _tell(progress, "claim", claimed)
         name = validate_incoming(store, hello)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
@@ -913,6 +1030,8 @@ def _receive_one(
     except Exception as e:
         if ids:
             _release_ids(store, name)
+        if claimed:
+            _release_claim(store, claimed)
         err = e if isinstance(e, BerthError) else BerthError(f"the migration was refused: {e}")
         try:
             s.send_json({"ok": False, "error": str(err)})
@@ -970,6 +1089,8 @@ def _receive_one(
         with store.lock(name):
             if os.path.lexists(store.dir(name)):
                 raise ExistsError(f"guest {name!r} appeared here during the migration")
+            if _claim_holder(store, name) != os.getpid():
+                raise StateError(f"guest {name!r}: its claim as being received here was lost")
             _tell(progress, "placed", name)
             os.rename(staging, store.dir(name))
             placed = True
@@ -1012,6 +1133,7 @@ def _receive_one(
             netns.close()
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+        _release_claim(store, name)
 
 
 def _preplug(

@@ -7,7 +7,9 @@ attributes such as overlayfs's opaque mark, link target or device number), a reg
 bytes in frames of at most :data:`CHUNK` after it, an empty frame at the end.  (Not tar:
 Python's tarfile streams at a tenth of the speed and drops extended attributes.)  The receiver
 writes each entry as it arrives, checking its path first (no absolute path, no ``..``, no
-symlink on the way, only the top-level names it expects, each a directory; every header field
+symlink on the way: the entry is made relative to its directory's descriptor, opened from the
+root down with ``O_NOFOLLOW``; a directory the stream sent is never replaced by anything else;
+only the top-level names it expects, each a directory; every header field
 of its type; no block device, no character device but a guest's usual ones), into a staging
 directory nothing uses before the stream's digest has been checked.  No frame longer than
 :data:`MAX_FRAME` (a file's data: :data:`CHUNK`) is read, whatever length the peer claims.
@@ -22,6 +24,7 @@ pre-copy read it can keep the same ctime), and a file being written then is like
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -256,36 +259,83 @@ def _walk(root: str) -> list[str]:
     return out
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class _Dest:
-    """Where a received tree goes, checked entry by entry: every path stays under its root
-    (no absolute path, no ``..``, no symlink on the way, whoever made it)."""
+    """Where a received tree goes, checked entry by entry: every path stays under its root (no
+    absolute path, no ``..``).  An entry's directory is opened by walking down from its root one
+    component at a time (``O_NOFOLLOW | O_DIRECTORY`` relative to the last one's descriptor), and
+    the entry is made relative to that descriptor: no symlink on the way is ever followed,
+    whoever made it and whenever.  A directory this stream sent is never replaced by anything
+    else (a later entry would have gone below it)."""
 
     def __init__(self, dests: dict[str, str]) -> None:
         self.roots = {top: os.path.realpath(d) for top, d in dests.items()}
-        self.safe: set[str] = set(self.roots.values())
+        self.received: set[str] = set()  # directories this stream sent
+        self._cached: tuple[str, int] | None = None  # the last entry's directory (name, fd)
 
-    def path(self, name: str) -> str:
+    def check(self, name: str) -> list[str]:
         parts = name.split("/")
         if name.startswith("/") or ".." in parts or "" in parts or "." in parts or parts[0] not in self.roots:
             raise BerthError(f"the migration stream holds a bad path: {name!r}")
-        parent = os.path.join(self.roots[parts[0]], *parts[:-1])
-        if parent not in self.safe:
-            if os.path.realpath(parent) != parent or not os.path.isdir(parent):
-                raise BerthError(f"the migration stream writes through a symlink: {name!r}")
-            self.safe.add(parent)
-        return os.path.join(parent, parts[-1])
+        return parts
+
+    def open_parent(self, name: str) -> tuple[int, str]:
+        """A new descriptor of the directory ``name`` goes into (the caller closes it) and the
+        entry's own name in it."""
+        parts = self.check(name)
+        fd = os.open(self.roots[parts[0]], _DIR_FLAGS)
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                st = _lstat(part, fd) if e.errno in (errno.ELOOP, errno.ENOTDIR) else None
+                os.close(fd)
+                why = "into a missing directory"
+                if st is not None:
+                    why = "through a symlink" if stat.S_ISLNK(st.st_mode) else "through a non-directory"
+                raise BerthError(f"the migration stream writes {why}: {name!r}") from None
+            os.close(fd)
+            fd = nfd
+        return fd, parts[-1]
+
+    def parent(self, name: str) -> tuple[int, str]:
+        """As :meth:`open_parent`, the descriptor kept for the next entry in the same directory
+        (closed by :meth:`close` or when another directory is opened).  Safe to keep: the path
+        of the directory can change only by an entry of that path, whose own directory is
+        another one."""
+        rel = name.rpartition("/")[0]
+        if self._cached is not None and self._cached[0] == rel:
+            self.check(name)
+            return self._cached[1], name.rpartition("/")[2]
+        self.close()
+        fd, base = self.open_parent(name)
+        self._cached = (rel, fd)
+        return fd, base
+
+    def close(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
 
 
-def _clear(path: str, keep_dir: bool) -> None:
+def _lstat(base: str, dfd: int) -> os.stat_result | None:
     try:
-        st = os.lstat(path)
+        return os.stat(base, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
+        return None
+
+
+def _clear(dfd: int, base: str, keep_dir: bool) -> None:
+    st = _lstat(base, dfd)
+    if st is None:
         return
     if stat.S_ISDIR(st.st_mode):
         if not keep_dir:
-            shutil.rmtree(path)
+            shutil.rmtree(base, dir_fd=dfd)
     else:
-        os.unlink(path)
+        os.unlink(base, dir_fd=dfd)
 
 
 _FIELDS = {
@@ -345,91 +395,105 @@ def recv_tree(
 
     d = _Dest(dests)
     dirs: list[tuple[str, dict[str, Any]]] = []
-    while head := s.recv():
-        h = _header(head)
-        name = h["n"]
-        path = d.path(name)
-        kind = h["t"]
-        if kind not in kinds:
-            raise BerthError(f"the migration stream's entry {name!r}: type {kind!r} is not allowed here")
-        if "/" not in name and kind != "d":
-            raise BerthError(f"the migration stream's entry {name!r}: not a directory")
-        if kind == "c" and h.get("r", 0) not in SAFE_DEVICES:
-            raise BerthError(
-                f"the migration stream's entry {name!r}: device {os.major(h.get('r', 0))}:"
-                f"{os.minor(h.get('r', 0))} is not one a guest may have"
-            )
-        if ids is not None and kind == "f" and h["m"] & (stat.S_ISUID | stat.S_ISGID):
-            for key in ("u", "g"):
-                if not ids[0] <= h[key] < ids[0] + ids[1]:
-                    raise BerthError(
-                        f"the migration stream's entry {name!r}: field {key!r}: owner {h[key]} "
-                        f"outside the guest's ids {ids[0]}:{ids[1]}"
-                    )
-        if kind == "a":  # a stretch of a file being written on the other side (Tail)
-            data = s.recv(limit=CHUNK)
-            # Not a fifo (an open that waits forever) nor anything else but a regular file.
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and not stat.S_ISREG(st.st_mode):
-                raise BerthError(f"the migration stream appends to a non-file: {name!r}")
-            _room(os.path.dirname(path), len(data), name)
-            fd = os.open(
-                path,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                0o600,
-            )
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        while head := s.recv():
+            h = _header(head)
+            name = h["n"]
+            dfd, base = d.parent(name)
+            kind = h["t"]
+            _check_entry(h, kinds, ids, SAFE_DEVICES)
+            if kind != "d" and name in d.received:
+                raise BerthError(
+                    f"the migration stream's entry {name!r}: type {kind!r} replaces a directory it sent"
+                )
+            if kind == "a":  # a stretch of a file being written on the other side (Tail)
+                data = s.recv(limit=CHUNK)
+                # Not a fifo (an open that waits forever) nor anything else but a regular file.
+                st = _lstat(base, dfd)
+                if st is not None and not stat.S_ISREG(st.st_mode):
                     raise BerthError(f"the migration stream appends to a non-file: {name!r}")
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            continue
-        _clear(path, keep_dir=kind == "d")
-        if kind == "d":
-            os.makedirs(path, 0o700, exist_ok=True)
-            dirs.append((path, h))
-            continue
-        if kind == "h":
-            if h["l"].split("/")[0] != name.split("/")[0]:
-                raise BerthError(f"the migration stream holds a bad link: {h['l']!r}")
-            target = d.path(h["l"])
-            if not stat.S_ISREG(os.lstat(target).st_mode):
-                raise BerthError(f"the migration stream links to a non-file: {h['l']!r}")
-            os.link(target, path, follow_symlinks=False)
-            continue
-        if kind == "l":
-            os.symlink(h["l"], path)
-        elif kind in "cp":
-            fmt = {"c": stat.S_IFCHR, "p": stat.S_IFIFO}[kind]
-            os.mknod(path, fmt | 0o600, h.get("r", 0))
-        elif kind == "f":
-            _room(os.path.dirname(path), h["s"], name)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                left = h["s"]
-                while left > 0:
-                    data = s.recv(limit=CHUNK)
-                    if not data or len(data) > left:
-                        raise BerthError(f"the migration stream is corrupt (the size of {name!r})")
+                _room(dfd, len(data), name)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = os.open(base, flags, 0o600, dir_fd=dfd)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise BerthError(f"the migration stream appends to a non-file: {name!r}")
                     os.write(fd, data)
-                    left -= len(data)
-            finally:
-                os.close(fd)
-        else:
-            raise BerthError(f"the migration stream holds an unknown entry type {kind!r}")
-        _meta(path, h)
-    for path, h in reversed(dirs):  # after their contents (which change a directory's times)
-        _meta(path, h)
+                finally:
+                    os.close(fd)
+                continue
+            _clear(dfd, base, keep_dir=kind == "d")
+            if kind == "d":
+                if _lstat(base, dfd) is None:
+                    os.mkdir(base, 0o700, dir_fd=dfd)
+                d.received.add(name)
+                dirs.append((name, h))
+                continue
+            if kind == "h":
+                if h["l"].split("/")[0] != name.split("/")[0]:
+                    raise BerthError(f"the migration stream holds a bad link: {h['l']!r}")
+                tfd, tbase = d.open_parent(h["l"])
+                try:
+                    st = _lstat(tbase, tfd)
+                    if st is None or not stat.S_ISREG(st.st_mode):
+                        raise BerthError(f"the migration stream links to a non-file: {h['l']!r}")
+                    os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
+                finally:
+                    os.close(tfd)
+                continue
+            if kind == "l":
+                os.symlink(h["l"], base, dir_fd=dfd)
+            elif kind in "cp":
+                fmt = {"c": stat.S_IFCHR, "p": stat.S_IFIFO}[kind]
+                os.mknod(base, fmt | 0o600, h.get("r", 0), dir_fd=dfd)
+            elif kind == "f":
+                _room(dfd, h["s"], name)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(base, flags, 0o600, dir_fd=dfd)
+                try:
+                    left = h["s"]
+                    while left > 0:
+                        data = s.recv(limit=CHUNK)
+                        if not data or len(data) > left:
+                            raise BerthError(f"the migration stream is corrupt (the size of {name!r})")
+                        os.write(fd, data)
+                        left -= len(data)
+                finally:
+                    os.close(fd)
+            else:
+                raise BerthError(f"the migration stream holds an unknown entry type {kind!r}")
+            _meta(dfd, base, h)
+        for name, h in reversed(dirs):  # after their contents (which change a directory's times)
+            dfd, base = d.parent(name)
+            _meta(dfd, base, h)
+    finally:
+        d.close()
 
 
-def _room(directory: str, size: int, name: str) -> None:
-    """Refuse a file that would leave the filesystem of ``directory`` with less than
+def _check_entry(h: dict[str, Any], kinds: str, ids: tuple[int, int] | None, devices: frozenset[int]) -> None:
+    name, kind = h["n"], h["t"]
+    if kind not in kinds:
+        raise BerthError(f"the migration stream's entry {name!r}: type {kind!r} is not allowed here")
+    if "/" not in name and kind != "d":
+        raise BerthError(f"the migration stream's entry {name!r}: not a directory")
+    if kind == "c" and h.get("r", 0) not in devices:
+        raise BerthError(
+            f"the migration stream's entry {name!r}: device {os.major(h.get('r', 0))}:"
+            f"{os.minor(h.get('r', 0))} is not one a guest may have"
+        )
+    if ids is not None and kind == "f" and h["m"] & (stat.S_ISUID | stat.S_ISGID):
+        for key in ("u", "g"):
+            if not ids[0] <= h[key] < ids[0] + ids[1]:
+                raise BerthError(
+                    f"the migration stream's entry {name!r}: field {key!r}: owner {h[key]} "
+                    f"outside the guest's ids {ids[0]}:{ids[1]}"
+                )
+
+
+def _room(dfd: int, size: int, name: str) -> None:
+    """Refuse a file that would leave the filesystem of the directory ``dfd`` with less than
     :data:`RESERVE` free (a sender cannot fill the store or /dev/shm: it is told at once)."""
-    st = os.statvfs(directory)
+    st = os.statvfs(dfd)
     free = st.f_bavail * st.f_frsize
     reserve = min(RESERVE, st.f_blocks * st.f_frsize // 20)
     if size > free - reserve:
@@ -439,17 +503,19 @@ def _room(directory: str, size: int, name: str) -> None:
         )
 
 
-def _meta(path: str, h: dict[str, Any]) -> None:
+def _meta(dfd: int, base: str, h: dict[str, Any]) -> None:
+    """An entry's attributes, owner, mode and times: ``base`` in the directory ``dfd``, its last
+    component not followed (a directory's mode: it is one this stream made, see _Dest)."""
     link = h["t"] == "l"
     for n, v in (h.get("x") or {}).items():
-        try:
-            os.setxattr(path, n, bytes.fromhex(v), follow_symlinks=False)
+        try:  # by the directory's descriptor (setxattr takes no dir_fd)
+            os.setxattr(f"/proc/self/fd/{dfd}/{base}", n, bytes.fromhex(v), follow_symlinks=False)
         except OSError:
             pass  # a name this filesystem does not take
-    os.chown(path, int(h["u"]), int(h["g"]), follow_symlinks=False)
+    os.chown(base, int(h["u"]), int(h["g"]), dir_fd=dfd, follow_symlinks=False)
     if not link:
-        os.chmod(path, int(h["m"]) & 0o7777)
-    os.utime(path, ns=(int(h["mt"]), int(h["mt"])), follow_symlinks=False)
+        os.chmod(base, int(h["m"]) & 0o7777, dir_fd=dfd)
+    os.utime(base, ns=(int(h["mt"]), int(h["mt"])), dir_fd=dfd, follow_symlinks=False)
 
 
 def _key(st: os.stat_result) -> tuple[int, ...]:
