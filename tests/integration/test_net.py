@@ -8,6 +8,7 @@ carries the session prefix; the session leak check looks for links and nft table
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -491,3 +492,30 @@ def test_ip_mode_unbound_udp_leaves_from_own_address(binder_rootfs, guests, net_
     assert got == {"udp": own, "udpc": own}, (got, res)
     assert f"udpc 127.0.0.1: ok local {own}" in res.stdout, res
     _assert_nothing_left(prefix)
+
+
+def test_nft_teardown_without_sbin_on_path(prefix: str) -> None:
+    """guestd may run with a PATH without /usr/sbin: a bridge's chains and the table still go
+    (nft.exists found no nft there and the teardown did nothing: the table stayed for good)."""
+    from berth.net import nft
+
+    sbin = shutil.which("nft")
+    assert sbin, "nft is not installed"
+
+    def tables() -> list[str]:
+        out = subprocess.run([sbin, "list", "tables"], capture_output=True, text=True).stdout
+        return [ln for ln in out.splitlines() if ln.split()[-1:] == [table]]
+
+    table, bridge = f"{prefix}t", f"{prefix}tb"
+    path = os.environ["PATH"]
+    os.environ["PATH"] = "/usr/bin:/bin"
+    try:
+        nft.apply(nft.ruleset(table, bridge, str(free_subnet()), [("10.99.0.2", 18080, 80, "tcp")]), bridge)
+        assert tables(), "the table was not made"
+        assert nft.exists(table)
+        nft.remove_bridge(table, bridge)
+        assert not tables()
+    finally:
+        os.environ["PATH"] = path
+        for family in ("inet", "bridge"):
+            subprocess.run([sbin, "delete", "table", family, table], capture_output=True)

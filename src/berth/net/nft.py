@@ -158,8 +158,14 @@ def ruleset(
     return {"nftables": [{"add": item} for item in items]}
 
 
+def _nft_path() -> str | None:
+    """The nft command: on PATH, else where Debian puts it (guestd may run with a PATH without
+    /usr/sbin)."""
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+
+
 def _nft(payload: dict[str, Any], what: str) -> str:
-    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    nft = _nft_path()
     if nft is None:
         raise UnsupportedError(
             "nft: not installed (apt install nftables): needed for NAT and published ports"
@@ -198,7 +204,7 @@ def apply(rules: dict[str, Any], bridge: str) -> None:
 def chains(table: str) -> list[str]:
     """The chains in berth's tables named ``table`` (``inet`` and ``bridge``: the legacy ``ip``
     table goes with them); [] when there are none."""
-    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    nft = _nft_path()
     if nft is None:
         return []
     out: list[str] = []
@@ -232,7 +238,7 @@ def delete(table: str) -> None:
 
 
 def exists(table: str, family: str = FAMILY) -> bool:
-    nft = shutil.which("nft")
+    nft = _nft_path()
     if nft is None:
         return False
     proc = subprocess.run([nft, "list", "table", family, table], capture_output=True, text=True)
