@@ -332,6 +332,7 @@ def _restore_locked(
             criu_args=criu_args,
             on_cgroup=on_cgroup,
             binds=[m["source"] for m in _bind_mounts(spec["spec"])],
+            spec=spec["spec"],  # its CPU request admitted on this host, as at a start
         )
         if plugged:
             instance.net().adopt(store.root, name, net_opts, c.pid)
