@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 # A short prefix: it ends up in cgroup, netns, link (15 chars max) and nft table names.
@@ -21,7 +23,7 @@ PREFIX = f"bt{secrets.token_hex(3)}"
 def leaks(prefix: str) -> list[str]:
     """Everything on the host whose name carries ``prefix``."""
     found: list[str] = []
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         if top.is_dir():
             found += [f"cgroup {p}" for p in top.rglob(f"*{prefix}*") if p.is_dir()][:5]
     found += [
@@ -74,7 +76,7 @@ def berth_env(tmp_path: Path, prefix: str, unique: str) -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     yield env
     # Remove the per-test cgroup parent (empty once every guest ended).
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique, top / prefix):
             try:
                 d.rmdir()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots
+
 # Not "from conftest import ...": this file is a conftest.py too, and the name is ambiguous.
 REPO = Path(__file__).resolve().parents[2]
 PROBE_SRC = REPO / "tests" / "probes" / "probe.c"
@@ -160,7 +162,7 @@ def berth(berth_env: dict[str, str]):
 def cgroup_dirs(parent: str) -> list[Path]:
     """The cgroup directories below ``parent`` in every hierarchy."""
     found = []
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         base = top / parent
         if base.is_dir():
             found += [p for p in base.rglob("*") if p.is_dir()]

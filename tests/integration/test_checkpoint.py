@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_subnet
+from helpers import cgroup_roots, free_subnet
 
 REPO = Path(__file__).resolve().parents[2]
 BERTH = str(REPO / ".venv" / "bin" / "berth")
@@ -103,7 +103,7 @@ class Host:
         except (OSError, ValueError):
             pass
         self("gc", check=False)
-        for top in Path("/sys/fs/cgroup").iterdir():
+        for top in cgroup_roots():
             for sub in sorted(top.glob(f"{self.parent}*"), reverse=True):
                 if sub.is_dir():
                     try:
@@ -250,7 +250,8 @@ def test_checkpoint_restore_round_trip(host_a: Host, unique: str) -> None:
     replies = h.replies(name)
     assert replies[n_replies] >= stopped_at - 2
     # Its limits are back: the cgroup exists under this host's parent with the guest's init.
-    procs = [int(x) for x in Path(f"/sys/fs/cgroup/pids/{h.parent}/{name}/cgroup.procs").read_text().split()]
+    pids_root = cgroup_roots()[0] if len(cgroup_roots()) == 1 else Path("/sys/fs/cgroup/pids")  # v2, else v1
+    procs = [int(x) for x in (pids_root / h.parent / name / "cgroup.procs").read_text().split()]
     assert rec["pid"] in procs
     # Checkpointed again into the same place: the new images replace the old ones whole.
     h("checkpoint", name)

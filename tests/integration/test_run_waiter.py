@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from berth.runtime.run import WAITER_AFTER
-from helpers import free_subnet
+from helpers import cgroup_roots, free_subnet
 
 REPO = Path(__file__).resolve().parents[2]
 WAITER = REPO / ".venv" / "bin" / "berth-wait"
@@ -139,7 +139,7 @@ def _left(env: dict[str, str]) -> list[str]:
     """This test's guests' state dirs and cgroups."""
     run = Path(env["BERTH_RUN"])
     left = [str(d) for d in run.iterdir() if not d.name.startswith(".")] if run.is_dir() else []
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         parent = top / env["BERTH_CGROUP_PARENT"]
         if parent.is_dir():
             left += [str(d) for d in parent.iterdir() if d.is_dir()]
@@ -275,9 +275,7 @@ def test_waiter_killed_takes_the_guest_with_it(runs, berth_env, berth_argv, chec
     assert gc.returncode == 0, gc.stderr
     assert "removed state" in gc.stdout
     parent = berth_env["BERTH_CGROUP_PARENT"]
-    assert [
-        str(top) for top in Path("/sys/fs/cgroup").iterdir() if (top / parent).exists()
-    ] == []  # gc took it
+    assert [str(top) for top in cgroup_roots() if (top / parent).exists()] == []  # gc took it
     check_clean()
 
 
