@@ -241,3 +241,99 @@ def test_hosts_own_links_are_left_alone(net: NetGuests, prefix: str) -> None:  #
         subprocess.run(["ip", "link", "del", own], check=False)
         subprocess.run(["ip", "link", "del", other], check=False)
     _nothing_left(prefix)
+
+
+def test_a_published_port_is_one_guests_across_bridges(net: NetGuests, prefix: str) -> None:  # noqa: F811
+    """A host port a running guest publishes on one bridge is refused to a guest on another (both
+    bridges' chains would DNAT it: the later guest would silently take the port over), at create
+    and at start, in one line naming ``publish``, the port and the guest holding it."""
+    g = net
+    a, b = _two(g, prefix)
+    g("start", a.name)
+    va = _assert_up(g, a, prefix)
+    c = g.name("c")
+    args = ("--net", "bridge", "--bridge", b.bridge, "--subnet", b.subnet, "-p", f"{a.port}:80")
+    r = g("create", c, *args, "--cmd", "sleep 1000", check=False)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(err) == 1, r.stderr
+    assert "publish" in err[0] and f"{a.port}/tcp" in err[0] and a.name in err[0], err
+    # Made while a was stopped: refused when it starts beside the running a.
+    g("stop", "--timeout", "2", a.name)
+    g("create", c, *args, "--cmd", "sleep 1000")
+    g("start", a.name)
+    va = _assert_up(g, a, prefix)
+    r = g("start", c, check=False)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(err) == 1, r.stderr
+    assert "publish" in err[0] and f"{a.port}/tcp" in err[0] and a.name in err[0], err
+    assert _assert_up(g, a, prefix) == va
+    assert _rec(g, Side(c, b.bridge, b.subnet, a.port, "")) == {}
+    assert f"dport {a.port} " not in _chain(prefix, f"prerouting-{b.bridge}")
+    g("destroy", "--force", a.name, b.name, c)
+    _nothing_left(prefix)
+
+
+def test_a_restarted_guest_is_reachable_at_once(net: NetGuests, prefix: str) -> None:  # noqa: F811
+    """A guest stopped and started again answers the host at once, on its address and its
+    published port: its eth0 has the same MAC (derived from its address) and the host's stale
+    neighbour entry for the address is dropped, not left to point to the old guest's for ~30 s."""
+    g = net
+    a, _ = _two(g, prefix)
+    keep = g.name("k")  # keeps the bridge (and the host's neighbour entries on it) up
+    g("create", keep, "--net", "bridge", "--bridge", a.bridge, "--subnet", a.subnet, "--cmd", "sleep 1000")
+    g("start", keep, a.name)
+    _assert_up(g, a, prefix)
+    ip = _rec(g, a)["ip"]
+    for _ in range(2):
+        g("stop", "--timeout", "2", a.name)
+        g("start", a.name)
+        t0 = time.monotonic()
+        assert _get("127.0.0.1", a.port, timeout=2) == a.hello.encode()
+        assert _get(ip, 80, timeout=2) == a.hello.encode()
+        assert time.monotonic() - t0 < 2
+    mac = g("exec", a.name, "--", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert mac == "02:42:" + ":".join(f"{int(o):02x}" for o in ip.split(".")), (mac, ip)
+    g("destroy", "--force", a.name, keep)
+    _nothing_left(prefix)
+
+
+def _addrs(link: str) -> set[str]:
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", link], capture_output=True, text=True).stdout
+    # (not the link-local address the kernel gives the bridge once it is up)
+    words = [ln.split() for ln in out.splitlines()]
+    return {w[3] for w in words if w[2] in ("inet", "inet6") and not w[3].startswith("fe80:")}
+
+
+def test_hosts_bridge_loses_only_berths_addresses(net: NetGuests, prefix: str) -> None:  # noqa: F811
+    """The gateway addresses berth put on a bridge the host had go with the last guest (a stop,
+    then gc after a crash); the host's own address on it stays."""
+    g = net
+    own = f"{prefix}brH"
+    subprocess.run(["ip", "link", "add", own, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "192.0.2.77/32", "dev", own], check=True)
+    try:
+        before = _addrs(own)
+        subnet = free_subnet()
+        h = g.name("h")
+        g("create", h, "--net", "bridge", "--bridge", own, "--subnet", subnet, "--cmd", "sleep 1000")
+        g("start", h)
+        gw = subnet.rsplit(".", 1)[0] + ".1/" + subnet.split("/")[1]
+        during = _addrs(own)
+        assert gw in during and before < during, during
+        g("stop", "--timeout", "2", h)
+        assert _addrs(own) == before, (_addrs(own), before)
+        # A crash leaves them; gc takes them off.
+        g("start", h)
+        assert gw in _addrs(own)
+        pid = g.record(h)["pid"]
+        for d in test_guests._daemons(g.run_root):
+            os.kill(d, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        g.wait(lambda: not test_guests._pid_alive(pid), what="the init to die")
+        g("gc")
+        assert _addrs(own) == before, (_addrs(own), before)
+        assert _links(f"{own}:")
+        g("destroy", "--force", h)
+    finally:
+        subprocess.run(["ip", "link", "del", own], check=False)
+    _nothing_left(prefix)

@@ -34,10 +34,18 @@ def check_subnet_free(ipr: Any, subnet: str, bridge: str) -> None:
             )
 
 
-def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | None = None) -> int:
+def ensure(
+    ipr: Any,
+    name: str,
+    subnet: str,
+    mtu: int = 1500,
+    subnet6: str | None = None,
+    added: list[str] | None = None,
+) -> int:
     """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``;
     an existing bridge keeps its own: see :func:`mtu_of`).  Its index.  A link of that name that is
-    not a bridge is refused, in one line naming it."""
+    not a bridge is refused, in one line naming it.  The gateway addresses it adds are appended to
+    ``added`` (``ADDR/LEN``): those, and only those, are berth's to remove from a host's bridge."""
     idx = link_index(ipr, name)
     if idx is not None:
         kind = kind_of(ipr, idx)
@@ -63,6 +71,8 @@ def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | Non
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
     if gw not in have:
         ipr.addr("add", index=idx, address=gw, prefixlen=net.prefixlen)
+        if added is not None:
+            added.append(f"{gw}/{net.prefixlen}")
     if subnet6 is not None:
         net6 = ipaddress.IPv6Network(subnet6)
         gw6 = str(net6.network_address + 1)
@@ -74,6 +84,8 @@ def ensure(ipr: Any, name: str, subnet: str, mtu: int = 1500, subnet6: str | Non
                 raise NetworkError(
                     f"bridge {name}: cannot add {gw6}/{net6.prefixlen}: {exc} (BERTH_SUBNET6=none: no IPv6)"
                 ) from None
+            if added is not None:
+                added.append(f"{gw6}/{net6.prefixlen}")
     ipr.link("set", index=idx, state="up")
     _sysctl(name, "route_localnet", "1")  # published ports reachable from the host via 127.0.0.1
     return idx
@@ -91,6 +103,27 @@ def mtu_of(ipr: Any, idx: int) -> int:
     smaller MTU is dropped, and an MTU set on the bridge no longer follows its ports."""
     (link,) = ipr.get_links(idx)
     return int(link.get_attr("IFLA_MTU"))
+
+
+def remove_addrs(ipr: Any, name: str, addrs: list[str]) -> None:
+    """Take the addresses ``ADDR/LEN`` (those :func:`ensure` added) off bridge ``name`` (gone ones
+    are skipped)."""
+    idx = link_index(ipr, name)
+    if idx is None:
+        return
+    for a in addrs:
+        iface = ipaddress.ip_interface(a)
+        try:
+            ipr.addr(
+                "del",
+                index=idx,
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+                family=AF_INET6 if iface.version == 6 else AF_INET,
+            )
+        except Exception as exc:
+            if "Cannot assign" not in str(exc) and getattr(exc, "code", None) != 99:
+                raise
 
 
 def remove(ipr: Any, name: str) -> None:

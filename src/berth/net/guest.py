@@ -14,7 +14,12 @@ A veth's host end is named ``{prefix}v{n}`` with ``n`` unique among all the brid
 do not both get ``v0``.  The name is picked and the link made under the store's veth lock,
 recorded before it is made; a name the kernel refuses (another store, a stray link) is never
 taken down by the failed start's cleanup.  A bridge the host had before berth's first guest on
-it stays when the last one goes.
+it stays when the last one goes, without the gateway addresses berth added to it.
+
+A published host port is one guest's in the whole store (checked, on every bridge, and recorded
+under the store's ports lock).  A guest's eth0 has a MAC derived from its IPv4 address
+(:func:`berth.net.veth.mac_for`) and the host's neighbour entries for its addresses are dropped
+at setup: a restarted guest is reachable at once.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from berth.net import addr as ipam
 from berth.net import nft
 from berth.net.options import NetOptions, Publish
 from berth.policy.htb import NetRequest, htb_tree
+
+AF_INET, AF_INET6 = 2, 10
 
 
 def _starttime(pid: int) -> str | None:
@@ -59,7 +66,8 @@ def check(store: str, name: str, opts: NetOptions) -> None:
                 ipam.pick(opts.subnet, db.taken_addrs(but=name), opts.ip)
             if opts.ip6 is not None and opts.subnet6 and not (lease and lease.get("ip6") == opts.ip6):
                 ipam.pick(opts.subnet6, db.taken_addrs(but=name, key="ip6"), opts.ip6)
-            _check_ports(db, name, opts.publish)
+            with _flock(_ports_lock(db)):
+                _check_ports(db, name, opts.publish)
         else:
             for rec_name, rec in db.active.items():
                 if rec_name != name and set(rec.get("addrs", [])) & set(opts.addrs):
@@ -69,11 +77,26 @@ def check(store: str, name: str, opts: NetOptions) -> None:
 
 
 def _check_ports(db: ipam.Leases, name: str, publish: tuple[Publish, ...]) -> None:
-    taken = db.published(but=name)
+    """Refuse a host port a running guest of the store publishes, on any bridge (each bridge's
+    chains would DNAT it: the later guest would take the port over).  Called under the store's
+    ports lock (:func:`_ports_lock`)."""
+    taken = {}
+    for rec_name, rec in _store_active(db):
+        if rec_name == name or not isinstance(rec, dict):
+            continue
+        for q in rec.get("publish") or []:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                taken[(int(q["host_port"]), str(q["proto"]))] = rec_name
     for p in publish:
         owner = taken.get((p.host_port, p.proto))
         if owner is not None:
             raise UsageError("publish", f"host port {p.host_port}/{p.proto} is already published by {owner}")
+
+
+def _ports_lock(db: ipam.Leases) -> str:
+    """The store-wide lock under which a guest's published ports are checked and recorded (taken
+    under one bridge's lock, never the other way round)."""
+    return os.path.join(db.dir, "ports.lock")
 
 
 def setup(container: Any, opts: NetOptions, store: str, *, handoff: bool = False) -> dict[str, Any]:
@@ -126,7 +149,6 @@ def _setup_bridge(
 
     from berth.net import bridge, veth
 
-    _check_ports(db, name, opts.publish)
     lease = db.lease(name, opts.subnet, opts.ip, persist=opts.persist, subnet6=opts.subnet6, want6=opts.ip6)
     rec = {
         **_record(name, pid, opts),
@@ -144,8 +166,10 @@ def _setup_bridge(
     if handoff:
         rec["handoff"] = True  # not the guest's pid yet: no /etc written through it
         rec["resolv_written"] = True  # the restored guest has its own (in its upper layer)
-    db.active[name] = rec
-    db.save()  # recorded before anything is made: gc can always find it
+    with _flock(_ports_lock(db)):
+        _check_ports(db, name, opts.publish)
+        db.active[name] = rec
+        db.save()  # recorded before anything is made: gc can always find it (and the ports, taken)
     with IPRoute() as ipr:
         br = _ensure_bridge(ipr, db, opts)
         rec["mtu"] = bridge.mtu_of(ipr, br)
@@ -156,12 +180,21 @@ def _setup_bridge(
                 rec["peer"] = f"{host}g"
             db.save()  # the name recorded before the link is made: gc finds it
             try:
-                veth.create(ipr, host, br, None if handoff else pid, isolate=opts.isolate, mtu=rec["mtu"])
+                veth.create(
+                    ipr,
+                    host,
+                    br,
+                    None if handoff else pid,
+                    isolate=opts.isolate,
+                    mtu=rec["mtu"],
+                    mac=veth.mac_for(lease["ip"]),
+                )
             except veth.NotCreated:
                 del rec["veth"]  # not ours: the cleanup must leave it alone
                 rec.pop("peer", None)
                 db.save()
                 raise
+        _forget_neighbours(ipr, br, lease["ip"], lease.get("ip6"))
         if not handoff:
             prefixlen = int(opts.subnet.split("/")[1])
             v6 = None
@@ -173,6 +206,16 @@ def _setup_bridge(
         _apply_htb(ipr, db, opts)
     _write_etc(db, opts)
     return rec
+
+
+def _forget_neighbours(ipr: Any, br: int, *addrs: str | None) -> None:
+    """Drop the host's neighbour entries for the guest's addresses on the bridge: one left by an
+    earlier guest with the address (another MAC: one made before berth derived it, or restored
+    by CRIU with the MAC it recorded) would send the host's packets there until it expires."""
+    for a in addrs:
+        if a:
+            with contextlib.suppress(Exception):
+                ipr.neigh("del", dst=a, ifindex=br, family=AF_INET6 if ":" in a else AF_INET)
 
 
 def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
@@ -187,7 +230,14 @@ def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
     elif len(db.active) <= 1 and "bridge_made" not in db.data:
         db.data["bridge_made"] = False
         db.save()
-    return int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6))
+    added: list[str] = []
+    try:
+        return int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6, added))
+    finally:
+        if added:  # berth's own addresses on the bridge: they go with its last guest
+            have = db.data.setdefault("bridge_addrs", [])
+            have += [a for a in added if a not in have]
+            db.save()
 
 
 @contextlib.contextmanager
@@ -204,15 +254,14 @@ def _flock(path: str) -> Iterator[None]:
 MAX_VETH = 99999
 
 
-def _store_veths(db: ipam.Leases) -> set[str]:
-    """The veth names (host ends and peers) the store's guests hold, on every bridge (the other
-    bridges' files are read without their locks: they are replaced whole by rename)."""
-    held: set[str] = set()
+def _store_active(db: ipam.Leases) -> list[tuple[str, Any]]:
+    """(name, record) of the running guests of the store on every bridge: ``db``'s own, and the
+    other bridges' files read without their locks (they are replaced whole by rename)."""
     try:
         files = [f for f in os.listdir(db.dir) if f.endswith(".json")]
     except OSError:
         files = []
-    recs: list[Any] = []
+    recs: list[tuple[str, Any]] = []
     for f in files:
         path = os.path.join(db.dir, f)
         if path == db.path:
@@ -223,9 +272,15 @@ def _store_veths(db: ipam.Leases) -> set[str]:
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(active, dict):
-            recs += active.values()
-    recs += db.active.values()
-    for r in recs:
+            recs += active.items()
+    recs += db.active.items()
+    return recs
+
+
+def _store_veths(db: ipam.Leases) -> set[str]:
+    """The veth names (host ends and peers) the store's guests hold, on every bridge."""
+    held: set[str] = set()
+    for _, r in _store_active(db):
         if isinstance(r, dict) and r.get("veth"):
             held.update((str(r["veth"]), f"{r['veth']}g"))
     return held
@@ -339,14 +394,24 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
                 _nft_remove(db, opts)
             with contextlib.suppress(Exception):
                 bridge.remove(ipr, opts.ifb)
-            if db.data.pop("bridge_made", True):  # (a file from before the flag: berth's bridge)
+            if db.data.get("bridge_made", True):  # (a file from before the flag: berth's bridge)
                 try:
                     bridge.remove(ipr, opts.bridge)
-                except Exception as exc:
+                except Exception as exc:  # still berth's: the next last guest (or gc) removes it
                     errors.append(f"bridge {opts.bridge}: {exc}")
-            else:  # the host's own bridge stays, without berth's shaping
+                else:
+                    db.data.pop("bridge_made", None)
+                    db.data.pop("bridge_addrs", None)
+            else:  # the host's own bridge stays, without berth's shaping and gateway addresses
                 with contextlib.suppress(Exception):
                     htb.remove_root(ipr, opts.bridge)
+                try:
+                    bridge.remove_addrs(ipr, opts.bridge, list(db.data.get("bridge_addrs", [])))
+                except Exception as exc:
+                    errors.append(f"bridge {opts.bridge} addresses: {exc}")
+                else:
+                    db.data.pop("bridge_made", None)
+                    db.data.pop("bridge_addrs", None)
         else:
             try:
                 _apply_nft(db, opts)

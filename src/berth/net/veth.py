@@ -48,10 +48,28 @@ def holder(ipr: Any, name: str) -> str | None:
     return f"{what} (index {found[0]})"
 
 
-def create(ipr: Any, host: str, bridge_idx: int, pid: int | None, *, isolate: bool, mtu: int = 1500) -> None:
-    """Make the pair with ``mtu`` on both ends, plug the host end into the bridge and move the
-    peer into ``pid``'s netns (``None``: the peer, ``<host>g``, stays here for CRIU to move into
-    the network namespace it restores: :func:`berth.net.guest.setup`'s ``handoff``).
+def mac_for(ipv4: str) -> str:
+    """The guest end's MAC for address ``ipv4``: locally administered ``02:42:a:b:c:d`` (as Docker
+    does), the same at each start of the guest, so the host's and the other guests' neighbour
+    entries for the address stay right across a restart (a random one left them pointing to the
+    old MAC for up to ~30 s)."""
+    return "02:42:" + ":".join(f"{int(o):02x}" for o in ipv4.split("."))
+
+
+def create(
+    ipr: Any,
+    host: str,
+    bridge_idx: int,
+    pid: int | None,
+    *,
+    isolate: bool,
+    mtu: int = 1500,
+    mac: str | None = None,
+) -> None:
+    """Make the pair with ``mtu`` on both ends (the peer with ``mac`` when given), plug the host
+    end into the bridge and move the peer into ``pid``'s netns (``None``: the peer, ``<host>g``,
+    stays here for CRIU to move into the network namespace it restores:
+    :func:`berth.net.guest.setup`'s ``handoff``; CRIU gives it the MAC it recorded).
 
     :class:`NotCreated` when the pair could not be made, naming what holds a taken name."""
     peer = f"{host}g"
@@ -67,6 +85,8 @@ def create(ipr: Any, host: str, bridge_idx: int, pid: int | None, *, isolate: bo
     (pidx,) = ipr.link_lookup(ifname=peer)
     ipr.link("set", index=hidx, mtu=mtu)
     ipr.link("set", index=pidx, mtu=mtu)
+    if mac is not None:
+        ipr.link("set", index=pidx, address=mac)
     if pid is not None:
         ipr.link("set", index=pidx, net_ns_pid=pid)
     ipr.link("set", index=hidx, master=bridge_idx)
