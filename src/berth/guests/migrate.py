@@ -110,6 +110,7 @@ from berth.errors import BerthError, ExistsError, NotFoundError, StateError, Usa
 from berth.guests import client, config, instance, transfer
 from berth.guests.store import Store, check_name, fault
 from berth.guests.transfer import Stream
+from berth.runtime.checkpoint import REOPEN_DEVICES as ck_reopen_devices
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -367,31 +368,24 @@ def _restore_locked(
     return c.pid
 
 
-# What a restored guest may get back reopened from this host, by exact name (mode, major, minor):
-# never a terminal (/dev/tty, /dev/ptmx: the receiving admin's), never a path through a symlink.
-REOPEN_DEVICES = {
-    "/dev/null": (1, 3),
-    "/dev/zero": (1, 5),
-    "/dev/full": (1, 7),
-    "/dev/random": (1, 8),
-    "/dev/urandom": (1, 9),
-}
+# What a restored guest may get back reopened from this host: berth.runtime.checkpoint's list,
+# by exact name (never a terminal: /dev/tty, /dev/ptmx are the receiving admin's).
+REOPEN_DEVICES = ck_reopen_devices
 
 
 def safe_reopen_path(path: str) -> bool:
     """Whether a checkpoint's open file ``path`` may be reopened on this host for the restored
     guest: exactly one of :data:`REOPEN_DEVICES`, a character device of its usual number (lstat:
-    not a symlink).  The opener should add ``O_NOCTTY`` all the same."""
-    import stat
+    not a symlink); the opener adds ``O_NOCTTY`` all the same."""
+    from berth.runtime.checkpoint import safe_reopen
 
-    want = REOPEN_DEVICES.get(path) if isinstance(path, str) else None
-    if want is None:
+    if not isinstance(path, str):
         return False
     try:
-        st = os.lstat(path)
-    except OSError:
+        safe_reopen({"path": path})
+    except StateError:
         return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(*want)
+    return True
 
 
 def _bind_mounts(spec: dict[str, Any]) -> list[dict[str, Any]]:

@@ -113,28 +113,13 @@ def veth_counters(ifname: str, sys_net: str = "/sys/class/net") -> dict[str, int
 def veths(store_root: str) -> dict[str, tuple[str, int]]:
     """Guest -> (host end of its veth, pid of the init it was plugged for), from the network
     records of the store (:mod:`berth.net.guest`)."""
-    import json
+    from berth.monitor.sample import net_records
 
-    out: dict[str, tuple[str, int]] = {}
-    d = os.path.join(store_root, "net")
-    try:
-        files = sorted(f for f in os.listdir(d) if f.endswith(".json"))
-    except OSError:
-        return out
-    for f in files:
-        try:
-            with open(os.path.join(d, f)) as fh:
-                active = json.load(fh).get("active")
-        except (OSError, ValueError, AttributeError):
-            continue  # unreadable, or not a record: no network figures from it
-        if not isinstance(active, dict):
-            continue
-        for name, rec in active.items():
-            if not isinstance(rec, dict) or not isinstance(rec.get("veth"), str) or not rec["veth"]:
-                continue
-            pid = rec.get("pid") or 0
-            out[name] = (rec["veth"], pid if isinstance(pid, int) and not isinstance(pid, bool) else -1)
-    return out
+    return {
+        name: (rec["veth"], pid)
+        for name, rec, pid in net_records(store_root)
+        if isinstance(rec.get("veth"), str) and rec["veth"]
+    }
 
 
 def stopped_guests(store_root: str, state_root: str, running: Iterable[str]) -> list[str]:

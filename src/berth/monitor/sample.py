@@ -15,6 +15,7 @@ from berth.errors import BerthError, NotFoundError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from berth.guests.store import Store
@@ -79,16 +80,17 @@ def container_stats(state_root: str, names: list[str], interval: float) -> dict[
 
 
 # -- berth top: the guest manager's guests ---------------------------------------------------------
-def addresses(store_root: str) -> dict[str, list[tuple[str, int]]]:
-    """Guest name -> [(address, pid of the init it was given to)] from the network records."""
+def net_records(store_root: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(guest name, its network record, pid of the init it was plugged for; -1 if unreadable)
+    of every running guest in the store's network records (:mod:`berth.net.guest`); records
+    that cannot be read are skipped."""
     import json
 
-    out: dict[str, list[tuple[str, int]]] = {}
     d = os.path.join(store_root, "net")
     try:
-        files = [f for f in os.listdir(d) if f.endswith(".json")]
-    except FileNotFoundError:
-        return out
+        files = sorted(f for f in os.listdir(d) if f.endswith(".json"))
+    except OSError:
+        return
     for f in files:
         try:
             with open(os.path.join(d, f)) as fh:
@@ -99,12 +101,17 @@ def addresses(store_root: str) -> dict[str, list[tuple[str, int]]]:
             continue
         for name, rec in active.items():
             if isinstance(rec, dict):
-                ips = rec.get("ips") or ([rec["ip"]] if rec.get("ip") else [])
                 pid = rec.get("pid") or 0
-                if not isinstance(pid, int) or isinstance(pid, bool):
-                    pid = -1  # matches no process
-                if isinstance(ips, list):
-                    out.setdefault(name, []).extend((str(ip), pid) for ip in ips)
+                yield name, rec, pid if isinstance(pid, int) and not isinstance(pid, bool) else -1
+
+
+def addresses(store_root: str) -> dict[str, list[tuple[str, int]]]:
+    """Guest name -> [(address, pid of the init it was given to)] from the network records."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name, rec, pid in net_records(store_root):
+        ips = rec.get("ips") or ([rec["ip"]] if rec.get("ip") else [])
+        if isinstance(ips, list):
+            out.setdefault(name, []).extend((str(ip), pid) for ip in ips)
     return out
 
 
