@@ -527,12 +527,11 @@ def test_mount_error_names_the_field_not_the_fd_path(
 
 
 def test_berth_run_mount_error_is_one_line_status_125(
-    berth_env: dict[str, str], busybox_rootfs: Path
+    berth_env: dict[str, str], busybox_rootfs: Path, berth_argv: list[str], check_clean
 ) -> None:
-    from conftest import assert_clean, berth_cmd
-
+    # (fixtures, not "from conftest import": in the whole suite that name is another conftest)
     proc = subprocess.run(
-        [*berth_cmd(), "run", "--rootfs", str(busybox_rootfs), "--tmpfs", "/etc/passwd/below", "true"],
+        [*berth_argv, "run", "--rootfs", str(busybox_rootfs), "--tmpfs", "/etc/passwd/below", "true"],
         env=berth_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     assert proc.returncode == 125, proc.stderr
@@ -540,16 +539,14 @@ def test_berth_run_mount_error_is_one_line_status_125(
     assert len(line.splitlines()) == 1, proc.stderr
     assert "].destination" in line and "/etc/passwd/below" in line and "Not a directory" in line
     assert "/proc/self/fd" not in line
-    assert_clean(berth_env)
+    check_clean()
 
 
 def test_gc_leaves_a_create_in_progress_and_takes_a_crashed_one(
-    rt: Runtime, unique: str, berth_env: dict[str, str], tmp_path: Path
+    rt: Runtime, unique: str, berth_env: dict[str, str], tmp_path: Path, berth_argv: list[str]
 ) -> None:
     """``berth gc`` over the runtime's --root: a state still "creating" whose create is alive (held
     in a createRuntime hook) is left; one whose create was killed is removed with its cgroup."""
-    from conftest import berth_cmd
-
     env = {
         **berth_env,
         "BERTH_RUN": str(rt.root),
@@ -561,7 +558,7 @@ def test_gc_leaves_a_create_in_progress_and_takes_a_crashed_one(
 
     def gc() -> str:
         r = subprocess.run(
-            [*berth_cmd(), "gc"], env=env, capture_output=True, text=True, timeout=60, check=False
+            [*berth_argv, "gc"], env=env, capture_output=True, text=True, timeout=60, check=False
         )
         assert r.returncode == 0, r.stderr
         return r.stdout
