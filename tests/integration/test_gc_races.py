@@ -71,7 +71,7 @@ def test_gc_beside_runs_loses_none(berth_env: dict[str, str]) -> None:
 
     def gc_loop() -> None:
         while not stop.is_set():
-            r = _berth(env, "gc")
+            r = _berth(env, "--debug", "gc")  # a failure's traceback in the report
             gcs[0] += 1
             if r.returncode != 0:
                 gc_errors.append(r.stderr)

@@ -662,7 +662,10 @@ def gc(store: Store) -> list[str]:
     if os.path.isdir(store.run_dir()):
         for f in os.listdir(store.run_dir()):
             if f.endswith(".json") and f[:-5] not in names:
-                os.unlink(os.path.join(store.run_dir(), f))
+                try:
+                    os.unlink(os.path.join(store.run_dir(), f))
+                except FileNotFoundError:
+                    continue  # another gc, or its guest's destroy, took it
                 done.append(f"removed record {f[:-5]}")
     done += _gc_loops(store, names)
     done += _gc_ids(store, names)
@@ -788,9 +791,11 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
     seen: set[str] = set()
     for top in os.listdir("/sys/fs/cgroup"):
         base = os.path.join("/sys/fs/cgroup", top, store.cgroup_parent)
-        if not os.path.isdir(base):
-            continue
-        for child in os.listdir(base):
+        try:
+            children = os.listdir(base)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # none, or the last guest's cleanup removed the parent just now
+        for child in children:
             if os.path.isdir(os.path.join(base, child)) and child not in running:
                 seen.add(child)
     for child in sorted(seen):
