@@ -10,6 +10,7 @@ from berth.errors import UsageError
 from berth.policy.units import (
     INT64_MAX,
     RLIM_INFINITY,
+    column_size,
     cpuset_members,
     format_cpuset,
     format_rate,
@@ -319,3 +320,11 @@ def test_parse_device_rate() -> None:
 )
 def test_parse_device_errors(fn, text: str, needle: str) -> None:
     assert needle in usage(fn, "--device", text)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(None, "-"), (0, "0B"), (1023, "1023B"), (KIB, "1.0K"), (GIB * 3 // 2, "1.5G"), (12 * MIB, "12.0M")],
+)
+def test_column_size(n: int | None, text: str) -> None:
+    assert column_size(n) == text

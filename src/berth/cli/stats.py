@@ -6,6 +6,7 @@ import sys
 
 from berth.cli._args import seconds_option
 from berth.errors import UsageError
+from berth.policy.units import column_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,15 +51,6 @@ def collect(state_root: str, names: list[str], interval: float) -> dict[str, dic
     return container_stats(state_root, names, interval)
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n}B"
-
-
 def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -75,12 +67,12 @@ def table(stats: dict[str, dict[str, Any]]) -> str:
             _num(cpu.get("seconds"), ".2f"),
             _num(cpu.get("percent"), ".1f"),
             "-" if thr is None else f"{thr / 1e9:.2f}s",
-            _size(mem.get("usage")), _size(mem.get("rss")), _size(mem.get("anon")), _size(mem.get("file")),
-            _size(mem.get("mlocked")), _size(mem.get("swap")), _size(mem.get("max_usage")),
-            _size(mem.get("limit")),
+            column_size(mem.get("usage")), column_size(mem.get("rss")), column_size(mem.get("anon")), column_size(mem.get("file")),
+            column_size(mem.get("mlocked")), column_size(mem.get("swap")), column_size(mem.get("max_usage")),
+            column_size(mem.get("limit")),
             _num(mem.get("oom_kills"), "d"),
             f"{_num(pids.get('current'), 'd')}/{_num(pids.get('limit'), 'd') if pids.get('limit') else 'max'}",
-            _size(blk.get("read_bytes")), _size(blk.get("write_bytes")),
+            column_size(blk.get("read_bytes")), column_size(blk.get("write_bytes")),
             f"{_num(blk.get('read_ios'), 'd')}/{_num(blk.get('write_ios'), 'd')}",
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
+from berth.policy.units import column_size
 from berth.rootfs import template
 
 HELP_IMPORT = "an OCI image: oci:DIR (OCI image layout) or oci:FILE (docker save / podman save / OCI archive)"
-
-
-def _size(n: int) -> str:
-    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n}B"
 
 
 def main(argv: list[str]) -> int:
@@ -53,5 +47,5 @@ def main(argv: list[str]) -> int:
     print(f"{'NAME':<24} {'KIND':<8} {'SIZE':>8}  SOURCE")
     for r in rows:
         src = r.get("source") or r.get("suite") or ""
-        print(f"{r['name']:<24} {r['kind']:<8} {_size(r['size']):>8}  {src}")
+        print(f"{r['name']:<24} {r['kind']:<8} {column_size(r['size']):>8}  {src}")
     return 0

@@ -12,6 +12,7 @@ import time
 
 from berth.cli._args import seconds_option
 from berth.errors import UsageError
+from berth.policy.units import column_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,15 +52,6 @@ def parse(argv: list[str]) -> dict[str, Any]:
     return o
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return f"{n}B"
-
-
 def _uptime(s: float | None) -> str:
     if s is None:
         return "-"
@@ -85,7 +77,7 @@ def _host() -> str:
     except (OSError, ValueError, IndexError):
         pass
     used = mem.get("MemTotal", 0) - mem.get("MemAvailable", 0)
-    return f"load {load}   host memory {_size(used)}/{_size(mem.get('MemTotal'))}"
+    return f"load {load}   host memory {column_size(used)}/{column_size(mem.get('MemTotal'))}"
 
 
 def render(rows: list[dict[str, Any]], sort: str = "n", interval: float = 1.0) -> Any:
@@ -114,8 +106,10 @@ def render(rows: list[dict[str, Any]], sort: str = "n", interval: float = 1.0) -
             Text(r["state"], style=style.get(r["state"], "")),
             str(r["pid"] or "-"),
             "-" if cpu is None else f"{cpu:.1f}",
-            _size(r["memory"]),
-            _size(r["memory_limit"]) if r["memory_limit"] else ("max" if r["state"] == "running" else "-"),
+            column_size(r["memory"]),
+            column_size(r["memory_limit"])
+            if r["memory_limit"]
+            else ("max" if r["state"] == "running" else "-"),
             "-" if r["pids"] is None else f"{r['pids']}" + (f"/{r['pids_limit']}" if r["pids_limit"] else ""),
             _uptime(r["uptime"]),
             ",".join(r["ips"]) or "-",

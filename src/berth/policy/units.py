@@ -139,6 +139,16 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+def column_size(n: int | None) -> str:
+    """A byte count for a table column: ``1.5G``, ``12.0M``, ``512B``; ``-`` when unknown."""
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n}B"
+
+
 def parse_rate(field: str, text: str) -> int:
     """Parse a network rate into bits per second, tc style: ``100mbit``, ``1gbit``, ``10mbps``.
 
