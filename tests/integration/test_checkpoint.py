@@ -210,6 +210,62 @@ def check_tmpfs_files(h: Host, name: str, files: dict[str, bytes]) -> None:
     assert mounts["/sys/fs/cgroup"][1] == "tmpfs"
 
 
+# Files whose owner, mode, file capabilities and extended attributes must all survive a copy
+# (a chown clears security.capability and the set-id bits: the copy must chown first):
+# {path: (uid, gid, mode, file capabilities for setcap or None, user.note or None)}
+SPECIAL = {
+    "opt/ping": (0, 0, 0o755, "cap_net_raw+ep", None),
+    "opt/suid": (0, 0, 0o4755, None, None),
+    "opt/sgid": (1000, 1001, 0o2750, None, b"sgid"),
+    "opt/user": (1000, 1001, 0o640, None, b"user"),
+    "opt/usercap": (1000, 1000, 0o750, "cap_net_bind_service+ep", b"usercap"),
+}
+
+
+def put_special_files(root: Path) -> None:
+    """The files of :data:`SPECIAL` under ``root`` (setcap, like the guest's admin would)."""
+    if shutil.which("setcap") is None:
+        pytest.skip("setcap is not installed (libcap2-bin)")
+    (root / "opt").mkdir(parents=True, exist_ok=True)
+    for rel, (uid, gid, mode, cap, note) in SPECIAL.items():
+        path = root / rel
+        path.write_bytes(b"#!/bin/sh\nexit 0\n")
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+        if cap:
+            subprocess.run(["setcap", cap, str(path)], check=True)
+        if note:
+            os.setxattr(path, "user.note", note)
+
+
+def check_special_files(root: Path) -> None:
+    """The files of :data:`SPECIAL` under ``root`` as :func:`put_special_files` made them
+    (getcap, stat, getxattr)."""
+    for rel, (uid, gid, mode, cap, note) in SPECIAL.items():
+        path = root / rel
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (uid, gid, oct(mode)), rel
+        got = subprocess.run(["getcap", str(path)], capture_output=True, text=True, check=True).stdout.split()
+        want = [cap.replace("+", "=")] if cap else []
+        assert got[1:] == want, (rel, got)
+        assert (os.getxattr(path, "user.note") if note else None) == note, rel
+        if not note:
+            assert "user.note" not in os.listxattr(path), rel
+
+
+def test_copy_tree_keeps_caps_setid_owners_and_xattrs(tmp_path: Path) -> None:
+    """berth.runtime.checkpoint.copy_tree (a guest's tmpfs mounts, at dump and restore): owner,
+    mode, file capabilities and extended attributes all as they were."""
+    from berth.runtime.checkpoint import copy_tree
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    put_special_files(src)
+    copy_tree(str(src), str(dst))
+    check_special_files(dst)
+
+
 def test_tmpfs_content_survives_without_criu_tar(host_a: Host, unique: str) -> None:
     """The guest's tmpfs mounts are copied by berth, not tarred by CRIU (one tar and gzip
     process per mount, in the downtime), and come back with their content and options."""

@@ -149,8 +149,8 @@ def _running_container(store: Store, name: str) -> Any:
 def checkpoint(
     store: Store, name: str, images: str, *, leave_running: bool = False, criu: str | None = None
 ) -> dict[str, Any]:
-    """Dump the running guest ``name`` into ``images`` (and a copy of its upper layer into
-    ``images``/upper unless it stays running); the metadata."""
+    """Dump the running guest ``name`` into ``images``; the metadata.  Its upper layer stays in
+    place (not copied: restore mounts it again)."""
     from berth.runtime import checkpoint as ck
 
     store.require(name)

@@ -504,17 +504,18 @@ def _room(dfd: int, size: int, name: str) -> None:
 
 
 def _meta(dfd: int, base: str, h: dict[str, Any]) -> None:
-    """An entry's attributes, owner, mode and times: ``base`` in the directory ``dfd``, its last
-    component not followed (a directory's mode: it is one this stream made, see _Dest)."""
-    link = h["t"] == "l"
+    """An entry's owner, mode, extended attributes and times, in that order (a chown clears
+    ``security.capability`` and the set-id bits; a chmod after it sets the bits again, the file
+    capabilities come last): ``base`` in the directory ``dfd``, its last component not followed
+    (a directory's mode: it is one this stream made, see _Dest)."""
+    os.chown(base, int(h["u"]), int(h["g"]), dir_fd=dfd, follow_symlinks=False)
+    if h["t"] != "l":
+        os.chmod(base, int(h["m"]) & 0o7777, dir_fd=dfd)
     for n, v in (h.get("x") or {}).items():
         try:  # by the directory's descriptor (setxattr takes no dir_fd)
             os.setxattr(f"/proc/self/fd/{dfd}/{base}", n, bytes.fromhex(v), follow_symlinks=False)
         except OSError:
             pass  # a name this filesystem does not take
-    os.chown(base, int(h["u"]), int(h["g"]), dir_fd=dfd, follow_symlinks=False)
-    if not link:
-        os.chmod(base, int(h["m"]) & 0o7777, dir_fd=dfd)
     os.utime(base, ns=(int(h["mt"]), int(h["mt"])), dir_fd=dfd, follow_symlinks=False)
 
 

@@ -56,7 +56,7 @@ from berth.runtime import state as st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Any
 
     from berth.runtime.container import Container
@@ -454,6 +454,12 @@ def _copy_file(src: str, dst: str) -> None:
 
 
 def _copy_meta(src: str, st: os.stat_result, dst: str, *, follow: bool = False) -> None:
+    """``src``'s owner, mode, extended attributes and times onto ``dst``, in that order (a chown
+    clears ``security.capability`` and the set-id bits: the chmod after it sets the bits again,
+    the file capabilities come last)."""
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
     try:
         names = os.listxattr(src, follow_symlinks=follow)
     except OSError:
@@ -463,9 +469,6 @@ def _copy_meta(src: str, st: os.stat_result, dst: str, *, follow: bool = False) 
             os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=follow), follow_symlinks=False)
         except OSError:
             pass  # a name the filesystem does not take
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
@@ -966,52 +969,12 @@ def restore(
             os.close(fd)
 
 
-def _pb_string(msg: bytes, field: int) -> str | None:
-    """The string field ``field`` of a protobuf message (None if absent or the bytes are not a
-    well-formed message)."""
+def _pb_fields(msg: bytes) -> Iterator[tuple[int, int, int | bytes | None]]:
+    """The fields of a protobuf message as they come: (number, wire type, value), the value an
+    int (varint), the bytes (length-delimited) or None (fixed32, fixed64: skipped).  ValueError
+    where the message is malformed (a truncated varint or field, a varint of more than 64 bits,
+    a group's wire type); the fields before it have been yielded."""
     i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            if i >= len(msg) or shift > 63:
-                raise ValueError("truncated varint")
-            b = msg[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return value
-
-    try:
-        while i < len(msg):
-            key = varint()
-            num, wire = key >> 3, key & 7
-            if wire == 0:
-                varint()
-            elif wire == 1:
-                i += 8
-            elif wire == 5:
-                i += 4
-            elif wire == 2:
-                n = varint()
-                if i + n > len(msg):
-                    return None
-                if num == field:
-                    return msg[i : i + n].decode("ascii")
-                i += n
-            else:
-                return None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _pb_varints(msg: bytes) -> dict[int, int]:
-    """The varint fields of a protobuf message ({field: value}; ValueError if malformed)."""
-    i = 0
-    out: dict[int, int] = {}
 
     def varint() -> int:
         nonlocal i
@@ -1029,17 +992,37 @@ def _pb_varints(msg: bytes) -> dict[int, int]:
     while i < len(msg):
         key = varint()
         num, wire = key >> 3, key & 7
+        value: int | bytes | None = None
         if wire == 0:
-            out[num] = varint()
+            value = varint()
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
         elif wire == 2:
-            i += varint()
+            n = varint()
+            value = msg[i : i + n]
+            i += n
         else:
             raise ValueError(f"wire type {wire}")
-    if i != len(msg):
-        raise ValueError("truncated field")
-    return out
+        if i > len(msg):
+            raise ValueError("truncated field")
+        yield num, wire, value
+
+
+def _pb_string(msg: bytes, field: int) -> str | None:
+    """The string field ``field`` of a protobuf message (None if absent, not ASCII, or the
+    message is malformed before it)."""
+    try:
+        for num, _wire, value in _pb_fields(msg):
+            if num == field and isinstance(value, bytes):  # wire type 2
+                return value.decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _pb_varints(msg: bytes) -> dict[int, int]:
+    """The varint fields of a protobuf message ({field: value}; ValueError if malformed)."""
+    return {num: value for num, wire, value in _pb_fields(msg) if wire == 0 and isinstance(value, int)}
 
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
