@@ -195,7 +195,8 @@ def one(a: Host, b: Host, binary: Path, load: int, live: bool, guest: str = "hos
         wait(lambda: a.beat(name) >= 1000, 30, "the guest's client")  # a second of pings
         time.sleep(1.5 if load else 0.5)  # the dirtier has touched its whole set
         recv = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{b.netns}", b.launcher, "receive", "--listen", f"{b.addr}:{PORT}"],
+            ["nsenter", f"--net=/run/netns/{b.netns}", b.launcher, "receive", "--listen", f"{b.addr}:{PORT}",
+             "--allow-host-userns"],
             env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert recv.stdout is not None

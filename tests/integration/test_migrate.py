@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 from test_checkpoint import (
+    GUEST,
     Host,
+    check_special_files,
     check_tmpfs_files,
     criu_or_skip,
     make_host,
+    put_special_files,
     put_tmpfs_files,
     start_guest,
     wait,
@@ -56,10 +59,15 @@ def in_ns(ns: str, h: Host, *args: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{ns}", BERTH, *args]
 
 
-def receiver(b: Host, fault: str = "") -> subprocess.Popen:
+# What B's receiver allows by default: the guests here run in the host's user namespace (as
+# start_guest makes them), which a receiver refuses without it (berth.guests.hostpower).
+HOST_USERNS = ("--allow-host-userns",)
+
+
+def receiver(b: Host, fault: str = "", allow: tuple[str, ...] = HOST_USERNS) -> subprocess.Popen:
     env = {**b.env, "BERTH_FAULT": fault}
     p = subprocess.Popen(
-        in_ns(b.netns, b, "receive", "--listen", f"10.213.0.2:{PORT}"),  # type: ignore[attr-defined]
+        in_ns(b.netns, b, "receive", "--listen", f"10.213.0.2:{PORT}", *allow),  # type: ignore[attr-defined]
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert p.stdout is not None
@@ -105,6 +113,27 @@ def test_live_migration_keeps_processes_and_connection(hosts: tuple[Host, Host],
     assert not (a.store / "guests" / name).exists()
     assert not a.record(name)
     assert not list(Path("/sys/fs/cgroup/pids").glob(f"{a.parent}/{name}"))
+    b("destroy", "--force", name)
+
+
+def test_upper_keeps_caps_setid_owners_and_xattrs(hosts: tuple[Host, Host], unique: str) -> None:
+    """The guest's upper layer on B: a file with capabilities, set-id files, files of a non-root
+    owner with a user.* attribute, as they were on A (owner, then mode, then attributes: a chown
+    after the attributes cleared security.capability and the set-id bits); seen in B's upper
+    layer and through the restored guest's root."""
+    a, b = hosts
+    name = f"{unique}-cap"
+    a("create", name, "--net", "none", "--userns", "host", "--no-lxcfs", "--no-init", "--", "sh", "-c", GUEST)
+    put_special_files(a.upper(name))
+    a("start", name)
+    wait(lambda: len(a.replies(name)) >= 3, what="the guest's client to get replies")
+    r = receiver(b)
+    out = migrate(a, name)
+    rc = r.wait(60)
+    err = r.stderr.read() if r.stderr else ""
+    assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
+    check_special_files(b.upper(name))
+    check_special_files(Path(f"/proc/{b.record(name)['pid']}/root"))
     b("destroy", "--force", name)
 
 
@@ -313,7 +342,7 @@ def test_ip_mode_guest_migrates_with_its_address(hosts: tuple[Host, Host], uniqu
         assert p.returncode == 0, p
         wait(lambda: get(ns_a) == "served", what="the guest's server on A")
         assert has(ns_a) and not has(ns_b)
-        r = receiver(b)
+        r = receiver(b, allow=(*HOST_USERNS, "--allow-host-net"))
         out = migrate(a, name)
         rc = r.wait(60)
         err = r.stderr.read() if r.stderr else ""

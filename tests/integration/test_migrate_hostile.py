@@ -32,10 +32,14 @@ hosts = test_migrate.hosts  # the two-host fixture
 class Receiver:
     """``berth receive [--keep] --token-file`` on 127.0.0.1, a port of the kernel's choice."""
 
-    def __init__(self, h: Host, token: Path, *, keep: bool = True) -> None:
+    def __init__(
+        self, h: Host, token: Path, *, keep: bool = True, allow: tuple[str, ...] = ("--allow-host-userns",)
+    ) -> None:
+        # allow: CONFIG's guest has the host's ids (berth.guests.hostpower refuses it without)
         self.h = h
         self.p = subprocess.Popen(
-            [BERTH, "receive", "--listen", "127.0.0.1:0", *(["--keep"] if keep else []), "--token-file", str(token)],
+            [BERTH, "receive", "--listen", "127.0.0.1:0", *(["--keep"] if keep else []), "--token-file", str(token),
+             *allow],
             env=h.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.p.stdout is not None and self.p.stderr is not None

@@ -15,7 +15,8 @@ hosts = test_migrate.hosts  # the two-host fixture
 
 def receiver(b: Host, token: Path) -> subprocess.Popen:
     p = subprocess.Popen(
-        in_ns(b.netns, b, "receive", "--listen", f"10.213.0.2:{PORT}", "--token-file", str(token)),  # type: ignore[attr-defined]
+        in_ns(b.netns, b, "receive", "--listen", f"10.213.0.2:{PORT}",  # type: ignore[attr-defined]
+              "--token-file", str(token), "--allow-host-userns"),
         env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert p.stdout is not None

@@ -1,5 +1,7 @@
-"""berth receive --listen ADDR:PORT [--keep] [--token-file F]: accept guests migrated from another
-berth host (without a token, the port must be reachable only from the trusted source host)."""
+"""berth receive --listen ADDR:PORT [--keep] [--token-file F] [--allow-…]: accept guests migrated
+from another berth host (without a token, the port must be reachable only from the trusted source
+host).  A guest whose config gives it power over this host is refused unless its --allow-… flag
+is given (berth.guests.hostpower)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ if TYPE_CHECKING:
 
 def main(argv: list[str]) -> int:
     from berth.cli._args import Parser, store
-    from berth.guests import migrate
+    from berth.guests import hostpower, migrate
 
     p = Parser(
         prog="berth receive",
@@ -28,6 +30,16 @@ def main(argv: list[str]) -> int:
         "the stream's nonce, and of its checksum",
     )
 
+    allow = p.add_argument_group(
+        "host power",
+        "a migrated guest whose config asks for one of these is refused (the sender is told which "
+        "key and flag) unless its flag is given",
+    )
+    for key, flag in hostpower.FLAGS.items():
+        allow.add_argument(
+            flag, dest="allow", action="append_const", const=key, default=[], help=hostpower.HELP[key]
+        )
+
     def ready(addr: tuple) -> None:  # type: ignore[type-arg]
         sys.stdout.write(f"listening on {addr[0]}:{addr[1]}\n")
         sys.stdout.flush()
@@ -35,7 +47,13 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     token = migrate.read_token(args.token_file) if args.token_file else None
     for name in migrate.receive(
-        store(), args.listen, build=build_spec, once=not args.keep, ready=ready, token=token
+        store(),
+        args.listen,
+        build=build_spec,
+        once=not args.keep,
+        ready=ready,
+        token=token,
+        allow=frozenset(args.allow),
     ):
         print(f"received {name}")
     return 0

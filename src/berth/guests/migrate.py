@@ -73,7 +73,9 @@ counts for ``berth receive`` without ``--keep`` (which then waits, up to :data:`
 for the other authenticated migrations in flight: none is killed half-way).  The guest's name is
 claimed for the whole receive (a second sender of the same name is refused at once, not let
 undo the first's id range, veth and lease).  After it, HELLO's fields are checked by type, the config
-as `berth create` checks it, and the guest's spec is built here from that config (the CLI's
+as `berth create` checks it and against this host's policy (:mod:`berth.guests.hostpower`: no
+privileged guest, host user namespace or network, extra capability or looser seccomp unless
+`berth receive` allows it), and the guest's spec is built here from that config (the CLI's
 ``build``): the sender's spec.json (its mounts, lower layer, resources, network) is never used.
 Each tree entry is checked (:func:`berth.guests.transfer.recv_tree`: path, type, devices,
 owners of set-id files; each entry made relative to its directory's descriptor, opened from the
@@ -107,7 +109,7 @@ import threading
 import time
 
 from berth.errors import BerthError, ExistsError, NotFoundError, StateError, UsageError
-from berth.guests import client, config, instance, transfer
+from berth.guests import client, config, hostpower, instance, transfer
 from berth.guests.store import Store, check_name, fault
 from berth.guests.transfer import Stream
 from berth.runtime.checkpoint import REOPEN_DEVICES as ck_reopen_devices
@@ -685,8 +687,10 @@ def check_hello(hello: dict[str, Any]) -> None:
         raise UsageError("name", f"the sender's guest name is {len(hello['name'])} characters long")
 
 
-def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
-    """Check a migration request before anything is created; the guest's name."""
+def validate_incoming(store: Store, hello: dict[str, Any], *, allow: frozenset[str] = frozenset()) -> str:
+    """Check a migration request before anything is created; the guest's name.  ``allow``: the
+    config keys (:data:`berth.guests.hostpower.FLAGS`) that may give the guest power over this
+    host; any other such key is refused (:func:`berth.guests.hostpower.check`)."""
     from berth.rootfs import template
 
     name = check_name(str(hello.get("name", "")))
@@ -701,6 +705,7 @@ def validate_incoming(store: Store, hello: dict[str, Any]) -> str:
     except (KeyError, ValueError) as e:
         raise UsageError("config", f"the guest's config is not valid TOML: {e}") from None
     config.validate(cfg, f"{name}: config")
+    hostpower.check(cfg, allow)
     if cfg.get("disk"):
         raise UsageError("disk", "migrating a guest with a --disk image is not supported yet")
     try:
@@ -777,12 +782,15 @@ def receive(
     once: bool = True,
     ready: Any = None,
     token: bytes | None = None,
+    allow: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Accept migrations on ``listen`` (ADDR:PORT); the names of the guests received.  With
     ``token``, only from a sender that has it (HMAC of the stream's nonce).  ``build(store,
     name, config)``: the guest's spec (spec.json's object) built here from its validated config,
     as `berth start` builds it (the CLI's; the sender's own spec is not trusted: its mounts,
-    lower layer, resources and network would be taken as they come).
+    lower layer, resources and network would be taken as they come).  ``allow``: the config
+    keys that may give a guest power over this host (:mod:`berth.guests.hostpower`: a config
+    asking for any other is refused before anything is made).
 
     Each connection is served by a forked worker; if the worker dies (killed, crashed), this
     process removes what it staged or placed, so the destination keeps nothing.  Once
@@ -826,7 +834,7 @@ def receive(
             readable, _, _ = select.select(wanted, [], [], timeout)
             for fd in readable:
                 if fd == srv.fileno():
-                    pid, rfd = _serve(store, srv, token, build)
+                    pid, rfd = _serve(store, srv, token, build, allow)
                     workers[pid] = (rfd, bytearray())
                     continue
                 pid = fds[fd]
@@ -873,7 +881,9 @@ def _reap(store: Store, pid: int, rfd: int, words: bytearray) -> list[str]:
     return lines
 
 
-def _serve(store: Store, srv: socket.socket, token: bytes | None, build: Any) -> tuple[int, int]:
+def _serve(
+    store: Store, srv: socket.socket, token: bytes | None, build: Any, allow: frozenset[str] = frozenset()
+) -> tuple[int, int]:
     """Accept one connection and fork its worker; (its pid, the read end of its progress pipe)."""
     conn, _peer = srv.accept()
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
@@ -886,7 +896,7 @@ def _serve(store: Store, srv: socket.socket, token: bytes | None, build: Any) ->
         srv.close()
         code = 1
         try:
-            name = _receive_one(store, conn, build, progress=wfd, token=token)
+            name = _receive_one(store, conn, build, progress=wfd, token=token, allow=allow)
             os.write(wfd, f"done {name}\n".encode())
             code = 0
         except BaseException as e:
@@ -982,7 +992,13 @@ def _release_claim(store: Store, name: str, pid: int | None = None) -> None:
 
 
 def _receive_one(
-    store: Store, conn: socket.socket, build: Any, *, progress: int = -1, token: bytes | None = None
+    store: Store,
+    conn: socket.socket,
+    build: Any,
+    *,
+    progress: int = -1,
+    token: bytes | None = None,
+    allow: frozenset[str] = frozenset(),
 ) -> str:
     from berth.rootfs import template
 
@@ -1007,7 +1023,7 @@ def _receive_one(
         conn.settimeout(300)
         claimed = _claim(store, check_name(hello["name"]))
         _tell(progress, "claim", claimed)
-        name = validate_incoming(store, hello)
+        name = validate_incoming(store, hello, allow=allow)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
         rng = incoming_ids(json.loads(hello["spec"]))
@@ -1017,6 +1033,7 @@ def _receive_one(
         # The spec this host runs the guest with: built here from the validated config (with
         # the id range just reserved), as `berth start` would; the sender's is not used.
         saved = build(store, name, cfg)
+        hostpower.check_spec(saved["spec"], allow)  # what it would get, whatever key led to it
         if incoming_ids(saved) != rng:
             raise UsageError(
                 "userns", "the guest's config and the sender's spec disagree on its user namespace"
