@@ -403,6 +403,11 @@ def _(cfg: dict[str, Any], tag: str) -> None:
     cfg["hostname"] = "h-" + tag
 
 
+@_case("signal dispositions", "grep -E '^Sig(Ign|Blk)' /proc/self/status")
+def _(cfg: dict[str, Any], tag: str) -> None:
+    pass
+
+
 @_case("default devices", "ls -l /dev | grep -v '^total' | awk '{print $1, $NF}' | sort")
 def _(cfg: dict[str, Any], tag: str) -> None:
     pass
@@ -571,3 +576,172 @@ def test_device_that_cannot_be_made_names_its_field(berth_rt: Rt) -> None:
     assert len(line.splitlines()) == 1, proc.stderr
     assert "linux.devices[1].path" in line and "/etc/passwd/below" in line and "Not a directory" in line
     assert berth_rt.state() == {}
+
+
+def _with_fds_closed(rt: Rt, closed: list[int], *args: str) -> subprocess.CompletedProcess[str]:
+    """``rt`` run with fd 3 (and up) open on /dev/null but for the fds ``closed``: a caller's
+    --preserve-fds range with gaps.  Its stdout and stderr are files (a created container would
+    hold pipes open)."""
+    opened = " ".join(f"{fd}</dev/null" for fd in range(3, 7) if fd not in closed)
+    shut = " ".join(f"{fd}<&-" for fd in closed)
+    out, err = rt.bundle / "fds-out", rt.bundle / "fds-err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.run(
+            ["sh", "-c", f'exec "$@" {opened} {shut}', "sh", rt.argv0, "--root", str(rt.root), *args],
+            stdin=subprocess.DEVNULL, stdout=o, stderr=e, timeout=30, check=False,
+        )  # fmt: skip
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
+
+
+def test_preserve_fds_with_a_gap_is_refused_at_create(berth_rt: Rt, tmp_path: Path) -> None:
+    """--preserve-fds N passes fds 3..3+N-1: one of them not open fails create/run/exec at once,
+    in one line naming --preserve-fds and the fd, and nothing is made.  (runc 1.1 passes whatever
+    it holds itself at the gap: its own O_PATH fd of /sys/fs/cgroup, or an empty slot.)  The
+    runtime's own log, opened first, takes the lowest free fd: that gap is found too."""
+    berth_rt.write(base_config(["/probe", "fds"]))
+    bundle = ("--bundle", str(berth_rt.bundle))
+    log = ("--log", str(tmp_path / "log"))
+    cases = [
+        ([4], (), ("create", *bundle, "--preserve-fds", "2", berth_rt.cid), "fd 4"),
+        ([3], (), ("run", *bundle, "--preserve-fds", "1", berth_rt.cid), "fd 3"),
+        ([3], log, ("create", *bundle, "--preserve-fds", "1", berth_rt.cid), "fd 3"),
+    ]
+    berth_rt.made.add(berth_rt.cid)
+    for closed, global_opts, args, fd in cases:
+        proc = _with_fds_closed(berth_rt, closed, *global_opts, *args)
+        assert proc.returncode == 125, proc
+        line = proc.stderr.strip()
+        assert len(line.splitlines()) == 1, proc.stderr
+        assert "--preserve-fds" in line and f"{fd} is not open" in line, line
+        assert berth_rt.state() == {}
+        assert not (berth_rt.root / berth_rt.cid).exists()
+    # all open: the container gets them (and nothing more)
+    proc = _with_fds_closed(berth_rt, [], "run", "--bundle", str(berth_rt.bundle), "--preserve-fds", "2",
+                            berth_rt.cid)  # fmt: skip
+    assert proc.returncode == 0, proc
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == [f"fd {n}" for n in range(5)]
+    # exec into a container: the same check
+    berth_rt.write(base_config(["sleep", "100"]))
+    assert berth_rt.create() == 0
+    proc = _with_fds_closed(berth_rt, [3], "exec", "--preserve-fds", "1", berth_rt.cid, "true")
+    assert proc.returncode == 125 and "--preserve-fds: fd 3 is not open" in proc.stderr, proc
+    assert len(proc.stderr.strip().splitlines()) == 1
+    berth_rt("delete", "--force", berth_rt.cid)
+
+
+class _MemoryCgroup:
+    """A memory cgroup of the test's own, for the peak use of what runs in it."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        top = Path("/sys/fs/cgroup")
+        controllers = top / "cgroup.controllers"
+        if controllers.exists() and "memory" in controllers.read_text().split():
+            self.path, self.peak_file, self.limit_file = top / name, "memory.peak", "memory.max"
+        else:
+            self.path = top / "memory" / name
+            self.peak_file, self.limit_file = "memory.max_usage_in_bytes", "memory.limit_in_bytes"
+        self.path.mkdir(parents=True)
+        (self.path / self.limit_file).write_text(str(limit))
+
+    def peak(self) -> int:
+        return int((self.path / self.peak_file).read_text())
+
+    def remove(self) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.path.rmdir()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{self.path} still busy"
+                time.sleep(0.05)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass
+
+
+def test_hook_output_without_end_costs_bounded_memory(berth_rt: Rt, prefix: str, unique: str) -> None:
+    """A hook writing without end until its timeout: its output is read and dropped as it comes
+    (its end kept for the error), so berth-runtime's memory stays bounded (it grew by about a GiB a
+    second into a memfd before) and the error still names the hook."""
+    flood = {"path": "/bin/sh", "args": ["sh", "-c", "yes hook-flood-line"], "timeout": 1}
+    cfg = base_config(["true"])
+    cfg["hooks"] = {"createRuntime": [flood]}
+    berth_rt.write(cfg)
+    mem = _MemoryCgroup(f"{prefix}/{unique}-mem", 512 << 20)
+    try:
+        proc = subprocess.run(
+            ["sh", "-c", f'echo $$ > {mem.path}/cgroup.procs && exec "$@"', "sh", berth_rt.argv0, "--root",
+             str(berth_rt.root), "create", "--bundle", str(berth_rt.bundle), berth_rt.cid],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        peak = mem.peak()
+    finally:
+        mem.remove()
+    assert proc.returncode == 125, proc
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1, proc.stderr
+    assert "hooks.createRuntime[0]" in line and "timeout of 1s" in line, line
+    assert peak < 64 << 20, f"peak memory of berth-runtime and its hook: {peak >> 20} MiB"
+    assert berth_rt.state() == {}
+
+
+def test_start_returns_when_a_start_container_hook_hangs(berth_rt: Rt) -> None:
+    """runc 1.1's ``start`` waits for the exec as long as a startContainer hook without a timeout
+    runs (for good if it hangs, its client with it).  berth-runtime's waits a bounded time (the
+    annotation sets it here), then returns 0 with the container running; the hook's later failure
+    goes to the container's stderr and the container ends stopped."""
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "sleep 1.5; echo late-reason >&2; exit 3"]}
+    cfg = base_config(["sh", "-c", "echo never"])
+    cfg["hooks"] = {"startContainer": [hook]}
+    cfg["annotations"] = {"org.berth.start.exec-wait": "0.5"}
+    berth_rt.write(cfg)
+    assert berth_rt.create() == 0
+    t0 = time.monotonic()
+    start = berth_rt("start", berth_rt.cid)
+    took = time.monotonic() - t0
+    assert start.returncode == 0, start
+    assert 0.5 <= took < 1.4, took
+    assert "not exec'd within 0.5s" in start.stderr
+    assert berth_rt.state()["status"] == "running"
+    assert berth_rt.wait_stopped()["status"] == "stopped"
+    out = berth_rt.output()
+    assert "hooks.startContainer[0]" in out and "late-reason" in out and "never" not in out, out
+    assert berth_rt("delete", berth_rt.cid).returncode == 0
+
+
+def test_start_returns_when_the_init_is_stopped_before_its_exec(berth_rt: Rt) -> None:
+    """The init SIGSTOPped between its release and its exec (here while its startContainer hook
+    runs): ``start`` returns 0 after its bounded wait, the container running; continued, the init
+    execs the command."""
+    import signal
+
+    cfg = base_config(["sh", "-c", "echo cmd-ran"])
+    cfg["hooks"] = {"startContainer": [{"path": "/bin/sleep", "args": ["sleep", "0.3"]}]}
+    cfg["annotations"] = {"org.berth.start.exec-wait": "0.8"}
+    berth_rt.write(cfg)
+    assert berth_rt.create() == 0
+    pid = berth_rt.state()["pid"]
+    start = subprocess.Popen([berth_rt.argv0, "--root", str(berth_rt.root), "start", berth_rt.cid],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().strip():  # the hook runs: the init was released
+        assert time.monotonic() < deadline and start.poll() is None
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _out, err = start.communicate(timeout=10)
+        assert start.returncode == 0, err
+        assert "not exec'd within 0.8s" in err
+        assert berth_rt.state()["status"] == "running"
+        assert berth_rt.output() == ""
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if start.poll() is None:
+            start.kill()
+            start.wait()
+    assert berth_rt.wait_stopped()["status"] == "stopped"
+    assert berth_rt.output() == "cmd-ran\n"
+    assert berth_rt("delete", berth_rt.cid).returncode == 0

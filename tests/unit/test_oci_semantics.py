@@ -1,18 +1,23 @@
 """Pure pieces of berth-runtime's runc-compatible behaviour: signal names, the init's error
-after its release (read back by ``start``), mount errors naming the spec's field."""
+after its release (read back by ``start``, for a bounded time), mount errors naming the spec's
+field, a hook's output kept bounded (the hooks themselves are /bin/sh: no root needed)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import select
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from berth.errors import CannotExecute, CommandNotFound, ContainerInitError, UsageError
 from berth.oci.kill import signal_number
-from berth.runtime.container import read_start_error
+from berth.runtime import hooks
+from berth.runtime.container import exec_wait, read_start_error
 from berth.runtime.init import report_start_error
 from berth.runtime.mounts import mount_error
 
@@ -86,3 +91,82 @@ def test_mount_error_names_the_field_and_reason() -> None:
     bad = {"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["size=bogus"]}
     einval = mount_error(0, bad, OSError(errno.EINVAL, os.strerror(errno.EINVAL)))
     assert "size=bogus" in str(einval)
+
+
+def test_start_error_wait_is_bounded() -> None:
+    """Released, the init neither exec'd nor failed (a hook hangs, the init is stopped): the
+    reader gives up at its deadline."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(r, select.POLLIN)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            read_start_error(r, poller, lambda: True, time.monotonic() + 0.2)
+        assert 0.2 <= time.monotonic() - t0 < 1
+        os.write(w, b"1 late")  # an error before the deadline is still read
+        err = read_start_error(r, poller, lambda: False, time.monotonic() + 5)
+        assert isinstance(err, ContainerInitError) and str(err) == "late"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_exec_wait_from_the_annotation_or_the_hooks_timeouts() -> None:
+    assert exec_wait({}) == 10.0
+    hooked = {"hooks": {"startContainer": [{"path": "/a", "timeout": 5}, {"path": "/b"}]}}
+    assert exec_wait(hooked) == 15.0
+    assert exec_wait({**hooked, "annotations": {"org.berth.start.exec-wait": "0.5"}}) == 0.5
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(UsageError, match="annotations.org.berth.start.exec-wait"):
+            exec_wait({"annotations": {"org.berth.start.exec-wait": bad}})
+
+
+def test_hook_output_tail_keeps_the_end_and_stays_bounded() -> None:
+    rng = random.Random(7)
+    tail = hooks.Tail(1000)
+    stream = bytearray()
+    for i in range(3000):
+        chunk = bytes([i % 251]) * rng.randrange(0, 700)
+        tail.feed(chunk)
+        stream += chunk
+        assert len(tail._buf) <= 2 * 1000 + 700
+        assert tail.data() == stream[-1000:]
+    assert tail.total == len(stream)
+
+
+def _hook(script: str, **extra: object) -> dict[str, object]:
+    return {"path": "/bin/sh", "args": ["sh", "-c", script], **extra}
+
+
+def test_hook_writing_much_fails_with_its_last_line() -> None:
+    script = "head -c 4000000 /dev/zero | tr '\\0' x; echo; echo 'why: no space' >&2; exit 3"
+    with pytest.raises(hooks.HookError) as e:
+        hooks.run_one(_hook(script), b"{}", "hooks.prestart[0]")
+    assert str(e.value) == "hooks.prestart[0]: '/bin/sh' failed (exit status 3): why: no space"
+
+
+def test_hook_writing_without_end_is_killed_at_its_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(hooks.HookError, match=r"hooks.poststop\[1\]: .* timeout of 0.3s: flood"):
+        hooks.run_one(_hook("yes flood", timeout=0.3), b"{}", "hooks.poststop[1]")
+    assert time.monotonic() - t0 < 3
+
+
+def test_hook_that_leaves_its_stdin_unread_does_not_hang() -> None:
+    """A state bigger than a pipe's buffer, never read."""
+    hooks.run_one(_hook("exit 0", timeout=5), b"x" * (1 << 20), "hooks.prestart[0]")
+
+
+def test_hook_reads_its_state_on_stdin(tmp_path: Path) -> None:
+    state = b'{"id": "c1", "pad": "' + b"p" * 200000 + b'"}'
+    hooks.run_one(_hook(f"cat > {tmp_path}/state"), state, "hooks.prestart[0]")
+    assert (tmp_path / "state").read_bytes() == state
+
+
+def test_daemon_left_by_a_hook_does_not_keep_it_waiting(tmp_path: Path) -> None:
+    pidfile = tmp_path / "daemon"
+    t0 = time.monotonic()
+    hooks.run_one(_hook(f"sleep 30 & echo $! > {pidfile}; echo started"), b"{}", "hooks.prestart[0]")
+    assert time.monotonic() - t0 < 5
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)

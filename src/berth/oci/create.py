@@ -131,17 +131,16 @@ def create(
     ctx: Context, cid: str, opts: dict[str, Any], *, subreaper: bool = False, detach: bool = True
 ) -> Any:
     from berth.runtime import container
+    from berth.runtime.process import preserved_fds
 
+    # First: no fd is opened before this check (one would fill a gap in the range); the log's was.
+    preserve = preserved_fds(opts.get("preserve_fds"), (ctx.log.fd,))
     bundle = os.path.abspath(opts.get("bundle") or ".")
     spec = load(ctx, bundle)
     check_terminal(spec, opts.get("console_socket"), detach=detach)
     pid_file = opts.get("pid_file")
     if pid_file and not os.path.isdir(os.path.dirname(os.path.abspath(pid_file))):
         raise UsageError("pid-file", f"{pid_file!r}: its directory does not exist")
-    try:
-        preserve = int(opts.get("preserve_fds") or 0)
-    except ValueError:
-        raise UsageError("preserve-fds", f"{opts['preserve_fds']!r} is not a number") from None
     strict = (spec.get("annotations") or {}).get(STRICT_RLIMITS) == "strict"
     if subreaper:
         from berth.linux import prctl

@@ -101,10 +101,12 @@ def build_process(c: Any, opts: dict[str, Any], args: list[str]) -> dict[str, An
 def main(ctx: Context, argv: list[str]) -> int:
     from berth.runtime import exec as rexec
     from berth.runtime.container import Container
+    from berth.runtime.process import preserved_fds
 
     opts, rest = parse(
         argv, valued=VALUED, flags=FLAGS, multi=frozenset({"env", "gids", "caps"}), usage=USAGE
     )
+    preserve = preserved_fds(opts.get("preserve_fds"), (ctx.log.fd,))  # before any fd is opened
     cid = need_id(rest, "exec")
     c = Container.load(ctx.root, cid)
     proc = build_process(c, opts, rest[1:])
@@ -118,7 +120,7 @@ def main(ctx: Context, argv: list[str]) -> int:
         console_socket=opts.get("console_socket"),
         pid_file=opts.get("pid_file"),
         detach=detach,
-        preserve_fds=int(opts.get("preserve_fds") or 0),
+        preserve_fds=preserve,
         warn=ctx.log.warn,
     )
     if detach:

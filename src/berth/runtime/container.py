@@ -160,13 +160,29 @@ class Container:
                         f"container {self.id!r}: init did not start within {timeout:.0f}s"
                     )
             # Released: the fifo ends when the command is exec'd (close-on-exec), or carries the
-            # error that stopped the init first (a startContainer hook, the execve itself).
-            failed = read_start_error(fd, poller, lambda: st.alive(self.data))
+            # error that stopped the init first (a startContainer hook, the execve itself).  For
+            # a bounded time: a hook without a timeout that hangs, or an init stopped (SIGSTOP)
+            # before its exec, must not hang ``start`` (runc's waits for good: its shim with it).
+            # Not ``berth run``'s (its own socket): it stays with its guest in the foreground, and
+            # its guest's init needs the socket open until it exec'd.
+            wait = float(self.data.get("berth", {}).get("exec_wait") or EXEC_WAIT)
+            deadline = time.monotonic() + wait if self._sock is None else None
+            try:
+                failed = read_start_error(fd, poller, lambda: st.alive(self.data), deadline)
+                pending = False
+            except TimeoutError:
+                failed, pending = None, True
         finally:
             os.close(fd)
         os.unlink(fifo)
         if failed is not None:
             self._stopped_by(failed)
+        if pending:
+            (warn or _stderr_warn)(
+                f"container {self.id!r}: released, but its command was not exec'd within {wait:g}s "
+                "(a startContainer hook still running, or its init stopped): started anyway; "
+                "a later failure goes to the container's stderr"
+            )
         self.data["status"] = st.RUNNING
         self.save()
         later = self.data.get("berth", {}).get("hooks")
@@ -286,6 +302,7 @@ def create(
     """
     warn = warn or _stderr_warn
     _check_sysctl_namespaces(spec.get("linux") or {})
+    wait = exec_wait(spec)
     spec_hooks = spec.get("hooks") or {}
     hook_sync = hooks.wanted(spec_hooks, *hooks.CREATE_PHASES, *hooks.CONTAINER_PHASES)
     if spec_hooks.get("startContainer"):
@@ -385,6 +402,8 @@ def create(
             # for good: gc tells that from another runtime's container between create and start
             # by this (owner_gone)
             data["berth"]["owner"] = [os.getpid(), st.proc_start_time(os.getpid())]
+        if wait != EXEC_WAIT:
+            data["berth"]["exec_wait"] = wait
         later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
         if later:
             data["berth"]["hooks"] = later
@@ -507,11 +526,16 @@ def create(
                 s.close()
 
 
-def read_start_error(fd: int, poller: Any, alive: Callable[[], bool]) -> BerthError | None:
+def read_start_error(
+    fd: int, poller: Any, alive: Callable[[], bool], deadline: float | None = None
+) -> BerthError | None:
     """What follows the start byte on exec.fifo: nothing up to its end (the command was exec'd),
-    or the init's error record (:func:`berth.runtime.init.report_start_error`) as the error."""
+    or the init's error record (:func:`berth.runtime.init.report_start_error`) as the error.
+    :class:`TimeoutError` if neither came by ``deadline`` (``time.monotonic()``)."""
     data = b""
     while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError
         if poller.poll(100):
             try:
                 chunk = os.read(fd, 4096)
@@ -536,6 +560,30 @@ def read_start_error(fd: int, poller: Any, alive: Callable[[], bool]) -> BerthEr
     except ValueError:
         status, msg = 1, data.decode(errors="replace")
     return _ERRORS.get(status, ContainerInitError)(msg)
+
+
+#: Seconds ``start`` waits, once the init took its start byte, for the command's exec or the
+#: error that stopped the init first (its startContainer hooks run meanwhile: their timeouts are
+#: added); then it returns, the container running.  The annotation sets it (seconds).
+EXEC_WAIT = 10.0
+EXEC_WAIT_ANNOTATION = "org.berth.start.exec-wait"
+
+
+def exec_wait(spec: dict[str, Any]) -> float:
+    """How long ``start`` waits for the exec of ``spec``'s command (:data:`EXEC_WAIT`)."""
+    given = (spec.get("annotations") or {}).get(EXEC_WAIT_ANNOTATION)
+    if given is not None:
+        try:
+            value = float(given)
+        except ValueError:
+            value = -1.0
+        if not value > 0:  # (nan too)
+            raise UsageError(
+                f"annotations.{EXEC_WAIT_ANNOTATION}", f"{given!r} is not a number of seconds > 0"
+            )
+        return value
+    hooked = ((spec.get("hooks") or {}).get("startContainer")) or []
+    return EXEC_WAIT + sum(float(h.get("timeout") or 0) for h in hooked)
 
 
 def _created(state_root: str, cid: str, data: dict[str, Any], pid: int) -> None:

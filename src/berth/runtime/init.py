@@ -95,7 +95,12 @@ def _fail(sock: socket.socket, exc: BaseException) -> None:
             try:
                 report_start_error(_started_fd, code, msg)
             except OSError:
-                pass  # ``start`` gave up waiting
+                # ``start`` returned before (its wait for the exec is bounded): the container's
+                # stderr, where runc's init writes its errors
+                try:
+                    os.write(2, f"berth-runtime: {msg}\n".encode(errors="replace"))
+                except OSError:
+                    pass
         sync.send(sock, "error", msg=msg, code=code, error_class=type(exc).__name__)
     except BaseException:
         pass

@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import resource
+import signal
 import stat
 import sys
 
@@ -24,6 +25,7 @@ INIT_NAMES = frozenset(
     {"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"}
 )
 TINI = "/usr/bin/tini-static"
+_IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)
 # Where the guest finds tini (:func:`init_bound`): on its /dev tmpfs, not in its root filesystem.
 INIT_AT = "/dev/.berth-init"
 
@@ -322,6 +324,32 @@ def init_memfd() -> int:
         os.close(src)
 
 
+def preserved_fds(count: str | int | None, ours: tuple[int | None, ...] = ()) -> int:
+    """The number of fds ``--preserve-fds`` passes (3 to 3+N-1), checked before anything is made:
+    each must be open in this process and none ours (``ours``: fds the runtime opened before the
+    check, its log: one took the lowest free slot, a gap the caller left).  runc passes whatever
+    it holds at such a gap to the container (its own fds: a leak); berth refuses the command."""
+    try:
+        n = int(count or 0)
+    except ValueError:
+        raise UsageError("--preserve-fds", f"{count!r} is not a number") from None
+    if n < 0:
+        raise UsageError("--preserve-fds", f"{n} is negative")
+    for fd in range(3, 3 + n):
+        if fd in ours or not _is_open(fd):
+            passed = f"fds 3 to {2 + n}" if n > 1 else "fd 3"
+            raise UsageError("--preserve-fds", f"fd {fd} is not open ({n} passes {passed} to the container)")
+    return n
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
+
+
 def close_fds_except(keep: set[int]) -> None:
     """Mark every fd but ``keep`` close-on-exec (no runtime fd leaks into the guest)."""
     try:
@@ -342,11 +370,18 @@ def execute(path: str, args: list[str], env: list[str], *, init_fd: int | str | 
     given).  Returns only by raising."""
     envd = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     sys.stdout.flush()
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve: the
+    # command gets the default dispositions, as runc's does (back to ignored if execve fails: the
+    # error is then written to a pipe whose reader may be gone).
+    for sig in _IGNORED_BY_PYTHON:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         if init_fd is not None:
             os.execve(init_fd, ["tini", "--", path, *args[1:]], envd)
         os.execve(path, args, envd)
     except OSError as e:
+        for sig in _IGNORED_BY_PYTHON:
+            signal.signal(sig, signal.SIG_IGN)
         if e.errno in (errno.ENOENT,):
             raise CommandNotFound(f"exec {path!r} in the guest: {e.strerror}") from None
         raise CannotExecute(f"exec {path!r} in the guest: {e.strerror}") from None
