@@ -116,7 +116,10 @@ def test_two_guests_ping_tcp_and_published_port(guests, net_env, prefix) -> None
     b = guests(
         "--name", f"{prefix}b", "--net", "bridge", "--",
         "sh", "-c",
-        f"ping -c1 -W3 {prefix}a >/dev/null && echo PING-OK; sleep 0.3; echo hello-over-tcp | nc {prefix}a 7000; "
+        # (nc's input a file, not a pipe: a's nc, its stdin empty, closes its side at once; from a
+        # pipe echo had not written to yet, b's nc took that for the end and sent nothing)
+        f"ping -c1 -W3 {prefix}a >/dev/null && echo PING-OK; sleep 0.3; echo hello-over-tcp >/tmp/m; "
+        f"nc {prefix}a 7000 </tmp/m; "
         "echo SENT",
     )  # fmt: skip
     b.wait_for("PING-OK")
@@ -159,7 +162,7 @@ def test_ipv6_guests_tcp_host_and_published_port(guests, net_env, prefix) -> Non
         f"grep -q '^{want}[[:space:]]{prefix}a6$' /etc/hosts && echo HOSTS6-OK; "
         f"ping6 -c1 -W3 {want} >/dev/null && echo PING6-OK; "
         f"ping6 -c1 -W3 {net6[1]} >/dev/null && echo HOST6-OK; "
-        f"sleep 0.3; echo hello-over-tcp6 | nc {want} 7000; echo SENT",
+        f"sleep 0.3; echo hello-over-tcp6 >/tmp/m; nc {want} 7000 </tmp/m; echo SENT",  # (a file: as above)
     )  # fmt: skip
     res_b = b.finish(timeout=30)
     for word in ("HOSTS6-OK", "PING6-OK", "HOST6-OK", "SENT"):
@@ -228,6 +231,8 @@ def test_raw_socket_cannot_sniff_other_guests(guests, net_env, prefix) -> None:
         (["--net", "bogus"], "net: unknown mode 'bogus'"),
         (["--net", "bridge", "--net-rate", "fast"], "net-rate:"),
         (["--net", "bridge", "-p", "80"], "publish:"),
+        (["--net", "bridge", "-p", "[::1]:8080:80"], "publish: '[::1]:8080:80': ::1 cannot be published"),
+        (["--net", "bridge", "-p", "127.0.0.1:8080:80"], "a host address is not supported"),
         (["--net", "none", "-p", "8080:80"], "publish: needs --net bridge"),
         (["--net", "bridge", "--net-rate", "300mbit", "--net-ceil", "100mbit"], "net-ceil:"),
         (["--net", "ip:not-an-address"], "net:"),

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import test_guests
@@ -231,6 +232,8 @@ def test_hosts_own_links_are_left_alone(net: NetGuests, prefix: str) -> None:  #
         g("create", x, "--net", "bridge", "--bridge", other, "--subnet", free_subnet(), "--cmd", "sleep 1000")
         g("start", h)
         assert _master(_rec(g, Side(h, own, "", 0, ""))["veth"]) == own
+        # berth set no MAC of its own on it (3: NET_ADDR_SET): the host's bridge is as it was
+        assert Path(f"/sys/class/net/{own}/addr_assign_type").read_text().strip() != "3"
         r = g("start", x, check=False)
         assert r.returncode != 0
         err = [ln for ln in r.stderr.splitlines() if ln.strip()]

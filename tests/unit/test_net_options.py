@@ -51,6 +51,21 @@ def test_bad_publish(text: str) -> None:
         parse_publish(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[::1]:8080:80", "::1 cannot be published"),
+        ("::1:8080:80/udp", "::1 cannot be published"),
+        ("127.0.0.1:8080:80", "a host address is not supported"),
+        ("[fd00::2]:8080:80", "a host address is not supported"),
+    ],
+)
+def test_publish_with_a_host_address_refused_saying_why(text: str, why: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_publish(text)
+    assert e.value.field == "publish" and why in str(e.value) and "\n" not in str(e.value)
+
+
 def test_long_bridge_name_refused() -> None:
     with pytest.raises(UsageError):
         parse("bridge", bridge="averyverylongbr", env=ENV)

@@ -38,7 +38,7 @@ when it ends.  Exit status: the command's (128+N if killed by signal N); 125 ber
                           stack on a host bridge: veth, an address, NAT) or ip:ADDR[,ADDR] (the host's
                           stack, but binding and connecting only from these addresses: cgroup BPF)
   --ip ADDR               bridge: the guest's address (default: the next free one in the subnet)
-  -p, --publish H:G[/tcp|udp]  bridge: publish guest port G as host port H (also on 127.0.0.1)
+  -p, --publish H:G[/tcp|udp]  bridge: publish guest port G as host port H (also on 127.0.0.1; not ::1)
   --net-isolate           bridge: no traffic with other guests (bridge port isolation)
   --net-rate RATE         bridge: guaranteed bandwidth (HTB rate), e.g. 100mbit
   --net-ceil RATE         bridge: bandwidth cap (HTB ceil)

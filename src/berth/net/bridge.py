@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from typing import Any
@@ -10,6 +11,34 @@ from berth.errors import NetworkError, UsageError
 
 AF_INET, AF_INET6 = 2, 10
 IFA_F_NODAD = 0x02
+
+
+#: ``/sys/class/net/DEV/addr_assign_type`` of a MAC set by hand (NET_ADDR_SET): a bridge with one
+#: keeps it; any other bridge takes the lowest MAC of its ports, and changes it as ports come and go.
+NET_ADDR_SET = 3
+
+
+def mac_for(name: str) -> str:
+    """The MAC of the bridge berth makes named ``name``: locally administered, unicast, from a
+    hash of the name (a bridge made again has the one its guests have cached).  Fixed, because a
+    bridge without a MAC of its own takes its lowest port's: a guest's veth added or removed
+    changed it, and the running guests' neighbour entries for their gateway then pointed to a MAC
+    the bridge no longer had until they resolved it again.  First octet ``06``: never a guest's
+    (``02:42:…``, :func:`berth.net.veth.mac_for`) nor Docker's."""
+    digest = hashlib.sha256(f"berth-bridge:{name}".encode()).digest()
+    return "06:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def fix_mac(ipr: Any, idx: int, name: str) -> None:
+    """Give berth's bridge ``name`` (index ``idx``) its own MAC (:func:`mac_for`) if it has none set
+    (one berth made before the bridges had theirs); a host's own bridge is never passed here."""
+    try:
+        with open(f"/sys/class/net/{name}/addr_assign_type", encoding="ascii") as f:
+            if int(f.read()) == NET_ADDR_SET:
+                return
+    except (OSError, ValueError):
+        return
+    ipr.link("set", index=idx, address=mac_for(name))
 
 
 def link_index(ipr: Any, name: str) -> int | None:
@@ -42,10 +71,11 @@ def ensure(
     subnet6: str | None = None,
     added: list[str] | None = None,
 ) -> int:
-    """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``;
-    an existing bridge keeps its own: see :func:`mtu_of`).  Its index.  A link of that name that is
-    not a bridge is refused, in one line naming it.  The gateway addresses it adds are appended to
-    ``added`` (``ADDR/LEN``): those, and only those, are berth's to remove from a host's bridge."""
+    """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``
+    and its own MAC, :func:`mac_for`; an existing bridge keeps its MTU, see :func:`mtu_of`, and
+    its MAC).  Its index.  A link of that name that is not a bridge is refused, in one line
+    naming it.  The gateway addresses it adds are appended to ``added`` (``ADDR/LEN``): those,
+    and only those, are berth's to remove from a host's bridge."""
     idx = link_index(ipr, name)
     if idx is not None:
         kind = kind_of(ipr, idx)
@@ -58,7 +88,7 @@ def ensure(
         if subnet6 is not None:
             check_subnet_free(ipr, subnet6, name)
         try:
-            ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=mac_for(name))
         except Exception as exc:
             code = getattr(exc, "code", None)
             why = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)

@@ -19,7 +19,15 @@ it stays when the last one goes, without the gateway addresses berth added to it
 A published host port is one guest's in the whole store (checked, on every bridge, and recorded
 under the store's ports lock).  A guest's eth0 has a MAC derived from its IPv4 address
 (:func:`berth.net.veth.mac_for`) and the host's neighbour entries for its addresses are dropped
-at setup: a restarted guest is reachable at once.
+at setup: a restarted guest is reachable at once.  The bridge berth makes has a MAC of its own
+(:func:`berth.net.bridge.mac_for`): the guests' entries for their gateway stay right while
+other guests' veths come and go.  The host ends of the veths keep the kernel's random MACs: with
+the bridge's fixed they no longer decide it, and no guest's gateway is one of them (the bridge
+device answers for the gateway addresses, with its own MAC).
+
+The first apply or removal of a bridge's chains on a table that still has the chains of a berth
+before per-bridge chains drops those and rebuilds every other bridge's of the store in the same
+transaction (:func:`_migrated`): no bridge's guests lose their NAT or published ports to it.
 """
 
 from __future__ import annotations
@@ -232,7 +240,10 @@ def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
         db.save()
     added: list[str] = []
     try:
-        return int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6, added))
+        idx = int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6, added))
+        if existed and db.data.get("bridge_made") is True:
+            bridge.fix_mac(ipr, idx, opts.bridge)  # one berth made before its bridges had their own MAC
+        return idx
     finally:
         if added:  # berth's own addresses on the bridge: they go with its last guest
             have = db.data.setdefault("bridge_addrs", [])
@@ -434,10 +445,10 @@ def _bridge_guests(db: ipam.Leases) -> dict[str, dict[str, Any]]:
     return {n: r for n, r in db.active.items() if r.get("mode") == "bridge"}
 
 
-def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
-    guests = _bridge_guests(db)
-    if not guests:
-        return
+def _rules(
+    table: str, bridge: str, subnet: str, subnet6: str | None, guests: dict[str, Any]
+) -> dict[str, Any]:
+    """``bridge``'s chains (:func:`berth.net.nft.ruleset`) for its running ``guests``."""
     publishes = [
         (a, int(p["host_port"]), int(p["guest_port"]), p["proto"])
         for r in guests.values()
@@ -446,9 +457,51 @@ def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
         if a
     ]
     isolated = [r["veth"] for r in guests.values() if r.get("isolate") and r.get("veth")]
-    rules = nft.ruleset(opts.nft_table, opts.bridge, opts.subnet, publishes, isolated, opts.subnet6)
+    return nft.ruleset(table, bridge, subnet, publishes, isolated, subnet6)
+
+
+def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:
+    guests = _bridge_guests(db)
+    if not guests:
+        return
+    rules = _rules(opts.nft_table, opts.bridge, opts.subnet, opts.subnet6, guests)
     with _flock(_nft_lock(db, opts.nft_table)):
-        nft.apply(rules, opts.bridge)
+        nft.apply(rules, opts.bridge, _migrated(db, opts.nft_table))
+
+
+def _migrated(db: ipam.Leases, table: str) -> dict[str, dict[str, Any]]:
+    """Called under the table's lock: when ``table`` still has the chains of a berth before
+    per-bridge chains (:func:`berth.net.nft.legacy`), which the apply or removal drops and which
+    may hold another bridge's rules, every other bridge of the store with running guests on the
+    table, with its rules ({bridge: ruleset}) to load in the same transaction (its guests keep
+    their NAT and published ports); else {}.  The other bridges' files are read without their
+    locks (replaced whole by rename): a bridge whose guests change meanwhile applies its own
+    rules again, after, under this same lock."""
+    others: dict[str, dict[str, Any]] = {}
+    try:
+        files = sorted(f for f in os.listdir(db.dir) if f.endswith(".json"))
+    except OSError:
+        return {}
+    for f in files:
+        path = os.path.join(db.dir, f)
+        if path == db.path:
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                active = json.load(fh).get("active")
+            guests = {
+                n: r
+                for n, r in active.items()
+                if isinstance(r, dict) and r.get("mode") == "bridge" and r.get("nft_table") == table
+            }
+            if guests:
+                r0 = next(iter(guests.values()))
+                others[f[: -len(".json")]] = _rules(
+                    table, f[: -len(".json")], r0["subnet"], r0.get("subnet6"), guests
+                )
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+    return others if others and nft.legacy(table) else {}
 
 
 def _nft_lock(db: ipam.Leases, table: str) -> str:
@@ -460,7 +513,7 @@ def _nft_lock(db: ipam.Leases, table: str) -> str:
 def _nft_remove(db: ipam.Leases, opts: NetOptions) -> None:
     """The bridge's chains out of its nft table; the table with the last bridge that uses it."""
     with _flock(_nft_lock(db, opts.nft_table)):
-        nft.remove_bridge(opts.nft_table, opts.bridge)
+        nft.remove_bridge(opts.nft_table, opts.bridge, _migrated(db, opts.nft_table))
 
 
 def _apply_htb(ipr: Any, db: ipam.Leases, opts: NetOptions) -> None:

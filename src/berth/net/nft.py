@@ -9,6 +9,11 @@ transaction: add, flush, delete, add again, so it works whether they exist or no
 :func:`remove_bridge` removes them with the bridge's last guest, and the tables with the last
 bridge.  The caller serialises them per table (:func:`berth.net.guest`).  No rule ever goes
 outside berth's table.
+
+Every apply and removal also drops the chains of a berth before per-bridge chains (unprefixed,
+one set for the whole table, which may hold any bridge's rules): while :func:`legacy` finds
+them, the caller passes the other bridges' rules (``others``) to be loaded in the same
+transaction, so no bridge's guests are left without NAT or published ports by the upgrade.
 """
 
 from __future__ import annotations
@@ -191,14 +196,45 @@ def _replace_ops(table: str, bridge: str) -> list[dict[str, Any]]:
     return ops
 
 
-def apply(rules: dict[str, Any], bridge: str) -> None:
+def _rebuild_ops(table: str, others: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Ops that replace each bridge's chains in ``others`` ({bridge: :func:`ruleset`}) with its rules."""
+    ops: list[dict[str, Any]] = []
+    for other, rules in sorted((others or {}).items()):
+        ops += _replace_ops(table, other) + rules["nftables"]
+    return ops
+
+
+def apply(rules: dict[str, Any], bridge: str, others: dict[str, dict[str, Any]] | None = None) -> None:
     """Replace ``bridge``'s chains with those in ``rules`` (:func:`ruleset`) in one transaction;
-    the other bridges' chains in the table stay as they are."""
+    the other bridges' chains in the table stay as they are, but those in ``others`` ({bridge:
+    rules}), replaced in the same transaction (the chains of a berth before per-bridge chains,
+    dropped here, may have held their rules: :func:`legacy`)."""
     tables = [i["add"]["table"] for i in rules["nftables"] if "table" in i["add"]]
     name = tables[0]["name"]
     legacy = {"family": LEGACY_FAMILY, "name": name}
     head = [{"add": {"table": legacy}}, {"delete": {"table": legacy}}, *_replace_ops(name, bridge)]
-    _nft({"nftables": head + rules["nftables"]}, f"load table {name} (bridge {bridge})")
+    ops = head + rules["nftables"] + _rebuild_ops(name, others)
+    _nft({"nftables": ops}, f"load table {name} (bridge {bridge})")
+
+
+def legacy(table: str) -> bool:
+    """Whether berth's table ``table`` still has what a berth before per-bridge chains left: the
+    unprefixed chains (``prerouting``…, one set for every bridge naming the table) or the ``ip``
+    table.  Any apply or removal drops them: the caller then rebuilds every bridge's chains."""
+    nft = _nft_path()
+    if nft is None:
+        return False
+    proc = subprocess.run([nft, "-j", "list", "chains"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return False
+    for item in json.loads(proc.stdout or "{}").get("nftables", []):
+        c = item.get("chain") or {}
+        fam = c.get("family")
+        if c.get("table") == table and (
+            fam == LEGACY_FAMILY or (fam in (FAMILY, "bridge") and c.get("name") in CHAINS)
+        ):
+            return True
+    return False
 
 
 def chains(table: str) -> list[str]:
@@ -218,12 +254,14 @@ def chains(table: str) -> list[str]:
     return out
 
 
-def remove_bridge(table: str, bridge: str) -> None:
-    """Remove ``bridge``'s chains from the table, and the tables once no chain is left in them
+def remove_bridge(table: str, bridge: str, others: dict[str, dict[str, Any]] | None = None) -> None:
+    """Remove ``bridge``'s chains from the table (and replace those of the bridges in ``others``
+    in the same transaction, as :func:`apply` does), and the tables once no chain is left in them
     (another bridge's chains keep them)."""
     if not any(exists(table, family) for family in (FAMILY, "bridge", LEGACY_FAMILY)):
         return
-    _nft({"nftables": _replace_ops(table, bridge)}, f"remove bridge {bridge} from table {table}")
+    ops = _replace_ops(table, bridge) + _rebuild_ops(table, others)
+    _nft({"nftables": ops}, f"remove bridge {bridge} from table {table}")
     if not chains(table):
         delete(table)
 

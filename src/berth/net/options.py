@@ -101,11 +101,17 @@ class NetOptions:
 
 
 def parse_publish(text: str) -> Publish:
-    """``8080:80``, ``8080:80/tcp``, ``5353:53/udp``."""
+    """``8080:80``, ``8080:80/tcp``, ``5353:53/udp``: published on every local address of the host
+    (127.0.0.1 too), never on ``::1``.  ``ADDR:HOST_PORT:GUEST_PORT`` is refused, in words: a
+    connection to ``::1`` cannot be NAT'ed to a guest (IPv6 has no ``route_localnet``: the
+    guest's reply, turned back to ``::1`` as it arrives on the bridge, is dropped: the kernel
+    takes ``::1`` on the loopback device only), so ``[::1]:H:G`` would be a port nothing ever answers."""
     ports, _, proto = text.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
         raise UsageError("publish", f"{text!r}: protocol must be tcp or udp")
+    if ports.count(":") > 1 or ports.startswith("["):
+        _refuse_host_address(text, ports)
     host, sep, guest = ports.partition(":")
     if not sep:
         raise UsageError("publish", f"{text!r}: expected HOST_PORT:GUEST_PORT[/tcp|udp]")
@@ -115,6 +121,26 @@ def parse_publish(text: str) -> Publish:
             raise UsageError("publish", f"{text!r}: {part!r} is not a port from 1 to 65535")
         nums.append(int(part))
     return Publish(nums[0], nums[1], proto)
+
+
+def _refuse_host_address(text: str, ports: str) -> None:
+    """``-p ADDR:HOST_PORT:GUEST_PORT`` (``[ADDR6]:…`` for IPv6): refused, in one line saying why."""
+    addr = ports[1:].partition("]")[0] if ports.startswith("[") else ports.rsplit(":", 2)[0]
+    try:
+        loopback6 = ipaddress.ip_address(addr) == ipaddress.IPv6Address("::1")
+    except ValueError:
+        loopback6 = False
+    if loopback6:
+        raise UsageError(
+            "publish",
+            f"{text!r}: ::1 cannot be published (IPv6 keeps ::1 on the loopback device: no guest can "
+            "answer there); HOST_PORT:GUEST_PORT publishes on 127.0.0.1 and the host's other addresses",
+        )
+    raise UsageError(
+        "publish",
+        f"{text!r}: a host address is not supported: HOST_PORT:GUEST_PORT publishes on every address "
+        "of the host (127.0.0.1 too, not ::1)",
+    )
 
 
 def _ipv4(field_name: str, text: str) -> ipaddress.IPv4Address:
