@@ -32,3 +32,10 @@ def test_a_plain_config_passes() -> None:
 def test_a_long_hostname_is_refused() -> None:
     with pytest.raises(ConfigError, match="hostname"):
         validate({"template": "busybox", "hostname": "h" * 65}, "/x/config.toml")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a b", "web\t1", "x\x1b[31m"])
+def test_a_hostname_with_whitespace_or_control_characters_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="hostname: .* contains"):
+        validate({"template": "busybox", "hostname": name}, "/x/config.toml")
+    validate({"template": "busybox", "hostname": "web-1.example_x"}, "/x/config.toml")

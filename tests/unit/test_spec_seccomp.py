@@ -323,3 +323,23 @@ def test_load_profile_docker_and_oci(tmp_path) -> None:
 def test_load_profile_keywords() -> None:
     assert sc.load_profile("unconfined") is None
     assert sc.load_profile("builtin", None, "amd64") == sc.default_profile(None, "amd64")
+
+
+def test_load_profile_not_a_regular_file_or_too_large(tmp_path) -> None:
+    """A FIFO (it would block), /dev/zero (never ends), a directory: refused in one line without
+    reading; a file over the limit too (not read whole)."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero", str(tmp_path)):
+        with pytest.raises(UsageError) as exc:
+            sc.load_profile(path)
+        assert str(exc.value) == f"security-opt: seccomp profile '{path}' is not a regular file"
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(sc.MAX_PROFILE_BYTES + 1)
+    with pytest.raises(
+        UsageError, match=r"^security-opt: seccomp profile '.*big.json' is larger than 4 MiB$"
+    ):
+        sc.load_profile(str(big))

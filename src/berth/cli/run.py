@@ -267,9 +267,9 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
         env.append(raw)
     hostname = o["hostname"] or name
     if o["hostname"]:
-        from berth.spec.validate import uts_name
+        from berth.spec.validate import guest_hostname
 
-        uts_name(hostname, "hostname")  # else sethostname's bare EINVAL from the guest's init
+        guest_hostname(hostname, "hostname")  # else sethostname's bare EINVAL from the guest's init
     spec = default_spec(
         o["args"],
         terminal=o["tty"],

@@ -109,10 +109,10 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
     if data.get("workdir") and not data["workdir"].startswith("/"):
         raise ConfigError(path, "workdir", "must be an absolute path")
     if data.get("hostname"):
-        from berth.spec.validate import uts_name
+        from berth.spec.validate import guest_hostname
 
         try:
-            uts_name(data["hostname"], "hostname")
+            guest_hostname(data["hostname"], "hostname")
         except UsageError as e:
             raise ConfigError(path, "hostname", e.reason) from None
     res = data.get("resources", {})

@@ -232,6 +232,35 @@ def default_profile(caps: set[str] | frozenset[str] | None = None, arch: str | N
     return _copy(_default_resolved(key, native_arch(arch)))
 
 
+# The largest profile file read (Docker's default profile is ~20 KB; the largest one seen ~150 KB).
+MAX_PROFILE_BYTES = 4 << 20
+
+
+def _read_profile(path: str) -> str:
+    """The text of the profile file ``path``: a regular file (a FIFO would block, /dev/zero never
+    end) of at most :data:`MAX_PROFILE_BYTES`; :class:`UsageError` on ``security-opt`` else."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError("security-opt", f"seccomp profile '{path}' is not a regular file")
+        data = os.read(fd, MAX_PROFILE_BYTES + 1)
+        while len(data) <= MAX_PROFILE_BYTES:
+            more = os.read(fd, MAX_PROFILE_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise UsageError(
+            "security-opt", f"seccomp profile '{path}' is larger than {MAX_PROFILE_BYTES >> 20} MiB"
+        )
+    return data.decode("utf-8")
+
+
 def load_profile(
     source: str | os.PathLike[str], caps: set[str] | frozenset[str] | None = None, arch: str | None = None
 ) -> dict[str, Any] | None:
@@ -249,8 +278,7 @@ def load_profile(
     label = "<inline JSON>" if text.lstrip().startswith("{") else text
     try:
         if label == text:
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
+            text = _read_profile(text)
         import json
 
         data = json.loads(text)

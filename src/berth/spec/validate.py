@@ -131,6 +131,17 @@ def uts_name(value: object, field: str) -> str:
     return name
 
 
+def guest_hostname(value: object, field: str) -> str:
+    """A guest's hostname as berth's guest manager takes it: :func:`uts_name`, and no whitespace
+    or control character (it goes into /etc/hosts and the guest's prompt; the OCI runtime takes
+    what the kernel takes, as runc)."""
+    name = uts_name(value, field)
+    bad = next((c for c in name if c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        _fail(field, f"{name!r} contains {bad!r}: letters, digits, '-', '.' and '_' make a hostname")
+    return name
+
+
 def _strings(value: object, field: str) -> list[str]:
     items = _list(value, field)
     if not all(type(item) is str for item in items):  # fast path: long syscall name lists
