@@ -12,6 +12,9 @@ from berth.spec.defaults import ALL_CAPS, DEFAULT_CAPS
 
 DENIED_BY_DEFAULT = [
     "mount",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     "umount2",
     "unshare",
     "setns",
