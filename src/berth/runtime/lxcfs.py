@@ -155,6 +155,17 @@ def _stop_pid(mountpoint: str) -> int:
     return pid
 
 
+def _kill_if_lxcfs(pid: int) -> None:
+    """SIGKILL ``pid`` if it is still an lxcfs (the one :func:`_stop_pid` sent SIGTERM)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != "lxcfs":
+                return
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
 def _wait_gone(pid: int, timeout: float) -> None:
     import time
 
@@ -168,12 +179,21 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
+# After SIGTERM lxcfs ends its FUSE session at once but exits only when its loadavg thread (-l)
+# wakes, up to 5 s later: once its mount is detached it is sent SIGKILL after this grace.
+EXIT_GRACE = 0.2
+
+
 def _stop_locked(mountpoint: str, timeout: float) -> None:
     """End the daemon, detach its mount, remove its files but the lock (held by the caller or
     nobody)."""
-    _wait_gone(_stop_pid(mountpoint), timeout)
+    pid = _stop_pid(mountpoint)
+    _wait_gone(pid, EXIT_GRACE)
     while mounted(mountpoint):
         _detach(mountpoint)
+    if pid and os.path.exists(f"/proc/{pid}"):
+        _kill_if_lxcfs(pid)
+        _wait_gone(pid, timeout)
     for path in (mountpoint.rstrip("/") + s for s in (".pid", ".log")):
         try:
             os.unlink(path)
