@@ -112,12 +112,12 @@ def test_start_error_wait_is_bounded() -> None:
         os.close(w)
 
 
-def test_exec_wait_from_the_annotation_or_the_hooks_timeouts() -> None:
-    assert exec_wait({}) == 10.0
+def test_exec_wait_from_the_annotation_only() -> None:
+    assert exec_wait({}) is None  # as runc: start waits for the exec
     hooked = {"hooks": {"startContainer": [{"path": "/a", "timeout": 5}, {"path": "/b"}]}}
-    assert exec_wait(hooked) == 15.0
+    assert exec_wait(hooked) is None
     assert exec_wait({**hooked, "annotations": {"org.berth.start.exec-wait": "0.5"}}) == 0.5
-    for bad in ("0", "-1", "soon", "nan"):
+    for bad in ("0", "-1", "soon", "nan", "inf"):
         with pytest.raises(UsageError, match="annotations.org.berth.start.exec-wait"):
             exec_wait({"annotations": {"org.berth.start.exec-wait": bad}})
 

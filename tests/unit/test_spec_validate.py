@@ -97,6 +97,7 @@ BAD = [
     ("process.cwd", _DELETE, "process.cwd", "is required"),
     ("process.env", ["A=1", None], "process.env[1]", "must be a string"),
     ("process.env", ["A=1", "B=\0"], "process.env[1]", "contains a NUL byte"),
+    ("process.env", ["A=1", "=x"], "process.env[1]", "empty variable name"),
     ("process.args", ["sh", "-c", "a\0b"], "process.args[2]", "contains a NUL byte"),
     ("process.terminal", 1, "process.terminal", "must be true or false"),
     ("process.consoleSize.height", -1, "process.consoleSize.height", "must not be negative"),

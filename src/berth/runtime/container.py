@@ -160,13 +160,12 @@ class Container:
                         f"container {self.id!r}: init did not start within {timeout:.0f}s"
                     )
             # Released: the fifo ends when the command is exec'd (close-on-exec), or carries the
-            # error that stopped the init first (a startContainer hook, the execve itself).  For
-            # a bounded time: a hook without a timeout that hangs, or an init stopped (SIGSTOP)
-            # before its exec, must not hang ``start`` (runc's waits for good: its shim with it).
-            # Not ``berth run``'s (its own socket): it stays with its guest in the foreground, and
-            # its guest's init needs the socket open until it exec'd.
-            wait = float(self.data.get("berth", {}).get("exec_wait") or EXEC_WAIT)
-            deadline = time.monotonic() + wait if self._sock is None else None
+            # error that stopped the init first (a startContainer hook, the execve itself).  As
+            # runc's, ``start`` waits for that (a hook without a timeout that hangs, or an init
+            # stopped before its exec, hang it), unless the annotation bounds the wait.  Not for
+            # ``berth run`` (its own socket): its guest's init needs the socket until it exec'd.
+            wait = self.data.get("berth", {}).get("exec_wait")
+            deadline = time.monotonic() + float(wait) if wait and self._sock is None else None
             try:
                 failed = read_start_error(fd, poller, lambda: st.alive(self.data), deadline)
                 pending = False
@@ -402,7 +401,7 @@ def create(
             # for good: gc tells that from another runtime's container between create and start
             # by this (owner_gone)
             data["berth"]["owner"] = [os.getpid(), st.proc_start_time(os.getpid())]
-        if wait != EXEC_WAIT:
+        if wait is not None:
             data["berth"]["exec_wait"] = wait
         later = {k: spec_hooks[k] for k in ("poststart", "poststop") if spec_hooks.get(k)}
         if later:
@@ -562,28 +561,26 @@ def read_start_error(
     return _ERRORS.get(status, ContainerInitError)(msg)
 
 
-#: Seconds ``start`` waits, once the init took its start byte, for the command's exec or the
-#: error that stopped the init first (its startContainer hooks run meanwhile: their timeouts are
-#: added); then it returns, the container running.  The annotation sets it (seconds).
-EXEC_WAIT = 10.0
+#: The annotation bounding (seconds) how long ``start`` waits, once the init took its start byte,
+#: for the command's exec or the error that stopped the init first (its startContainer hooks run
+#: meanwhile); then it returns, the container "running".  Without it ``start`` waits as runc's.
+#: Until the exec the container's pid 1 is the runtime's init: only SIGKILL reaches it.
 EXEC_WAIT_ANNOTATION = "org.berth.start.exec-wait"
 
 
-def exec_wait(spec: dict[str, Any]) -> float:
-    """How long ``start`` waits for the exec of ``spec``'s command (:data:`EXEC_WAIT`)."""
+def exec_wait(spec: dict[str, Any]) -> float | None:
+    """How long ``start`` waits for the exec of ``spec``'s command: the annotation's seconds
+    (:data:`EXEC_WAIT_ANNOTATION`), or None (until it comes)."""
     given = (spec.get("annotations") or {}).get(EXEC_WAIT_ANNOTATION)
-    if given is not None:
-        try:
-            value = float(given)
-        except ValueError:
-            value = -1.0
-        if not value > 0:  # (nan too)
-            raise UsageError(
-                f"annotations.{EXEC_WAIT_ANNOTATION}", f"{given!r} is not a number of seconds > 0"
-            )
-        return value
-    hooked = ((spec.get("hooks") or {}).get("startContainer")) or []
-    return EXEC_WAIT + sum(float(h.get("timeout") or 0) for h in hooked)
+    if given is None:
+        return None
+    try:
+        value = float(given)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:  # (nan and inf too)
+        raise UsageError(f"annotations.{EXEC_WAIT_ANNOTATION}", f"{given!r} is not a number of seconds > 0")
+    return value
 
 
 def _created(state_root: str, cid: str, data: dict[str, Any], pid: int) -> None:

@@ -169,7 +169,7 @@ def _communicate(proc: Any, data: bytes, in_fd: int, out_fd: int, tail: Tail, ti
                 if left <= 0:
                     break
                 wait = int(left * 1000) + 1 if wait is None else min(wait, int(left * 1000) + 1)
-            for fd, _event in poller.poll(wait):
+            for fd, _event in poller.poll(None if wait is None else min(wait, 2**31 - 1)):
                 if fd == out_fd:
                     chunk = os.read(out_fd, _CHUNK)
                     if chunk:

@@ -159,6 +159,16 @@ def _c_strings(value: object, field: str) -> list[str]:
     return items
 
 
+def _env(value: object, field: str) -> list[str]:
+    """``process.env``: strings for execve(2) whose name (before ``=``) is not empty (the exec
+    would fail after ``start``: runc refuses them at create)."""
+    items = _c_strings(value, field)
+    for i, item in enumerate(items):
+        if not item.split("=", 1)[0]:
+            _fail(f"{field}[{i}]", f"{item!r}: empty variable name")
+    return items
+
+
 def _str_map(value: object, field: str) -> None:
     for key, item in _obj(value, field).items():
         _str(item, f"{field}.{key}")
@@ -273,7 +283,7 @@ def _process(value: object, field: str) -> None:
     _req(proc, "args", field, _c_strings)
     if not proc["args"]:
         _fail(f"{field}.args", "must not be empty")
-    _opt(proc, "env", field, _c_strings)
+    _opt(proc, "env", field, _env)
     _req(proc, "cwd", field, _abs)
     _opt(proc, "capabilities", field, _capabilities)
     _opt(proc, "rlimits", field, _rlimits)
