@@ -1,9 +1,13 @@
 """berth exec [-it] NAME [--user U] [--env K=V] [--workdir D] -- CMD...: run a command inside a
-running guest (all its namespaces, its cgroup, its capabilities and seccomp profile)."""
+running guest (all its namespaces, its cgroup, its capabilities and seccomp profile).
+
+Without -t, stdin is /dev/null unless -i; a terminal on stdin, stdout or stderr reaches the
+command as a pipe that berth relays while it runs (nothing left in the guest keeps the
+terminal); files and pipes are passed as they are.  Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1
+and SIGUSR2 to berth exec go to the command; its exit status is berth's."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 from berth.errors import UsageError
@@ -46,22 +50,35 @@ def process_for(name: str, o: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_in(name: str, o: dict[str, Any]) -> int:
+    """Run the command; its exit status.  Without a terminal the guest gets the caller's fds
+    except terminals, which it gets as pipes relayed while it runs (:mod:`berth.runtime.stdio`);
+    the signals that stop a command (Ctrl-C, SIGTERM, a hang-up) are passed on to it."""
     import berth.linux.seccomp  # noqa: F401 - exec's child imports it after entering the guest's root
     from berth.cli._args import store
     from berth.runtime.exec import exec_process
+    from berth.runtime.stdio import Forward, Stdio
 
     process = process_for(name, o)
-    if not o["interactive"] and not o["tty"]:
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-    h = exec_process(store().state_root, name, process)
-    if h.console_fd is not None:
-        from berth.runtime.console import Relay
+    state_root = store().state_root
+    with Forward() as fwd:
+        if o["tty"]:
+            h = exec_process(state_root, name, process)
+            fwd.pid = h.pid
+            if h.console_fd is not None:
+                from berth.runtime.console import Relay
 
-        with Relay(h.console_fd) as relay:
-            relay.pump()
-    return h.wait()
+                with Relay(h.console_fd) as relay:
+                    relay.pump()
+            return h.wait()
+        stdio = Stdio(o["interactive"])
+        try:
+            with stdio:
+                h = exec_process(state_root, name, process, warn=stdio.warn)
+            fwd.pid = h.pid
+            stdio.relay(h.pid)
+        finally:
+            stdio.close()
+        return h.wait()
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, Any]]:
