@@ -42,6 +42,13 @@ def run_probe(berth, rootfs: Path, *args: str, opts: tuple[str, ...] = ()):
     return berth("--rm", *opts, "--rootfs", str(rootfs), "--", "/probe", *args)
 
 
+def assert_symlink_refused(berth, rootfs: Path, where: str) -> None:
+    """proc and sysfs go onto an ordinary directory only (as runc: CVE-2019-19921)."""
+    res = run_probe(berth, rootfs, "exit", "0")
+    assert res.returncode == 125, res
+    assert f"/{where} is a symlink in the rootfs" in res.error_line()
+
+
 def assert_isolated(berth, rootfs: Path) -> None:
     """The guest's key properties, whatever the rootfs did to its mount points."""
     res = run_probe(berth, rootfs, "statfs", *MAGIC)
@@ -68,6 +75,10 @@ def test_mount_point_symlink_to_host_path(berth, fresh_rootfs, sentinel, where):
     link = fresh_rootfs / where
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(sentinel)
+    if where in ("proc", "sys"):
+        assert_symlink_refused(berth, fresh_rootfs, where)
+        assert_untouched(sentinel)
+        return
     assert_isolated(berth, fresh_rootfs)
     assert_untouched(sentinel)
     if "/" not in where:  # (the others lie under /dev's tmpfs or sysfs: the rootfs's own link is hidden)
@@ -79,7 +90,10 @@ def test_mount_point_symlink_dotdot(berth, fresh_rootfs, sentinel, where):
     # ../../.. walks up to the rootfs's own root, never above it.
     rel = os.path.relpath(sentinel, fresh_rootfs)
     (fresh_rootfs / where).symlink_to(rel)
-    assert_isolated(berth, fresh_rootfs)
+    if where in ("proc", "sys"):
+        assert_symlink_refused(berth, fresh_rootfs, where)
+    else:
+        assert_isolated(berth, fresh_rootfs)
     assert_untouched(sentinel)
 
 
@@ -205,7 +219,7 @@ def test_workdir_symlink_to_host_path(berth, fresh_rootfs, sentinel):
 
 def test_chroot_escape_from_hostile_rootfs(berth, fresh_rootfs, sentinel):
     # Even with its mount points redirected, the guest cannot reach the host's files.
-    (fresh_rootfs / "proc").symlink_to(sentinel)
+    (fresh_rootfs / "dev").symlink_to(sentinel)  # (a /proc symlink is refused)
     (fresh_rootfs / "tmp").symlink_to("/")
     res = run_probe(berth, fresh_rootfs, "chroot-escape", str(sentinel / "host-file"))
     assert "REACHED" not in res.stdout, res

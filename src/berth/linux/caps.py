@@ -40,13 +40,20 @@ libc.capset.argtypes = [ctypes.POINTER(_Header), ctypes.POINTER(_Data * 2)]
 libc.capset.restype = ctypes.c_int
 
 
+_last_cap: list[int] = []
+
+
 def last_cap() -> int:
-    """The highest capability number the running kernel knows."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return len(CAP_NAMES) - 1
+    """The highest capability number the running kernel knows.  Read once and kept: a process
+    that enters a guest reads it before (in the guest's mount namespace /proc is the guest's,
+    and a fake 0 there would leave every capability in the bounding set)."""
+    if not _last_cap:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _last_cap.append(int(f.read()))
+        except (OSError, ValueError):
+            _last_cap.append(len(CAP_NAMES) - 1)
+    return _last_cap[0]
 
 
 def normalize(name: str) -> str:

@@ -20,9 +20,9 @@ from berth.errors import CannotExecute, ContainerInitError, StateError
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, setns
 from berth.runtime import container as ct
+from berth.runtime import executable, sync
 from berth.runtime import process as proc_mod
 from berth.runtime import state as st
-from berth.runtime import sync
 from berth.runtime.init import _fail, open_pty, take_terminal
 
 TYPE_CHECKING = False
@@ -187,7 +187,9 @@ def _stage1(
         prctl.set_dumpable(False)
         if cg is not None:
             cg.add(os.getpid(), near=init_pid)  # a delegated v2 cgroup: init's sub-cgroup
-        # Open them all first: once in the container's mount namespace /proc is the container's.
+        # Open them all first: once in the container's mount namespace /proc is the container's
+        # (what we need of our own /proc later is read through the runtime's, held open here).
+        executable.hold_host_proc()
         opened = []
         for kind in NS_ORDER:
             if not _same_ns(kind, init_pid):
@@ -222,7 +224,7 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
             list(process.get("env") or []), int((process.get("user") or {}).get("uid") or 0)
         )
         cwd = process.get("cwd") or "/"
-        path = proc_mod.find_executable(process["args"][0], env, cwd)
+        exe = executable.open_executable(process["args"], env, cwd, follow_link=True)
         if process.get("noNewPrivileges"):
             prctl.set_no_new_privs()
         elif seccomp:
@@ -239,7 +241,7 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
         for fd in preserved:
             os.set_inheritable(fd, True)
         proc_mod.close_fds_except({0, 1, 2, *preserved})
-        proc_mod.execute(path, process["args"], env, init_fd=None)
+        proc_mod.execute(exe, env, init_fd=None)
     except BaseException as e:
         _fail(sock, e)
 

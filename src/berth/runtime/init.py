@@ -20,7 +20,7 @@ from berth.errors import BerthError, CannotExecute, CommandNotFound, Unsupported
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
 from berth.linux.path import secure_join
-from berth.runtime import mounts, process, sync
+from berth.runtime import executable, mounts, process, sync
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def _wait_start(fifo_fd: int) -> None:
     """Block until ``start`` opens the fifo for reading, then tell it we are going.  The fifo
     stays open (close-on-exec): the reader waits for its end, or an error (:func:`_fail`)."""
     global _started_fd
-    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(f"self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=executable.host_proc())
     os.write(fd, b"0")
     _started_fd = fd
     os.close(fifo_fd)
@@ -272,6 +272,8 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         fifo_fd = opts.fifo_fd
         terminal = bool(proc.get("terminal"))
 
+        # Our own /proc, for what we read of it once in the guest's root (executable.hold_host_proc).
+        executable.hold_host_proc()
         # Root filesystem.
         rootfs = mounts.bind_root(
             opts.rootfs, linux.get("rootfsPropagation"), os.path.join(opts.state_dir, "hostroot")
@@ -363,7 +365,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             take_terminal(sock, master, slave, proc.get("consoleSize"))
 
         env = process.with_home(list(proc.get("env") or []), int((proc.get("user") or {}).get("uid") or 0))
-        path = process.find_executable(proc["args"][0], env, cwd)
+        exe = executable.open_executable(proc["args"], env, cwd, follow_link=True)
 
         # Privileges: no_new_privs, seccomp, then the identity and capability sets.
         seccomp_prog = opts.seccomp_program
@@ -394,7 +396,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         for fd in preserved:
             os.set_inheritable(fd, True)
         process.close_fds_except({0, 1, 2, *preserved})
-        process.execute(path, proc["args"], env, init_fd=init)
+        process.execute(exe, env, init_fd=init)
     except BaseException as e:
         _fail(sock, e)
 

@@ -375,6 +375,8 @@ def prepare_root(
     delegated = cgroup_delegated(spec)
     for i, m in enumerate(spec.get("mounts") or []):
         try:
+            if m.get("type") in ("proc", "sysfs"):
+                refuse_symlinked(rootfs, m["destination"], m["type"])
             if m.get("type") == "sysfs" and sysfs_fd is not None and shared_netns:
                 _mount_one(
                     rootfs, m, shared_netns=True, delegated=delegated, sysfs_fd=sysfs_fd, cgroups=cgroups
@@ -399,6 +401,28 @@ def prepare_root(
             mount(console_slave, target.proc, None, MS.BIND)
         finally:
             target.close()
+
+
+def refuse_symlinked(root: str, dest: str, fstype: str) -> None:
+    """A proc or sysfs mount goes where the spec says, onto an ordinary directory: a symlink
+    on the way (``/proc -> realproc`` in an image) would put it elsewhere and leave a /proc
+    the guest may replace with files of its own, read by whatever trusts /proc there (runc
+    refuses it too: CVE-2019-19921)."""
+    cur = os.path.abspath(root)
+    for part in os.path.normpath("/" + dest).split("/"):
+        if not part:
+            continue
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # made as a directory
+        if stat.S_ISLNK(st.st_mode):
+            rel = "/" + os.path.relpath(cur, root)
+            raise UsageError(
+                f"mount {dest}",
+                f"{rel} is a symlink in the rootfs: {fstype} must be mounted on an ordinary directory",
+            )
 
 
 def mount_error(index: int, m: dict[str, Any], e: OSError | UsageError) -> UsageError:

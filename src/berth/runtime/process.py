@@ -1,10 +1,12 @@
-"""The container process's own settings: rlimits, identity, capabilities, the executable.
+"""The container process's own settings: rlimits, identity, capabilities, its fds, the exec.
 
-Everything here runs in the container's init (or an exec'd process) just before ``execve``.
+Everything here runs in the container's init (or an exec'd process) just before ``execve``;
+the command itself is found and checked by :mod:`berth.runtime.executable`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -15,12 +17,13 @@ import sys
 
 from berth.errors import CannotExecute, CommandNotFound, UsageError
 from berth.linux import caps, prctl
+from berth.linux.libc import libc
+from berth.runtime import executable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAMES = frozenset(
     {"init", "systemd", "tini", "tini-static", "dumb-init", "catatonit", "runit", "s6-svscan", "openrc-init"}
 )
@@ -28,6 +31,10 @@ TINI = "/usr/bin/tini-static"
 _IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)
 # Where the guest finds tini (:func:`init_bound`): on its /dev tmpfs, not in its root filesystem.
 INIT_AT = "/dev/.berth-init"
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+
+libc.close_range.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+libc.close_range.restype = ctypes.c_int
 
 
 def warn(msg: str) -> None:
@@ -97,8 +104,11 @@ def set_oom_score_adj(value: int | None) -> None:
     if value is None:
         return
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(value))
+        fd = executable.proc_open("self/oom_score_adj", os.O_WRONLY)  # not the guest's /proc: it may fake it
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
     except OSError as e:  # lowering it needs CAP_SYS_RESOURCE, which a host may not give
         raise UsageError("process.oomScoreAdj", f"cannot set {value}: {e.strerror}") from None
 
@@ -146,13 +156,6 @@ def become(process: dict[str, Any]) -> None:
         os.umask(int(user["umask"]))
 
 
-def env_path(env: list[str]) -> str:
-    for item in env:
-        if item.startswith("PATH="):
-            return item[5:]
-    return DEFAULT_PATH
-
-
 def with_home(env: list[str], uid: int) -> list[str]:
     """``env`` with ``HOME`` set, when it has none, to the home of ``uid`` in the guest's
     /etc/passwd, ``/`` if it has no entry (as runc does).  Read in the guest (already entered),
@@ -177,109 +180,6 @@ def with_home(env: list[str], uid: int) -> list[str]:
                 home = fields[5]
                 break
     return [*env, f"HOME={home}"]
-
-
-def find_executable(arg0: str, env: list[str], cwd: str = "/") -> str:
-    """Resolve the command as execvp would, inside the (already entered) guest root.
-
-    Raises :class:`CommandNotFound` (127) or :class:`CannotExecute` (126).
-    """
-    if "/" in arg0:
-        candidates = [arg0 if arg0.startswith("/") else os.path.join(cwd, arg0)]
-    else:
-        candidates = [os.path.join(d or ".", arg0) for d in env_path(env).split(":")]
-    denied = None
-    for path in candidates:
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.ELOOP):
-                denied = (path, e.strerror)
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            denied = (path, "is a directory")
-            continue
-        if not os.access(path, os.X_OK):
-            denied = (path, "permission denied")
-            continue
-        outside = _outside_guest(path, cwd)
-        if outside:
-            raise CannotExecute(
-                f"cannot execute {path!r} in the guest: {outside} leads outside the guest's file systems"
-            )
-        if not _runnable_format(path):
-            raise CannotExecute(f"cannot execute {path!r} in the guest: exec format error (not ELF, no #!)")
-        return path
-    if denied:
-        raise CannotExecute(f"cannot execute {denied[0]!r} in the guest: {denied[1]}")
-    raise CommandNotFound(f"command not found in the guest: {arg0!r}")
-
-
-def _runnable_format(path: str) -> bool:
-    """Does the file start like something execve runs (ELF or ``#!``)?  Unreadable: let execve say."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return True
-    try:
-        head = os.read(fd, 4)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return head.startswith((b"\x7fELF", b"#!"))
-
-
-def _mount_id(fd: int) -> int | None:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _outside_guest(path: str, cwd: str) -> str | None:
-    """What part of executing ``path`` lies outside the guest's mounts, or None.
-
-    A /proc magic link (``/bin/sh -> /proc/self/exe``, ``/proc/1/exe``, ``/proc/self/fd/N``)
-    leads from the guest's root to a host file: the runtime's own interpreter, which the
-    guest could then run and reopen for writing (the CVE-2019-5736 class).  The kernel
-    resolves the command and each ``#!`` interpreter (up to 4 levels) in the context of
-    this process, so check each against the mount ids of our (the guest's) namespace.
-    """
-    try:
-        with open("/proc/self/mountinfo") as f:
-            ids = {int(line.split(maxsplit=1)[0]) for line in f}
-    except (OSError, ValueError):
-        return None  # no procfs in the guest: no magic links either
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return None  # execve reports it
-        try:
-            mnt = _mount_id(fd)
-            if mnt is not None and mnt not in ids:
-                return repr(path)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            try:
-                with open(f"/proc/self/fd/{fd}", "rb") as f:
-                    head = f.read(256)
-            except OSError:
-                return None
-        finally:
-            os.close(fd)
-        if not head.startswith(b"#!"):
-            return None
-        interp = head[2:].split(b"\n", 1)[0].strip(b" \t").split(None, 1)
-        if not interp:
-            return None
-        path = os.path.join(cwd, os.fsdecode(interp[0]))
-    return None
 
 
 def wants_init(args: list[str]) -> bool:
@@ -351,23 +251,44 @@ def _is_open(fd: int) -> bool:
 
 
 def close_fds_except(keep: set[int]) -> None:
-    """Mark every fd but ``keep`` close-on-exec (no runtime fd leaks into the guest)."""
+    """Mark every fd but ``keep`` close-on-exec (no runtime fd leaks into the guest).
+
+    close_range(2) over the gaps between the kept fds: nothing is listed, so a guest's fake
+    /proc/self/fd (this runs in its mount namespace) cannot hide an fd.  The fds still needed
+    until execve (the sync socket, the executable) stay open."""
+    start = 0
+    for fd in sorted({*keep, 0xFFFFFFFF + 1}):
+        if fd > start and _close_range_cloexec(start, fd - 1) < 0:
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EINVAL):
+                raise OSError(err, f"close_range({start}, {fd - 1}, CLOSE_RANGE_CLOEXEC): {os.strerror(err)}")
+            # A kernel before 5.11: one fd at a time, up to the highest number an fd can have
+            # (fs.nr_open, 2**20 unless raised; rlimits lowered since may hide higher fds).
+            for n in range(start, min(fd, _nr_open())):
+                try:
+                    os.set_inheritable(n, False)
+                except OSError:
+                    pass
+        start = fd + 1
+
+
+def _nr_open() -> int:
     try:
-        fds = [int(x) for x in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd in keep:
-            continue
-        try:
-            os.set_inheritable(fd, False)
-        except OSError:
-            pass
+        return int(executable.proc_read("sys/fs/nr_open", 64))
+    except (OSError, ValueError):
+        return 1 << 20
 
 
-def execute(path: str, args: list[str], env: list[str], *, init_fd: int | str | None) -> None:
-    """execve the command (behind tini from ``init_fd``, a memfd or a path in the guest, when
-    given).  Returns only by raising."""
+def _close_range_cloexec(first: int, last: int) -> int:
+    return int(libc.close_range(first, min(last, 0xFFFFFFFF), _CLOSE_RANGE_CLOEXEC))
+
+
+def execute(exe: executable.Executable, env: list[str], *, init_fd: int | str | None) -> None:
+    """Exec the command opened by :func:`berth.runtime.executable.open_executable` (behind tini
+    from ``init_fd``, a memfd or a path in the guest, when given: tini then runs ``exe.path``
+    itself).  Returns only by raising."""
+    if exe.error is not None:
+        raise exe.error
     envd = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     sys.stdout.flush()
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve: the
@@ -375,13 +296,20 @@ def execute(path: str, args: list[str], env: list[str], *, init_fd: int | str | 
     # error is then written to a pipe whose reader may be gone).
     for sig in _IGNORED_BY_PYTHON:
         signal.signal(sig, signal.SIG_DFL)
+    err = 0
     try:
         if init_fd is not None:
-            os.execve(init_fd, ["tini", "--", path, *args[1:]], envd)
-        os.execve(path, args, envd)
+            os.execve(init_fd, ["tini", "--", exe.path, *exe.command[1:]], envd)
+        err = executable.execveat(exe, envd)
     except OSError as e:
-        for sig in _IGNORED_BY_PYTHON:
-            signal.signal(sig, signal.SIG_IGN)
-        if e.errno in (errno.ENOENT,):
-            raise CommandNotFound(f"exec {path!r} in the guest: {e.strerror}") from None
-        raise CannotExecute(f"exec {path!r} in the guest: {e.strerror}") from None
+        err = e.errno or errno.EIO
+    for sig in _IGNORED_BY_PYTHON:
+        signal.signal(sig, signal.SIG_IGN)
+    reason = os.strerror(err)
+    if err == errno.ELOOP and exe.name and init_fd is None:
+        reason = "the guest replaced it with a symlink after it was checked"
+    elif err in (errno.EPERM, errno.ENOSYS) and init_fd is None:
+        reason += " (berth runs the command with execveat(2): a seccomp profile must allow it)"
+    if err == errno.ENOENT:
+        raise CommandNotFound(f"exec {exe.path!r} in the guest: {reason}")
+    raise CannotExecute(f"exec {exe.path!r} in the guest: {reason}")

@@ -1,0 +1,343 @@
+"""The command a container process runs: found as execvp would, opened once, checked, exec'd.
+
+Runs in the container's init (or an exec'd process), inside the guest's mount namespace,
+where "/proc" is the guest's to fake: what berth reads of its own /proc goes through the
+runtime's, opened before entering (:func:`hold_host_proc`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+
+from berth.errors import BerthError, CannotExecute, CommandNotFound
+from berth.linux import caps
+from berth.linux.libc import libc
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The runtime's own /proc, opened before entering a guest (:func:`hold_host_proc`).  Once in the
+# guest's mount namespace "/proc" is whatever the guest made of it (a tmpfs with files of its
+# choosing, a FIFO where a file should be): what berth needs to know about itself there
+# (its fds, their mounts, its mount table) is read through this fd instead.  Close-on-exec, and
+# the process holding it is not dumpable: the guest cannot reach it.
+_host_proc: int | None = None
+# Interpreter levels the kernel follows for #! (fs/exec.c: depth > 5 is ELOOP).
+_MAX_INTERPRETERS = 5
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+libc.execveat.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.POINTER(ctypes.c_char_p),
+    ctypes.POINTER(ctypes.c_char_p),
+    ctypes.c_int,
+]
+libc.execveat.restype = ctypes.c_int
+
+
+def hold_host_proc() -> None:
+    """Open the runtime's /proc and read the kernel facts needed later, before entering a guest."""
+    global _host_proc
+    if _host_proc is None:
+        _host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    caps.last_cap()  # read once, here: the guest's /proc/sys/kernel/cap_last_cap could say 0
+
+
+def host_proc() -> int:
+    """The fd of :func:`hold_host_proc` (opened now if it was not: only right outside a guest)."""
+    hold_host_proc()
+    assert _host_proc is not None
+    return _host_proc
+
+
+def proc_open(rel: str, flags: int) -> int:
+    """Open ``rel`` (``self/...``) in the runtime's /proc, never blocking on what it finds."""
+    return os.open(rel, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=host_proc())
+
+
+def proc_read(rel: str, limit: int = 1 << 24) -> bytes:
+    fd = proc_open(rel, os.O_RDONLY)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class Executable:
+    """The command, opened once and checked (:func:`open_executable`): what
+    :func:`berth.runtime.process.execute` runs.
+
+    ``path``: as execvp would have named it (messages, tini); ``args``: the arguments, with the
+    ``#!`` interpreters put in front as the kernel would; the file itself is reached through
+    ``dir_fd`` (its directory, opened) and ``name`` (not a symlink), or through ``fd`` alone when
+    ``name`` is empty.  Exec'd through these, never by path again: the guest cannot swap in another
+    file (a link to /proc/self/exe) after the check.  Through its directory rather than ``fd``
+    itself so that the process's name (``comm``, what ps and pgrep show) is the file's name, not
+    the fd's number.  Both fds are close-on-exec: a file changed into a script after the check
+    is refused by the kernel (ENOENT) instead of run with an interpreter no one checked.
+    """
+
+    def __init__(
+        self, path: str, command: list[str], args: list[str], fd: int, dir_fd: int, name: str
+    ) -> None:
+        self.path = path
+        self.command = command  # the arguments as given (what tini runs by path)
+        self.args = args
+        self.fd = fd
+        self.dir_fd = dir_fd
+        self.name = name
+        # The command's own symlink (its directory, opened, and its name), followed at the exec
+        # when :func:`open_executable` was asked to (``follow_link``): see there.
+        self.link_dir = -1
+        self.link_name = ""
+        self.error: BerthError | None = None  # raised at the exec (an interpreter found missing)
+
+
+def _lookup(arg0: str, env: list[str], cwd: str) -> tuple[str, int]:
+    """(path, O_PATH fd) of the first candidate execvp would run."""
+    if "/" in arg0:
+        candidates = [arg0 if arg0.startswith("/") else os.path.join(cwd, arg0)]
+    else:
+        candidates = [os.path.join(d or ".", arg0) for d in env_path(env).split(":")]
+    denied = None
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.ELOOP):
+                denied = (path, e.strerror)
+            continue
+        st = os.fstat(fd)
+        reason = None
+        if stat.S_ISDIR(st.st_mode):
+            reason = "is a directory"
+        elif not os.access(f"self/fd/{fd}", os.X_OK, dir_fd=host_proc()):
+            reason = "permission denied"
+        if reason:
+            os.close(fd)
+            denied = (path, reason)
+            continue
+        return path, fd
+    if denied:
+        raise CannotExecute(f"cannot execute {denied[0]!r} in the guest: {denied[1]}")
+    raise CommandNotFound(f"command not found in the guest: {arg0!r}")
+
+
+def open_executable(
+    args: list[str], env: list[str], cwd: str = "/", *, follow_link: bool = False
+) -> Executable:
+    """Resolve ``args[0]`` as execvp would, inside the (already entered) guest root, open it once
+    and check it (and each ``#!`` interpreter) with the runtime's own /proc.
+
+    A /proc magic link (``/bin/sh -> /proc/self/exe``, ``/proc/1/exe``, ``/proc/self/fd/N``)
+    leads from the guest's root to a host file: the runtime's own interpreter, which the guest
+    could then run and reopen for writing (the CVE-2019-5736 class).  Every file that would be
+    executed must lie on a mount of our (the guest's) mount namespace.  Raises
+    :class:`CommandNotFound` (127) or :class:`CannotExecute` (126); a missing ``#!``
+    interpreter only at the exec (as execve would: runc finds the script at create, the start
+    fails).
+
+    The file is exec'd as it was checked (:class:`Executable`), so its name in ps is that of the
+    file: a command that is a symlink (``sleep -> busybox``) shows as ``busybox``, a script as
+    its interpreter (the kernel names it after the script).  Following the
+    symlink at the exec instead would let a guest process swap it for a link to
+    /proc/self/exe in between.  ``follow_link`` (a container's first process and ``berth
+    exec``: busybox's applets are such links, and ``pkill sleep`` must find ``sleep``): the
+    symlink is followed once more at the exec if it still leads to the checked file just
+    before, so ps shows ``sleep`` as with runc.  What is left: a guest process swapping the link
+    in the microseconds between that check and the exec (before: the milliseconds between the
+    check and an execve by path), on a kernel that still executes a /proc magic link across
+    mount namespaces (6.18 refuses it).
+    """
+    path, fd = _lookup(args[0], env, cwd)
+    try:
+        mounts = _mount_ids()
+    except BaseException:
+        os.close(fd)
+        raise
+    named = path  # as the kernel would pass it to an interpreter
+    argv = list(args)
+    for _level in range(_MAX_INTERPRETERS + 1):
+        try:
+            head = _check_file(path, named, fd, mounts)
+            if not head.startswith(b"#!"):
+                exe = _finish(path, args, argv, fd, mounts)
+                if follow_link and named == path:
+                    _keep_link(exe)
+                return exe
+            if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
+                # the kernel refuses a script there, though its interpreter lies elsewhere
+                raise CannotExecute(f"cannot execute {named!r} in the guest: its mount is noexec")
+            interp, arg = _shebang(named, head)
+            argv = [interp, *([arg] if arg else []), named, *argv[1:]]
+            try:
+                nfd = os.open(os.path.join(cwd, interp), os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                err = CommandNotFound if e.errno == errno.ENOENT else CannotExecute
+                exe = Executable(path, args, argv, -1, -1, "")
+                exe.error = err(f"exec {path!r} in the guest: interpreter {interp!r}: {e.strerror}")
+                os.close(fd)
+                return exe
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        fd, named = nfd, interp
+    os.close(fd)
+    raise CannotExecute(f"cannot execute {path!r} in the guest: too many levels of #! interpreters")
+
+
+def _mount_ids() -> set[int]:
+    """The ids of the mounts of our mount namespace (our own mountinfo, from the runtime's /proc)."""
+    ids = set()
+    for line in proc_read("self/mountinfo").split(b"\n"):
+        first = line.split(None, 1)
+        if first:
+            try:
+                ids.add(int(first[0]))
+            except ValueError:
+                raise CannotExecute(f"cannot read the guest's mount table: {line[:60]!r}") from None
+    if not ids:
+        raise CannotExecute("cannot read the guest's mount table: it is empty")
+    return ids
+
+
+def _mount_id(fd: int) -> int | None:
+    try:
+        for line in proc_read(f"self/fdinfo/{fd}", 1 << 16).split(b"\n"):
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_file(path: str, named: str, fd: int, mounts: set[int]) -> bytes:
+    """Refuse ``fd`` (``named``: the command ``path`` or one of its interpreters) unless it is on
+    one of ``mounts``; its first bytes (b"" if it is no regular
+    file or cannot be read: execve says why)."""
+    mnt = _mount_id(fd)
+    if mnt is None:
+        raise CannotExecute(f"cannot execute {path!r} in the guest: cannot tell which mount {named!r} is on")
+    if mnt not in mounts:
+        raise CannotExecute(
+            f"cannot execute {path!r} in the guest: {named!r} leads outside the guest's file systems"
+        )
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return b""
+    try:
+        rfd = proc_open(f"self/fd/{fd}", os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(rfd).st_mode):
+            return b""
+        head = os.pread(rfd, 256, 0)
+    except OSError:
+        return b""
+    finally:
+        os.close(rfd)
+    if head and not head.startswith((b"\x7fELF", b"#!")):
+        raise CannotExecute(f"cannot execute {named!r} in the guest: exec format error (not ELF, no #!)")
+    return head
+
+
+def _shebang(named: str, head: bytes) -> tuple[str, str]:
+    """(interpreter, optional argument) of a ``#!`` line, split as the kernel does
+    (fs/binfmt_script.c: spaces and tabs only; the rest of the line is one argument)."""
+    if b"\n" in head:
+        line = head[2:].split(b"\n", 1)[0]
+    else:
+        line = head[2:255]  # the kernel's buffer, its last byte a NUL
+        if len(head) == 256 and not any(c in line.lstrip(b" \t") for c in b" \t\0"):
+            raise CannotExecute(f"cannot execute {named!r} in the guest: #! line too long")
+    line = line.strip(b" \t")
+    end = 0
+    while end < len(line) and line[end] not in b" \t\0":
+        end += 1
+    interp, rest = line[:end], line[end:].lstrip(b" \t").split(b"\0", 1)[0]
+    if not interp:
+        raise CannotExecute(f"cannot execute {named!r} in the guest: exec format error (empty #! line)")
+    return os.fsdecode(interp), os.fsdecode(rest)
+
+
+def _keep_link(exe: Executable) -> None:
+    """Remember ``exe.path``'s own directory and name when its last component is a symlink."""
+    parent, name = os.path.split(exe.path)
+    try:
+        dir_fd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            exe.link_dir, exe.link_name = dir_fd, name
+            return
+    except OSError:
+        pass
+    os.close(dir_fd)
+
+
+def _finish(path: str, command: list[str], argv: list[str], fd: int, mounts: set[int]) -> Executable:
+    """The :class:`Executable` for the checked ``fd``: through its directory and name when they
+    still lead to it, else the fd itself."""
+    try:
+        where = os.readlink(f"self/fd/{fd}", dir_fd=host_proc())
+    except OSError:
+        where = ""
+    if where.startswith("/") and not where.endswith(" (deleted)"):
+        parent, name = os.path.split(where)
+        try:
+            dir_fd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            dir_fd = -1
+        if dir_fd >= 0:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                mine = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) and _mount_id(dir_fd) in mounts:
+                    return Executable(path, command, argv, fd, dir_fd, name)
+            except OSError:
+                pass
+            os.close(dir_fd)
+    return Executable(path, command, argv, fd, -1, "")
+
+
+def env_path(env: list[str]) -> str:
+    for item in env:
+        if item.startswith("PATH="):
+            return item[5:]
+    return DEFAULT_PATH
+
+
+def _same_file(dir_fd: int, name: str, fd: int) -> bool:
+    try:
+        st, mine = os.stat(name, dir_fd=dir_fd), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def execveat(exe: Executable, env: dict[str, str]) -> int:
+    """execveat(2) of ``exe`` (never glibc's fexecve: on ENOSYS it would run /proc/self/fd/N,
+    a path in the guest's /proc).  Returns the errno when it fails."""
+    argv = (ctypes.c_char_p * (len(exe.args) + 1))(*[os.fsencode(a) for a in exe.args], None)
+    envp = (ctypes.c_char_p * (len(env) + 1))(*[os.fsencode(f"{k}={v}") for k, v in env.items()], None)
+    if exe.link_name and _same_file(exe.link_dir, exe.link_name, exe.fd):
+        libc.execveat(exe.link_dir, os.fsencode(exe.link_name), argv, envp, 0)
+    elif exe.name:
+        libc.execveat(exe.dir_fd, os.fsencode(exe.name), argv, envp, _AT_SYMLINK_NOFOLLOW)
+    else:
+        libc.execveat(exe.fd, b"", argv, envp, _AT_EMPTY_PATH)
+    return ctypes.get_errno() or errno.EIO
