@@ -16,6 +16,7 @@ import os
 EXIT_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+EXIT_REFUSED = 3  # berth receive: a migrated guest refused by this host's policy (PolicyError)
 
 
 class BerthError(Exception):
@@ -36,6 +37,13 @@ class UsageError(BerthError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
+
+
+class PolicyError(UsageError):
+    """A migrated guest asks for what this host's policy refuses (berth.guests.hostpower): a
+    decision of the receiving host, not a failure (exit status 3)."""
+
+    exit_status = EXIT_REFUSED
 
 
 class NotFoundError(BerthError):

@@ -265,7 +265,7 @@ def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -
         wait(lambda: len(a.replies(name)) >= 3, what="the guest's client to get replies on A")
         # B's pool holds the guest's range under another name: refused up front, nothing kept.
         userns.allocate(str(b.store), "squatter", rng, userns.HostIds.read())
-        r = receiver(b)
+        r = receiver(b, allow=())  # a default guest: no --allow flag needed
         out = migrate(a, name)
         r.wait(60)
         assert out.returncode != 0 and "overlaps" in out.stderr, out
@@ -274,7 +274,7 @@ def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -
         assert name not in userns.allocations(str(b.store))
         userns.release(str(b.store), "squatter")
         # The receiver killed after it plugged the guest's veth in ahead: B keeps none of it.
-        r = receiver(b, fault="receive:transfer")
+        r = receiver(b, fault="receive:transfer", allow=())
         out = migrate(a, name)
         r.wait(60)
         assert out.returncode != 0 and a.record(name)["status"] == "running", out
@@ -282,15 +282,21 @@ def test_bridged_default_guest_migrates(hosts: tuple[Host, Host], unique: str) -
         links = subprocess.run(["ip", "-n", ns_b, "-o", "link"], capture_output=True, text=True).stdout
         assert f"{unique[:6]}v" not in links, links
         lease_file = b.store / "net" / f"{unique[:8]}br.json"
-        assert not lease_file.exists() or name not in json.loads(lease_file.read_text()).get("active", {})
+        leases = json.loads(lease_file.read_text()) if lease_file.exists() else {}
+        assert name not in leases.get("active", {})
+        assert name not in leases.get("leases", {}), leases  # its persistent lease too (R11's F4)
         assert name not in userns.allocations(str(b.store))
-        r = receiver(b)
+        r = receiver(b, allow=())
         out = migrate(a, name)
         rc = r.wait(60)
         err = r.stderr.read() if r.stderr else ""
         assert out.returncode == 0 and rc == 0, f"{out.stderr}\nreceiver: {err}"
         assert userns.allocations(str(b.store))[name] == rng
         assert name not in userns.allocations(str(a.store))
+        # Its dir on B as create makes it (test_store_perms): its root's group may search it.
+        gdir = b.store / "guests" / name
+        assert (gdir.stat().st_mode & 0o7777, gdir.stat().st_gid) == (0o710, rng[0])
+        assert {(gdir / f).stat().st_mode & 0o777 for f in ("config.toml", "spec.json")} == {0o600}
         answers_on_b(a, b, name, ip, f"{unique[:8]}br")
     finally:
         on(b, ns_b, "destroy", "--force", name, check=False)

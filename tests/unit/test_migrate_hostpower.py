@@ -26,6 +26,8 @@ DEFAULT = {"template": "busybox", "userns": "auto", "net": "bridge"}  # as `bert
         ({"security_opt": ["seccomp=/etc/profile.json"]}, "security_opt", "--allow-security-opt"),
         ({"security_opt": ["no-new-privileges=false"]}, "security_opt", "--allow-security-opt"),
         ({"security_opt": ["no-new-privileges= true"]}, "security_opt", "--allow-security-opt"),
+        ({"publish": ["22:22/tcp"]}, "publish", "--allow-publish"),
+        ({"publish": ["8080:80"]}, "publish", "--allow-publish"),
     ],
 )
 def test_refused_unless_allowed(extra: dict, key: str, flag: str) -> None:
@@ -56,7 +58,7 @@ def test_absent_userns_is_the_hosts() -> None:
         {"net": "none"},
         {"cap_add": ["CHOWN", "net_bind_service"], "cap_drop": ["ALL"]},  # Docker's defaults
         {"security_opt": ["no-new-privileges", "no-new-privileges=true"]},
-        {"privileged": False, "lxcfs": True, "publish": ["8080:80"], "read_only": True},
+        {"privileged": False, "lxcfs": True, "publish": [], "read_only": True},
         {"resources": {"memory": "64M", "device-read-bps": "/dev/vda:1mb"}},
     ],
 )
@@ -127,3 +129,50 @@ def test_spec_backstop_never_shares_pid_or_mount() -> None:
         hostpower.check_spec(spec, set(hostpower.FLAGS))
     with pytest.raises(UsageError, match="^spec: .*mount namespace"):
         hostpower.check_spec(_drop_ns(_spec(), "mount"), set(hostpower.FLAGS))
+
+
+def test_refusal_is_a_policy_error_with_its_own_exit_status() -> None:
+    from berth.errors import EXIT_FAILED, EXIT_REFUSED, PolicyError
+
+    with pytest.raises(PolicyError) as e:
+        hostpower.check(config.validate({**DEFAULT, "privileged": True}, "x"))
+    assert e.value.exit_status == EXIT_REFUSED != EXIT_FAILED
+    with pytest.raises(PolicyError):
+        hostpower.check_spec(_spec(userns=False))
+
+
+DEFAULT_BRIDGE = ("berth0", "10.87.0.0/16")
+MADE = {"h7ibr1": {"10.242.1.0/24"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"bridge": "br0"}, "bridge"),  # a host's own (LAN) bridge
+        ({"bridge": "br0", "subnet": "10.242.9.0/24"}, "bridge"),
+        ({"subnet": "10.245.9.0/24"}, "subnet"),  # another subnet (a route) on the default bridge
+        ({"bridge": "h7ibr1", "subnet": "10.87.0.0/16"}, "subnet"),  # not that bridge's subnet
+    ],
+)
+def test_bridge_refused_unless_allowed(extra: dict, field: str) -> None:
+    cfg = config.validate({**DEFAULT, **extra}, "x")
+    with pytest.raises(UsageError) as e:
+        hostpower.check_bridge(cfg, DEFAULT_BRIDGE, MADE)
+    assert e.value.field == field and "--allow-bridge" in str(e.value), e.value
+    assert "\n" not in str(e.value)
+    hostpower.check_bridge(cfg, DEFAULT_BRIDGE, MADE, {"bridge"})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"bridge": "berth0"},
+        {"bridge": "berth0", "subnet": "10.87.0.0/16"},
+        {"bridge": "h7ibr1"},
+        {"bridge": "h7ibr1", "subnet": "10.242.1.0/24"},
+        {"net": "none", "bridge": "br0"},  # not bridged: no bridge joined
+    ],
+)
+def test_bridge_of_berths_passes(extra: dict) -> None:
+    hostpower.check_bridge(config.validate({**DEFAULT, **extra}, "x"), DEFAULT_BRIDGE, MADE)

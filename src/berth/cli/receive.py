@@ -1,7 +1,9 @@
 """berth receive --listen ADDR:PORT [--keep] [--token-file F] [--allow-…]: accept guests migrated
 from another berth host (without a token, the port must be reachable only from the trusted source
 host).  A guest whose config gives it power over this host is refused unless its --allow-… flag
-is given (berth.guests.hostpower)."""
+is given (berth.guests.hostpower), with exit status 3 (:data:`berth.errors.EXIT_REFUSED`).  The
+token is root-equivalent here: the policy limits what a sender's config asks for, it does not
+make a hostile token holder harmless (its CRIU images are restored by CRIU as root)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,13 @@ def main(argv: list[str]) -> int:
     p = Parser(
         prog="berth receive",
         description="receive migrated guests.  Without --token-file any host that reaches ADDR:PORT can "
-        "place a guest here: the port must then be reachable only from the trusted source host.",
+        "place a guest here: the port must then be reachable only from the trusted source host.  The "
+        "token is root-equivalent on this host: a sender also hands over CRIU images, which CRIU "
+        "restores as root as they come (berth checks the restored processes against the guest's "
+        "spec built here before they run, as defence in depth, not a guarantee): give it only to "
+        "hosts trusted with root here.",
+        epilog="exit status: 0 received; 3 the guest was refused by this host's policy (the --allow "
+        "flags above); 125 any other failure (a broken or altered stream, a failed restore).",
     )
     p.add_argument("--listen", required=True, metavar="ADDR:PORT")
     p.add_argument("--keep", action="store_true", help="keep listening after the first guest")
@@ -33,7 +41,8 @@ def main(argv: list[str]) -> int:
     allow = p.add_argument_group(
         "host power",
         "a migrated guest whose config asks for one of these is refused (the sender is told which "
-        "key and flag) unless its flag is given",
+        "key and flag; exit status 3) unless its flag is given.  They limit what a sender's config "
+        "asks for, not what a hostile token holder can do",
     )
     for key, flag in hostpower.FLAGS.items():
         allow.add_argument(

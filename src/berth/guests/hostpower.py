@@ -1,8 +1,20 @@
 """What in a guest's config gives the guest power over its host, and the receiving host's
 policy on it: `berth receive` refuses a migrated guest whose config asks for any of these unless
-its operator allowed that one with a flag (an authenticated sender is trusted with the stream,
-not with the receiver's host).  Pure: the config (validated by :func:`berth.guests.config.validate`)
-in, the first refusal out.
+its operator allowed that one with a flag.  Pure: the config (validated by
+:func:`berth.guests.config.validate`) in, the first refusal out.
+
+**What this guards against, and what not.**  The policy keeps a sender's *config* from asking
+for more than the receiver's operator allows (a guest made privileged, or on the host's network,
+by someone allowed to migrate guests but not to decide what runs as root here).  It does not
+make the token holder untrusted: the token is root-equivalent on the receiver.  The sender also
+hands over CRIU images, which CRIU (running as this host's root) acts on as they come: it makes
+again the namespaces, id maps, credentials, seccomp filters, mounts and files they describe, and
+CRIU does not treat images as untrusted input.  berth checks what it can of them
+(:func:`berth.runtime.checkpoint.check_meta`, the pages against their pagemaps) and, after the
+restore and before the restored processes run, each of them against the spec built here
+(:mod:`berth.runtime.ckverify`: namespaces, id maps, bounding set, seccomp, no_new_privs):
+defence in depth, not a proof that a hostile image can do nothing.  Give the token only to
+hosts you would give root on this one.
 
 =====================  ===========================================================  ========================
 config key             what it gives the guest                                      the flag that allows it
@@ -15,24 +27,31 @@ config key             what it gives the guest                                  
 ``security_opt``       ``seccomp=unconfined``, ``seccomp=PROFILE`` (a file of the   ``--allow-security-opt``
                        receiver's read as the guest's filter),
                        ``no-new-privileges=false``
+``publish``            host ports forwarded to the guest (``22:22`` takes the       ``--allow-publish``
+                       host's ssh port over)
+``bridge``, ``subnet`` a bridge that is neither this host's default bridge nor one   ``--allow-bridge``
+                       berth made here (a LAN bridge of the host's: the guest on
+                       that LAN, a gateway address added there), or a subnet other
+                       than the one berth uses on it (a route on this host)
 =====================  ===========================================================  ========================
 
 :func:`check_spec` is the backstop on the OCI spec then built here from the config (what the
 guest would get, whatever key led to it): its own pid, mount, ipc and uts namespaces always; a
 user and a network namespace, masked paths and no allow-all device rule, only the default
 capabilities, a seccomp filter and no_new_privileges unless the matching flag was given.
+:func:`check_bridge` needs what the receiver has (its default bridge and subnet, the bridges
+berth made there): the caller reads those.
 
 Not counted as power over the host: no host path is bound in (the template is a name in the
 store, ``disk`` is refused for migration, lxcfs's views are read-only files berth binds), device
 throttles only limit, an explicit id range must be free in the receiver's pool and clear of the
-host's own ids (berth.runtime.userns).  Not gated here: ``publish`` (host ports forwarded to the
-guest; berth checks them across its store), ``bridge``/``subnet`` (the bridge it joins) and
-``resources`` rlimits such as ``ulimit = "rtprio=…"``.
+host's own ids (berth.runtime.userns).  Not gated here: ``resources`` rlimits such as
+``ulimit = "rtprio=…"``.
 """
 
 from __future__ import annotations
 
-from berth.errors import UsageError
+from berth.errors import PolicyError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,6 +64,8 @@ FLAGS: dict[str, str] = {
     "net": "--allow-host-net",
     "cap_add": "--allow-cap-add",
     "security_opt": "--allow-security-opt",
+    "publish": "--allow-publish",
+    "bridge": "--allow-bridge",
 }
 # config key -> what its flag allows (`berth receive --help`)
 HELP: dict[str, str] = {
@@ -53,6 +74,9 @@ HELP: dict[str, str] = {
     "net": 'net = "host" or "ip:…": the host\'s network stack',
     "cap_add": "cap_add beyond the default capabilities",
     "security_opt": "security_opt seccomp=unconfined|PROFILE or no-new-privileges=false",
+    "publish": "publish: this host's ports forwarded to the guest",
+    "bridge": "bridge/subnet other than this host's default bridge or one berth made here, "
+    "or another subnet on it",
 }
 
 
@@ -77,33 +101,66 @@ def powers(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     loose = [o for o in cfg.get("security_opt") or [] if _loosens(o)]
     if loose:
         out.append(("security_opt", f"security_opt = {loose!r} (a weaker confinement than berth's default)"))
+    if cfg.get("publish"):
+        out.append(("publish", f"publish = {list(cfg['publish'])!r} (ports of this host forwarded to it)"))
     return out
 
 
 def check(cfg: dict[str, Any], allow: frozenset[str] | set[str] = frozenset()) -> None:
-    """Refuse (UsageError naming the config key and the flag) the first thing ``cfg`` asks for
-    that gives the guest power over the host and whose key is not in ``allow``."""
+    """Refuse (PolicyError, a UsageError, naming the config key and the flag) the first thing
+    ``cfg`` asks for that gives the guest power over the host and whose key is not in ``allow``."""
     for key, what in powers(cfg):
         if key not in allow:
-            raise UsageError(
+            raise PolicyError(
                 key, f"the guest asks for {what}: refused here without berth receive {FLAGS[key]}"
             )
 
 
+def check_bridge(
+    cfg: dict[str, Any],
+    default: tuple[str, str],
+    made: dict[str, set[str]],
+    allow: frozenset[str] | set[str] = frozenset(),
+) -> None:
+    """Refuse (PolicyError naming ``bridge`` or ``subnet`` and ``--allow-bridge``) a bridged
+    guest's bridge unless it is this host's default one (``default``: its name and subnet) or
+    one berth made here (``made``: bridge name -> the subnets berth uses on it), and a subnet
+    other than those berth uses on that bridge.  A config without ``bridge``/``subnet`` gets
+    the default ones."""
+    if "bridge" in allow or str(cfg.get("net", "none")) != "bridge":
+        return
+    name = str(cfg.get("bridge") or default[0])
+    ok = {default[1]} if name == default[0] else set()
+    ok |= made.get(name, set())
+    if name != default[0] and name not in made:
+        raise PolicyError(
+            "bridge",
+            f"the guest asks for bridge {name!r}, not this host's default bridge {default[0]!r} "
+            f"nor one berth made here: refused here without berth receive {FLAGS['bridge']}",
+        )
+    subnet = cfg.get("subnet")
+    if subnet is not None and _net(str(subnet)) not in {_net(n) for n in ok}:
+        raise PolicyError(
+            "subnet",
+            f"the guest asks for subnet {subnet!r} on bridge {name!r}, where berth uses "
+            f"{', '.join(sorted(ok)) or 'none'}: refused here without berth receive {FLAGS['bridge']}",
+        )
+
+
 def check_spec(spec: dict[str, Any], allow: frozenset[str] | set[str] = frozenset()) -> None:
     """The backstop of :func:`check`, on the OCI spec built here from the (checked) config: what
-    the guest would get, whatever config key led to it.  UsageError naming the config key whose
+    the guest would get, whatever config key led to it.  PolicyError naming the config key whose
     flag would allow it (``spec`` for what berth never gives a migrated guest)."""
     linux = spec.get("linux") or {}
     process = spec.get("process") or {}
     own = {n.get("type") for n in linux.get("namespaces") or [] if isinstance(n, dict) and not n.get("path")}
     for kind in ("pid", "mount", "ipc", "uts"):
         if kind not in own:
-            raise UsageError("spec", f"the guest's spec built here shares a {kind} namespace: refused")
+            raise PolicyError("spec", f"the guest's spec built here shares a {kind} namespace: refused")
     priv = "privileged" in allow
 
-    def refuse(key: str, what: str) -> UsageError:
-        return UsageError(
+    def refuse(key: str, what: str) -> PolicyError:
+        return PolicyError(
             key, f"the guest's spec built here {what}: refused without berth receive {FLAGS[key]}"
         )
 
@@ -123,6 +180,16 @@ def check_spec(spec: dict[str, Any], allow: frozenset[str] | set[str] = frozense
             raise refuse("security_opt", "has no seccomp filter")
         if not process.get("noNewPrivileges"):
             raise refuse("security_opt", "has no_new_privileges off")
+
+
+def _net(text: str) -> str:
+    """A subnet as one text (``10.87.0.1/16`` and ``10.87.0.0/16`` alike); the text if it is none."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
 
 
 def _all_devices(linux: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ import time
 
 from berth.errors import BerthError, ExistsError, NotFoundError, StateError, UsageError
 from berth.guests import client, config, disk, instance
-from berth.guests.store import Store, check_name, fault
+from berth.guests.store import Store, check_name, fault, secure_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,9 +46,11 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
         rng = _allocate_ids(store, name, mode)  # before anything is made: a bad range leaves nothing
         tmp = os.path.join(store.guests, f".new-{name}-{os.urandom(3).hex()}")
         try:
-            os.mkdir(tmp, 0o711)
+            os.mkdir(tmp, 0o700)
+            secure_dir(tmp, rng[0] if rng is not None else None)  # (what the guest writes: nobody else's)
             if cfg.get("disk"):
                 disk.make_image(os.path.join(tmp, f"{name}.disk.img"), config.parse_size(cfg["disk"]))
+                os.chmod(os.path.join(tmp, f"{name}.disk.img"), 0o600)
                 if rng is not None:
                     _on_disk(os.path.join(tmp, f"{name}.disk.img"), os.path.join(tmp, "disk"),
                              lambda mnt: _own_layer(mnt, rng))  # fmt: skip
@@ -245,7 +247,8 @@ def clone(store: Store, name: str, new: str) -> None:
             rng = _allocate_ids(store, new, mode)  # its own range: the copied layer is shifted to it
             tmp = os.path.join(store.guests, f".new-{new}-{os.urandom(3).hex()}")
             try:
-                os.mkdir(tmp, 0o711)
+                os.mkdir(tmp, 0o700)
+                secure_dir(tmp, rng[0] if rng is not None else None)
                 if os.path.exists(store.image(name)):
                     image = os.path.join(tmp, f"{new}.disk.img")
                     subprocess.run(["cp", "--sparse=always", store.image(name), image], check=True)

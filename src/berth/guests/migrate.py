@@ -84,10 +84,22 @@ else), and the checkpoint's berth.json before the restore
 (:func:`berth.runtime.checkpoint.check_meta`: host paths bound in, files reopened, tmpfs
 copies, pre-dump links, hooks dropped; the pages against their pagemaps); a file the guest had
 open on the old host is reopened here only if it is one of :data:`REOPEN_DEVICES` (never a
-terminal).  What an
-authenticated sender can still do: use the store's and /dev/shm's space down to a reserve
-(``transfer.RESERVE``: no quota per stream), and hand CRIU images it made (CRIU restores them
-as the guest's processes, inside the guest's namespaces and cgroup).
+terminal).  The policy also
+refuses (unless allowed) ``publish`` (this host's ports) and a bridge that is neither this
+host's default one nor one berth made here, or another subnet on it (a host's LAN bridge, a
+route).  A refusal by the policy ends `berth receive` with its own status
+(:data:`berth.errors.EXIT_REFUSED`).
+
+What an authenticated sender can still do: use the store's and /dev/shm's space down to a
+reserve (``transfer.RESERVE``: no quota per stream), and hand CRIU images it made.  CRIU runs
+as root and treats images as trusted: it makes again the namespaces, id maps, credentials,
+seccomp filters, mounts and files they describe, so **the token is root-equivalent on the
+receiver**; the policy guards against a sender's config asking for more than the operator
+allows, not against a hostile token holder.  As defence in depth the guest is restored stopped
+(``--leave-stopped``) and each of its tasks checked against the spec built here before it runs
+(:mod:`berth.runtime.ckverify`); on a mismatch they are killed, the receive undone and the
+sender told what differed.  Only a connection lock table (``inet CRIU-<run id>``, the run id
+the images name) that did not exist before the restore is dropped after it.
 
 Memory pre-copy: not done.  CRIU's iterative ``pre-dump --track-mem`` needs soft-dirty page
 tracking (``CONFIG_MEM_SOFT_DIRTY``), which this project's test machine lacks, so live migration
@@ -108,9 +120,9 @@ import tempfile
 import threading
 import time
 
-from berth.errors import BerthError, ExistsError, NotFoundError, StateError, UsageError
+from berth.errors import BerthError, ExistsError, NotFoundError, PolicyError, StateError, UsageError
 from berth.guests import client, config, hostpower, instance, transfer
-from berth.guests.store import Store, check_name, fault
+from berth.guests.store import Store, atomic_write, check_name, fault, secure_dir
 from berth.guests.transfer import Stream
 from berth.runtime.checkpoint import REOPEN_DEVICES as ck_reopen_devices
 
@@ -238,12 +250,18 @@ def _restore_locked(
     criu: str | None = None,
     netns: Any = None,
     plugged_peer: dict[str, Any] | None = None,
+    foreign: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> int:
     """Restore ``name`` from ``images`` (its lock held); its init's pid.  ``netns``: a
     :class:`berth.runtime.checkpoint.NetnsHolder` made ahead for it (the receiver makes one
     while the images arrive: not in the downtime), closed by the caller.  ``plugged_peer``: the
     veth the receiver made ahead for a handed-off network ({"ip", "peer"}: :func:`_preplug`),
-    used when the checkpoint's address is that one (torn down with the guest on failure)."""
+    used when the checkpoint's address is that one (torn down with the guest on failure).
+    ``foreign``: the images come from another host (a receive): the restored processes are
+    checked against the spec built here before they run (:mod:`berth.runtime.ckverify`), and
+    only a connection lock table this restore made is dropped (``timings["verify"]``: the
+    check's seconds)."""
     from berth.runtime import checkpoint as ck
 
     spec = _spec(store, name)
@@ -336,6 +354,8 @@ def _restore_locked(
             on_cgroup=on_cgroup,
             binds=[m["source"] for m in _bind_mounts(spec["spec"])],
             spec=spec["spec"],  # its CPU request admitted on this host, as at a start
+            verify=_verifier(spec["spec"], timings) if foreign else None,
+            own_lock_only=foreign,
         )
         if plugged:
             instance.net().adopt(store.root, name, net_opts, c.pid)
@@ -368,6 +388,26 @@ def _restore_locked(
     rec.pop("checkpoint", None)
     store.write_run(name, rec)
     return c.pid
+
+
+def _verifier(spec: dict[str, Any], timings: dict[str, float] | None = None) -> Any:
+    """The check of a received guest's restored tasks against ``spec`` (built here); its time
+    goes into ``timings["verify"]``."""
+    from berth.runtime import ckverify
+
+    want = ckverify.expect(spec)
+
+    def verify(init: int, pids: list[int]) -> None:
+        t0 = time.monotonic()
+        try:
+            ckverify.verify(init, pids, want)
+        except StateError as e:
+            raise StateError(f"the restored guest is not what its spec here gives it: {e}") from None
+        finally:
+            if timings is not None:
+                timings["verify"] = time.monotonic() - t0
+
+    return verify
 
 
 # What a restored guest may get back reopened from this host: berth.runtime.checkpoint's list,
@@ -706,6 +746,8 @@ def validate_incoming(store: Store, hello: dict[str, Any], *, allow: frozenset[s
         raise UsageError("config", f"the guest's config is not valid TOML: {e}") from None
     config.validate(cfg, f"{name}: config")
     hostpower.check(cfg, allow)
+    if "bridge" not in allow and str(cfg.get("net", "none")) == "bridge":
+        hostpower.check_bridge(cfg, _default_bridge(), _bridges_made(store), allow)
     if cfg.get("disk"):
         raise UsageError("disk", "migrating a guest with a --disk image is not supported yet")
     try:
@@ -724,6 +766,36 @@ def validate_incoming(store: Store, hello: dict[str, Any], *, allow: frozenset[s
         raise NotFoundError(f"template {cfg['template']!r} does not exist here")
     _criu(store)
     return name
+
+
+def _default_bridge() -> tuple[str, str]:
+    """This host's default bridge and its subnet (BERTH_BRIDGE, BERTH_SUBNET: what `berth
+    create` gives a guest here)."""
+    from berth.net import options
+
+    opts = options.parse("none")
+    return opts.bridge, opts.subnet
+
+
+def _bridges_made(store: Store) -> dict[str, set[str]]:
+    """The bridges berth made on this host (their file in the store's net/ says so: not a host
+    bridge it only joined), each with the subnets its guests and gateways use."""
+    import glob
+    import ipaddress
+
+    out: dict[str, set[str]] = {}
+    for path in glob.glob(os.path.join(glob.escape(store.root), "net", "*.json")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("bridge_made") is not True:
+                continue
+            nets = {str(r["subnet"]) for r in (data.get("leases") or {}).values() if r.get("subnet")}
+            nets |= {str(ipaddress.ip_interface(a).network) for a in data.get("bridge_addrs") or []}
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            continue
+        out[os.path.basename(path)[: -len(".json")]] = nets
+    return out
 
 
 def incoming_ids(spec: dict[str, Any]) -> tuple[int, int] | None:
@@ -811,6 +883,7 @@ def receive(
     # a peer that connects and stalls holds its own worker (until PREAUTH_SECONDS), no one else.
     workers: dict[int, tuple[int, bytearray]] = {}
     ending: float | None = None  # once: when the receiver stops waiting for the others
+    refused = False  # a sender's guest refused by the policy (hostpower): a status of its own
     try:
         if ready is not None:
             ready(srv.getsockname())
@@ -820,6 +893,10 @@ def receive(
                     if "hello" not in words.decode(errors="replace").split():
                         _kill(pid)  # not authenticated: nothing of it to wait for
                 if not workers:
+                    if not got and refused:
+                        raise PolicyError(
+                            "receive", "the guest was refused by this host's policy (see the message above)"
+                        )
                     if not got:
                         raise BerthError("the migration was not received (see the messages above)")
                     return got
@@ -847,6 +924,7 @@ def receive(
                 lines = _reap(store, pid, rfd, words)
                 if lines[-2:-1] == ["done"]:
                     got.append(lines[-1])
+                refused = refused or ("refused" in lines and "hello" in lines)
                 # Once: the first sender that authenticated (and sent a valid HELLO) decides.
                 if once and ending is None and "hello" in lines:
                     ending = time.monotonic() + DRAIN_SECONDS
@@ -902,6 +980,8 @@ def _serve(
         except BaseException as e:
             import sys
 
+            if isinstance(e, PolicyError):
+                os.write(wfd, b"refused -\n")  # receive's exit status says so (EXIT_REFUSED)
             sys.stderr.write(f"berth receive: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         finally:
             os._exit(code)
@@ -1055,6 +1135,7 @@ def _receive_one(
     os.makedirs(store.guests, 0o711, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=store.guests)
     _tell(progress, "staging", staging)
+    secure_dir(staging, rng[0] if rng is not None else None)  # as create makes guests/<name>
     scratch = _scratch(store, f".incoming-{name}-")
     _tell(progress, "staging", scratch)
     placed = False
@@ -1093,10 +1174,8 @@ def _receive_one(
         if not hmac.compare_digest(s.recv(hashed=False).decode(errors="replace"), digest):
             raise BerthError(f"migration of {name}: checksum mismatch: the stream was damaged")
         fault("receive:restore")
-        with open(os.path.join(staging, "config.toml"), "w") as f:
-            f.write(hello["config"])
-        with open(os.path.join(staging, "spec.json"), "w") as f:
-            f.write(spec_text)
+        atomic_write(os.path.join(staging, "config.toml"), hello["config"])  # 0600: its env's secrets
+        atomic_write(os.path.join(staging, "spec.json"), spec_text, durable=False)
         os.mkdir(os.path.join(staging, "work"), 0o700)
         with store.lock(name):
             if os.path.lexists(store.dir(name)):
@@ -1111,7 +1190,15 @@ def _receive_one(
             store.write_run(
                 name, {"status": "stopped", "desired": "stopped", "store": store.root, "net": net}
             )
-            _restore_locked(store, name, os.path.join(scratch, "images"), netns=netns, plugged_peer=plugged)
+            _restore_locked(
+                store,
+                name,
+                os.path.join(scratch, "images"),
+                netns=netns,
+                plugged_peer=plugged,
+                foreign=True,
+                timings=phases,
+            )
         phases["restored"] = time.monotonic() - t_final
         phases["restore_criu"] = _criu_seconds(os.path.join(store.state_root, name, "criu", "restore.log"))
         _tell(progress, "running", name)
@@ -1169,11 +1256,28 @@ def _preplug(
 
 
 def _unplug_early(store: Store, name: str, spec: dict[str, Any]) -> None:
+    """The veth, rules and lease :func:`_preplug` made for a guest that was never placed here:
+    its lease too (a persistent one, which teardown keeps for a guest's next start, would stay
+    in the bridge's file for good: gc keeps what a guest of the store may want back)."""
     opts = config.net_from_dict(spec.get("net"))
     if opts is not None:
         try:
             instance.net().teardown(name, opts, store.root)
         except (BerthError, OSError):
+            pass
+        _forget_lease(store, name)
+
+
+def _forget_lease(store: Store, name: str) -> None:
+    """Drop ``name``'s leases (persistent ones too) unless a guest of that name exists here."""
+    from berth.guests import lifecycle
+
+    with store.lock(name):
+        if store.exists(name) or os.path.lexists(store.dir(name)):
+            return
+        try:
+            lifecycle._forget_address(store, name)
+        except (BerthError, OSError, ValueError):
             pass
 
 
@@ -1216,4 +1320,10 @@ def _undo(store: Store, name: str) -> None:
     try:
         os.unlink(store.run_file(name))
     except FileNotFoundError:
+        pass
+    from berth.guests import lifecycle
+
+    try:  # its lease (a persistent one stays after the teardown above): it was never a guest here
+        lifecycle._forget_address(store, name)
+    except (BerthError, OSError, ValueError):
         pass

@@ -2,12 +2,16 @@
 
 Store (``BERTH_ROOT``)::
 
-    guests/<name>/config.toml     the guest's config (the only thing a user edits)
+    guests/<name>/                the guest's own: root's alone (0700), or 0710 root:<its root's
+                                  host gid> for a guest in a user namespace of its own
+                                  (:func:`secure_dir`); nobody else reaches what it holds
+    guests/<name>/config.toml     the guest's config (the only thing a user edits), 0600
     guests/<name>/upper, work     the overlay's writable layer (persistent root filesystem)
     guests/<name>/<name>.disk.img with --disk: an ext4 image, mounted on guests/<name>/disk
     guests/<name>/console.log     the guest's stdout and stderr
     guests/.locks/<name>          the guest's lock (a POSIX record lock)
     guests/.new-<name>-<tag>      a guest being created (renamed into place when complete)
+    .modes-1                      the modes above were applied to what an older berth made
 
 State root (``BERTH_RUN``)::
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 
 from berth.errors import BerthError, NotFoundError, UsageError
@@ -50,6 +55,8 @@ class Store:
         self.root = root
         self.state_root = state_root
         self.cgroup_parent = cgroup_parent
+        if not os.path.exists(os.path.join(root, MODES_MARK)):  # one stat: done once per store
+            upgrade_modes(root)
 
     @property
     def guests(self) -> str:
@@ -121,6 +128,79 @@ class Store:
         return Lock(os.path.join(self.guests, ".locks", name), name, wait)
 
 
+# -- who may reach a guest's files ---------------------------------------------------------------
+MODES_MARK = ".modes-1"
+
+
+def secure_dir(path: str, gid: int | None) -> None:
+    """Make guest dir ``path`` (guests/<name>, or one being made) reachable by the host's root
+    alone: mode 0700.  With ``gid`` (a guest in a user namespace of its own: the host gid its
+    root maps to) 0710 root:``gid``, the search its mapped root needs to mount the overlay's
+    upper and work dirs under it from inside its namespace (the template layers are idmapped
+    mounts attached in the state dir: no search of the store there).
+
+    What a guest writes (set-id files, device nodes) and its config and spec (secrets in its
+    environment) are so out of reach of the host's other users; the group sees the names in
+    the dir, not the files' contents (config.toml, spec.json are 0600)."""
+    if gid is not None:
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o700 if gid is None else 0o710)
+
+
+def upgrade_modes(root: str) -> list[str]:
+    """A store made by an older berth: its guests' dirs were 0711 (anyone could run a set-id
+    file a guest planted in its upper layer, read its config), its templates' 0755.  Give
+    them the modes this berth makes (:func:`secure_dir`, templates 0700, config.toml and
+    spec.json 0600), then mark the store done (:data:`MODES_MARK`), so that the check costs
+    one stat from then on.  Only dirs open to others are changed: one made by this berth
+    (never open) is left as it is, whatever its group, even if made while this runs.  What
+    was changed; nothing (and no mark) where the store does not exist or we may not."""
+    if not os.path.isdir(root) or os.geteuid() != 0:
+        return []
+    from berth.runtime import userns
+
+    done: list[str] = []
+    try:
+        ranges = userns.allocations(root)
+    except (OSError, ValueError, BerthError):
+        return done  # left for the next look
+    for top in ("guests", "templates"):
+        base = os.path.join(root, top)
+        try:
+            entries = os.listdir(base)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return done
+        for name in entries:
+            path = os.path.join(base, name)
+            try:
+                st = os.lstat(path)
+                if name.startswith(".") or not stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o007:
+                    continue
+                if top == "templates":
+                    os.chmod(path, 0o700)
+                else:
+                    for f in ("config.toml", "spec.json"):
+                        try:
+                            os.chmod(os.path.join(path, f), 0o600, follow_symlinks=False)
+                        except (FileNotFoundError, NotImplementedError):
+                            pass
+                    rng = ranges.get(name)
+                    secure_dir(path, rng[0] if rng else None)
+                done.append(path)
+            except FileNotFoundError:
+                continue  # destroyed meanwhile
+            except OSError:
+                return done
+    try:
+        fd = os.open(os.path.join(root, MODES_MARK), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    except OSError:
+        pass
+    return done
+
+
 def fault(point: str) -> None:
     """Fault injection for the crash tests: SIGKILL ourselves at ``point`` if BERTH_FAULT names it."""
     if os.environ.get("BERTH_FAULT") == point:
@@ -129,12 +209,15 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: str, text: str, *, durable: bool = True) -> None:
+def atomic_write(path: str, text: str, *, durable: bool = True, mode: int = 0o600) -> None:
     """Write ``text`` to ``path`` by write + fsync + rename: readers see the old or the new file.
-    ``durable=False`` skips the fsync (a file that need not survive a power loss)."""
+    ``durable=False`` skips the fsync (a file that need not survive a power loss).  ``mode``:
+    0600 by default, as what is written here (a guest's config and spec, its run record)
+    holds its environment, secrets included."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # (a killed writer's file, reused: O_CREAT keeps its mode)
         os.write(fd, text.encode())
         if durable:
             os.fsync(fd)

@@ -11,6 +11,14 @@ The layers are applied in order by :func:`apply_layer`, a walker that never trus
 * whiteouts (``.wh.NAME``) remove NAME from the lower layers, an opaque marker
   (``.wh..wh..opq``) empties its directory of what lower layers put there.
 
+Device nodes (character and block) are *not* made, as rootless podman does not (docker does):
+the runtime gives a guest its /dev, on a tmpfs over the image's, so a node in a layer is useful
+to nobody, and one naming a host disk with mode 0666 (the image author's choice) would be a door
+to it for whoever reaches the template.  What the layer put there replaces what lower layers
+had (it is removed), and the skipped names are counted in the summary.  FIFOs are made; set-id
+files keep their bits (su, ping): the template's dir is the host root's alone
+(:mod:`berth.rootfs.template`).
+
 Symlinks are *stored* as they are (absolute ones included: ``/etc/alternatives/…`` is normal in
 a distribution); they are resolved only inside the guest, whose root is the rootfs.
 
@@ -44,6 +52,7 @@ _INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+SKIPPED_SHOWN = 10  # device nodes named in template.json (all are counted)
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -331,8 +340,9 @@ def _xattrs(fd: int, m: tarfile.TarInfo) -> None:
                 pass
 
 
-def apply_layer(rootfd: int, layer: Layer) -> int:
-    """Apply one layer onto the rootfs open at ``rootfd``; the number of members applied."""
+def apply_layer(rootfd: int, layer: Layer, skipped: list[str] | None = None) -> int:
+    """Apply one layer onto the rootfs open at ``rootfd``; the number of members applied.
+    The names of device nodes not made are appended to ``skipped``."""
     where = f"layer {layer.rel}"
     added: set[tuple[str, ...]] = set()  # what this layer made (a whiteout never removes it)
     count = 0
@@ -364,9 +374,11 @@ def apply_layer(rootfd: int, layer: Layer) -> int:
             continue
         pfd = _open_dir(rootfd, parts[:-1], where, m.name, create=True)
         try:
-            _apply_member(pfd, base, m, tf, rootfd, where)
+            made = _apply_member(pfd, base, m, tf, rootfd, where)
         finally:
             os.close(pfd)
+        if not made and skipped is not None:
+            skipped.append("/".join(parts))
         added.add(tuple(parts))
         count += 1
     return count
@@ -374,7 +386,9 @@ def apply_layer(rootfd: int, layer: Layer) -> int:
 
 def _apply_member(
     pfd: int, base: str, m: tarfile.TarInfo, tf: tarfile.TarFile, rootfd: int, where: str
-) -> None:
+) -> bool:
+    """Make member ``m`` as ``base`` in ``pfd``; False: a device node, not made (what was
+    there removed all the same)."""
     try:
         old = os.stat(base, dir_fd=pfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -386,7 +400,7 @@ def _apply_member(
         if old is None:
             os.mkdir(base, 0o700, dir_fd=pfd)
         _owner_times(pfd, base, m)
-        return
+        return True
     if old is not None:
         _remove(pfd, base)
     if m.isreg():
@@ -426,12 +440,14 @@ def _apply_member(
             ) from None
         finally:
             os.close(tfd)
-    elif m.isfifo() or m.ischr() or m.isblk():
-        kind = stat.S_IFIFO if m.isfifo() else stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-        os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+    elif m.isfifo():
+        os.mkfifo(base, 0o600, dir_fd=pfd)
         _owner_times(pfd, base, m)
+    elif m.ischr() or m.isblk():
+        return False  # not made: see the module's docstring
     else:
         raise ImageError(f"{where}: member {m.name!r} has an unsupported type {m.type!r}")
+    return True
 
 
 def image_config(cfg: dict[str, Any], where: str = "image") -> dict[str, Any]:
@@ -478,14 +494,19 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
         todo, cfg = layers(src)
         defaults = image_config(cfg, where)  # checked before any layer is applied
         rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        skipped: list[str] = []
         try:
             n = 0
             for layer in todo:
                 where = f"layer {layer.rel}"
-                n += apply_layer(rootfd, layer)
+                n += apply_layer(rootfd, layer, skipped)
         finally:
             os.close(rootfd)
-        return {"layers": len(todo), "members": n, "config": defaults}
+        out = {"layers": len(todo), "members": n, "config": defaults}
+        if skipped:
+            out["devices_skipped"] = len(skipped)
+            out["devices_skipped_names"] = skipped[:SKIPPED_SHOWN]
+        return out
     except BerthError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:

@@ -1,8 +1,9 @@
 """Templates: read-only root filesystems that guests share (VServer's unification, by overlayfs).
 
 The store (``BERTH_ROOT``, default /var/lib/berth) keeps each template under
-``templates/<name>/rootfs``.  A template is built into a temporary directory and renamed
-into place, under a lock, so a crash or a concurrent build never leaves half a template.
+``templates/<name>/rootfs``, ``templates/<name>`` the host root's alone (mode 0700).  A template
+is built into a temporary directory and renamed into place, under a lock, so a crash or a
+concurrent build never leaves half a template.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from berth.errors import NotFoundError, UnsupportedError, UsageError
 DEFAULT_STORE = "/var/lib/berth"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 TEMPLATES = ("busybox", "debian")  # the ones berth can build; imported images sit beside them
+TEMPLATE_MODE = 0o700  # templates/<name>: nobody else's (berth.guests.store.upgrade_modes)
 META = "template.json"  # {kind, created, ...} of a template, next to its rootfs
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -169,7 +171,10 @@ def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_
             raise ExistsError(f"template {name!r} exists already (use --force to replace it)")
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(store, "templates"))
         try:
-            os.chmod(tmp, 0o755)
+            # The host's root's alone, as a guest's dir: an image's set-id files are not for the
+            # host's other users.  (Guests reach the rootfs through idmapped mounts berth opens
+            # as root, never by this path; the rootfs keeps its own mode, the guests' "/".)
+            os.chmod(tmp, TEMPLATE_MODE)
             rootfs = os.path.join(tmp, "rootfs")
             extra = fill(rootfs) or {}
             _write_meta(tmp, {**meta, **extra})
@@ -221,7 +226,17 @@ def import_image(store: str, name: str, image: str, *, force: bool = False) -> s
 
     def fill(rootfs: str) -> dict:
         os.mkdir(rootfs, 0o755)
-        return oci.unpack(image, rootfs)
+        summary = oci.unpack(image, rootfs)
+        if summary.get("devices_skipped"):
+            import sys
+
+            shown = ", ".join(summary["devices_skipped_names"][:3])
+            more = ", ..." if summary["devices_skipped"] > 3 else ""
+            sys.stderr.write(
+                f"berth: warning: image {image}: {summary['devices_skipped']} device node(s) not made "
+                f"({shown}{more}): a guest gets its /dev from berth\n"
+            )
+        return summary
 
     return _build_into(store, name, fill, {"kind": "oci", "source": image}, force=force, exists_ok=False)
 

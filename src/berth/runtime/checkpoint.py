@@ -42,6 +42,7 @@ copy of its kerndat cache (:func:`berth.runtime.criu.private_run`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -773,6 +774,8 @@ def restore(
     binds: Sequence[str] = (),
     hooks: dict[str, Any] | None = None,
     spec: dict[str, Any] | None = None,
+    verify: Callable[[int, list[int]], None] | None = None,
+    own_lock_only: bool = False,
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
@@ -798,6 +801,12 @@ def restore(
     the guest's devices, berth's tini or the guest's own cgroup; its tmpfs copies in the image
     directory), and the restored state keeps none of the old one's commands: its poststart and
     poststop ``hooks`` are the caller's (the new spec's).
+
+    ``verify(init, pids)`` (images from another host): the processes are restored stopped
+    (``--leave-stopped``) and checked before they run (:func:`berth.runtime.ckverify.verify`:
+    it raises on a mismatch, and they are killed), then continued.  ``own_lock_only``: CRIU's
+    connection lock table (named from the images' run id) is dropped after the restore only if
+    it did not exist before it: one that did is someone else's.
     """
     from berth.cgroups import open_cgroup
     from berth.runtime.container import Container
@@ -856,6 +865,10 @@ def restore(
             "--pidfile",
             pidf,
         ]
+        if verify is not None:
+            args.append("--leave-stopped")  # checked before they run (below)
+        nft_lock = meta.get("network_lock") == "nftables"
+        lock_was_there = own_lock_only and nft_lock and lock_table_exists(images)
         # The restoring process has joined the cgroup (made above with the limits): the restored
         # processes are created in it and CRIU need not mount and walk cgroup trees again
         # (--cgroup-root: for a caller's --manage-cgroups=soft|full|strict after ours).
@@ -935,11 +948,13 @@ def restore(
                 os.close(fd)
         with open(pidf) as f:
             pid = int(f.read().strip())
+        if verify is not None:
+            _verify_and_continue(verify, pid, cg)
         data["pid"] = pid
         data["status"] = st.RUNNING
         berth["start_time"] = st.proc_start_time(pid)
         st.write(state_root, cid, data)
-        if meta.get("network_lock") == "nftables":
+        if nft_lock and not lock_was_there:
             drop_lock_table(images)
         if pid_file:
             tmp = f"{pid_file}.tmp"
@@ -969,36 +984,60 @@ def restore(
             os.close(fd)
 
 
+def _verify_and_continue(verify: Callable[[int, list[int]], None], pid: int, cg: Any) -> None:
+    """The restored (stopped) tasks checked by ``verify``: continued, or all killed (those of
+    the cgroup by the caller's cleanup, descendants outside it here) and the error raised."""
+    import signal
+
+    from berth.runtime import ckverify
+
+    try:
+        verify(pid, cg.pids())
+    except BaseException:
+        for p in ckverify.tasks_of([pid, *cg.pids()]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        raise
+    for p in ckverify.tasks_of([pid, *cg.pids()]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGCONT)
+
+
 def _pb_fields(msg: bytes) -> Iterator[tuple[int, int, int | bytes | None]]:
     """The fields of a protobuf message as they come: (number, wire type, value), the value an
     int (varint), the bytes (length-delimited) or None (fixed32, fixed64: skipped).  ValueError
-    where the message is malformed (a truncated varint or field, a varint of more than 64 bits,
-    a group's wire type); the fields before it have been yielded."""
+    where the message is malformed (a truncated varint or field, a varint of more than 64 bits:
+    a tenth byte above 1 or an eleventh, field number 0, a group's wire type); the fields
+    before it have been yielded."""
     i = 0
 
-    def varint() -> int:
+    def varint(what: str) -> int:
         nonlocal i
-        shift = value = 0
-        while True:
-            if i >= len(msg) or shift > 63:
-                raise ValueError("truncated varint")
+        value = 0
+        for n in range(10):
+            if i >= len(msg):
+                raise ValueError(f"truncated {what}")
             b = msg[i]
             i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
+            if n == 9 and b > 1:  # bits past the 64th (or an eleventh byte)
+                raise ValueError(f"{what} of more than 64 bits")
+            value |= (b & 0x7F) << (7 * n)
             if not b & 0x80:
                 return value
+        raise AssertionError("unreachable")  # the tenth byte returned or raised
 
     while i < len(msg):
-        key = varint()
+        key = varint("key varint")
         num, wire = key >> 3, key & 7
+        if num == 0:
+            raise ValueError("field number 0")
         value: int | bytes | None = None
         if wire == 0:
-            value = varint()
+            value = varint("varint")
         elif wire in (1, 5):
             i += 8 if wire == 1 else 4
         elif wire == 2:
-            n = varint()
+            n = varint("length varint")
             value = msg[i : i + n]
             i += n
         else:
@@ -1009,15 +1048,16 @@ def _pb_fields(msg: bytes) -> Iterator[tuple[int, int, int | bytes | None]]:
 
 
 def _pb_string(msg: bytes, field: int) -> str | None:
-    """The string field ``field`` of a protobuf message (None if absent, not ASCII, or the
-    message is malformed before it)."""
+    """The string field ``field`` of a protobuf message: its last copy, as protobuf and CRIU
+    take it (None if absent, not ASCII, or the message is malformed anywhere)."""
+    last: bytes | None = None
     try:
         for num, _wire, value in _pb_fields(msg):
             if num == field and isinstance(value, bytes):  # wire type 2
-                return value.decode("ascii")
+                last = value
+        return None if last is None else last.decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return None
-    return None
 
 
 def _pb_varints(msg: bytes) -> dict[int, int]:
@@ -1079,6 +1119,18 @@ def lock_table(images: str) -> str | None:
     if not run_id or not all(c.isalnum() or c == "-" for c in run_id):
         return None
     return ("inet CRIU-" + run_id)[:31][len("inet ") :]
+
+
+def lock_table_exists(images: str) -> bool:
+    """Whether the dump's connection lock table (:func:`lock_table`) exists on this host now."""
+    import shutil
+    import subprocess
+
+    table = lock_table(images)
+    nft = shutil.which("nft")
+    if table is None or nft is None:
+        return False
+    return subprocess.run([nft, "list", "table", "inet", table], capture_output=True).returncode == 0
 
 
 def drop_lock_table(images: str) -> None:

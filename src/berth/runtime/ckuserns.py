@@ -105,7 +105,7 @@ def share_with_guest(info: dict[str, Any], images: str, state_dir: str, work: st
     kernel ids, with no capability over the host's files) and some after (the guest's root,
     host ids from the maps): each directory stays the host root's, its group becomes the guest
     root's, mode 0750, its images group-readable (nobody else: the guest's own memory and
-    files).  The state directory is made traversable (0711), as for a start."""
+    files).  The state directory is made searchable by that group (0710), as for a start."""
     gid = _host_id(info["gid_map"])
     seen = set()
     path: str | None = images
@@ -115,7 +115,8 @@ def share_with_guest(info: dict[str, Any], images: str, state_dir: str, work: st
         parent = os.path.join(path, "parent")
         path = parent if os.path.isdir(parent) else None
     _share_dir(work, gid, files=False)
-    os.chmod(state_dir, 0o711)
+    os.chown(state_dir, -1, gid)  # searchable by the guest's root's group, as for a start
+    os.chmod(state_dir, 0o710)
 
 
 def _share_dir(path: str, gid: int, *, files: bool) -> None:

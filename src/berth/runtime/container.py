@@ -641,7 +641,8 @@ def _idmapped_layers(
 
 
 def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) -> None:
-    """Let a user namespace's root reach its state: the dir traversable, its own dirs owned by it."""
+    """Let a user namespace's root reach its state: the dir searchable by its group, its own
+    dirs owned by it."""
     import stat
 
     parent = os.path.dirname(sdir)
@@ -655,9 +656,12 @@ def _share_with_userns_root(sdir: str, linux: dict[str, Any], owned: list[str]) 
         if parent == "/":
             break
         parent = os.path.dirname(parent)
-    os.chmod(sdir, 0o711)
     uid = _host_id(linux.get("uidMappings"), 0)
     gid = _host_id(linux.get("gidMappings"), 0)
+    # Searchable by its root's group alone, not by all: its upper layer (berth run's) holds
+    # what the guest writes, set-id files included (as berth.guests.store.secure_dir).
+    os.chown(sdir, -1, gid)
+    os.chmod(sdir, 0o710)
     for path in owned:
         if os.path.dirname(path) == sdir:
             os.chown(path, uid, gid)
