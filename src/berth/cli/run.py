@@ -207,7 +207,16 @@ def _caps(o: dict[str, Any]) -> list[str]:
                     caps = list(ALL_CAPS)
                 elif cap not in caps:
                     caps.append(cap)
+    if str(o.get("net") or "").startswith("ip:") and not _asked_for(o["cap_add"], "CAP_NET_RAW"):
+        caps = [c for c in caps if c != "CAP_NET_RAW"]  # the host's stack: no packet socket (net.ipisolate)
     return caps
+
+
+def _asked_for(cap_add: list[str], cap: str) -> bool:
+    """Whether ``--cap-add`` names ``cap`` (or ALL)."""
+    from berth.linux.caps import normalize
+
+    return any(normalize(n) in (cap, "ALL") for raw in cap_add for n in raw.split(","))
 
 
 def _user(o: dict[str, Any], rootfs: str) -> tuple[int, int, list[int], str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+from collections.abc import Collection
 from typing import Any
 
 from berth.errors import NetworkError, UsageError
@@ -46,21 +47,44 @@ def link_index(ipr: Any, name: str) -> int | None:
     return found[0] if found else None
 
 
-def check_subnet_free(ipr: Any, subnet: str, bridge: str) -> None:
-    """Refuse a subnet (IPv4 or IPv6) that overlaps a route of the host that is not the bridge's own."""
+def check_link(ipr: Any, name: str) -> None:
+    """Refuse a bridge name the host gives to a link that is not a bridge (``eth0``, ``lo``), in
+    one line naming the field: before anything is made for the guest."""
+    idx = link_index(ipr, name)
+    kind = kind_of(ipr, idx) if idx is not None else "bridge"
+    if kind != "bridge":
+        raise UsageError(
+            "bridge", f"{name} is {'a ' + kind if kind else 'a'} link of the host (index {idx}), not a bridge"
+        )
+
+
+def check_subnet_free(ipr: Any, subnet: str, bridge: str, ours: Collection[str] = ()) -> None:
+    """Refuse a subnet (IPv4 or IPv6) that overlaps a route of the host that is not the bridge's
+    own, or an address of the host: on another link, or on the bridge unless it is berth's
+    (``ours``: ``ADDR/LEN`` berth added there) or the subnet's own gateway (berth adds nothing
+    then).  Else berth's gateway address could take over a network the host is on (its LAN,
+    its default gateway's address)."""
     net = ipaddress.ip_network(subnet)
+    field = "subnet6" if net.version == 6 else "subnet"
     own = link_index(ipr, bridge)
-    for route in ipr.get_routes(family=AF_INET6 if net.version == 6 else AF_INET, table=254):
+    family = AF_INET6 if net.version == 6 else AF_INET
+    for route in ipr.get_routes(family=family, table=254):
         dst = route.get_attr("RTA_DST")
         if dst is None:
             continue  # the default route overlaps everything; it is not a conflict
         other = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
         if other.is_link_local or other.is_multicast:
             continue
-        if other.overlaps(net) and route.get_attr("RTA_OIF") != own:
-            raise UsageError(
-                "subnet6" if net.version == 6 else "subnet", f"{subnet} overlaps the host's route to {other}"
-            )
+        if other.overlaps(net) and (own is None or route.get_attr("RTA_OIF") != own):
+            raise UsageError(field, f"{subnet} overlaps the host's route to {other}")
+    gateway = f"{net.network_address + 1}/{net.prefixlen}"
+    mine = {str(ipaddress.ip_interface(a)) for a in ours} | {gateway}
+    for a in ipr.get_addr(family=family):
+        iface = ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+        if iface.is_link_local or not iface.network.overlaps(net):
+            continue
+        if a["index"] != own or (str(iface) not in mine and f"{iface.ip}/32" not in mine):
+            raise UsageError(field, f"{subnet} overlaps the host's address {iface}")
 
 
 def ensure(
@@ -70,23 +94,21 @@ def ensure(
     mtu: int = 1500,
     subnet6: str | None = None,
     added: list[str] | None = None,
+    ours: Collection[str] = (),
 ) -> int:
     """The bridge ``name`` with the subnets' gateway addresses, up; created if missing (with ``mtu``
     and its own MAC, :func:`mac_for`; an existing bridge keeps its MTU, see :func:`mtu_of`, and
     its MAC).  Its index.  A link of that name that is not a bridge is refused, in one line
     naming it.  The gateway addresses it adds are appended to ``added`` (``ADDR/LEN``): those,
-    and only those, are berth's to remove from a host's bridge."""
+    and only those, are berth's to remove from a host's bridge.  The subnets must not overlap
+    the host's routes or addresses (:func:`check_subnet_free`, ``ours`` the addresses berth put
+    on the bridge), whether the bridge is made here or was there already."""
     idx = link_index(ipr, name)
-    if idx is not None:
-        kind = kind_of(ipr, idx)
-        if kind != "bridge":
-            raise NetworkError(
-                f"bridge {name}: the name is taken by {'a ' + kind if kind else 'a'} link (index {idx})"
-            )
+    check_link(ipr, name)
+    check_subnet_free(ipr, subnet, name, ours)
+    if subnet6 is not None:
+        check_subnet_free(ipr, subnet6, name, ours)
     if idx is None:
-        check_subnet_free(ipr, subnet, name)
-        if subnet6 is not None:
-            check_subnet_free(ipr, subnet6, name)
         try:
             ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=mac_for(name))
         except Exception as exc:
@@ -96,6 +118,7 @@ def ensure(
         idx = link_index(ipr, name)
         if idx is None:
             raise NetworkError(f"bridge {name}: vanished after creation")
+        refuse_ra(name)  # before it is up: no guest's advertisement is ever taken
     net = ipaddress.IPv4Network(subnet)
     gw = str(net.network_address + 1)
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
@@ -172,6 +195,22 @@ def ports(ipr: Any, name: str) -> list[str]:
     if idx is None:
         return []
     return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == idx]
+
+
+#: Per-device IPv6 settings of a bridge berth made: the host takes no router advertisement, no
+#: address autoconfiguration and no redirect from the guests (any guest with CAP_NET_RAW can send
+#: them): else a guest's advertisement gives the host addresses, routes, a default route.
+NO_RA = (("accept_ra", "0"), ("autoconf", "0"), ("accept_redirects", "0"))
+
+
+def refuse_ra(name: str) -> None:
+    """Set :data:`NO_RA` on berth's bridge ``name`` (never on a host's own bridge: its router
+    advertisements are the host's business; nothing when the host has no IPv6)."""
+    for key, value in NO_RA:
+        path = f"/proc/sys/net/ipv6/conf/{name}/{key}"
+        if os.path.exists(path):
+            with open(path, "w", encoding="ascii") as f:
+                f.write(value)
 
 
 def _sysctl(dev: str, key: str, value: str) -> None:

@@ -16,6 +16,14 @@ recorded before it is made; a name the kernel refuses (another store, a stray li
 taken down by the failed start's cleanup.  A bridge the host had before berth's first guest on
 it stays when the last one goes, without the gateway addresses berth added to it.
 
+A guest sends only from its own MAC and addresses (the bridge's ``spoof`` chain,
+:func:`berth.net.nft.spoof_rules`, rebuilt with the bridge's other chains as guests come and
+go); the bridge berth makes takes no router advertisement from them
+(:func:`berth.net.bridge.refuse_ra`); a subnet overlapping the host's routes or addresses, or a
+bridge name the host gives to another kind of link, is refused by :func:`check`, before
+anything is made (and again when the bridge is there at start); the gateway address berth
+added for a guest's ``--subnet`` goes with the last guest of that subnet.
+
 A published host port is one guest's in the whole store (checked, on every bridge, and recorded
 under the store's ports lock).  A guest's eth0 has a MAC derived from its IPv4 address
 (:func:`berth.net.veth.mac_for`) and the host's neighbour entries for its addresses are dropped
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import itertools
 import json
 import os
@@ -64,9 +73,12 @@ def _starttime(pid: int) -> str | None:
 
 
 def check(store: str, name: str, opts: NetOptions) -> None:
-    """Refuse, before anything exists, an address or a published port another guest holds."""
+    """Refuse, before anything exists, an address or a published port another guest holds, a
+    bridge name the host gives to a link that is not a bridge, a subnet that overlaps the host's
+    routes or addresses (:func:`berth.net.bridge.check_subnet_free`)."""
     if opts.mode not in ("bridge", "ip"):
         return
+    _check_host(store, opts)
     with ipam.Leases(store, opts.bridge).locked() as db:
         if opts.mode == "bridge":
             lease = db.leases.get(name)
@@ -82,6 +94,36 @@ def check(store: str, name: str, opts: NetOptions) -> None:
                     raise UsageError(
                         "net", f"address {sorted(set(rec['addrs']) & set(opts.addrs))[0]} is taken"
                     )
+
+
+def _check_host(store: str, opts: NetOptions) -> None:
+    """The host's side of :func:`check`: nothing is made, the bridge's file not even opened."""
+    from pyroute2 import IPRoute
+
+    from berth.net import bridge
+
+    with IPRoute() as ipr:
+        bridge.check_link(ipr, opts.bridge)
+        # (ip: mode puts the subnet on the bridge only for an address the host lacks: checked then)
+        if opts.mode == "bridge":
+            ours = _ours(ipam.Leases(store, opts.bridge).path)
+            for net in (opts.subnet, opts.subnet6):
+                if net is not None:
+                    bridge.check_subnet_free(ipr, net, opts.bridge, ours)
+
+
+def _ours(path: str) -> set[str]:
+    """The addresses (``ADDR/LEN``) berth put on the bridge whose file is ``path``: the gateways
+    (``bridge_addrs``) and ``ip:`` guests' own (read without the lock: the file is replaced whole)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        out = {str(a) for a in data.get("bridge_addrs") or []}
+        for rec in (data.get("active") or {}).values():
+            out |= {f"{a}/32" for a in rec.get("added") or []}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+    return out
 
 
 def _check_ports(db: ipam.Leases, name: str, publish: tuple[Publish, ...]) -> None:
@@ -239,10 +281,13 @@ def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
         db.data["bridge_made"] = False
         db.save()
     added: list[str] = []
+    ours = {str(a) for a in db.data.get("bridge_addrs") or []}
+    ours |= {f"{a}/32" for r in db.active.values() for a in r.get("added") or []}
     try:
-        idx = int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6, added))
+        idx = int(bridge.ensure(ipr, opts.bridge, opts.subnet, opts.mtu, opts.subnet6, added, ours))
         if existed and db.data.get("bridge_made") is True:
             bridge.fix_mac(ipr, idx, opts.bridge)  # one berth made before its bridges had their own MAC
+            bridge.refuse_ra(opts.bridge)  # (one made before berth set it)
         return idx
     finally:
         if added:  # berth's own addresses on the bridge: they go with its last guest
@@ -425,6 +470,7 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
                     db.data.pop("bridge_addrs", None)
         else:
             try:
+                _drop_unused_addrs(ipr, db, opts.bridge)
                 _apply_nft(db, opts)
                 _apply_htb(ipr, db, opts)
             except Exception as exc:
@@ -439,6 +485,22 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
         _write_etc(db, opts)
     if errors:
         raise NetworkError(f"network teardown of {name}: {'; '.join(errors)}")
+
+
+def _drop_unused_addrs(ipr: Any, db: ipam.Leases, name: str) -> None:
+    """Take off bridge ``name`` the gateway addresses berth added for a subnet no running guest
+    of the bridge uses any more (the guest that gave another subnet with ``--subnet`` is gone)."""
+    from berth.net import bridge
+
+    used = {
+        ipaddress.ip_network(n) for r in db.active.values() for n in (r.get("subnet"), r.get("subnet6")) if n
+    }
+    have = list(db.data.get("bridge_addrs") or [])
+    unused = [a for a in have if ipaddress.ip_interface(a).network not in used]
+    if unused:
+        bridge.remove_addrs(ipr, name, unused)
+        db.data["bridge_addrs"] = [a for a in have if a not in unused]
+        db.save()
 
 
 def _bridge_guests(db: ipam.Leases) -> dict[str, dict[str, Any]]:
@@ -457,7 +519,16 @@ def _rules(
         if a
     ]
     isolated = [r["veth"] for r in guests.values() if r.get("isolate") and r.get("veth")]
-    return nft.ruleset(table, bridge, subnet, publishes, isolated, subnet6)
+    ports = [_port(r) for r in guests.values() if r.get("veth") and r.get("ip")]
+    return nft.ruleset(table, bridge, subnet, publishes, isolated, subnet6, ports)
+
+
+def _port(rec: dict[str, Any]) -> nft.Port:
+    """A bridge guest's port for the anti-spoofing rules (:func:`berth.net.nft.spoof_rules`): its
+    veth, the MAC berth gave its eth0 (:func:`berth.net.veth.mac_for`), its addresses."""
+    from berth.net import veth
+
+    return (str(rec["veth"]), veth.mac_for(str(rec["ip"])), str(rec["ip"]), rec.get("ip6") or None)
 
 
 def _apply_nft(db: ipam.Leases, opts: NetOptions) -> None:

@@ -7,6 +7,11 @@ limit a guest to its own IPv4 addresses.  No network namespace, no veth: native 
   guest bound already keeps its own address), so every connection leaves from the guest's address.
 * sendmsg4 (unconnected UDP): the source address becomes the guest's unless it is one of its own.
 * bind6, connect6, sendmsg6: refused (EPERM): the guest has no IPv6 address.
+* sock_create: a raw socket (``SOCK_RAW``, IPv4 or IPv6) is refused (EPERM): it sends with any
+  source address and no sock_addr hook sees it, and the guest shares the host's stack.  This
+  holds for a guest with every capability too.  A packet socket (``AF_PACKET``: no cgroup hook
+  sees its creation) needs CAP_NET_RAW, which a guest in ``ip:`` mode does not get unless it
+  asks (``--cap-add NET_RAW``, ``--privileged``): see :func:`berth.cli.run._caps`.
 
 The programs are built with :class:`berth.linux.bpf.Asm` and attached to the guest's cgroup2
 directory with BPF_F_ALLOW_MULTI; :func:`detach` takes them off again (removing the cgroup would
@@ -31,6 +36,9 @@ OFF_MSG_SRC_IP4 = 40
 
 HOOKS_V4 = (AttachType.CGROUP_INET4_BIND, AttachType.CGROUP_INET4_CONNECT, AttachType.CGROUP_UDP4_SENDMSG)
 HOOKS_V6 = (AttachType.CGROUP_INET6_BIND, AttachType.CGROUP_INET6_CONNECT, AttachType.CGROUP_UDP6_SENDMSG)
+HOOKS_SOCK = (AttachType.CGROUP_INET_SOCK_CREATE,)
+SOCK_RAW = 3
+OFF_SOCK_TYPE = 8  # struct bpf_sock: bound_dev_if, family, type, protocol…
 
 
 def _be32(addr: str) -> int:
@@ -107,6 +115,19 @@ def deny() -> bytes:
     return a.assemble()
 
 
+def sock_create() -> bytes:
+    """Refuse a ``SOCK_RAW`` socket; allow any other."""
+    a = bpf.Asm()
+    a.ldx("w", Reg.R2, Reg.R1, OFF_SOCK_TYPE)
+    a.jmp_imm("jeq", Reg.R2, SOCK_RAW, "deny")
+    a.mov_imm(Reg.R0, 1)
+    a.exit()
+    a.label("deny")
+    a.mov_imm(Reg.R0, 0)
+    a.exit()
+    return a.assemble()
+
+
 def programs(addrs: list[str]) -> list[tuple[AttachType, str, bytes]]:
     """(hook, program name, code) for a guest limited to ``addrs``."""
     return [
@@ -116,6 +137,7 @@ def programs(addrs: list[str]) -> list[tuple[AttachType, str, bytes]]:
         (AttachType.CGROUP_INET6_BIND, "berth_bind6", deny()),
         (AttachType.CGROUP_INET6_CONNECT, "berth_connect6", deny()),
         (AttachType.CGROUP_UDP6_SENDMSG, "berth_sendmsg6", deny()),
+        (AttachType.CGROUP_INET_SOCK_CREATE, "berth_sockraw", sock_create()),
     ]
 
 
@@ -128,14 +150,13 @@ def attach(cgroup_dir: str | None, addrs: list[str]) -> None:
     cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for hook, name, code in programs(addrs):
+            kind = bpf.ProgType.CGROUP_SOCK if hook in HOOKS_SOCK else bpf.ProgType.CGROUP_SOCK_ADDR
             try:
-                fd = bpf.prog_load(
-                    bpf.ProgType.CGROUP_SOCK_ADDR, code, name=name, expected_attach_type=int(hook)
-                )
+                fd = bpf.prog_load(kind, code, name=name, expected_attach_type=int(hook))
             except OSError as exc:
                 raise UnsupportedError(
                     f"net ip: the kernel refused the {name} cgroup BPF program ({exc}); it needs "
-                    "CONFIG_CGROUP_BPF and BPF_PROG_TYPE_CGROUP_SOCK_ADDR (Linux 4.17+)"
+                    "CONFIG_CGROUP_BPF and BPF_PROG_TYPE_CGROUP_SOCK(_ADDR) (Linux 4.17+)"
                 ) from None
             try:
                 bpf.prog_attach(cg, fd, hook, bpf.AttachFlag.ALLOW_MULTI)
@@ -151,7 +172,7 @@ def detach(cgroup_dir: str | None) -> None:
         return
     cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for hook in HOOKS_V4 + HOOKS_V6:
+        for hook in HOOKS_V4 + HOOKS_V6 + HOOKS_SOCK:
             try:
                 ids = bpf.prog_query(cg, hook)
             except OSError:

@@ -1,8 +1,8 @@
 """berth's own nftables table: outbound NAT for the guests' subnet and published ports (DNAT).
 
 One table (``BERTH_NFT_TABLE``) may serve several bridges: each bridge has its own chains in it
-(``prerouting-BRIDGE``, ``output-BRIDGE``, ``postrouting-BRIDGE``, and ``forward-BRIDGE`` in the
-``bridge`` family table of the same name), so a bridge's rules are replaced or removed without
+(``prerouting-BRIDGE``, ``output-BRIDGE``, ``postrouting-BRIDGE``, and ``forward-BRIDGE`` and
+``spoof-BRIDGE``, the guests' anti-spoofing, in the ``bridge`` family table of the same name), so a bridge's rules are replaced or removed without
 touching another's.  :func:`ruleset` builds one bridge's chains as ``nft -j`` JSON from its
 running guests (pure); :func:`apply` replaces that bridge's chains atomically (one ``nft -j -f -``
 transaction: add, flush, delete, add again, so it works whether they exist or not) and
@@ -35,7 +35,11 @@ CHAINS = {
     "output": (FAMILY, "output", "nat", -100),
     "postrouting": (FAMILY, "postrouting", "nat", 100),
     "forward": ("bridge", "forward", "filter", 0),
+    "spoof": ("bridge", "prerouting", "filter", -300),
 }
+ARP_PROBE = str(ipaddress.IPv4Address(0))  # the sender address of an ARP probe (RFC 5227)
+#: A guest's port on the bridge: (host end of its veth, its MAC, its IPv4 address, its IPv6 address).
+Port = tuple[str, str, str, "str | None"]
 
 
 def chain_name(kind: str, bridge: str) -> str:
@@ -76,6 +80,7 @@ def ruleset(
     publishes: list[tuple[str, int, int, str]],
     isolated: list[str] | tuple[str, ...] = (),
     subnet6: str | None = None,
+    ports: list[Port] | tuple[Port, ...] = (),
 ) -> dict[str, Any]:
     """The tables for a bridge: ``publishes`` is (guest address, host port, guest port, proto) with
     an IPv4 or IPv6 guest address (a port is published on both when the guest has both),
@@ -160,7 +165,68 @@ def ruleset(
                     }
                 }
             )
+    items.append({"chain": _chain(table, "spoof", chain_name("spoof", bridge))})
+    items += spoof_rules(table, chain_name("spoof", bridge), ports)
     return {"nftables": [{"add": item} for item in items]}
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address the kernel gives a device with ``mac`` (EUI-64, RFC 4291)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:6]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
+
+
+def spoof_rules(table: str, chain: str, ports: list[Port] | tuple[Port, ...]) -> list[dict[str, Any]]:
+    """Anti-spoofing of the guests' ports: a frame that enters the bridge from a guest's veth is let
+    in only with the guest's MAC as its source and, by EtherType, the guest's own sender address:
+
+    * IPv4: its address; ARP: its MAC and its address as the sender (or ``0.0.0.0``, an ARP probe);
+    * IPv6: its address, its link-local address (from its MAC, :func:`link_local`) or ``::``
+      (duplicate address detection);
+    * anything else from a guest's port (another EtherType, VLAN-tagged frames) is dropped, and
+      so is an IPv6 router advertisement or redirect, whatever its source: the other guests (and
+      a host's own bridge, which berth leaves accepting them) take none from a guest.
+
+    So a guest cannot take another guest's or the host's address over (ARP or neighbour
+    spoofing) nor send with a forged source.  One set lookup for the frame of an allowed
+    guest's (the key: input port, source MAC, sender address); frames from other ports (a host
+    bridge's own) pass untouched."""
+    if not ports:
+        return []
+    c = {"family": "bridge", "table": table, "chain": chain}
+    iif = {"meta": {"key": "iifname"}}
+    ether = _payload("ether", "saddr")
+    v4 = [{"concat": [veth, mac, ip]} for veth, mac, ip, _ in sorted(ports)]
+    arp = [{"concat": [veth, mac, mac, a]} for veth, mac, ip, _ in sorted(ports) for a in (ip, ARP_PROBE)]
+    v6 = [
+        {"concat": [veth, mac, a]}
+        for veth, mac, _, ip6 in sorted(ports)
+        for a in (*([ip6] if ip6 else []), link_local(mac), "::")
+    ]
+    sender = {
+        "ip": [_payload("ip", "saddr")],
+        "arp": [_payload("arp", "saddr ether"), _payload("arp", "saddr ip")],
+        "ip6": [_payload("ip6", "saddr")],
+    }
+    rules = []
+    guests = {"set": sorted({p[0] for p in ports})}
+    for proto, allowed in (("ip", v4), ("ip6", v6), ("arp", arp)):
+        if proto == "ip6":  # no router advertisement nor redirect from a guest, from any address
+            expr = [
+                _match({"meta": {"key": "l4proto"}}, "ipv6-icmp"),
+                _match(_payload("icmpv6", "type"), {"set": ["nd-router-advert", "nd-redirect"]}),
+                _match(iif, guests),
+                {"drop": None},
+            ]
+            rules.append({"rule": {**c, "comment": "guest's router advertisement", "expr": expr}})
+        key = {"concat": [iif, ether, *sender[proto]]}
+        # the EtherType by hand: nft adds no dependency for a payload inside a concatenation
+        expr = [_match(_payload("ether", "type"), proto), _match(key, {"set": allowed}), {"accept": None}]
+        rules.append({"rule": {**c, "comment": f"guest's own {proto}", "expr": expr}})
+    drop = [_match(iif, guests), {"drop": None}]
+    rules.append({"rule": {**c, "comment": "spoofed", "expr": drop}})
+    return rules
 
 
 def _nft_path() -> str | None:

@@ -202,13 +202,28 @@ def parse_ip(text: str, subnet: str, subnet6: str | None) -> tuple[str | None, s
     return got.get(4), got.get(6)
 
 
+#: Networks no guests' subnet may overlap ("this network", loopback, link-local, multicast, reserved).
+NOT_A_SUBNET = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+)
+MIN_SUBNET_PREFIX = 8  # the largest guests' subnet: a /8
+
+
 def parse_subnet(text: str) -> str:
+    """``--subnet``/``BERTH_SUBNET``: an IPv4 network from /8 to /29 that is none of
+    :data:`NOT_A_SUBNET` (whether it is free on the host is :func:`berth.net.bridge.check_subnet_free`'s)."""
     try:
         net = ipaddress.IPv4Network(text, strict=True)
     except ValueError as exc:
         raise UsageError("subnet", f"{text!r}: {exc}") from None
     if net.prefixlen > 29:
         raise UsageError("subnet", f"{text!r}: too small (at most /29)")
+    if net.prefixlen < MIN_SUBNET_PREFIX:
+        raise UsageError("subnet", f"{text!r}: too large (at least /{MIN_SUBNET_PREFIX})")
+    for bad in NOT_A_SUBNET:
+        if net.overlaps(bad):
+            raise UsageError("subnet", f"{text!r} overlaps {bad}, which cannot be a guests' subnet")
     return str(net)
 
 

@@ -171,7 +171,12 @@ def remove(ipr: Any, host: str, *, bridge: str | None = None) -> None:
     ours went with its guest's network namespace): it stays."""
     found = ipr.link_lookup(ifname=host)
     if found and bridge is not None:
-        links = ipr.get_links(found[0])
+        try:
+            links = ipr.get_links(found[0])
+        except Exception as exc:  # gone meanwhile: the kernel removes a pair with its netns
+            if "No such device" not in str(exc):
+                raise
+            return
         master = links[0].get_attr("IFLA_MASTER") if links else None
         own = ipr.link_lookup(ifname=bridge)
         if master and master not in own:
