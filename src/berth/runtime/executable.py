@@ -153,13 +153,14 @@ def open_executable(
     file: a command that is a symlink (``sleep -> busybox``) shows as ``busybox``, a script as
     its interpreter (the kernel names it after the script).  Following the
     symlink at the exec instead would let a guest process swap it for a link to
-    /proc/self/exe in between.  ``follow_link`` (a container's first process and ``berth
-    exec``: busybox's applets are such links, and ``pkill sleep`` must find ``sleep``): the
-    symlink is followed once more at the exec if it still leads to the checked file just
-    before, so ps shows ``sleep`` as with runc.  What is left: a guest process swapping the link
-    in the microseconds between that check and the exec (before: the milliseconds between the
-    check and an execve by path), on a kernel that still executes a /proc magic link across
-    mount namespaces (6.18 refuses it).
+    /proc/self/exe in between.  ``follow_link``: a container's first process, which no guest
+    process of its own races (none runs yet): its symlink is followed once more at the exec, if
+    it still leads to the checked file just before, so ps shows ``sleep`` as with runc.  (What
+    is left: a process exec'd into the created container, or a host user who may write the
+    rootfs, swapping the link in the microseconds between that check and the exec.)  Not for
+    ``berth exec``: a guest process racing it wins that window often enough (measured: the
+    host's python was exec'd within a dozen tries), so a busybox applet exec'd there shows as
+    ``busybox`` (``pgrep sleep`` misses it; ``pidof sleep`` and ``ps`` see its argv).
     """
     path, fd = _lookup(args[0], env, cwd)
     try:
