@@ -236,12 +236,16 @@ def test_hosts_own_links_are_left_alone(net: NetGuests, prefix: str) -> None:  #
         assert r.returncode == 125 and len(err) == 1, r.stderr
         assert f"bridge: {other} is a veth link of the host" in err[0], r.stderr  # refused at create
         assert not (g.store / "guests" / x).exists() and not list((g.store / "net").glob(f"{other}.json*"))
+        localnet = Path(f"/proc/sys/net/ipv4/conf/{own}/route_localnet")
+        assert localnet.read_text().strip() == "0"
         g("start", h)
         assert _master(_rec(g, Side(h, own, "", 0, ""))["veth"]) == own
+        assert localnet.read_text().strip() == "1"  # published ports reachable via 127.0.0.1
         # berth set no MAC of its own on it (3: NET_ADDR_SET): the host's bridge is as it was
         assert Path(f"/sys/class/net/{own}/addr_assign_type").read_text().strip() != "3"
         g("destroy", "--force", h)
         assert _links(f"{own}:") and _links(f"{other}@"), _links(prefix)
+        assert localnet.read_text().strip() == "0"  # the host's bridge gets its own value back
     finally:
         subprocess.run(["ip", "link", "del", own], check=False)
         subprocess.run(["ip", "link", "del", other], check=False)

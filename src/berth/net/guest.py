@@ -280,6 +280,13 @@ def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
     elif len(db.active) <= 1 and "bridge_made" not in db.data:
         db.data["bridge_made"] = False
         db.save()
+    if existed and db.data.get("bridge_made") is False and "route_localnet_was" not in db.data:
+        # ensure() sets route_localnet on it: the host's own bridge gets its value back with
+        # berth's last guest there
+        with contextlib.suppress(OSError):
+            with open(f"/proc/sys/net/ipv4/conf/{opts.bridge}/route_localnet", encoding="ascii") as f:
+                db.data["route_localnet_was"] = f.read().strip()
+            db.save()
     added: list[str] = []
     ours = {str(a) for a in db.data.get("bridge_addrs") or []}
     ours |= {f"{a}/32" for r in db.active.values() for a in r.get("added") or []}
@@ -294,6 +301,13 @@ def _ensure_bridge(ipr: Any, db: ipam.Leases, opts: NetOptions) -> int:
             have = db.data.setdefault("bridge_addrs", [])
             have += [a for a in added if a not in have]
             db.save()
+
+
+def _set_route_localnet(bridge: str, value: str) -> None:
+    """Give a host's own bridge back the route_localnet it had before berth's guests."""
+    path = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as f:
+        f.write(value)
 
 
 @contextlib.contextmanager
@@ -461,6 +475,9 @@ def _teardown_locked(db: ipam.Leases, name: str, opts: NetOptions, cgroup_dir: s
             else:  # the host's own bridge stays, without berth's shaping and gateway addresses
                 with contextlib.suppress(Exception):
                     htb.remove_root(ipr, opts.bridge)
+                was = db.data.pop("route_localnet_was", None)
+                if was in ("0", "1"):
+                    _set_route_localnet(opts.bridge, was)
                 try:
                     bridge.remove_addrs(ipr, opts.bridge, list(db.data.get("bridge_addrs", [])))
                 except Exception as exc:

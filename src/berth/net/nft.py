@@ -326,7 +326,11 @@ def remove_bridge(table: str, bridge: str, others: dict[str, dict[str, Any]] | N
     (another bridge's chains keep them)."""
     if not any(exists(table, family) for family in (FAMILY, "bridge", LEGACY_FAMILY)):
         return
-    ops = _replace_ops(table, bridge) + _rebuild_ops(table, others)
+    # The legacy ``ip`` table goes too, as in :func:`apply`: left, :func:`legacy` would stay true
+    # and a later apply on another bridge would rebuild this one's chains from a stale file.
+    legacy = {"family": LEGACY_FAMILY, "name": table}
+    ops = [{"add": {"table": legacy}}, {"delete": {"table": legacy}}]
+    ops += _replace_ops(table, bridge) + _rebuild_ops(table, others)
     _nft({"nftables": ops}, f"remove bridge {bridge} from table {table}")
     if not chains(table):
         delete(table)
