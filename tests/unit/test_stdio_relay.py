@@ -59,3 +59,59 @@ def test_all_the_process_wrote_comes_through(size: int) -> None:
     got, _, status = _relay(f"head -c {size} /dev/zero | tr '\\0' x; exit 3")
     assert status == 3
     assert got == b"x" * size
+
+
+def test_forward_leaves_ignored_signals_ignored_and_reaches_the_process_group() -> None:
+    """A signal ignored when berth exec started (nohup, a shell's background job) stays ignored
+    (R13: nohup berth exec died of SIGHUP and took its command along); a forwarded one reaches
+    the command's whole process group (^C to ``sleep | cat`` ended only the shell)."""
+    from berth.runtime.stdio import Forward
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 | cat"], start_new_session=True)
+    try:
+        with Forward() as fwd:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            fwd.pid = proc.pid
+            time.sleep(0.3)  # the pipeline up
+            os.kill(os.getpid(), signal.SIGTERM)  # forwarded to the group, not to us
+            assert proc.wait(5) == -signal.SIGTERM
+            deadline, left = time.monotonic() + 5, ["?"]
+            while left and time.monotonic() < deadline:  # (zombies wait for their reaper)
+                ps = ["ps", "-o", "stat=", "-g", str(proc.pid)]
+                left = [
+                    st
+                    for st in subprocess.run(ps, capture_output=True, text=True).stdout.split()
+                    if st[0] != "Z"
+                ]
+                time.sleep(0.05)
+            assert not left, f"left alive in the command's group: {left}"
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_one_terminal_on_stdout_and_stderr_is_one_pipe() -> None:
+    """stdout and stderr on the same terminal reach the process as one pipe (R13: two pipes
+    printed '1 3 2 4' for 'echo 1; echo 2 >&2; echo 3; echo 4 >&2')."""
+    import pty
+
+    master, slave = pty.openpty()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(slave, 1)
+        os.dup2(slave, 2)
+        io = Stdio(interactive=False)
+        with io:
+            one, two = os.fstat(1), os.fstat(2)
+        assert len(io.outs) == 1
+        assert (one.st_ino, one.st_dev) == (two.st_ino, two.st_dev)  # the same pipe
+        io.close()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, master, slave):
+            os.close(fd)

@@ -73,7 +73,7 @@ def run_in(name: str, o: dict[str, Any]) -> int:
         stdio = Stdio(o["interactive"])
         try:
             with stdio:
-                h = exec_process(state_root, name, process, warn=stdio.warn)
+                h = exec_process(state_root, name, process, warn=stdio.warn, close_in_child=stdio.own_fds())
             fwd.pid = h.pid
             stdio.relay(h.pid)
         finally:

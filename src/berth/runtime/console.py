@@ -37,9 +37,13 @@ class Relay:
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGWINCH, signal.SIG_DFL)
-        if self.saved is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
-        os.close(self.master)
+        try:
+            if self.saved is not None:
+                termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+        except termios.error:
+            pass  # the terminal hung up: nothing to put back
+        finally:
+            os.close(self.master)
 
     def _resize(self) -> None:
         for fd in (0, 1, 2):

@@ -80,8 +80,12 @@ def exec_process(
     detach: bool = False,
     preserve_fds: int = 0,
     warn: Callable[[str], None] | None = None,
+    close_in_child: tuple[int, ...] = (),
 ) -> ExecHandle:
     """Start ``process`` (an OCI ``process`` object) in container ``cid``; return once it exec'd.
+    ``close_in_child``: fds of ours the child closes at once, before it joins anything (the
+    caller's terminal, kept for a relay: close-on-exec is not enough, a guest process with
+    CAP_SYS_PTRACE could open it through /proc/PID/fd before the exec).
 
     Raises :class:`StateError` when the container is not created or running (paused: resume it
     first), and the usual 126/127 errors when the command cannot be run.
@@ -112,6 +116,11 @@ def exec_process(
     parent_sock, child_sock = sync.pair()
     stage1_pid = os.fork()
     if stage1_pid == 0:
+        for fd in close_in_child:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         parent_sock.close()
         _stage1(init_pid, process, cg, seccomp, child_sock, preserve_fds)
         os._exit(1)  # not reached

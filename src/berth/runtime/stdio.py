@@ -65,6 +65,9 @@ class Stdio:
                 give[0], self.stdin = os.pipe()
             for fd in (1, 2):
                 if os.isatty(fd):
+                    if fd == 2 and 1 in give and os.fstat(2).st_rdev == os.fstat(1).st_rdev:
+                        give[2] = os.dup(give[1])  # one terminal: one pipe, the order kept
+                        continue
                     r, give[fd] = os.pipe()
                     self.outs[r] = fd
             for fd, theirs in give.items():
@@ -85,6 +88,14 @@ class Stdio:
             os.dup2(saved, fd)
             os.close(saved)
         self._saved.clear()
+
+    def own_fds(self) -> tuple[int, ...]:
+        """The fds this relay holds (the caller's terminals, our ends of the pipes): the new
+        process's fork closes them (:func:`berth.runtime.exec.exec_process` ``close_in_child``)."""
+        mine = [*self._saved.values(), *self.outs]
+        if self.stdin is not None:
+            mine.append(self.stdin)
+        return tuple(mine)
 
     def warn(self, text: str) -> None:
         try:
@@ -269,10 +280,15 @@ class Forward:
         self.early.clear()
 
     def _send(self, sig: int) -> None:
+        # To its process group (it leads one: setsid), as a terminal's ^C reaches every process
+        # of the foreground group; our child until we reap it: the pid cannot be reused.
         try:
-            os.kill(self._pid, sig)  # our child until we reap it: the pid cannot be reused
+            os.killpg(self._pid, sig)
         except ProcessLookupError:
-            pass
+            try:
+                os.kill(self._pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _handler(self, sig: int, _frame: object) -> None:
         if self._pid:
@@ -282,6 +298,8 @@ class Forward:
 
     def __enter__(self) -> Forward:
         for sig in FORWARDED:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # ignored by whoever started us (nohup, a shell's background job): as before
             self._old[sig] = signal.signal(sig, self._handler)
         return self
 
