@@ -129,6 +129,78 @@ static int udp(const char *src, const char *dst, int port) {
     return 0;
 }
 
+static int packet_socket(int proto, unsigned char mac[6]) {
+    int s = socket(AF_PACKET, SOCK_RAW, htons(proto));
+    if (s < 0) { perror("socket"); return -1; }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0) { perror("hwaddr"); return -1; }
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(proto),
+                              .sll_ifindex = (int)if_nametoindex("eth0")};
+    if (bind(s, (void *)&sll, sizeof sll) < 0) { perror("bind"); return -1; }
+    return s;
+}
+
+static unsigned short csum(const unsigned char *b, int n) {
+    unsigned long sum = 0;
+    for (int i = 0; i + 1 < n; i += 2) sum += (b[i] << 8) | b[i + 1];
+    if (n & 1) sum += b[n - 1] << 8;
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return ~sum & 0xffff;
+}
+
+/* An unsolicited neighbour advertisement (override) from SRC: "TARGET is at my MAC". */
+static int na(const char *target, const char *src) {
+    unsigned char mac[6], f[14 + 40 + 32], ph[40 + 32];
+    int s = packet_socket(ETH_P_IPV6, mac);
+    if (s < 0) return 1;
+    memset(f, 0, sizeof f);
+    unsigned char dst[6] = {0x33, 0x33, 0, 0, 0, 1};
+    memcpy(f, dst, 6); memcpy(f + 6, mac, 6); f[12] = 0x86; f[13] = 0xdd;
+    unsigned char *ip = f + 14, *ic = f + 54;
+    ip[0] = 0x60; ip[5] = 32; ip[6] = 58; ip[7] = 255;
+    inet_pton(AF_INET6, src, ip + 8);
+    inet_pton(AF_INET6, "ff02::1", ip + 24);
+    ic[0] = 136; ic[4] = 0x20;
+    inet_pton(AF_INET6, target, ic + 8);
+    ic[24] = 2; ic[25] = 1; memcpy(ic + 26, mac, 6);
+    memcpy(ph, ip + 8, 32); memset(ph + 32, 0, 8); ph[35] = 32; ph[39] = 58; memcpy(ph + 40, ic, 32);
+    unsigned short c = csum(ph, sizeof ph);
+    ic[2] = c >> 8; ic[3] = c & 0xff;
+    for (int i = 0; i < 3; i++) {
+        if (send(s, f, sizeof f, 0) < 0) { perror("send"); return 1; }
+        usleep(50000);
+    }
+    puts("na sent");
+    return 0;
+}
+
+/* A UDP datagram from SRC to the host's 127.0.0.1:PORT, framed to the bridge's MAC BRMAC. */
+static int loopback(int port, const char *brmac, const char *src) {
+    unsigned char mac[6], f[14 + 20 + 8 + 8];
+    int s = packet_socket(ETH_P_IP, mac);
+    if (s < 0) return 1;
+    memset(f, 0, sizeof f);
+    if (sscanf(brmac, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", f, f + 1, f + 2, f + 3, f + 4, f + 5) != 6) return 2;
+    memcpy(f + 6, mac, 6); f[12] = 8; f[13] = 0;
+    unsigned char *ip = f + 14, *u = f + 34;
+    ip[0] = 0x45; ip[3] = 36; ip[8] = 64; ip[9] = 17;
+    inet_pton(AF_INET, src, ip + 12);
+    inet_pton(AF_INET, "127.0.0.1", ip + 16);
+    unsigned short c = csum(ip, 20);
+    ip[10] = c >> 8; ip[11] = c & 0xff;
+    u[0] = 0x9c; u[1] = 0x40; u[2] = port >> 8; u[3] = port & 0xff; u[5] = 16;  /* no checksum */
+    memcpy(u + 8, "loopback", 8);
+    for (int i = 0; i < 3; i++) {
+        if (send(s, f, sizeof f, 0) < 0) { perror("send"); return 1; }
+        usleep(20000);
+    }
+    puts("loopback sent");
+    return 0;
+}
+
 static void try_socket(const char *what, int family, int type, int proto) {
     int s = socket(family, type, proto);
     if (s < 0) printf("%s: errno %d\n", what, errno);
@@ -139,6 +211,8 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "ra")) return ra(argv[2]);
     if (argc == 5 && !strcmp(argv[1], "arp")) return arp(argv[2], argv[3], atoi(argv[4]));
     if (argc == 5 && !strcmp(argv[1], "udp")) return udp(argv[2], argv[3], atoi(argv[4]));
+    if (argc == 4 && !strcmp(argv[1], "na")) return na(argv[2], argv[3]);
+    if (argc == 5 && !strcmp(argv[1], "lo")) return loopback(atoi(argv[2]), argv[3], argv[4]);
     if (argc == 2 && !strcmp(argv[1], "sockets")) {
         try_socket("packet", AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
         try_socket("raw4", AF_INET, SOCK_RAW, IPPROTO_RAW);
@@ -275,6 +349,65 @@ def test_guests_cannot_spoof_nor_configure_the_host(hostile_rootfs, guests, net_
     _assert_nothing_left(prefix)
 
 
+def test_guest_cannot_advertise_anothers_ipv6_nor_reach_host_loopback(
+    hostile_rootfs,
+    guests,  # noqa: F811
+    net_env,  # noqa: F811
+    prefix,
+) -> None:
+    """Guest ``a`` sends a neighbour advertisement (from its own link-local, which passes the
+    source check) saying ``b``'s IPv6 address is at its MAC, and a UDP datagram to the host's
+    127.0.0.1 framed to the bridge (berth's bridges have route_localnet): the host's entry for
+    ``b`` keeps ``b``'s MAC, and the loopback-only listener gets nothing (R14)."""
+    from berth.net.nft import link_local
+
+    bridge = net_env["BERTH_BRIDGE"]
+    net4 = ipaddress.IPv4Network(net_env["BERTH_SUBNET"])
+    ip_a, ip_b = str(net4[12]), str(net4[13])
+    mac_a = "02:42:" + ":".join(f"{int(o):02x}" for o in ip_a.split("."))
+    mac_b = "02:42:" + ":".join(f"{int(o):02x}" for o in ip_b.split("."))
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    sink.settimeout(0.3)
+    wait = "nc -l -p 9 </dev/null >/dev/null"
+    try:
+        b = guests(
+            "--rootfs", str(hostile_rootfs), "--net", "bridge", "--ip", ip_b, "--", "sh", "-c",
+            "while ip -6 addr show dev eth0 | grep -q tentative; do sleep 0.05; done; "
+            f"echo ADDR $(ip -6 -o addr show dev eth0 scope global | awk '{{print $4}}'); {wait}",
+        )  # fmt: skip
+        line = b.wait_for("ADDR")
+        ip6_b = line.split()[1].split("/")[0]
+        # the host's entry for b (b answers with a reset: nothing listens on port 1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((ip6_b, 1), timeout=5).close()
+        assert _neigh_mac(ip6_b, bridge) == mac_b
+        brmac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+        a = guests(
+            "--rootfs", str(hostile_rootfs), "--net", "bridge", "--ip", ip_a, "--", "sh", "-c",
+            "while ip -6 addr show dev eth0 | grep -q tentative; do sleep 0.05; done; echo UP; "
+            f"{wait}; /hostile na {ip6_b} {link_local(mac_a)}; /hostile lo {port} {brmac} {ip_a}; echo DONE",
+        )  # fmt: skip
+        _up(a)
+        _knock(ip_a, 9)  # go
+        _up(a, "DONE")
+        got = []
+        with contextlib.suppress(TimeoutError):
+            got.append(sink.recvfrom(64))
+    finally:
+        sink.close()
+    wrong = []
+    if _neigh_mac(ip6_b, bridge) != mac_b:
+        wrong.append(f"the host's entry for {ip6_b} is {_neigh_mac(ip6_b, bridge)}, not {mac_b}")
+    if got:
+        wrong.append(f"the host's loopback-only listener got {got}")
+    _knock(ip_b, 9)
+    assert a.finish().returncode == 0 and b.finish().returncode == 0
+    assert not wrong, wrong
+    _assert_nothing_left(prefix)
+
+
 @pytest.mark.parametrize(
     ("caps", "want"),
     [
@@ -401,3 +534,37 @@ def test_a_subnets_gateway_goes_with_its_last_guest(hostile_rootfs, guests, net_
     _knock(ip_a, 9)
     assert a.finish().returncode == 0
     _assert_nothing_left(prefix)
+
+
+def test_subnet_check_ignores_broader_routes_through_a_gateway(prefix: str) -> None:
+    """A VPN's split default (0.0.0.0/1 and 128.0.0.0/1 through a gateway) or a blackhole
+    broader than the subnet is no conflict (the bridge's own route wins for it, as over the
+    default route: R14, every subnet was refused on such a host); a network the host is on
+    directly, or a narrower route, still is.  In a network namespace of the test's own."""
+    from pyroute2 import NetNS
+
+    from berth.errors import UsageError
+    from berth.net.bridge import check_subnet_free
+
+    ns = f"{prefix}ns{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (
+            "link add v0 type veth peer name v1",
+            "addr add 192.0.2.50/24 dev v0",
+            "link set v0 up",
+            "link set v1 up",
+            "route add 0.0.0.0/1 via 192.0.2.1",
+            "route add 128.0.0.0/1 via 192.0.2.1",
+            "route add blackhole 10.0.0.0/8",
+            "route add 10.241.8.7/32 via 192.0.2.1",
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+        with NetNS(ns) as ipr:
+            check_subnet_free(ipr, "10.241.9.0/24", f"{prefix}nobr")  # no error
+            for subnet, why in (("192.0.2.0/25", "192.0.2.0/24"), ("10.241.8.0/24", "10.241.8.7/32")):
+                with pytest.raises(UsageError, match=f"overlaps the host's (route to|address) {why}"):
+                    check_subnet_free(ipr, subnet, f"{prefix}nobr")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

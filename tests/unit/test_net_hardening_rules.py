@@ -56,6 +56,8 @@ def test_spoof_rules_allow_only_each_ports_own_addresses() -> None:
     )
     by = {r["comment"]: r["expr"] for r in rules}
     assert list(by) == [
+        "guest to the host's loopback",
+        "guest's advert of another's address",
         "guest's own ip",
         "guest's router advertisement",
         "guest's own ip6",
@@ -70,6 +72,18 @@ def test_spoof_rules_allow_only_each_ports_own_addresses() -> None:
         assert by[f"guest's own {proto}"][0] == {
             "match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": proto}
         }
+    lo = by["guest to the host's loopback"]
+    assert lo[-2]["match"]["right"] == {"prefix": {"addr": "127.0.0.0", "len": 8}} and lo[-1] == {
+        "drop": None
+    }
+    adverts = [r["expr"] for r in rules if r["comment"] == "guest's advert of another's address"]
+    assert [a[0]["match"]["right"] for a in adverts] == ["tv0", "tv1"]  # one rule a port
+    own = adverts[0][-2]["match"]
+    assert own["op"] == "!=" and own["left"] == {"payload": {"base": "th", "offset": 64, "len": 128}}
+    assert own["right"]["set"] == [
+        "0xfd000001000000000000000000000002",  # its address
+        "0xfe800000000000000042" + "0aff" + "fe010002",  # its link-local (from its MAC)
+    ]
     ra = by["guest's router advertisement"]
     assert ra[1]["match"]["right"] == {"set": ["nd-router-advert", "nd-redirect"]} and ra[-1] == {
         "drop": None

@@ -58,6 +58,10 @@ def check_link(ipr: Any, name: str) -> None:
         )
 
 
+# Route types that lead to no link: blackhole, unreachable, prohibit (RTN_* of rtnetlink).
+_NOT_A_LINK = frozenset({6, 7, 8})
+
+
 def check_subnet_free(ipr: Any, subnet: str, bridge: str, ours: Collection[str] = ()) -> None:
     """Refuse a subnet (IPv4 or IPv6) that overlaps a route of the host that is not the bridge's
     own, or an address of the host: on another link, or on the bridge unless it is berth's
@@ -74,6 +78,13 @@ def check_subnet_free(ipr: Any, subnet: str, bridge: str, ours: Collection[str] 
             continue  # the default route overlaps everything; it is not a conflict
         other = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
         if other.is_link_local or other.is_multicast:
+            continue
+        if other.prefixlen < net.prefixlen and (
+            route.get_attr("RTA_GATEWAY") is not None or route["type"] in _NOT_A_LINK
+        ):
+            # less specific and through a gateway (a VPN's 0.0.0.0/1, 128.0.0.0/1, fc00::/7),
+            # or a blackhole: the bridge's own route wins for the subnet, as over the default
+            # route; only a network the host is on directly (or a narrower route) conflicts (R14)
             continue
         if other.overlaps(net) and (own is None or route.get_attr("RTA_OIF") != own):
             raise UsageError(field, f"{subnet} overlaps the host's route to {other}")

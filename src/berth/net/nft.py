@@ -188,8 +188,10 @@ def spoof_rules(table: str, chain: str, ports: list[Port] | tuple[Port, ...]) ->
       so is an IPv6 router advertisement or redirect, whatever its source: the other guests (and
       a host's own bridge, which berth leaves accepting them) take none from a guest.
 
-    So a guest cannot take another guest's or the host's address over (ARP or neighbour
-    spoofing) nor send with a forged source.  One set lookup for the frame of an allowed
+    A neighbour advertisement is let in only for the guest's own address or link-local (the
+    caches learn its target), and nothing from a guest to 127.0.0.0/8.  So a guest cannot take
+    another guest's or the host's address over (ARP or neighbour spoofing) nor send with a
+    forged source.  One set lookup for the frame of an allowed
     guest's (the key: input port, source MAC, sender address); frames from other ports (a host
     bridge's own) pass untouched."""
     if not ports:
@@ -211,6 +213,31 @@ def spoof_rules(table: str, chain: str, ports: list[Port] | tuple[Port, ...]) ->
     }
     rules = []
     guests = {"set": sorted({p[0] for p in ports})}
+    # Nothing from a guest to the host's 127.0.0.0/8 (berth's bridges have route_localnet for
+    # the published ports' DNAT from 127.0.0.1: a guest's frame addressed there would reach the
+    # host's loopback-only services, the CVE-2020-8558 pattern; R14).
+    expr = [
+        _match(_payload("ether", "type"), "ip"),
+        _match(iif, guests),
+        _match(_payload("ip", "daddr"), _prefix("127.0.0.0/8")),
+        {"drop": None},
+    ]
+    rules.append({"rule": {**c, "comment": "guest to the host's loopback", "expr": expr}})
+    # A neighbour advertisement only for the guest's own addresses: the neighbour caches learn
+    # its target, not its source (R14: an NA from a guest's own link-local for another guest's
+    # address took that address over).  The target by offset (nft 1.0.6 has no icmpv6 taddr).
+    target = {"payload": {"base": "th", "offset": 64, "len": 128}}
+    for veth, mac, _, ip6 in sorted(ports):
+        own = [f"0x{int(ipaddress.IPv6Address(a)):032x}" for a in (*([ip6] if ip6 else []), link_local(mac))]
+        expr = [
+            _match(iif, veth),
+            _match(_payload("ether", "type"), "ip6"),
+            _match({"meta": {"key": "l4proto"}}, "ipv6-icmp"),
+            _match(_payload("icmpv6", "type"), "nd-neighbor-advert"),
+            _match(target, {"set": own}, "!="),
+            {"drop": None},
+        ]
+        rules.append({"rule": {**c, "comment": "guest's advert of another's address", "expr": expr}})
     for proto, allowed in (("ip", v4), ("ip6", v6), ("arp", arp)):
         if proto == "ip6":  # no router advertisement nor redirect from a guest, from any address
             expr = [
