@@ -15,7 +15,11 @@ START, SIZE = 1_000_000, 65536
 
 # /proc/PID/status lines of a default guest's task (as read on this kernel) and of a privileged
 # host-userns one.
-STATUS = "Name:\tsh\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n"
+STATUS = (
+    "Name:\tsh\nState:\tS (sleeping)\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\n"
+    "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n"
+    "NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n"
+)
 STATUS_PRIV = "Name:\tsh\nCapBnd:\t000001ffffffffff\nNoNewPrivs:\t0\nSeccomp:\t0\n"
 
 
@@ -50,7 +54,16 @@ def test_expect_of_a_default_guest() -> None:
 
 
 def test_parse_status_and_map() -> None:
-    assert ckverify.parse_status(STATUS) == {"CapBnd": 0xA80425FB, "NoNewPrivs": 1, "Seccomp": 2}
+    assert ckverify.parse_status(STATUS) == {
+        "State": ord("S"),
+        "CapInh": 0,
+        "CapPrm": 0xA80425FB,
+        "CapEff": 0xA80425FB,
+        "CapBnd": 0xA80425FB,
+        "CapAmb": 0,
+        "NoNewPrivs": 1,
+        "Seccomp": 2,
+    }
     assert ckverify.parse_map("         0    1000000      65536\n") == [(0, 1000000, 65536)]
 
 
@@ -118,3 +131,20 @@ def test_host_userns_guest_with_host_net_allowed() -> None:
     assert ckverify.mismatch(task, want, HOST, "user:[1]", init=True) is None
     task["status"] = ckverify.parse_status(STATUS_PRIV)
     assert "bounding set" in str(ckverify.mismatch(task, want, HOST, "user:[1]", init=True))
+
+
+@pytest.mark.parametrize("key", ["CapPrm", "CapEff", "CapInh", "CapAmb"])
+def test_capabilities_beyond_the_bounding_set_in_any_set(key: str) -> None:
+    """R15: CRIU restores the effective and permitted sets the images hold (CAP_SYS_ADMIN added
+    to a host-userns guest's cap_eff passed a check of CapBnd alone)."""
+    want = ckverify.expect(_spec())
+    status = ckverify.parse_status(STATUS) | {key: 0xA80425FB | (1 << 21)}  # + CAP_SYS_ADMIN
+    why = ckverify.mismatch(_task(status=status), want, HOST, GUEST_USERNS, init=True)
+    assert why is not None and why.startswith(f"its {key} "), why
+
+
+def test_a_zombie_is_no_mismatch() -> None:
+    """A zombie has no namespace links to read (R15: a guest holding one could not migrate)."""
+    want = ckverify.expect(_spec())
+    zombie = _task(ns={}, status=ckverify.parse_status("State:\tZ (zombie)\n"))
+    assert ckverify.mismatch(zombie, want, HOST, GUEST_USERNS, init=False) is None

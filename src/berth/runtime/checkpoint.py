@@ -1220,6 +1220,20 @@ def _open_flags(flags: int) -> int:
     return out
 
 
+#: Seconds a CRIU restore may take (R15: damaged images deadlocked CRIU 4.1.1 and a receiver with
+#: it); a guest of many GB restores in well under a minute here.
+RESTORE_TIMEOUT = 600.0
+
+
+def restore_timeout() -> float:
+    """:data:`RESTORE_TIMEOUT`, or ``BERTH_RESTORE_TIMEOUT`` (seconds) when set to a number > 0."""
+    try:
+        value = float(os.environ.get("BERTH_RESTORE_TIMEOUT", ""))
+    except ValueError:
+        return RESTORE_TIMEOUT
+    return value if 0 < value < 1e9 else RESTORE_TIMEOUT
+
+
 def _restore_in_private_ns(
     criu: str,
     args: list[str],
@@ -1266,15 +1280,22 @@ def _restore_in_private_ns(
         for at in sysfs_at:
             mount("sysfs", at, "sysfs", MS.RDONLY | MS.NOSUID | MS.NODEV | MS.NOEXEC, None)
 
-    p = subprocess.run(
-        [*criu_mod.argv(criu), *args, "-o", log, "-v4"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        pass_fds=tuple(fds),
-        preexec_fn=prepare,
-        check=False,
-    )
+    limit = restore_timeout()
+    try:
+        p = subprocess.run(
+            [*criu_mod.argv(criu), *args, "-o", log, "-v4"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            pass_fds=tuple(fds),
+            preexec_fn=prepare,
+            check=False,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired:  # (criu killed; what it restored goes with the cgroup)
+        raise criu_mod.CriuError(
+            f"restore of {cid!r} did not end within {limit:g}s (BERTH_RESTORE_TIMEOUT; log: {log})"
+        ) from None
     if p.returncode != 0:
         why = criu_mod.last_error(log) or p.stderr.strip() or f"exit status {p.returncode}"
         raise criu_mod.CriuError(f"restore of {cid!r} failed: {why} (log: {log})")

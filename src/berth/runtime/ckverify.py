@@ -84,15 +84,23 @@ def expect(spec: dict[str, Any]) -> Expect:
 
 
 def parse_status(text: str) -> dict[str, int]:
-    """CapBnd (hex), Seccomp and NoNewPrivs of a /proc/PID/status (what is missing: absent)."""
+    """The capability sets (hex), Seccomp, NoNewPrivs and State (its letter as ``ord``) of a
+    /proc/PID/status (what is missing: absent)."""
     out: dict[str, int] = {}
     for line in text.splitlines():
         key, _, val = line.partition(":")
-        if key == "CapBnd":
+        if key in CAP_SETS:
             out[key] = int(val.strip(), 16)
         elif key in ("Seccomp", "NoNewPrivs"):
             out[key] = int(val.strip())
+        elif key == "State" and val.strip():
+            out[key] = ord(val.strip()[0])
     return out
+
+
+#: The capability sets a task's status shows; none may hold what the spec's bounding set lacks
+#: (R15: CRIU restores the effective and permitted sets the images hold).
+CAP_SETS = ("CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb")
 
 
 def parse_map(text: str) -> list[tuple[int, int, int]]:
@@ -112,6 +120,8 @@ def mismatch(
     the host's namespaces by /proc name (links); ``guest_userns``: the guest init's user
     namespace link (the host's for a guest without one); ``init``: the guest's init."""
     ns = task.get("ns") or {}
+    if (task.get("status") or {}).get("State") == ord("Z"):
+        return None  # a zombie: no namespaces, nothing it can run (its parent reaps it)
     for kind in sorted(want.own):
         link = ns.get(kind)
         if link is None:
@@ -129,8 +139,11 @@ def mismatch(
             if not all(start <= out and out + n <= start + size for _in, out, n in m):
                 return f"its {which} {_show(m)} maps ids outside the guest's range {start}+{size}"
     st = task.get("status") or {}
-    if ns.get("user") == guest_userns and st.get("CapBnd", -1) & ~want.bounding:
-        return f"its bounding set {st.get('CapBnd', -1):#x} is beyond the spec's {want.bounding:#x}"
+    if ns.get("user") == guest_userns:
+        for key in CAP_SETS:
+            have = st.get(key, -1 if key == "CapBnd" else 0)  # (CapAmb: not before Linux 4.3)
+            if have & ~want.bounding:
+                return f"its {key} {have:#x} is beyond the spec's bounding set {want.bounding:#x}"
     if want.seccomp and st.get("Seccomp") != 2:
         return f"it has no seccomp filter (mode {st.get('Seccomp')})"
     if want.no_new_privs and st.get("NoNewPrivs") != 1:

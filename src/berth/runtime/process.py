@@ -301,6 +301,11 @@ def execute(exe: executable.Executable, env: list[str], *, init_fd: int | str | 
         if init_fd is not None:
             os.execve(init_fd, ["tini", "--", exe.path, *exe.command[1:]], envd)
         err = executable.execveat(exe, envd)
+        if err in (errno.EPERM, errno.ENOSYS) and exe.error is None:
+            # A seccomp profile of the user's that allows execve(2) but not execveat(2) (runc
+            # needs only execve): by path, as before berth exec'd by fd (the file checked just
+            # now, the guest's to swap in the meantime, a window only such a profile opens).
+            os.execve(exe.path, exe.command, envd)
     except OSError as e:
         err = e.errno or errno.EIO
     for sig in _IGNORED_BY_PYTHON:
@@ -309,7 +314,7 @@ def execute(exe: executable.Executable, env: list[str], *, init_fd: int | str | 
     if err == errno.ELOOP and exe.name and init_fd is None:
         reason = "the guest replaced it with a symlink after it was checked"
     elif err in (errno.EPERM, errno.ENOSYS) and init_fd is None:
-        reason += " (berth runs the command with execveat(2): a seccomp profile must allow it)"
+        reason += " (execveat(2) and execve(2) both refused: a seccomp profile must allow one)"
     if err == errno.ENOENT:
         raise CommandNotFound(f"exec {exe.path!r} in the guest: {reason}")
     raise CannotExecute(f"exec {exe.path!r} in the guest: {reason}")
