@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clean, berth_cmd, cgroup_dirs
+from helpers import cgroup_roots
 
-CG = Path("/sys/fs/cgroup")
 ROUNDS = 30
 RUNS_PER_ROUND = 3
 
@@ -38,18 +38,18 @@ def _berth(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.C
 
 def _tops(path: str) -> list[str]:
     """The hierarchies where the cgroup ``path`` exists."""
-    return sorted(top.name for top in CG.iterdir() if (top / path).is_dir())
+    return sorted(str(top) for top in cgroup_roots() if (top / path).is_dir())
 
 
 def _hand_made(path: str) -> None:
     """``path`` made by hand in every hierarchy (as an admin would, not through berth)."""
-    for top in CG.iterdir():
+    for top in cgroup_roots():
         if (top / "cgroup.procs").exists():
             (top / path).mkdir()
 
 
 def _rmdir_everywhere(path: str) -> None:
-    for top in CG.iterdir():
+    for top in cgroup_roots():
         parts = path.split("/")
         for i in range(len(parts), 0, -1):
             try:

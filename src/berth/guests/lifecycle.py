@@ -787,13 +787,14 @@ def _gc_cgroups(store: Store, names: set[str]) -> list[str]:
     left (the state pass above removed the dead ones with their cgroups); one whose state is not
     is removed under a claim of its name, so a create starting meanwhile (a ``berth run --name``
     reusing a crashed one's) cannot have it pulled away before its init joins."""
-    from berth.cgroups import open_cgroup
+    from berth.cgroups import detect, open_cgroup
 
     done = []
     running = {n for n in names if instance.running(store.read_run(n))}
     seen: set[str] = set()
-    for top in os.listdir("/sys/fs/cgroup"):
-        base = os.path.join("/sys/fs/cgroup", top, store.cgroup_parent)
+    # Every hierarchy's root: /sys/fs/cgroup itself on a cgroup-v2-only host.
+    for top in detect().mountpoints():
+        base = os.path.join(top, store.cgroup_parent)
         try:
             children = os.listdir(base)
         except (FileNotFoundError, NotADirectoryError):
