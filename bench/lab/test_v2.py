@@ -50,6 +50,17 @@ def _tmp_on_ext4() -> str:
     )
 
 
+# What a host's systemd and udev give /dev and the lab's devtmpfs lacks: the /dev/stdin, stdout,
+# stderr and fd links (nft reads `nft -f -` from /dev/stdin: without them every bridged guest's
+# nft table fails to load, "Could not open file /dev/stdin"), and /dev/fuse (its module loaded:
+# lxcfs needs it for berth's default guests).
+_DEV_SETUP = (
+    "for l in fd:fd stdin:fd/0 stdout:fd/1 stderr:fd/2; do"
+    " [ -e /dev/${l%%:*} ] || ln -s /proc/self/${l#*:} /dev/${l%%:*}; done;"
+    " [ -e /dev/fuse ] || modprobe fuse || echo 'lab: no fuse module: lxcfs cannot run'"
+)
+
+
 # Unit tests are pure logic (no kernel); they are in "default" for completeness, not in "ci",
 # which keeps `make test-v2` in CI near 10 minutes under TCG.
 SELECTIONS: dict[str, list[str]] = {
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         # limits (helpers.timing_matters), which would measure the emulator, not berth.
         emulated = qemu.choose_accel().name == "tcg"
         command = (
-            f"{_tmp_on_ext4()}{' && export BERTH_TEST_EMULATED=tcg' if emulated else ''}"
+            f"{_DEV_SETUP}; {_tmp_on_ext4()}{' && export BERTH_TEST_EMULATED=tcg' if emulated else ''}"
             f' && cd {shlex.quote(str(REPO))} && echo "lab: $(uname -r), cgroup'
             f" $(stat -fc %T /sys/fs/cgroup), TMPDIR $TMPDIR ($(stat -fc %T $TMPDIR)), controllers:"
             f' $(cat /sys/fs/cgroup/cgroup.subtree_control)" && {shlex.join(pytest)}'

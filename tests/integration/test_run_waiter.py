@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from berth.runtime.run import WAITER_AFTER
-from helpers import cgroup_roots, free_subnet
+from helpers import cgroup_roots, free_subnet, timing_matters
 
 REPO = Path(__file__).resolve().parents[2]
 WAITER = REPO / ".venv" / "bin" / "berth-wait"
@@ -356,7 +356,7 @@ def test_bridge_guest_leaves_nothing(runs, net_env, check_clean) -> None:
         "--net", "bridge", "-p", f"{port}:80", "--", "sh", "-c",
         f"ip -4 addr show eth0 | grep -q 'inet 10\\.' && echo NET; echo UP; {LOOP}", env=net_env,
     )  # fmt: skip
-    r.wait_line("UP")
+    r.wait_line("UP", timeout=15 if timing_matters() else 120)  # a bridge's setup is slow under TCG
     r.wait_waiter()
     assert "NET" in r.out.decode()
     assert any(net_env["BERTH_BRIDGE"] in ln for ln in _named(mine)), _named(mine)
