@@ -182,8 +182,7 @@ class Container:
                 "(a startContainer hook still running, or its init stopped): started anyway; "
                 "a later failure goes to the container's stderr"
             )
-        self.data["status"] = st.RUNNING
-        self.save()
+        self._record_status(st.RUNNING)
         later = self.data.get("berth", {}).get("hooks")
         if later and later.get("poststart"):
             hooks.run_or_warn(later, "poststart", self.oci_state(), warn or _stderr_warn)
@@ -198,6 +197,25 @@ class Container:
                     raise _ERRORS.get(msg.get("code", 1), ContainerInitError)(msg["msg"])
             self._sock.close()
             self._sock = None
+
+    def _record_status(self, status: str) -> None:
+        """Save ``status`` with the rest of state.json as it is on disk now, under the lock of
+        ``berth resources`` (berth.runtime.resources.update): a live update made since this
+        process read the state (its command already running, the guest's cgroup busy) was lost
+        when the whole of our copy was written back."""
+        res = _resources()
+        fd = res._lock(self.root)
+        try:
+            try:
+                disk = st.read(self.root, self.id)
+            except (BerthError, OSError):
+                disk = None
+            if disk is not None and disk.get("pid") == self.data.get("pid"):
+                self.data = disk
+            self.data["status"] = status
+            self.save()
+        finally:
+            res.unlock(fd)
 
     def _stopped_by(self, error: BerthError) -> None:
         """The init failed between its release and the command's exec: make sure it is gone
