@@ -324,14 +324,15 @@ def _flock(path: str) -> Iterator[None]:
 MAX_VETH = 99999
 
 
-def _store_active(db: ipam.Leases) -> list[tuple[str, Any]]:
-    """(name, record) of the running guests of the store on every bridge: ``db``'s own, and the
-    other bridges' files read without their locks (they are replaced whole by rename)."""
+def _other_bridges(db: ipam.Leases) -> list[tuple[str, dict[str, Any]]]:
+    """(bridge, its running guests' records) for every other bridge of the store than ``db``'s,
+    in name order; their files are read without their locks (they are replaced whole by rename),
+    and one that cannot be read or is malformed is left out."""
     try:
-        files = [f for f in os.listdir(db.dir) if f.endswith(".json")]
+        files = sorted(f for f in os.listdir(db.dir) if f.endswith(".json"))
     except OSError:
-        files = []
-    recs: list[tuple[str, Any]] = []
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
     for f in files:
         path = os.path.join(db.dir, f)
         if path == db.path:
@@ -342,7 +343,16 @@ def _store_active(db: ipam.Leases) -> list[tuple[str, Any]]:
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(active, dict):
-            recs += active.items()
+            out.append((f[: -len(".json")], active))
+    return out
+
+
+def _store_active(db: ipam.Leases) -> list[tuple[str, Any]]:
+    """(name, record) of the running guests of the store on every bridge: ``db``'s own, and the
+    other bridges' (:func:`_other_bridges`)."""
+    recs: list[tuple[str, Any]] = []
+    for _, active in _other_bridges(db):
+        recs += active.items()
     recs += db.active.items()
     return recs
 
@@ -563,32 +573,21 @@ def _migrated(db: ipam.Leases, table: str) -> dict[str, dict[str, Any]]:
     may hold another bridge's rules, every other bridge of the store with running guests on the
     table, with its rules ({bridge: ruleset}) to load in the same transaction (its guests keep
     their NAT and published ports); else {}.  The other bridges' files are read without their
-    locks (replaced whole by rename): a bridge whose guests change meanwhile applies its own
+    locks (:func:`_other_bridges`): a bridge whose guests change meanwhile applies its own
     rules again, after, under this same lock."""
     others: dict[str, dict[str, Any]] = {}
-    try:
-        files = sorted(f for f in os.listdir(db.dir) if f.endswith(".json"))
-    except OSError:
-        return {}
-    for f in files:
-        path = os.path.join(db.dir, f)
-        if path == db.path:
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                active = json.load(fh).get("active")
-            guests = {
-                n: r
-                for n, r in active.items()
-                if isinstance(r, dict) and r.get("mode") == "bridge" and r.get("nft_table") == table
-            }
-            if guests:
-                r0 = next(iter(guests.values()))
-                others[f[: -len(".json")]] = _rules(
-                    table, f[: -len(".json")], r0["subnet"], r0.get("subnet6"), guests
-                )
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            continue
+    for bridge, active in _other_bridges(db):
+        guests = {
+            n: r
+            for n, r in active.items()
+            if isinstance(r, dict) and r.get("mode") == "bridge" and r.get("nft_table") == table
+        }
+        if guests:
+            r0 = next(iter(guests.values()))
+            try:
+                others[bridge] = _rules(table, bridge, r0["subnet"], r0.get("subnet6"), guests)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
     return others if others and nft.legacy(table) else {}
 
 
