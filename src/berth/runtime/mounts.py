@@ -240,12 +240,13 @@ def _mount_one(
         return
     moved = None
     if mtype == "sysfs" and shared_netns:
-        # Without its own network namespace a guest may not mount sysfs: bind the host's,
-        # read-only; in a user namespace the copy of it alone that stage1 made.
-        flags |= MS.BIND | MS.REC
+        # Without its own network namespace a guest may not mount sysfs: bind the host's /sys
+        # alone, read-only (never recursively: the mounts below it, tracefs, debugfs,
+        # securityfs, bpf, the host's cgroup hierarchies, stay the host's); in a user namespace
+        # the copy of it alone that stage1 made.
+        flags = (flags | MS.BIND) & ~MS.REC
         source, mtype = "/sys", "bind"
         if sysfs_fd is not None:
-            flags &= ~MS.REC
             moved = sysfs_fd
     is_bind = bool(flags & MS.BIND) or mtype == "bind"
     if is_bind:
