@@ -258,10 +258,10 @@ def _restore_locked(
     while the images arrive: not in the downtime), closed by the caller.  ``plugged_peer``: the
     veth the receiver made ahead for a handed-off network ({"ip", "peer"}: :func:`_preplug`),
     used when the checkpoint's address is that one (torn down with the guest on failure).
-    ``foreign``: the images come from another host (a receive): the restored processes are
-    checked against the spec built here before they run (:mod:`berth.runtime.ckverify`), and
-    only a connection lock table this restore made is dropped (``timings["verify"]``: the
-    check's seconds)."""
+    The restored processes are checked against the guest's spec before they run
+    (:mod:`berth.runtime.ckverify`; ``timings["verify"]``: the check's seconds).  ``foreign``:
+    the images come from another host (a receive): only a connection lock table this restore
+    made is dropped."""
     from berth.runtime import checkpoint as ck
 
     spec = _spec(store, name)
@@ -281,6 +281,7 @@ def _restore_locked(
         raise StateError(f"guest {name!r}: its checkpoint holds the host file {path!r} open")
 
     net_opts = config.net_from_dict(spec.get("net"))
+    program = _seccomp_program(spec["spec"], os.path.join(store.root, "cache", "seccomp"))
     meta = ck.read_meta(images)
     _check_delegation(name, spec, meta)
     _check_userns(name, spec, meta)
@@ -354,8 +355,12 @@ def _restore_locked(
             on_cgroup=on_cgroup,
             binds=[m["source"] for m in _bind_mounts(spec["spec"])],
             spec=spec["spec"],  # its CPU request admitted on this host, as at a start
-            verify=_verifier(spec["spec"], timings) if foreign else None,
+            # Checked before they run, a local checkpoint too (its directory is the caller's).
+            # (A local restore by a berth itself under seccomp, in a container, cannot read the
+            # filters, EACCES: its contents go unchecked there; a receive is refused instead.)
+            verify=_verifier(spec["spec"], timings, program if foreign or not _own_seccomp() else None),
             own_lock_only=foreign,
+            seccomp_program=program,
         )
         if plugged:
             instance.net().adopt(store.root, name, net_opts, c.pid)
@@ -390,12 +395,37 @@ def _restore_locked(
     return c.pid
 
 
-def _verifier(spec: dict[str, Any], timings: dict[str, float] | None = None) -> Any:
-    """The check of a received guest's restored tasks against ``spec`` (built here); its time
-    goes into ``timings["verify"]``."""
+def _seccomp_program(spec: dict[str, Any], cache: str) -> bytes | None:
+    """The seccomp program berth builds here for ``spec``'s profile (None: it has none), from
+    the store's cache as a start takes it: a local restore compares with the very bytes the
+    guest's start loaded."""
+    profile = (spec.get("linux") or {}).get("seccomp")
+    if not profile:
+        return None
+    from berth.linux.seccomp import compiled
+
+    return compiled(profile, cache)
+
+
+def _own_seccomp() -> bool:
+    """Whether this process runs under seccomp (the kernel refuses it PTRACE_SECCOMP_GET_FILTER)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            return any(line.split()[1:2] not in (["0"], []) for line in f if line.startswith("Seccomp:"))
+    except OSError:
+        return False
+
+
+def _verifier(
+    spec: dict[str, Any], timings: dict[str, float] | None = None, program: bytes | None = None
+) -> Any:
+    """The check of a restored guest's tasks against ``spec`` (built here; for a local restore
+    the guest's own spec.json, as its last start built it), each thread's oldest seccomp
+    filter against ``program`` (:func:`_seccomp_program`); its time goes into
+    ``timings["verify"]``."""
     from berth.runtime import ckverify
 
-    want = ckverify.expect(spec)
+    want = ckverify.expect(spec, program)
 
     def verify(init: int, pids: list[int]) -> None:
         t0 = time.monotonic()

@@ -232,15 +232,20 @@ def holds_file_locks(pids: Sequence[int]) -> bool:
 
 
 def _all_in_tree(init: int, pids: Sequence[int]) -> bool:
-    """Whether every pid in ``pids`` descends from ``init`` (``berth exec`` sessions do not)."""
+    """Whether every pid in ``pids`` descends from ``init`` (``berth exec`` sessions do not).
+    A pid gone since the list was read is no process to dump (a guest's short-lived ``sleep``
+    could make this False: CRIU then froze the cgroup, and CRIU's dump of a task stopped with
+    SIGSTOP in a frozen cgroup can hang, CRIU's PR 1813)."""
     parent = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 parent[pid] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone
         except (OSError, ValueError, IndexError):
             return False
-    for start in pids:
+    for start in parent:
         pid = start
         for _ in range(len(pids) + 1):
             if pid == init:
@@ -776,6 +781,7 @@ def restore(
     spec: dict[str, Any] | None = None,
     verify: Callable[[int, list[int]], None] | None = None,
     own_lock_only: bool = False,
+    seccomp_program: bytes | None = None,
 ) -> Container:
     """Restore the checkpoint in ``images`` as container ``cid`` under ``state_root``.
 
@@ -806,7 +812,9 @@ def restore(
     (``--leave-stopped``) and checked before they run (:func:`berth.runtime.ckverify.verify`:
     it raises on a mismatch, and they are killed), then continued.  ``own_lock_only``: CRIU's
     connection lock table (named from the images' run id) is dropped after the restore only if
-    it did not exist before it: one that did is someone else's.
+    it did not exist before it: one that did is someone else's.  ``seccomp_program``: the
+    spec's filter, kept in the state directory as a create keeps it, for what ``exec`` starts
+    in the restored container (without it an exec'd process had no filter).
     """
     from berth.cgroups import open_cgroup
     from berth.runtime.container import Container
@@ -833,6 +841,9 @@ def restore(
             resources = linux["resources"]
         else:
             res_fields = {k: v for k, v in (old.get("berth") or {}).items() if k in ("cpu", "limits")}
+        if seccomp_program:
+            with open(os.path.join(sdir, "seccomp.bpf"), "wb") as f:  # for exec
+                f.write(seccomp_program)
         cg = open_cgroup(cgroup_path)
         cg.create()
         if resources:
@@ -949,7 +960,7 @@ def restore(
         with open(pidf) as f:
             pid = int(f.read().strip())
         if verify is not None:
-            _verify_and_continue(verify, pid, cg)
+            _verify_and_continue(verify, pid, cg, images)
         data["pid"] = pid
         data["status"] = st.RUNNING
         berth["start_time"] = st.proc_start_time(pid)
@@ -984,9 +995,10 @@ def restore(
             os.close(fd)
 
 
-def _verify_and_continue(verify: Callable[[int, list[int]], None], pid: int, cg: Any) -> None:
-    """The restored (stopped) tasks checked by ``verify``: continued, or all killed (those of
-    the cgroup by the caller's cleanup, descendants outside it here) and the error raised."""
+def _verify_and_continue(verify: Callable[[int, list[int]], None], pid: int, cg: Any, images: str) -> None:
+    """The restored (stopped) tasks checked by ``verify``: continued (but for the processes
+    stopped when dumped: :func:`berth.runtime.ckverify.stopped_at_dump`), or all killed (those
+    of the cgroup by the caller's cleanup, descendants outside it here) and the error raised."""
     import signal
 
     from berth.runtime import ckverify
@@ -998,7 +1010,7 @@ def _verify_and_continue(verify: Callable[[int, list[int]], None], pid: int, cg:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         raise
-    for p in ckverify.tasks_of([pid, *cg.pids()]):
+    for p in ckverify.to_continue(pid, cg.pids(), ckverify.stopped_at_dump(images)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGCONT)
 

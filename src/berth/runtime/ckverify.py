@@ -1,8 +1,9 @@
-"""The restored processes of a checkpoint from elsewhere, checked against the spec built here
-before they run (defence in depth for `berth receive`).
+"""The restored processes of a checkpoint, checked against the spec built here before they run
+(defence in depth for `berth receive`, and for `berth restore` of a local checkpoint, whose
+directory is the caller's: there the spec is the guest's own, as its last start built it).
 
 CRIU runs as this host's root and makes again what the images describe: namespaces, id maps,
-credentials, seccomp filters.  A migrated guest is restored stopped (``criu restore
+credentials, seccomp filters.  The guest is restored stopped (``criu restore
 --leave-stopped``); then every task (each thread of each process in its cgroup, and their
 descendants) is compared with what the spec built here from the guest's config gives it:
 
@@ -17,14 +18,27 @@ descendants) is compared with what the spec built here from the guest's config g
   bounding set inside the spec's (a task in a namespace the guest made below has the full set
   there, over nothing of the host's);
 - seccomp mode 2 (a filter) when the spec has one, no_new_privs when the spec sets it (both
-  inherited and never dropped, so every task).
+  inherited and never dropped, so every task);
+- with the program berth builds here for the spec's seccomp profile (:attr:`Expect.program`):
+  the oldest filter of each thread's chain is that program, byte for byte (read with
+  ``PTRACE_SECCOMP_GET_FILTER``, :func:`read_oldest_filter`).  Filters stacked on it later (the
+  guest's own) can only restrict further: the kernel takes the most restrictive action of the
+  chain.  Crafted images can otherwise carry an allow-all filter that passes a check of the mode.
+  A spec without a seccomp profile (``seccomp=unconfined``, privileged: allowed by the
+  receiver's policy, :mod:`berth.guests.hostpower`) expects no filter: the guest's own may be
+  there.  The program is libseccomp's for the profile: a sender whose libseccomp builds other
+  bytes for the same profile is refused (the migration stays on the sender).
 
 The caller kills them on a mismatch.  Pure: :func:`expect` (from the spec) and :func:`mismatch`
 (one task's facts); :func:`read_task` and :func:`verify` read /proc.
 
 Not checked: what a task holds open, its memory, its mounts beyond its namespaces (see
-:mod:`berth.guests.hostpower`: the images are not untrusted input to CRIU).  A guest process
-that was stopped (SIGSTOP) when dumped is continued with the others.
+:mod:`berth.guests.hostpower`: the images are not untrusted input to CRIU), the seccomp filter
+flags (``SECCOMP_FILTER_FLAG_LOG``, ``SPEC_ALLOW``: not kept with the program).
+
+Then the tasks are continued, except the processes that were stopped (SIGSTOP, SIGTSTP …) when
+dumped (:func:`stopped_at_dump`: the core images' ``task_state``; a correctness point, not a
+security one, so the images are good enough): :func:`to_continue`.
 """
 
 from __future__ import annotations
@@ -59,10 +73,15 @@ class Expect:
     bounding: int  # the bounding set's mask
     seccomp: bool  # a seccomp filter (mode 2)
     no_new_privs: bool
+    # the spec's seccomp profile as berth builds it here: each thread's oldest filter (None: not
+    # compared, only the mode)
+    program: bytes | None = None
 
 
-def expect(spec: dict[str, Any]) -> Expect:
-    """What the OCI ``spec`` (built here) gives each of the guest's tasks."""
+def expect(spec: dict[str, Any], program: bytes | None = None) -> Expect:
+    """What the OCI ``spec`` (built here) gives each of the guest's tasks; ``program``: the BPF
+    berth builds here for its ``linux.seccomp`` (:func:`berth.linux.seccomp.compiled`), ignored
+    for a spec without one."""
     from berth.linux.caps import CAP_NUMBERS
 
     linux = spec.get("linux") or {}
@@ -80,7 +99,8 @@ def expect(spec: dict[str, Any]) -> Expect:
     for name in (process.get("capabilities") or {}).get("bounding") or ():
         if name in CAP_NUMBERS:
             mask |= 1 << CAP_NUMBERS[name]
-    return Expect(own, id_map, mask, "seccomp" in linux, bool(process.get("noNewPrivileges")))
+    has = "seccomp" in linux
+    return Expect(own, id_map, mask, has, bool(process.get("noNewPrivileges")), program if has else None)
 
 
 def parse_status(text: str) -> dict[str, int]:
@@ -181,7 +201,186 @@ def read_task(pid: int, tid: int) -> dict[str, Any] | None:
         "uid_map": parse_map(uid) if uid is not None else None,
         "gid_map": parse_map(gid) if gid is not None else None,
         "status": parse_status(status),
+        "filters": status_field(status, "Seccomp_filters"),
     }
+
+
+def status_field(text: str, key: str) -> int | None:
+    """An integer field of a /proc/PID/status (None: absent, as Seccomp_filters before Linux
+    5.9, or not a number)."""
+    for line in text.splitlines():
+        k, _, val = line.partition(":")
+        if k == key:
+            try:
+                return int(val.split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+# -- the seccomp filter chain ------------------------------------------------------------------
+
+#: The most filters a restored thread may have stacked (the kernel's own bound, 32768
+#: instructions over the chain with 4 each of overhead, allows some 6500 one-instruction ones).
+MAX_FILTERS = 256
+#: How long a seized task may take to reach its ptrace-stop (it is stopped already: microseconds).
+STOP_SECONDS = 5.0
+
+_BPF_RET_K = 0x06
+_RET_ACTIONS = {
+    0x7FFF0000: "allow",
+    0x7FFC0000: "log",
+    0x7FF00000: "trace",
+    0x7FC00000: "notify",
+    0x00050000: "errno",
+    0x00030000: "trap",
+    0x00000000: "kill the thread",
+    0x80000000: "kill the process",
+}
+
+
+def describe_program(program: bytes) -> str:
+    """A seccomp program in a few words, for a refusal: its length, and what a program that
+    only returns does (``1 instruction: return allow``: an allow-all filter)."""
+    import struct
+
+    n = len(program) // 8
+    text = f"{n} instruction" + ("s" if n != 1 else "")
+    if n == 1 and len(program) == 8:
+        code, _jt, _jf, k = struct.unpack("=HBBI", program)
+        if code == _BPF_RET_K:
+            text += f": return {_RET_ACTIONS.get(k & 0xFFFF0000, hex(k))} for every call"
+    return text
+
+
+def filter_mismatch(count: int, oldest: bytes | None, want: bytes) -> str | None:
+    """What of a thread's filter chain differs from ``want`` (berth's program for the spec):
+    ``count`` filters, the oldest ``oldest`` (None: unreadable).  Pure."""
+    if count < 1:
+        return "it has no seccomp filter"
+    if count > MAX_FILTERS:
+        return f"it has {count} seccomp filters (more than {MAX_FILTERS})"
+    if oldest is None:
+        return "its seccomp filters cannot be read"
+    if oldest != want:
+        return (
+            f"its first seccomp filter ({describe_program(oldest)}) is not the one this host "
+            f"builds for its spec ({describe_program(want)})"
+        )
+    return None
+
+
+def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
+    """(number of filters, the oldest one's program) of the stopped thread ``tid``, read with
+    ptrace (seized, stopped, read, detached: a task in a group stop stays in it).  ``count``:
+    its status's Seccomp_filters (None: counted with ptrace, up to MAX_FILTERS + 1).  The
+    program is None where it cannot be read; OSError if the thread cannot be seized or
+    stopped (TimeoutError past :data:`STOP_SECONDS`)."""
+    from berth.linux import ptrace
+
+    ptrace.seize(tid)
+    sig: int | None = 0
+    try:
+        ptrace.interrupt(tid)
+        sig = ptrace.wait_stop(tid, STOP_SECONDS)
+        if sig is None:
+            return 0, b""  # it ended (killed meanwhile): nothing runs
+        if count is None:
+            count = 0
+            while count <= MAX_FILTERS and ptrace.seccomp_filter(tid, count, length_only=True) is not None:
+                count += 1
+        elif count > MAX_FILTERS or ptrace.seccomp_filter(tid, count, length_only=True) is not None:
+            return max(count, MAX_FILTERS + 1), None  # (more than its status says: refused)
+        if not 0 < count <= MAX_FILTERS:
+            return count, None
+        try:
+            got = ptrace.seccomp_filter(tid, count - 1)
+        except (OSError, ValueError):
+            return count, None
+        return count, got if isinstance(got, bytes) else None
+    finally:
+        if sig is not None:
+            try:
+                ptrace.detach(tid, sig)
+            except OSError:
+                pass  # gone
+
+
+# -- the processes stopped at dump time --------------------------------------------------------
+
+TASK_STOPPED = 3  # CRIU's task_core_entry.task_state (images/core.proto's "gen" dict)
+
+
+def core_task_state(data: bytes) -> int | None:
+    """``tc.task_state`` of a CRIU core image (``core-PID.img``: two magics, then one entry:
+    a 32-bit size and a core_entry); None for a thread's core (no ``tc``) or a damaged one."""
+    from berth.runtime.checkpoint import _pb_fields, _pb_varints
+
+    if len(data) < 12:
+        return None
+    size = int.from_bytes(data[8:12], "little")
+    entry = data[12 : 12 + size]
+    if len(entry) != size:
+        return None
+    try:
+        tc = None
+        for num, wire, value in _pb_fields(entry):
+            if num == 3 and wire == 2 and isinstance(value, bytes):  # core_entry.tc
+                tc = value
+        return None if tc is None else _pb_varints(tc).get(1)  # task_core_entry.task_state
+    except ValueError:
+        return None
+
+
+def stopped_at_dump(images: str) -> set[int]:
+    """The pids (in the guest's pid namespace, as the images name them) of the processes that
+    were stopped when dumped.  What cannot be read counts as running (as before)."""
+    import re
+
+    out: set[int] = set()
+    try:
+        names = os.listdir(images)
+    except OSError:
+        return out
+    for name in names:
+        m = re.fullmatch(r"core-([0-9]{1,9})\.img", name)
+        if not m:
+            continue
+        try:
+            with open(os.path.join(images, name), "rb") as f:
+                data = f.read(1 << 20)
+        except OSError:
+            continue
+        if core_task_state(data) == TASK_STOPPED:
+            out.add(int(m[1]))
+    return out
+
+
+def ns_pids(pid: int) -> list[int]:
+    """A process's pids in each pid namespace it is in, from the host's down (status's NSpid;
+    empty if it is gone)."""
+    text = _read(f"/proc/{pid}/status") or ""
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def to_continue(init: int, pids: Sequence[int], stopped: set[int]) -> list[int]:
+    """The restored processes to SIGCONT: ``init`` and ``pids`` and their descendants, but for
+    those whose pid in the guest init's pid namespace is in ``stopped``
+    (:func:`stopped_at_dump`)."""
+    tasks = tasks_of([init, *pids])
+    if not stopped:
+        return tasks
+    level = len(ns_pids(init)) - 1  # the guest's pid namespace's depth
+    out = []
+    for p in tasks:
+        mine = ns_pids(p)
+        if level >= 0 and len(mine) > level and mine[level] in stopped:
+            continue
+        out.append(p)
+    return out
 
 
 def host_namespaces() -> dict[str, set[str]]:
@@ -233,6 +432,18 @@ def verify(init: int, pids: Sequence[int], want: Expect) -> None:
             if task is None:
                 continue
             why = mismatch(task, want, host, guest_userns, init=pid == init and tid == init)
+            if (
+                why is None
+                and want.program is not None
+                and (task.get("status") or {}).get("State") != ord("Z")
+            ):
+                try:
+                    count, oldest = read_oldest_filter(tid, task.get("filters"))
+                except OSError as e:
+                    count, oldest = 1, None
+                    why = f"its seccomp filters cannot be read ({e})"
+                if count or oldest != b"":  # (b"" with 0: it ended meanwhile)
+                    why = why or filter_mismatch(count, oldest, want.program)
             if why:
                 raise StateError(
                     f"restored task {pid}" + (f" (thread {tid})" if tid != pid else "") + f": {why}"

@@ -1,0 +1,160 @@
+"""A restored guest's seccomp filter is the one berth builds for its spec, not just a filter:
+images whose seccomp.img holds an allow-all program (CRIU makes again what the images say) are
+refused by `berth restore` of a local checkpoint and by `berth receive` after a migration, the
+restored processes killed before they run, nothing left (berth.runtime.ckverify's filter
+chain check: each thread's oldest filter read with PTRACE_SECCOMP_GET_FILTER)."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import test_checkpoint
+import test_migrate
+from test_checkpoint import Host, start_guest, wait
+from test_migrate import b_has_nothing, receiver
+
+from helpers import cgroup_roots
+
+hosts = test_migrate.hosts  # the two-host fixture
+host_a = test_checkpoint.host_a  # one host
+
+
+def allow_all(path: str) -> int:
+    """Every filter of a CRIU seccomp.img (seccomp_entry: repeated seccomp_filter {bytes
+    filter = 1; prev = 2; flags = 3}) replaced by one instruction: return SECCOMP_RET_ALLOW.
+    The number of filters."""
+    import struct
+
+    from berth.runtime.checkpoint import _pb_fields
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field(num: int, value: object) -> bytes:
+        if isinstance(value, int):
+            return varint(num << 3) + varint(value)
+        assert isinstance(value, bytes)
+        return varint(num << 3 | 2) + varint(len(value)) + value
+
+    with open(path, "rb") as f:
+        data = f.read()
+    size = int.from_bytes(data[8:12], "little")
+    entry, n = b"", 0
+    for num, wire, value in _pb_fields(data[12 : 12 + size]):
+        assert num == 1 and wire == 2 and isinstance(value, bytes), (num, wire)
+        new = b""
+        for fnum, _w, fval in _pb_fields(value):
+            new += field(fnum, struct.pack("=HBBI", 6, 0, 0, 0x7FFF0000) if fnum == 1 else fval)
+        entry += field(1, new)
+        n += 1
+    assert n, "no seccomp filter in the images"
+    with open(path, "wb") as f:
+        f.write(data[:8] + len(entry).to_bytes(4, "little") + entry + data[12 + size :])
+    return n
+
+
+def _guest_procs(h: Host, name: str) -> list[int]:
+    for top in cgroup_roots() if len(cgroup_roots()) == 1 else [Path("/sys/fs/cgroup/pids")]:
+        f = top / h.parent / name / "cgroup.procs"
+        if f.exists():
+            return [int(x) for x in f.read_text().split()]
+    return []
+
+
+def test_local_restore_refuses_an_allow_all_filter(host_a: Host, unique: str) -> None:
+    h = host_a
+    name = f"{unique}-sa"
+    start_guest(h, name)  # berth's default seccomp profile (a host-userns guest: no tini)
+    assert "Seccomp:\t2" in Path(f"/proc/{h.record(name)['pid']}/status").read_text()
+    h("checkpoint", name)
+    images = Path(h.record(name)["checkpoint"])
+    img = images / "seccomp.img"
+    good = img.read_bytes()
+    assert allow_all(str(img)) >= 1
+    stopped_at = h.count(name)
+    p = h("restore", name, check=False)
+    assert p.returncode == 125, (p.returncode, p.stderr)
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "its first seccomp filter (1 instruction: return allow for every call)" in err, err
+    assert "not the one this host builds for its spec" in err, err
+    # Nothing ran, nothing is left: the guest is still checkpointed, no cgroup, no process.
+    rec = h.record(name)
+    assert rec["status"] == "checkpointed" and not rec.get("pid"), rec
+    assert h.count(name) == stopped_at
+    assert not _guest_procs(h, name)
+    assert not [p for top in cgroup_roots() for p in top.glob(f"{h.parent}/{name}")]
+    assert not (h.run / name).exists()
+    # The images as CRIU wrote them restore (the check passes for berth's own filter).
+    img.write_bytes(good)
+    h("restore", name)
+    wait(lambda: h.count(name) > stopped_at + 3, what="the counter to continue")
+    # What berth exec starts in the restored guest gets the filter too (its state directory
+    # kept no program: it ran with none).
+    out = h("exec", name, "--", "grep", "^Seccomp", "/proc/self/status").stdout.split()
+    assert out[:4] == ["Seccomp:", "2", "Seccomp_filters:", "1"], out
+    h("destroy", "--force", name)
+
+
+EVIL_SENDER = (
+    inspect.getsource(allow_all)
+    + r"""
+import os, sys
+from berth.cli._args import store as mkstore
+from berth.guests import migrate as M
+
+name, to = sys.argv[1:3]
+odump = M._dump
+
+
+def _dump(store, n, sp, c, images, criu, **kw):
+    meta = odump(store, n, sp, c, images, criu, **kw)
+    allow_all(os.path.join(images, "seccomp.img"))
+    return meta
+
+
+M._dump = _dump
+try:
+    M.migrate(mkstore(), name, to, token=None, timeout=30)
+except Exception as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
+"""
+)
+
+
+def test_receive_refuses_an_allow_all_filter(hosts: tuple[Host, Host], unique: str) -> None:
+    """A sender whose images carry an allow-all filter for a guest whose config (berth's
+    default seccomp) gets berth's filter here: refused after the restore, before the processes
+    run; the sender told in one line; B keeps nothing."""
+    a, b = hosts
+    name = f"{unique}-sm"
+    try:
+        start_guest(a, name)
+        r = receiver(b)
+        p = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{a.netns}", sys.executable, "-c", EVIL_SENDER,  # type: ignore[attr-defined]
+             name, f"10.213.0.2:{test_migrate.PORT}"],
+            env=a.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        rc = r.wait(60)
+        err = r.stderr.read() if r.stderr else ""
+        assert p.returncode != 0 and rc == 125, (p, rc, err)
+        for text in (p.stderr, err):
+            assert "not what its spec here gives it" in text, text
+            assert "its first seccomp filter (1 instruction: return allow for every call)" in text, text
+        b_has_nothing(b, name)
+        assert not list(Path("/dev/shm").glob(f".incoming-{name}*"))
+        assert str(b.store) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        a("destroy", "--force", name, check=False)
+        shutil.rmtree(a.store / "guests" / name, ignore_errors=True)
