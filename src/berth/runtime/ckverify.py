@@ -43,6 +43,7 @@ security one, so the images are good enough): :func:`to_continue`.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -302,8 +303,11 @@ def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
         if sig is not None:
             try:
                 ptrace.detach(tid, sig)
-            except OSError:
-                pass  # gone
+            except OSError as e:
+                # Gone is fine; else it stays in a ptrace-stop no SIGCONT ends (killed when
+                # berth exits, EXITKILL): refused rather than left half-held.
+                if e.errno != errno.ESRCH:
+                    raise
 
 
 # -- the processes stopped at dump time --------------------------------------------------------
