@@ -233,7 +233,7 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
             list(process.get("env") or []), int((process.get("user") or {}).get("uid") or 0)
         )
         cwd = process.get("cwd") or "/"
-        exe = executable.open_executable(process["args"], env, cwd)
+        exe = executable.open_executable(process["args"], env, cwd, creds=executable.Creds.of(process))
         if process.get("noNewPrivileges"):
             prctl.set_no_new_privs()
         elif seccomp:

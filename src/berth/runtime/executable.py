@@ -11,10 +11,12 @@ import ctypes
 import errno
 import os
 import stat
+from typing import Any, NamedTuple
 
-from berth.errors import BerthError, CannotExecute, CommandNotFound
+from berth.errors import BerthError, CannotExecute, CommandNotFound, UsageError
 from berth.linux import caps
 from berth.linux.libc import libc
+from berth.runtime import elf
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -37,6 +39,13 @@ libc.execveat.argtypes = [
     ctypes.c_int,
 ]
 libc.execveat.restype = ctypes.c_int
+for _setfs in (libc.setfsuid, libc.setfsgid):
+    _setfs.argtypes = [ctypes.c_uint32]
+    _setfs.restype = ctypes.c_int
+# execvp goes on to the next PATH entry after these errors (glibc posix/execvpe.c); EACCES too,
+# remembered; any other error ends the search.
+_NEXT_ENTRY = (errno.ENOENT, errno.ESTALE, errno.ENOTDIR, errno.ENODEV, errno.ETIMEDOUT)
+_HEAD = 4096  # read at once from the command: its #! line, or an ELF header and (mostly) its phdrs
 
 
 def hold_host_proc() -> None:
@@ -105,25 +114,97 @@ class Executable:
         self.error: BerthError | None = None  # raised at the exec (an interpreter found missing)
 
 
-def _lookup(arg0: str, env: list[str], cwd: str) -> tuple[str, int]:
-    """(path, O_PATH fd) of the first candidate execvp would run."""
-    if "/" in arg0:
-        candidates = [arg0 if arg0.startswith("/") else os.path.join(cwd, arg0)]
-    else:
-        candidates = [os.path.join(d or ".", arg0) for d in env_path(env).split(":")]
+class Creds(NamedTuple):
+    """Who the process is at its execve, after :func:`berth.runtime.process.become`: the
+    command is looked up as that user (execvp's rules, the kernel's permission checks)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    effective: int  # capability mask (what the spec asks, cut to what the runtime holds)
+
+    @classmethod
+    def of(cls, process: dict[str, Any], *, through_init: bool = False) -> Creds:
+        """The credentials ``process`` (an OCI ``process`` object) execs its command with;
+        ``through_init``: tini's, which runs it by execvp after its own exec (the capabilities
+        the kernel leaves a process at an exec: the ambient set, for root the bounding set)."""
+        user = process.get("user") or {}
+        uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+        sets = process.get("capabilities") or {}
+        try:
+            masks = {key: caps.to_mask(sets.get(key) or []) for key in ("effective", "bounding", "ambient")}
+        except KeyError as e:
+            raise UsageError("process.capabilities", f"unknown capability {e.args[0]!r}") from None
+        effective = masks["effective"]
+        if through_init:
+            effective = masks["bounding"] if uid == 0 else masks["ambient"]
+        groups = tuple(int(g) for g in user.get("additionalGids") or [])
+        return cls(uid, gid, groups, effective)
+
+
+def _act_as(creds: Creds) -> tuple[int, int, int, int, int]:
+    """Switch this thread's file-system credentials (fsuid, fsgid, supplementary groups,
+    effective capabilities) to ``creds``: the kernel then checks path walks, opens and
+    faccessat(AT_EACCESS) as it will at the process's execve.  The groups stay (the process
+    takes them next anyway); the rest comes back with :func:`_act_back`."""
+    eff, perm, inh = caps.capget()
+    if sorted(set(os.getgroups())) != sorted(set(creds.groups)):
+        os.setgroups(list(creds.groups))
+    old_gid = libc.setfsgid(creds.gid)
+    old_uid = libc.setfsuid(creds.uid)
+    saved = (eff, perm, inh, old_uid, old_gid)
+    # setfsuid/setfsgid return the old id whether or not they switched: ask again (-1 changes nothing)
+    if libc.setfsgid(0xFFFFFFFF) != creds.gid or libc.setfsuid(0xFFFFFFFF) != creds.uid:
+        _act_back(saved)
+        raise OSError(errno.EINVAL, f"setfsuid({creds.uid})/setfsgid({creds.gid}): not a user of the guest")
+    # A switch of fsuid from 0 drops the file capabilities from the effective set: set it whole.
+    caps.capset(creds.effective & perm, perm, inh)
+    return saved
+
+
+def _act_back(saved: tuple[int, int, int, int, int]) -> None:
+    eff, perm, inh, old_uid, old_gid = saved
+    caps.capset(eff, perm, inh)  # CAP_SETUID and CAP_SETGID back first, for the switch back
+    libc.setfsuid(old_uid)
+    libc.setfsgid(old_gid)
+    caps.capset(eff, perm, inh)  # a switch of fsuid to 0 raised the file capabilities: as before
+
+
+def _lookup(arg0: str, env: list[str], cwd: str, creds: Creds | None) -> tuple[str, int]:
+    """(path, O_PATH fd) of the first candidate execvp would run, as the user of ``creds``."""
+    saved = _act_as(creds) if creds is not None else None
+    try:
+        return _search(arg0, env, cwd)
+    finally:
+        if saved is not None:
+            _act_back(saved)
+
+
+def _search(arg0: str, env: list[str], cwd: str) -> tuple[str, int]:
+    if not arg0:
+        raise CommandNotFound("command not found in the guest: ''")
+    candidates = [arg0]
+    if "/" not in arg0:
+        # an empty entry (a leading, trailing or doubled ':') is the working directory: execvp
+        # names the file alone, as the kernel resolves it
+        candidates = [f"{d}/{arg0}" if d else arg0 for d in env_path(env).split(":")]
     denied = None
     for path in candidates:
         try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            # a relative path against the process's working directory, as at its exec (this
+            # process is still at the guest's /)
+            fd = os.open(os.path.join(cwd, path), os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
-            if e.errno in (errno.EACCES, errno.ELOOP):
+            if e.errno == errno.EACCES:
                 denied = (path, e.strerror)
+            elif e.errno not in _NEXT_ENTRY:
+                raise CannotExecute(f"cannot execute {path!r} in the guest: {e.strerror}") from None
             continue
         st = os.fstat(fd)
         reason = None
         if stat.S_ISDIR(st.st_mode):
             reason = "is a directory"
-        elif not os.access(f"self/fd/{fd}", os.X_OK, dir_fd=host_proc()):
+        elif not os.access(f"self/fd/{fd}", os.X_OK, dir_fd=host_proc(), effective_ids=True):
             reason = "permission denied"
         if reason:
             os.close(fd)
@@ -136,7 +217,12 @@ def _lookup(arg0: str, env: list[str], cwd: str) -> tuple[str, int]:
 
 
 def open_executable(
-    args: list[str], env: list[str], cwd: str = "/", *, follow_link: bool = False
+    args: list[str],
+    env: list[str],
+    cwd: str = "/",
+    *,
+    follow_link: bool = False,
+    creds: Creds | None = None,
 ) -> Executable:
     """Resolve ``args[0]`` as execvp would, inside the (already entered) guest root, open it once
     and check it (and each ``#!`` interpreter) with the runtime's own /proc.
@@ -161,8 +247,14 @@ def open_executable(
     ``berth exec``: a guest process racing it wins that window often enough (measured: the
     host's python was exec'd within a dozen tries), so a busybox applet exec'd there shows as
     ``busybox`` (``pgrep sleep`` misses it; ``pidof sleep`` and ``ps`` see its argv).
+
+    ``creds``: who the process will be at its exec; the command is looked up as that user (a
+    PATH directory the user cannot search, a file the user may not execute, are passed over as
+    execvp would).  ``cwd``: the process's working directory (empty PATH entries and relative
+    paths resolve there).  An ELF's program interpreter (PT_INTERP, which the kernel opens by
+    path: ``/proc/self/exe`` is the runtime's) is checked as ``#!`` interpreters are.
     """
-    path, fd = _lookup(args[0], env, cwd)
+    path, fd = _lookup(args[0], env, cwd, creds)
     try:
         mounts = _mount_ids()
     except BaseException:
@@ -172,16 +264,16 @@ def open_executable(
     argv = list(args)
     for _level in range(_MAX_INTERPRETERS + 1):
         try:
-            head = _check_file(path, named, fd, mounts)
+            head = _check_file(path, named, fd, mounts, cwd)
             if not head.startswith(b"#!"):
                 exe = _finish(path, args, argv, fd, mounts)
                 if follow_link and named == path:
-                    _keep_link(exe)
+                    _keep_link(exe, cwd)
                 return exe
             if os.fstatvfs(fd).f_flag & os.ST_NOEXEC:
                 # the kernel refuses a script there, though its interpreter lies elsewhere
                 raise CannotExecute(f"cannot execute {named!r} in the guest: its mount is noexec")
-            interp, arg = _shebang(named, head)
+            interp, arg = _shebang(named, head[:256])
             argv = [interp, *([arg] if arg else []), named, *argv[1:]]
             try:
                 nfd = os.open(os.path.join(cwd, interp), os.O_PATH | os.O_CLOEXEC)
@@ -225,10 +317,10 @@ def _mount_id(fd: int) -> int | None:
     return None
 
 
-def _check_file(path: str, named: str, fd: int, mounts: set[int]) -> bytes:
+def _check_file(path: str, named: str, fd: int, mounts: set[int], cwd: str) -> bytes:
     """Refuse ``fd`` (``named``: the command ``path`` or one of its interpreters) unless it is on
-    one of ``mounts``; its first bytes (b"" if it is no regular
-    file or cannot be read: execve says why)."""
+    one of ``mounts`` and, for an ELF, so is its program interpreter; its first bytes (b"" if it
+    is no regular file or cannot be read: execve says why)."""
     mnt = _mount_id(fd)
     if mnt is None:
         raise CannotExecute(f"cannot execute {path!r} in the guest: cannot tell which mount {named!r} is on")
@@ -240,19 +332,70 @@ def _check_file(path: str, named: str, fd: int, mounts: set[int]) -> bytes:
         return b""
     try:
         rfd = proc_open(f"self/fd/{fd}", os.O_RDONLY)
-    except OSError:
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            # the kernel reads it at the exec all the same (a #! line, an ELF interpreter)
+            raise CannotExecute(
+                f"cannot execute {path!r} in the guest: cannot read {named!r} to check it"
+            ) from None
         return b""
     try:
-        if not stat.S_ISREG(os.fstat(rfd).st_mode):
+        try:
+            if not stat.S_ISREG(os.fstat(rfd).st_mode):
+                return b""
+            head = os.pread(rfd, _HEAD, 0)
+        except OSError:
             return b""
-        head = os.pread(rfd, 256, 0)
-    except OSError:
-        return b""
+        if head.startswith(b"\x7fELF"):
+            _check_elf(path, named, rfd, head, mounts, cwd)
     finally:
         os.close(rfd)
     if head and not head.startswith((b"\x7fELF", b"#!")):
         raise CannotExecute(f"cannot execute {named!r} in the guest: exec format error (not ELF, no #!)")
     return head
+
+
+def _check_elf(path: str, named: str, rfd: int, head: bytes, mounts: set[int], cwd: str) -> None:
+    """Refuse the ELF file ``rfd`` (first bytes ``head``) if a program interpreter the kernel
+    would load for it is no regular file on one of ``mounts``.  One the guest lacks is left to
+    the exec to report (ENOENT, as execve)."""
+
+    def read(offset: int, size: int) -> bytes:
+        if offset + size <= len(head) or len(head) < _HEAD:  # within what was read, or the whole file
+            return head[offset : offset + size]
+        return os.pread(rfd, size, offset)
+
+    try:
+        interps = elf.interpreters(read)
+    except elf.ElfError as e:
+        raise CannotExecute(f"cannot execute {named!r} in the guest: exec format error ({e})") from None
+    except OSError as e:
+        raise CannotExecute(
+            f"cannot execute {path!r} in the guest: reading {named!r}: {e.strerror}"
+        ) from None
+    for interp in interps:
+        if not interp:
+            continue  # execve: ENOENT
+        shown = os.fsdecode(interp)
+        try:
+            ifd = os.open(os.path.join(os.fsencode(cwd), interp), os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            mnt = _mount_id(ifd)
+            regular = stat.S_ISREG(os.fstat(ifd).st_mode)
+        finally:
+            os.close(ifd)
+        if mnt is None or mnt not in mounts:
+            raise CannotExecute(
+                f"cannot execute {path!r} in the guest: the ELF interpreter {shown!r} of {named!r}"
+                " leads outside the guest's file systems"
+            )
+        if not regular:
+            raise CannotExecute(
+                f"cannot execute {path!r} in the guest: the ELF interpreter {shown!r} of {named!r}"
+                " is not a regular file"
+            )
 
 
 def _shebang(named: str, head: bytes) -> tuple[str, str]:
@@ -274,9 +417,9 @@ def _shebang(named: str, head: bytes) -> tuple[str, str]:
     return os.fsdecode(interp), os.fsdecode(rest)
 
 
-def _keep_link(exe: Executable) -> None:
+def _keep_link(exe: Executable, cwd: str) -> None:
     """Remember ``exe.path``'s own directory and name when its last component is a symlink."""
-    parent, name = os.path.split(exe.path)
+    parent, name = os.path.split(os.path.join(cwd, exe.path))
     try:
         dir_fd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -365,7 +365,8 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             take_terminal(sock, master, slave, proc.get("consoleSize"))
 
         env = process.with_home(list(proc.get("env") or []), int((proc.get("user") or {}).get("uid") or 0))
-        exe = executable.open_executable(proc["args"], env, cwd, follow_link=True)
+        creds = executable.Creds.of(proc, through_init=init is not None)  # tini looks it up again
+        exe = executable.open_executable(proc["args"], env, cwd, follow_link=True, creds=creds)
 
         # Privileges: no_new_privs, seccomp, then the identity and capability sets.
         seccomp_prog = opts.seccomp_program
