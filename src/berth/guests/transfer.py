@@ -34,6 +34,7 @@ import struct
 import time
 
 from berth.errors import BerthError
+from berth.linux.statfs import no_room
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ CHUNK = 1 << 20
 # length a peer merely claims.  Before the sender has authenticated, far less (HELLO_MAX).
 MAX_FRAME = 1 << 26
 HELLO_MAX = 1 << 20
-RESERVE = 256 << 20  # free space a received file may not take (or 5% of a smaller filesystem)
 SLACK_NS = 1_000_000_000
 
 
@@ -492,15 +492,11 @@ def _check_entry(h: dict[str, Any], kinds: str, ids: tuple[int, int] | None, dev
 
 def _room(dfd: int, size: int, name: str) -> None:
     """Refuse a file that would leave the filesystem of the directory ``dfd`` with less than
-    :data:`RESERVE` free (a sender cannot fill the store or /dev/shm: it is told at once)."""
-    st = os.statvfs(dfd)
-    free = st.f_bavail * st.f_frsize
-    reserve = min(RESERVE, st.f_blocks * st.f_frsize // 20)
-    if size > free - reserve:
-        raise BerthError(
-            f"the migration stream's entry {name!r}: no room for {size} bytes here "
-            f"({max(free - reserve, 0)} free above the reserve)"
-        )
+    :data:`berth.linux.statfs.RESERVE` free (a sender cannot fill the store or /dev/shm: it is
+    told at once)."""
+    why = no_room(dfd, size)
+    if why:
+        raise BerthError(f"the migration stream's entry {name!r}: {why}")
 
 
 def _meta(dfd: int, base: str, h: dict[str, Any]) -> None:

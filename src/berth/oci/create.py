@@ -27,6 +27,16 @@ USAGE = """usage: berth-runtime create [OPTIONS] ID
 """
 # Annotation asking berth not to lower rlimits the host cannot grant (fail instead).
 STRICT_RLIMITS = "org.berth.rlimits"
+NGROUPS_MAX = 65536  # the kernel's limit on a process's supplementary groups
+
+
+def check_groups(proc: dict[str, Any]) -> None:
+    """Refuse more supplementary groups than setgroups takes (else a bare ValueError later)."""
+    gids = (proc.get("user") or {}).get("additionalGids") or []
+    if len(gids) > NGROUPS_MAX:
+        raise UsageError(
+            "process.user.additionalGids", f"{len(gids)} groups, more than the kernel's {NGROUPS_MAX}"
+        )
 
 
 def load(ctx: Context, bundle: str) -> dict[str, Any]:
@@ -38,6 +48,7 @@ def load(ctx: Context, bundle: str) -> dict[str, Any]:
         raise UsageError("process", "missing: a container needs a process to run")
     linux = spec.setdefault("linux", {})
     proc = spec["process"]
+    check_groups(proc)
     if proc.get("selinuxLabel") or linux.get("mountLabel"):
         if not os.path.exists("/sys/fs/selinux/enforce"):
             raise UnsupportedError("process.selinuxLabel: SELinux is not enabled on this host")

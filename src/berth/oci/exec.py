@@ -70,8 +70,12 @@ def _base_process(c: Any) -> dict[str, Any]:
 
 
 def build_process(c: Any, opts: dict[str, Any], args: list[str]) -> dict[str, Any]:
+    from berth.oci.create import check_groups
+
     if opts.get("process"):
-        return _load_process(opts["process"])
+        proc = _load_process(opts["process"])
+        check_groups(proc)
+        return proc
     if not args:
         raise UsageError("COMMAND", "missing: berth-runtime exec ID COMMAND [ARGS...] (or --process FILE)")
     proc = _base_process(c)
@@ -95,6 +99,7 @@ def build_process(c: Any, opts: dict[str, Any], args: list[str]) -> dict[str, An
             caps[key] = sorted(set(caps.get(key) or []) | set(opts["caps"]))
     if opts.get("nnp"):
         proc["noNewPrivileges"] = True
+    check_groups(proc)
     return proc
 
 

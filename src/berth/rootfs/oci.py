@@ -19,6 +19,16 @@ had (it is removed), and the skipped names are counted in the summary.  FIFOs ar
 files keep their bits (su, ping): the template's dir is the host root's alone
 (:mod:`berth.rootfs.template`).
 
+Nothing an image says is trusted to be small: before a member is written the filesystem of the
+store must have room for it (its data, and an inode) above a reserve
+(:func:`berth.linux.statfs.no_room`), or the import fails naming the member; a sparse member is
+written sparse (its holes are seeked over, never written as zeros).  Of the extended attributes
+only those docker and containerd keep are applied (``user.*``, ``security.capability``,
+``system.posix_acl_*``): never ``trusted.*`` (overlayfs's own, ``trusted.overlay.*``) nor a
+security label.  A directory image's files are opened below a descriptor of the directory,
+component by component, never through a symlink, and only if regular (a FIFO must not hang the
+import).
+
 Symlinks are *stored* as they are (absolute ones included: ``/etc/alternatives/…`` is normal in
 a distribution); they are resolved only inside the guest, whose root is the rootfs.
 
@@ -39,6 +49,7 @@ import stat
 import tarfile
 
 from berth.errors import BerthError, UnsupportedError
+from berth.linux.statfs import no_room
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,42 +65,117 @@ _INDEX_TYPES = (
 )
 SKIPPED_SHOWN = 10  # device nodes named in template.json (all are counted)
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ID_MAX = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
+# The extended attributes applied from a layer (as docker and containerd): user.*, file
+# capabilities and ACLs; trusted.* (overlayfs's trusted.overlay.*) and security labels are dropped.
+_XATTRS_KEPT = ("user.", "security.capability", "system.posix_acl_access", "system.posix_acl_default")
 
 
 class ImageError(BerthError):
     """An OCI image or archive is corrupt, incomplete, or has a layer that would escape the rootfs."""
 
 
+def printable(text: str) -> str:
+    """``text`` with its control and other unprintable characters escaped as ``repr`` does
+    (``\\x1b``, ``\\n``): a name from an image quoted in a message cannot forge a terminal's output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # -- where the image's files come from --------------------------------------------------------
 class _Source:
-    """The files of an image: a directory or an (uncompressed) tar archive."""
+    """The files of an image: a directory or an (uncompressed) tar archive.  ``path`` itself is
+    the caller's (followed if a symlink); a directory's files are opened below it, never
+    through a symlink, and only if they are regular files."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.tar: tarfile.TarFile | None = None
-        if os.path.isdir(path):
-            return
+        self.dirfd = -1
+        self._file: IO[bytes] | None = None
         try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
+            # O_NONBLOCK: a FIFO given as the image must not hang the import.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise ImageError(f"image {printable(path)}: cannot open ({e.strerror})") from None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            self.dirfd = fd
+            return
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ImageError(f"image {printable(path)}: not an image directory or a tar archive")
+        self._file = os.fdopen(fd, "rb")
+        try:
+            self.tar = tarfile.open(fileobj=self._file, mode="r:")  # noqa: SIM115 - closed by close()
             self.names = set(self.tar.getnames())
         except (tarfile.TarError, EOFError, OSError) as e:
-            if self.tar is not None:
-                self.tar.close()
-            raise ImageError(f"image {path}: not an image directory or a tar archive ({e})") from None
+            self.close()
+            raise ImageError(
+                f"image {printable(path)}: not an image directory or a tar archive ({e})"
+            ) from None
 
     def close(self) -> None:
         if self.tar is not None:
             self.tar.close()
+            self.tar = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.dirfd >= 0:
+            os.close(self.dirfd)
+            self.dirfd = -1
+
+    def _where(self, rel: str) -> str:
+        return f"image {printable(self.path)}: {printable(rel)}"
+
+    def _lookup(self, rel: str) -> int | None:
+        """An ``O_PATH`` descriptor of the directory image's ``rel`` (not followed if a
+        symlink), every directory on the way opened with ``O_NOFOLLOW`` below the image's;
+        None if something on the way does not exist."""
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts or rel.startswith("/") or "\0" in rel:
+            raise ImageError(f"{self._where(rel)} points outside the image")
+        fd = self.dirfd
+        try:
+            for i, comp in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    nfd = os.open(
+                        comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC if last else _O_DIR, dir_fd=fd
+                    )
+                except FileNotFoundError:
+                    return None
+                except OSError as e:
+                    so_far = "/".join(parts[: i + 1])
+                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise ImageError(f"{self._where(so_far)}: cannot open ({e.strerror})") from None
+                    if stat.S_ISLNK(os.stat(comp, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise ImageError(f"{self._where(so_far)} is a symlink (not followed)") from None
+                    raise ImageError(f"{self._where(so_far)} is not a directory") from None
+                if fd != self.dirfd:
+                    os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            if fd != self.dirfd:
+                os.close(fd)
+            raise
 
     def has(self, rel: str) -> bool:
         rel = rel.removeprefix("./")
         if self.tar is not None:
             return rel in self.names or f"./{rel}" in self.names
-        return os.path.isfile(os.path.join(self.path, rel))
+        fd = self._lookup(rel)  # anything there: open() says what is wrong with it
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     def open(self, rel: str) -> IO[bytes]:
         if ".." in rel.split("/") or rel.startswith("/"):
-            raise ImageError(f"image {self.path}: path {rel!r} points outside the image")
+            raise ImageError(f"{self._where(rel)} points outside the image")
         rel = rel.removeprefix("./")
         if self.tar is not None:
             name = rel if rel in self.names else f"./{rel}"
@@ -98,12 +184,22 @@ class _Source:
             except (KeyError, tarfile.TarError):
                 f = None
             if f is None:
-                raise ImageError(f"image {self.path}: {rel} is missing")
+                raise ImageError(f"{self._where(rel)} is missing")
             return f
+        pfd = self._lookup(rel)
+        if pfd is None:
+            raise ImageError(f"{self._where(rel)} is missing")
         try:
-            return open(os.path.join(self.path, rel), "rb")
-        except FileNotFoundError:
-            raise ImageError(f"image {self.path}: {rel} is missing") from None
+            mode = os.fstat(pfd).st_mode
+            if stat.S_ISLNK(mode):
+                raise ImageError(f"{self._where(rel)} is a symlink (not followed)")
+            if not stat.S_ISREG(mode):
+                raise ImageError(f"{self._where(rel)} is not a regular file")
+            # Opened again from the checked O_PATH descriptor: the very file that was checked.
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            os.close(pfd)
+        return os.fdopen(fd, "rb")
 
     def json(self, rel: str) -> Any:
         with self.open(rel) as f:
@@ -111,7 +207,12 @@ class _Source:
         try:
             return json.loads(data)
         except ValueError as e:
-            raise ImageError(f"image {self.path}: {rel} is not valid JSON ({e})") from None
+            raise ImageError(f"{self._where(rel)} is not valid JSON ({e})") from None
+
+
+def open_image(path: str) -> _Source:
+    """The image at ``path`` (a directory or a tar archive), to read its files; close() it."""
+    return _Source(path)
 
 
 def _blob_path(digest: str, where: str) -> str:
@@ -141,7 +242,7 @@ class Layer:
 
 def layers(src: _Source) -> tuple[list[Layer], dict[str, Any]]:
     """The image's layers (bottom first) and its config (Cmd, Env, …: may be empty)."""
-    where = src.path
+    where = printable(src.path)
     try:
         if src.has("index.json"):
             desc = _pick(src.json("index.json").get("manifests"), where)
@@ -245,7 +346,7 @@ class _Prefixed(io.RawIOBase):
 
 def members(layer: Layer) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     """The layer's tar members, in order (the digest is checked after the last one)."""
-    where = f"layer {layer.rel}"
+    where = f"layer {printable(layer.rel)}"
     raw = layer.src.open(layer.rel)
     hashing = None
     if layer.digest:
@@ -321,29 +422,65 @@ def _remove(dirfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dirfd)
 
 
-def _owner_times(dirfd: int, name: str, m: tarfile.TarInfo, *, link: bool = False) -> None:
-    os.chown(name, m.uid, m.gid, dir_fd=dirfd, follow_symlinks=False)
-    if not link:
-        os.chmod(name, m.mode & 0o7777, dir_fd=dirfd)
-    try:
-        os.utime(name, (m.mtime, m.mtime), dir_fd=dirfd, follow_symlinks=False)
+def _utime(target: int | str, m: tarfile.TarInfo, dirfd: int | None = None) -> None:
+    try:  # a time the filesystem cannot hold (PAX mtime 1e300, nan) leaves the file's own
+        os.utime(target, (m.mtime, m.mtime), dir_fd=dirfd, follow_symlinks=dirfd is None)
     except (OSError, OverflowError, ValueError):
         pass
 
 
+def _owner_times(dirfd: int, name: str, m: tarfile.TarInfo, *, link: bool = False) -> None:
+    os.chown(name, m.uid, m.gid, dir_fd=dirfd, follow_symlinks=False)
+    if not link:
+        os.chmod(name, m.mode & 0o7777, dir_fd=dirfd)
+    _utime(name, m, dirfd)
+
+
 def _xattrs(fd: int, m: tarfile.TarInfo) -> None:
     for key, value in (m.pax_headers or {}).items():
-        if key.startswith("SCHILY.xattr."):
+        if not key.startswith("SCHILY.xattr."):
+            continue
+        name = key[len("SCHILY.xattr.") :]
+        if name.startswith(_XATTRS_KEPT):  # see _XATTRS_KEPT: never trusted.*, no label
             try:
-                os.setxattr(fd, key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape"))
+                os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
             except OSError:
                 pass
+
+
+def _data_blocks(m: tarfile.TarInfo, where: str) -> list[tuple[int, int]]:
+    """The (offset, length) stretches of a regular member's data: one, or a sparse member's map
+    (checked: in order, not overlapping, inside the file's size)."""
+    if m.sparse is None:
+        return [(0, m.size)] if m.size else []
+    out: list[tuple[int, int]] = []
+    end = 0
+    for off, n in m.sparse:
+        if n == 0:
+            continue  # GNU tar ends its map with empty entries
+        if off < end or n < 0 or off + n > m.size:
+            raise ImageError(f"{where}: member {m.name!r} has a bad sparse map")
+        out.append((off, n))
+        end = off + n
+    return out
+
+
+def _check_member(rootfd: int, m: tarfile.TarInfo, data: int, where: str) -> None:
+    """Refuse a member whose owner the kernel cannot take, or that the store has no room for
+    (``data`` bytes, and an inode unless it is a hardlink or a device node, never made)."""
+    for field, value in (("uid", m.uid), ("gid", m.gid)):
+        if not 0 <= value <= _ID_MAX:
+            raise ImageError(f"{where}: member {m.name!r}: {field} {value} is out of range (0-{_ID_MAX})")
+    inodes = 0 if m.islnk() or m.ischr() or m.isblk() else 1
+    why = no_room(rootfd, data, inodes) if data or inodes else None
+    if why:
+        raise ImageError(f"{where}: member {m.name!r}: {why}")
 
 
 def apply_layer(rootfd: int, layer: Layer, skipped: list[str] | None = None) -> int:
     """Apply one layer onto the rootfs open at ``rootfd``; the number of members applied.
     The names of device nodes not made are appended to ``skipped``."""
-    where = f"layer {layer.rel}"
+    where = f"layer {printable(layer.rel)}"
     added: set[tuple[str, ...]] = set()  # what this layer made (a whiteout never removes it)
     count = 0
     for m, tf in members(layer):
@@ -372,9 +509,11 @@ def apply_layer(rootfd: int, layer: Layer, skipped: list[str] | None = None) -> 
             finally:
                 os.close(pfd)
             continue
+        blocks = _data_blocks(m, where) if m.isreg() else []
+        _check_member(rootfd, m, sum(n for _, n in blocks), where)
         pfd = _open_dir(rootfd, parts[:-1], where, m.name, create=True)
         try:
-            made = _apply_member(pfd, base, m, tf, rootfd, where)
+            made = _apply_member(pfd, base, m, tf, rootfd, where, blocks)
         finally:
             os.close(pfd)
         if not made and skipped is not None:
@@ -385,10 +524,16 @@ def apply_layer(rootfd: int, layer: Layer, skipped: list[str] | None = None) -> 
 
 
 def _apply_member(
-    pfd: int, base: str, m: tarfile.TarInfo, tf: tarfile.TarFile, rootfd: int, where: str
+    pfd: int,
+    base: str,
+    m: tarfile.TarInfo,
+    tf: tarfile.TarFile,
+    rootfd: int,
+    where: str,
+    blocks: list[tuple[int, int]],
 ) -> bool:
-    """Make member ``m`` as ``base`` in ``pfd``; False: a device node, not made (what was
-    there removed all the same)."""
+    """Make member ``m`` as ``base`` in ``pfd`` (a regular file's data: ``blocks``, from
+    :func:`_data_blocks`); False: a device node, not made (what was there removed all the same)."""
     try:
         old = os.stat(base, dir_fd=pfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -408,17 +553,11 @@ def _apply_member(
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd
         )
         try:
-            src = tf.extractfile(m)
-            if src is not None:
-                while True:
-                    chunk = src.read(1 << 20)
-                    if not chunk:
-                        break
-                    os.write(fd, chunk)
+            _write_data(fd, m, tf, blocks, where)
             os.fchown(fd, m.uid, m.gid)
             os.fchmod(fd, m.mode & 0o7777)
             _xattrs(fd, m)
-            os.utime(fd, (m.mtime, m.mtime))
+            _utime(fd, m)
         finally:
             os.close(fd)
     elif m.issym():
@@ -448,6 +587,31 @@ def _apply_member(
     else:
         raise ImageError(f"{where}: member {m.name!r} has an unsupported type {m.type!r}")
     return True
+
+
+def _write_data(
+    fd: int, m: tarfile.TarInfo, tf: tarfile.TarFile, blocks: list[tuple[int, int]], where: str
+) -> None:
+    """A regular member's data into ``fd``; a sparse member's holes are seeked over (the file is
+    made as sparse as it was), then the file is cut to its size."""
+    src = tf.extractfile(m)
+    if src is None:
+        return
+    if m.sparse is None:
+        while chunk := src.read(1 << 20):
+            os.write(fd, chunk)
+        return
+    raw = src.raw  # the member's own reader, which seeks (the buffered one would ask the stream)
+    for start, length in blocks:
+        raw.seek(start)
+        done = 0
+        while done < length:
+            chunk = raw.read(min(length - done, 1 << 20))
+            if not chunk:
+                raise ImageError(f"{where}: member {m.name!r} is truncated")
+            os.pwrite(fd, chunk, start + done)
+            done += len(chunk)
+    os.ftruncate(fd, m.size)
 
 
 def image_config(cfg: dict[str, Any], where: str = "image") -> dict[str, Any]:
@@ -489,7 +653,7 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
     import zlib
 
     src = _Source(image)
-    where = f"image {image}"
+    where = f"image {printable(image)}"
     try:
         todo, cfg = layers(src)
         defaults = image_config(cfg, where)  # checked before any layer is applied
@@ -498,7 +662,7 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
         try:
             n = 0
             for layer in todo:
-                where = f"layer {layer.rel}"
+                where = f"layer {printable(layer.rel)}"
                 n += apply_layer(rootfd, layer, skipped)
         finally:
             os.close(rootfd)
@@ -509,7 +673,7 @@ def unpack(image: str, rootfs: str) -> dict[str, Any]:
         return out
     except BerthError:
         raise
-    except (tarfile.TarError, EOFError, zlib.error, ValueError, OSError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, ValueError, OverflowError, OSError) as e:
         raise ImageError(f"{where}: corrupt or unreadable ({type(e).__name__}: {e})") from None
     finally:
         src.close()

@@ -230,10 +230,12 @@ def import_image(store: str, name: str, image: str, *, force: bool = False) -> s
         if summary.get("devices_skipped"):
             import sys
 
-            shown = ", ".join(summary["devices_skipped_names"][:3])
+            # The names are the image's: escaped, they cannot forge the terminal's output.
+            shown = ", ".join(oci.printable(n) for n in summary["devices_skipped_names"][:3])
             more = ", ..." if summary["devices_skipped"] > 3 else ""
             sys.stderr.write(
-                f"berth: warning: image {image}: {summary['devices_skipped']} device node(s) not made "
+                f"berth: warning: image {oci.printable(image)}: {summary['devices_skipped']} "
+                "device node(s) not made "
                 f"({shown}{more}): a guest gets its /dev from berth\n"
             )
         return summary
@@ -264,13 +266,21 @@ def import_source(store: str, source: str) -> str:
     path = os.path.abspath(path)
     h = hashlib.sha256(os.fsencode(path) + b"\0")
     if os.path.isdir(path):
-        for top in ("index.json", "manifest.json"):
-            try:
-                with open(os.path.join(path, top), "rb") as f:
-                    h.update(f.read(16 << 20))
-                break
-            except OSError:
-                continue
+        from berth.rootfs import oci
+
+        # As the import reads them (never through a symlink, never a FIFO): a bad one is
+        # left for the import to name.
+        src = oci.open_image(path)
+        try:
+            for top in ("index.json", "manifest.json"):
+                try:
+                    with src.open(top) as f:
+                        h.update(f.read(16 << 20))
+                    break
+                except oci.ImageError:
+                    continue
+        finally:
+            src.close()
     else:
         st = os.stat(path)
         h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())

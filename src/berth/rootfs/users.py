@@ -9,6 +9,14 @@ from berth.errors import UsageError
 from berth.linux.path import secure_join
 
 _MAX_SIZE = 16 << 20
+_ID_MAX = 2**32 - 2  # (uid_t)-1 is no id
+NGROUPS_MAX = 65536  # the kernel's limit on supplementary groups (setgroups)
+
+
+def _id(text: str) -> bool:
+    """Is ``text`` an id: ASCII digits (``isdigit`` alone takes "²", which ``int`` refuses) of a
+    uid_t other than -1?"""
+    return text.isascii() and text.isdigit() and int(text) <= _ID_MAX
 
 
 def _read(rootfs: str, rel: str) -> list[list[str]]:
@@ -30,9 +38,10 @@ def resolve(rootfs: str, spec: str, field: str = "user") -> tuple[int, int, list
     user, _, group = spec.partition(":")
     if not user:
         raise UsageError(field, f"{spec!r}: empty user")
-    passwd = _read(rootfs, "/etc/passwd")
+    # A line whose ids are not numbers is skipped, as libc's files backend does.
+    passwd = [e for e in _read(rootfs, "/etc/passwd") if len(e) >= 6 and _id(e[2]) and _id(e[3])]
     entry = None
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         uid = int(user)
         entry = next((e for e in passwd if len(e) >= 6 and e[2] == user), None)
     else:
@@ -41,9 +50,9 @@ def resolve(rootfs: str, spec: str, field: str = "user") -> tuple[int, int, list
             raise UsageError(field, f"no user {user!r} in the guest's /etc/passwd")
         uid = int(entry[2])
     gid = int(entry[3]) if entry else uid if not group else 0
-    groups_file = _read(rootfs, "/etc/group")
+    groups_file = [e for e in _read(rootfs, "/etc/group") if len(e) >= 3 and _id(e[2])]
     if group:
-        if group.isdigit():
+        if group.isascii() and group.isdigit():
             gid = int(group)
         else:
             g = next((e for e in groups_file if len(e) >= 3 and e[0] == group), None)
@@ -60,5 +69,7 @@ def resolve(rootfs: str, spec: str, field: str = "user") -> tuple[int, int, list
             if name and len(e) >= 4 and name in e[3].split(",") and int(e[2]) != gid
         }
     )
+    if len(extra) > NGROUPS_MAX:
+        raise UsageError(field, f"{spec!r}: in {len(extra)} groups, more than the kernel's {NGROUPS_MAX}")
     home = entry[5] if entry and entry[5] else "/"
     return uid, gid, extra, home
