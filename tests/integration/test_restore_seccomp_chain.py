@@ -158,3 +158,76 @@ def test_receive_refuses_an_allow_all_filter(hosts: tuple[Host, Host], unique: s
     finally:
         a("destroy", "--force", name, check=False)
         shutil.rmtree(a.store / "guests" / name, ignore_errors=True)
+
+
+STACKER = r"""
+#include <signal.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+int main(void) {
+    struct sock_filter f[] = {BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0), BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog p = {2, f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &p))
+        return 1;
+    for (;;) pause();
+}
+"""
+
+
+def test_local_restore_keeps_a_filter_the_guest_stacked(host_a: Host, unique: str, tmp_path: Path) -> None:
+    """A guest process that stacked a filter of its own on berth's (as systemd does for its
+    services) restores: berth's is the OLDEST of its chain (PTRACE_SECCOMP_GET_FILTER's index 0;
+    reading the most recent one refused every such guest), and the stacked one comes back."""
+    import os
+    import time
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        import pytest
+
+        pytest.skip("no C compiler for the filter-stacking helper")
+    src = tmp_path / "stacker.c"
+    src.write_text(STACKER)
+    exe = tmp_path / "stacker"
+    built = subprocess.run([cc, "-O2", "-static", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if built.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot build a static helper: {built.stderr.strip()[-200:]}")
+    h = host_a
+    name = f"{unique}-st"
+    start_guest(h, name)
+    try:
+        root = Path(f"/proc/{h.record(name)['pid']}/root")
+        shutil.copy(exe, root / "tmp" / "stacker")
+        os.chmod(root / "tmp" / "stacker", 0o755)
+        h("exec", name, "--", "sh", "-c", "/tmp/stacker >/dev/null 2>&1 </dev/null &")
+
+        def stacker() -> int | None:
+            for pid in _guest_procs(h, name):
+                try:
+                    if os.readlink(f"/proc/{pid}/exe").endswith("/tmp/stacker"):
+                        return pid
+                except OSError:
+                    continue
+            return None
+
+        deadline = time.monotonic() + 30
+        while stacker() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = stacker()
+        assert pid is not None, "the stacker did not start"
+        assert "Seccomp_filters:\t2" in Path(f"/proc/{pid}/status").read_text()
+        stopped_at = h.count(name)
+        h("checkpoint", name)
+        p = h("restore", name, check=False)
+        assert p.returncode == 0, (p.returncode, p.stderr)
+        wait(lambda: h.count(name) > stopped_at + 3, what="the counter to continue")
+        pid = stacker()
+        assert pid is not None, "the stacker was not restored"
+        assert "Seccomp_filters:\t2" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        h("destroy", "--force", name, check=False)

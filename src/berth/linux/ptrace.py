@@ -77,9 +77,10 @@ def detach(tid: int, sig: int = 0) -> None:
 
 
 def seccomp_filter(tid: int, index: int, *, length_only: bool = False) -> bytes | int | None:
-    """Seccomp filter ``index`` of the stopped tracee ``tid`` (0: the most recently installed):
-    its program (8-byte instructions), or with ``length_only`` its instruction count; None past
-    the oldest (ENOENT).  Needs CAP_SYS_ADMIN and no seccomp filter on the caller."""
+    """Seccomp filter ``index`` of the stopped tracee ``tid`` (0: the OLDEST, the first
+    installed, as the kernel's get_nth_filter counts, whatever ptrace(2) says; the last index
+    is the most recent): its program (8-byte instructions), or with ``length_only`` its
+    instruction count; None past the most recent (ENOENT).  Needs CAP_SYS_ADMIN and no seccomp filter on the caller."""
     op = f"ptrace(PTRACE_SECCOMP_GET_FILTER, {tid}, {index})"
     if length_only:
         n = _ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index, None)

@@ -295,7 +295,9 @@ def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
         if not 0 < count <= MAX_FILTERS:
             return count, None
         try:
-            got = ptrace.seccomp_filter(tid, count - 1)
+            # Index 0 is the oldest filter (the kernel's get_nth_filter counts from the first
+            # installed; ptrace(2) says otherwise): berth's, under those the guest stacked.
+            got = ptrace.seccomp_filter(tid, 0)
         except (OSError, ValueError):
             return count, None
         return count, got if isinstance(got, bytes) else None
