@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from berth import net as berth_net
-from helpers import free_subnet
+from helpers import free_subnet, timing_matters
+
+# Under TCG (make test-v2) every process runs some 30 times slower: a bridged guest's setup alone
+# takes longer than the 15 s a guest gets here to print its first line.  The waits for a guest's
+# output, its end and a published port are stretched by this much there (timing_matters()).
+SLOW = 1 if timing_matters() else 8
 
 
 def _free_port() -> int:
@@ -49,6 +54,10 @@ def guests(net_env: dict[str, str], background):
     def start(*args: str):
         g = background(*args)
         started.append(g)
+        if SLOW > 1:  # the same waits, stretched (see SLOW)
+            wait_for, finish = g.wait_for, g.finish
+            g.wait_for = lambda pattern, timeout=15: wait_for(pattern, timeout * SLOW)
+            g.finish = lambda timeout=15: finish(timeout * SLOW)
         return g
 
     yield start
@@ -57,7 +66,7 @@ def guests(net_env: dict[str, str], background):
             g.proc.send_signal(signal.SIGTERM)
     for g in started:
         try:
-            g.proc.wait(timeout=10)
+            g.proc.wait(timeout=10 * SLOW)
         except subprocess.TimeoutExpired:
             g.kill()
     opts = berth_net.parse("bridge", env=net_env)
@@ -75,7 +84,7 @@ def _tables(prefix: str) -> list[str]:
 
 
 def _assert_nothing_left(prefix: str) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 5 * SLOW
     while (_links(prefix) or _tables(prefix)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _links(prefix), _links(prefix)
@@ -83,7 +92,7 @@ def _assert_nothing_left(prefix: str) -> None:
 
 
 def _connect_read(port: int, timeout: float = 10) -> bytes:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOW
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
@@ -109,7 +118,7 @@ def test_two_guests_ping_tcp_and_published_port(guests, net_env, prefix) -> None
         "sh", "-c",
         "nc -ll -p 80 -e echo published-hello & "
         "echo ADDR $(ip -4 -o addr show eth0 | awk '{print $4}'); "
-        "nc -l -p 7000; echo; echo TCP-DONE; sleep 30",
+        f"nc -l -p 7000; echo; echo TCP-DONE; sleep {30 * SLOW}",
     )  # fmt: skip
     addr = a.wait_for(r"^ADDR ").split()[1]
     assert ipaddress.IPv4Address(addr.split("/")[0]) in ipaddress.IPv4Network(net_env["BERTH_SUBNET"])
@@ -150,7 +159,7 @@ def test_ipv6_guests_tcp_host_and_published_port(guests, net_env, prefix) -> Non
         "sh", "-c",
         "nc -ll -p 80 -e echo published6-hello & "
         "echo ADDR6 $(ip -6 -o addr show eth0 scope global | awk '{print $4}') MTU $(cat /sys/class/net/eth0/mtu); "
-        "nc -l -p 7000; echo; echo TCP6-DONE; sleep 30",
+        f"nc -l -p 7000; echo; echo TCP6-DONE; sleep {30 * SLOW}",
     )  # fmt: skip
     words = a.wait_for(r"^ADDR6 ").split()
     assert words[1] == f"{want}/64"
@@ -181,7 +190,7 @@ def test_ipv6_guests_tcp_host_and_published_port(guests, net_env, prefix) -> Non
 
 
 def test_isolated_guest_cannot_reach_others(guests, net_env, prefix) -> None:
-    a = guests("--name", f"{prefix}c", "--net", "bridge", "--", "sh", "-c", "echo UP; sleep 30")
+    a = guests("--name", f"{prefix}c", "--net", "bridge", "--", "sh", "-c", f"echo UP; sleep {30 * SLOW}")
     a.wait_for("UP")
     iso = guests(
         "--name", f"{prefix}d", "--net", "bridge", "--net-isolate", "--",
@@ -203,7 +212,7 @@ def test_raw_socket_cannot_sniff_other_guests(guests, net_env, prefix) -> None:
     a.wait_for("UP")
     spy = guests(
         "--name", f"{prefix}f", "--net", "bridge", "--cap-add", "NET_RAW", "--cap-add", "NET_ADMIN", "--",
-        "sh", "-c", "ip link set eth0 promisc on; echo SPY; timeout 4 nc -l -p 1 >/dev/null 2>&1; "
+        "sh", "-c", f"ip link set eth0 promisc on; echo SPY; timeout {4 * SLOW} nc -l -p 1 >/dev/null 2>&1; "
         "cat /sys/class/net/eth0/statistics/rx_packets",
     )  # fmt: skip
     spy.wait_for("SPY")
@@ -242,7 +251,7 @@ def test_raw_socket_cannot_sniff_other_guests(guests, net_env, prefix) -> None:
     ],
 )
 def test_bad_input_one_line_nothing_created(berth, net_env, prefix, args, field) -> None:
-    res = berth(*args, "--", "true")
+    res = berth(*args, "--", "true", timeout=30 * SLOW)
     assert res.returncode == 125, res
     assert field in res.error_line(), res
     _assert_nothing_left(prefix)
@@ -253,14 +262,14 @@ def test_taken_address_and_port_refused(guests, berth, net_env, prefix) -> None:
     ip = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[10])
     ip6 = str(ipaddress.IPv6Network(berth_net.parse("bridge", env=net_env).subnet6)[10])
     a = guests("--name", f"{prefix}h", "--net", "bridge", "--ip", f"{ip},{ip6}", "-p", f"{port}:80", "--",
-               "sh", "-c", "echo UP; sleep 30")  # fmt: skip
+               "sh", "-c", f"echo UP; sleep {30 * SLOW}")  # fmt: skip
     a.wait_for("UP")
     links = _links(prefix)
     for taken in (ip, ip6):
-        res = berth("--net", "bridge", "--ip", taken, "--", "true", check_clean=False)
+        res = berth("--net", "bridge", "--ip", taken, "--", "true", check_clean=False, timeout=30 * SLOW)
         assert res.returncode == 125, res
         assert f"ip: {taken} is taken" in res.error_line(), res
-    res = berth("--net", "bridge", "-p", f"{port}:81", "--", "true", check_clean=False)
+    res = berth("--net", "bridge", "-p", f"{port}:81", "--", "true", check_clean=False, timeout=30 * SLOW)
     assert res.returncode == 125
     assert f"publish: host port {port}/tcp is already published" in res.error_line()
     assert _links(prefix) == links
@@ -271,7 +280,7 @@ def test_taken_address_and_port_refused(guests, berth, net_env, prefix) -> None:
 
 def test_gc_after_crash(guests, net_env, prefix) -> None:
     """berth killed outright: its guest dies with it, gc removes what it had."""
-    a = guests("--name", f"{prefix}i", "--net", "bridge", "--", "sh", "-c", "echo UP; sleep 30")
+    a = guests("--name", f"{prefix}i", "--net", "bridge", "--", "sh", "-c", f"echo UP; sleep {30 * SLOW}")
     a.wait_for("UP")
     assert _links(prefix)
     a.proc.kill()
@@ -387,14 +396,21 @@ def test_htb_rates_under_contention_ceil_alone_and_live_change(guests, net_env, 
         f"after set A {changed.get(cls_a, 0) / 1e6:.0f} Mbit/s (layer 2)"
     )
     print(figures)
-    assert 180e6 <= alone <= 220e6, figures
+    # The ceilings hold anywhere; what the classes get when the senders can fill them is measured
+    # only where the CPU is real (under TCG dd|nc in a guest moves far less than 200 Mbit/s).
+    assert alone <= 220e6 and changed.get(cls_a, 0) <= 55e6, figures
+    assert any(c["ceil_bps"] and abs(c["ceil_bps"] - 50e6) < 1e6 for c in info["htb"]), info
+    if not timing_matters() and alone < 180e6:
+        pytest.skip(
+            f"an emulated CPU cannot fill the 200mbit ceil (the rates measure the emulator): {figures}"
+        )
+    assert alone >= 180e6, figures
     if both.get(cls_a, 0) + both.get(cls_b, 0) < 0.9 * 400e6:
         # Not HTB's doing: the senders (dd|nc, 2 CPUs) could not fill the link, so A rightly borrowed.
         pytest.skip(f"the host is too busy to saturate the 400mbit link under contention: {figures}")
     assert 90e6 <= both.get(cls_a, 0) <= 110e6, figures
     assert 270e6 <= both.get(cls_b, 0) <= 330e6, figures
     assert 45e6 <= changed.get(cls_a, 0) <= 55e6, figures
-    assert any(c["ceil_bps"] and abs(c["ceil_bps"] - 50e6) < 1e6 for c in info["htb"]), info
 
 
 # -- ip:ADDR mode ----------------------------------------------------------------------------------
@@ -480,7 +496,7 @@ def test_ip_mode_unbound_udp_leaves_from_own_address(binder_rootfs, guests, net_
     own = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[22])
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
-    sink.settimeout(20)
+    sink.settimeout(20 * SLOW)
     port = sink.getsockname()[1]
     try:
         g = guests(
