@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots
+
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / ".venv" / "bin" / "berth-runtime"
 
@@ -80,9 +82,9 @@ def test_cgroup_failure_after_the_fork_leaves_nothing(
     assert not left, f"processes left behind: {left}"
     assert took < 4, f"create took {took:.1f} s to fail"
     assert not root.exists() or not [n for n in os.listdir(root) if not n.startswith(".")]
-    made = [top / prefix / unique / "c" for top in Path("/sys/fs/cgroup").iterdir()]
+    made = [top / prefix / unique / "c" for top in cgroup_roots()]
     assert not [d for d in made if d.exists()], "cgroup left behind"
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique, top / prefix):
             try:
                 d.rmdir()

@@ -22,7 +22,7 @@ import pytest
 from test_guest_net import NetGuests, net  # noqa: F401  (the fixture)
 from test_guests import Guests, berth_cmd, cgroup_dirs, guests  # noqa: F401  (the fixture)
 
-from helpers import free_subnet
+from helpers import cgroup_roots, free_subnet
 
 
 def _unblock(path: Path) -> None:
@@ -299,9 +299,7 @@ def test_oci_hostile_config(tmp_path, busybox_rootfs, prefix, unique, change, ne
         len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(f"berth-runtime: {needle}")
     ), r.stderr
     assert not [n for n in os.listdir(root) if not n.startswith(".")] if root.exists() else True
-    assert [
-        p for top in Path("/sys/fs/cgroup").iterdir() for p in [top / prefix / unique] if p.exists()
-    ] == []
+    assert [p for top in cgroup_roots() for p in [top / prefix / unique] if p.exists()] == []
 
 
 # -- berth checkpoint killed half-way: the guest runs on and is seen to --------------------------

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cgroup_roots
+
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME = REPO / ".venv" / "bin" / "berth-runtime"
 GUEST = (
@@ -173,13 +175,13 @@ def rt(tmp_path: Path, prefix: str, unique: str, berth_env: dict[str, str]):
     yield r
     r.cleanup()
     _subreaper(False)
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique / "c", top / prefix / unique, top / prefix):
             try:
                 d.rmdir()
             except OSError:
                 pass
-    left = [p for top in Path("/sys/fs/cgroup").iterdir() for p in [top / prefix / unique] if p.exists()]
+    left = [p for top in cgroup_roots() for p in [top / prefix / unique] if p.exists()]
     assert not left, f"cgroups left: {left}"
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from test_oci_lifecycle import RUNTIME, _reap_all, _subreaper
 
+from helpers import cgroup_roots
+
 RUNC = shutil.which("runc")
 
 
@@ -113,17 +115,13 @@ def pair(tmp_path: Path, busybox_rootfs: Path, prefix: str, unique: str):
     for rt in both:
         rt.cleanup()
     _subreaper(False)
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique, top / prefix):
             try:
                 d.rmdir()
             except OSError:
                 pass
-    left = [
-        str(top / prefix / unique)
-        for top in Path("/sys/fs/cgroup").iterdir()
-        if (top / prefix / unique).exists()
-    ]
+    left = [str(top / prefix / unique) for top in cgroup_roots() if (top / prefix / unique).exists()]
     assert not left, f"cgroups left: {left}"
     for rt in both:
         assert not rt.root.exists() or not [n for n in os.listdir(rt.root) if not n.startswith(".")], rt.name
@@ -485,13 +483,13 @@ def berth_rt(tmp_path: Path, busybox_rootfs: Path, prefix: str, unique: str):
     yield rt
     rt.cleanup()
     _subreaper(False)
-    for top in Path("/sys/fs/cgroup").iterdir():
+    for top in cgroup_roots():
         for d in (top / prefix / unique / "c", top / prefix / unique, top / prefix):
             try:
                 d.rmdir()
             except OSError:
                 pass
-    assert not [top for top in Path("/sys/fs/cgroup").iterdir() if (top / prefix / unique).exists()]
+    assert not [top for top in cgroup_roots() if (top / prefix / unique).exists()]
     assert not rt.root.exists() or not [n for n in os.listdir(rt.root) if not n.startswith(".")]
 
 

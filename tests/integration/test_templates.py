@@ -23,6 +23,8 @@ import pytest
 import test_guests
 from test_guests import Guests
 
+from helpers import cgroup_roots
+
 guests = test_guests.guests  # the fixture: a test's guests, destroyed with its supervisor at teardown
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
@@ -649,7 +651,7 @@ def test_debian_system_guest_boots_systemd(debian_env: Guests, userns: str) -> N
     # systemd runs in its own init.scope: made by the guest in the cgroups delegated to it.
     assert g("exec", n, "--", "cat", "/proc/1/cgroup").stdout.splitlines()[-1] == "0::/init.scope"
     cg = g.record(n)["cgroup"].strip("/")
-    made = sorted(p for top in Path("/sys/fs/cgroup").iterdir() for p in (top / cg).glob("*/") if p.is_dir())
+    made = sorted(p for top in cgroup_roots() for p in (top / cg).glob("*/") if p.is_dir())
     assert any(p.name == "init.scope" for p in made), made
     uid = int(g.info(n)["userns"].split(":")[0]) if userns == "auto" else 0
     scope = Path("/sys/fs/cgroup/unified", cg, "init.scope")
@@ -673,7 +675,7 @@ def test_debian_system_guest_boots_systemd(debian_env: Guests, userns: str) -> N
     took = time.monotonic() - t0
     assert g.info(n)["state"] == "stopped"
     assert took < 15, f"stop took {took:.1f}s: systemd ignored the stop signal"
-    left = [p for top in Path("/sys/fs/cgroup").iterdir() if (top / cg).exists() for p in [top / cg]]
+    left = [p for top in cgroup_roots() if (top / cg).exists() for p in [top / cg]]
     assert left == [], f"cgroups left after stop: {left}"
     g("destroy", n)
 
@@ -716,6 +718,6 @@ def test_debian_system_guest_checkpoint_restore(debian_env: Guests) -> None:
     g("exec", n, "--", "systemctl", "restart", "systemd-journald")
     assert g("exec", n, "--", "systemctl", "is-active", "systemd-journald").stdout.strip() == "active"
     g("stop", "--timeout", "30", n)
-    left = [p for top in Path("/sys/fs/cgroup").iterdir() if (top / cg).exists() for p in [top / cg]]
+    left = [p for top in cgroup_roots() if (top / cg).exists() for p in [top / cg]]
     assert left == [], f"cgroups left after stop: {left}"
     g("destroy", n)
