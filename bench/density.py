@@ -61,14 +61,21 @@ def pss(pid: int) -> int:
 
 
 def cgroup_pids(parent: str) -> list[int]:
-    pids: set[int] = set()
-    for top in Path("/sys/fs/cgroup").iterdir():
-        base = top / parent
-        if base.is_dir():
-            for f in base.rglob("cgroup.procs"):
-                pids.update(int(x) for x in f.read_text().split())
-            break  # one hierarchy is enough (every controller holds the same processes)
-    return sorted(pids)
+    """The processes in the cgroup ``parent`` and below it (berth's cgroups: any layout)."""
+    from berth.cgroups import open_cgroup
+
+    return sorted(set(open_cgroup(parent).pids()))
+
+
+def remove_cgroup_dirs(path: str) -> None:
+    """rmdir the (empty) cgroup ``path`` in every hierarchy of this host (berth's layout)."""
+    from berth.cgroups import detect
+
+    for top in detect().mountpoints():
+        try:
+            (Path(top) / path).rmdir()
+        except OSError:
+            pass
 
 
 def drop_caches() -> None:
@@ -104,11 +111,7 @@ def runc_rate(tag: str, tmp: Path, rootfs: str, count: int) -> float:
             subprocess.run(
                 ["runc", "--root", str(root), "delete", "-f", cid], capture_output=True, check=False
             )
-        for top in Path("/sys/fs/cgroup").iterdir():
-            try:
-                (top / f"{tag}-runc").rmdir()
-            except OSError:
-                pass
+        remove_cgroup_dirs(f"{tag}-runc")
 
 
 def run(n: int, app: bool, batch: int, runc: int) -> dict[str, float]:
@@ -177,11 +180,7 @@ def run(n: int, app: bool, batch: int, runc: int) -> dict[str, float]:
             pass
         subprocess.run([BERTH, "gc"], env=env, capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            try:
-                (top / tag).rmdir()
-            except OSError:
-                pass
+        remove_cgroup_dirs(tag)
 
 
 def main() -> int:

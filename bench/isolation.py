@@ -32,7 +32,14 @@ HOG1 = "while :; do :; done"
 
 
 def usage(parent: str, name: str) -> int:
-    return int(Path(f"/sys/fs/cgroup/cpuacct/{parent}/{name}/cpuacct.usage").read_text())
+    """CPU time (ns) of guest ``name``'s cgroup: v1 cpuacct.usage or v2 cpu.stat usage_usec
+    (berth's normalized stats); raises OSError while the cgroup is not there yet."""
+    from berth.cgroups import open_cgroup
+
+    got = open_cgroup(f"{parent}/{name}").stats()["cpu"]["usage_ns"]
+    if got is None:
+        raise FileNotFoundError(f"no CPU usage for the cgroup {parent}/{name} (not made yet?)")
+    return got
 
 
 def run_config(
@@ -146,7 +153,9 @@ def main() -> int:
             print(f"  n={n} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
+        from berth.cgroups import detect
+
+        for top in map(Path, detect().mountpoints()):  # the bench's parent, in every hierarchy
             for d in (top / tag / "g", top / tag):
                 try:
                     d.rmdir()

@@ -374,8 +374,10 @@ def main() -> int:
             from berth.runtime import lxcfs
 
             lxcfs.stop(f"/run/{PREFIX}-lxcfs")
-        for top in Path("/sys/fs/cgroup").iterdir():
-            root = top / PREFIX
+        from berth.cgroups import detect
+
+        for top in detect().mountpoints():  # the bench's cgroups, in every hierarchy
+            root = Path(top) / PREFIX
             if root.is_dir():
                 for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                     try:

@@ -13,7 +13,8 @@ time themselves).  Every object has a random prefix; all traffic stays on loopba
 bridge, tap and veth, and its guests.
 
 Run as root: ``.venv/bin/python bench/net.py`` (BENCH_SECONDS, BENCH_REPS, BENCH_PINGPONG,
-BENCH_MTUS: the bridge MTUs to compare, default ``1500,65535``; BENCH_ONLY=throughput|htb).
+BENCH_MTUS: the bridge MTUs to compare, default ``1500,65535``; BENCH_ONLY=throughput|htb;
+BENCH_NET_PEERS: the lab's peers to run, default ``uml,gvisor``, empty for none).
 """
 
 from __future__ import annotations
@@ -193,9 +194,11 @@ class Bench:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid.read_text()), signal.SIGTERM)
         self.berth("gc", check=False)
-        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.tag}"):  # the bench's own cgroup parent
+        from berth.cgroups import detect
+
+        for top in detect().mountpoints():  # the bench's own cgroup parent, in every hierarchy
             with contextlib.suppress(OSError):
-                parent.rmdir()
+                Path(top, self.tag).rmdir()
 
 
 def _server(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -287,11 +290,12 @@ def _peer_paths(stack: contextlib.ExitStack, b: Bench, host_iperf: list[str], ho
 
     binds = [(str(b.opt_dir()), OPT)]
     paths = []
-    for label, lab, link in (
-        ("UML guest->host (tap)", uml, guestnet.tap),
-        ("gVisor guest->host (veth)", gvisor, guestnet.netns),
+    chosen = os.environ.get("BENCH_NET_PEERS", "uml,gvisor").split(",")
+    for key, label, lab, link in (
+        ("uml", "UML guest->host (tap)", uml, guestnet.tap),
+        ("gvisor", "gVisor guest->host (veth)", gvisor, guestnet.netns),
     ):
-        why = lab.available()
+        why = lab.available() if key in chosen else "left out of this run (BENCH_NET_PEERS)"
         if why is not None:
             print(f"{label}: not run: {why}")
             continue

@@ -213,8 +213,10 @@ def main() -> int:
             pass
         subprocess.run([BERTH, "gc"], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / env["BERTH_CGROUP_PARENT"]
+        from berth.cgroups import detect
+
+        for top in detect().mountpoints():  # the bench's cgroup parent, in every hierarchy
+            d = Path(top) / env["BERTH_CGROUP_PARENT"]
             if d.is_dir():
                 try:
                     d.rmdir()

@@ -96,14 +96,21 @@ def mapping(pid: int, suffix: str) -> tuple[int, int, set[tuple[str, str]]]:
 
 
 def cgroup_pids(parent: str) -> list[int]:
-    pids: set[int] = set()
-    for top in Path("/sys/fs/cgroup").iterdir():
-        base = top / parent
-        if base.is_dir():
-            for f in base.rglob("cgroup.procs"):
-                pids.update(int(x) for x in f.read_text().split())
-            break
-    return sorted(pids)
+    """The processes in the cgroup ``parent`` and below it (berth's cgroups: any layout)."""
+    from berth.cgroups import open_cgroup
+
+    return sorted(set(open_cgroup(parent).pids()))
+
+
+def remove_cgroup_dirs(path: str) -> None:
+    """rmdir the (empty) cgroup ``path`` in every hierarchy of this host (berth's layout)."""
+    from berth.cgroups import detect
+
+    for top in detect().mountpoints():
+        try:
+            (Path(top) / path).rmdir()
+        except OSError:
+            pass
 
 
 def drop_caches() -> None:
@@ -163,11 +170,7 @@ def run(n: int, template: str, cmd: str, binary: str) -> dict[str, float]:
             pass
         subprocess.run([BERTH, "gc"], env=env, capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            try:
-                (top / tag).rmdir()
-            except OSError:
-                pass
+        remove_cgroup_dirs(tag)
 
 
 def main() -> int:

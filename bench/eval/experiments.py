@@ -73,12 +73,23 @@ class Config:
     iso_reps: int
     net_seconds: int
     net_reps: int
+    # density: the started-guest rounds, the idle guests and their rounds; start_latency.py's -n
+    density_n: int = 5
+    idle_guests: int = 10
+    idle_reps: int = 3
+    latency_n: int = 10
+    tiny: bool = False
 
 
-def config(quick: bool) -> Config:
+def config(quick: bool, tiny: bool = False) -> Config:
+    """The settings of a run: quick (``make bench``), full (``make bench-full``), or ``tiny``: one
+    repetition of everything at the smallest scale, to check that every experiment runs (the
+    cgroup-v2 lab under TCG, bench/lab/bench_v2.py); its figures mean nothing."""
+    if tiny:
+        return Config(True, 1, 0.1, (1, 2), (1,), 0.3, 1, 1, 1, 1, 2, 1, 2, tiny=True)
     if quick:
         return Config(True, 3, 0.25, (1, 2, 4, 8), (1, 2), 0.75, 2, 2, 2)
-    return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 2.0, 4, 4, 3)
+    return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 2.0, 4, 4, 3, 15, 10, 5, 30)
 
 
 # ---------------------------------------------------------------- statistics
@@ -166,7 +177,7 @@ def tool_args(bindir: str, tool: str, *args: str) -> list[str]:
 class Env:
     """The columns, a private berth store whose busybox template holds the bin dir at /lab."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, columns: Sequence[str] | None = None) -> None:
         self.tmp = tmp
         self.micro = build_bin()
         self.tag = f"be{secrets.token_hex(2)}"
@@ -191,6 +202,8 @@ class Env:
         shutil.copytree(BIN, self.cols.rootfs / "lab", dirs_exist_ok=True)
         self.kernel = self.cols.table()[3][0]  # "uml" or "kvm"
         self.available = {label: (fn is not None, note) for label, fn, note in self.cols.table()}
+        for label in set(self.available) - {"native", *(columns or self.available)}:
+            self.available[label] = (False, f"left out of this run (--columns {','.join(columns or ())})")
         self.runc_seconds = float("nan")
 
     # Each runner: micro ARGS in the column; ``args`` is a function of the bin dir as seen there.
@@ -281,9 +294,15 @@ class Env:
         return {"native": str(self.native_dir), "berth": "/var/tmp", "runc": "/var/tmp"}.get(col, "/tmp")
 
     def columns(self) -> list[str]:
-        return [
-            c for c in ("native", "berth", "runc", self.kernel, "gvisor") if self.available.get(c, (0,))[0]
-        ]
+        return [c for c in ("native", "berth", "runc", self.kernel, "gvisor") if self.has(c)]
+
+    def has(self, col: str) -> bool:
+        """Whether column ``col`` runs here (installed, and not left out by ``--columns``)."""
+        return bool(self.available.get(col, (False, ""))[0])
+
+    def why_not(self, col: str) -> str:
+        """Why column ``col`` does not run here (its note)."""
+        return self.available.get(col, (False, "unknown column"))[1]
 
 
 WORKDIR_NOTE = (
@@ -304,10 +323,18 @@ def _check(p: subprocess.CompletedProcess[str], what: str) -> str:
     return p.stdout
 
 
+def cgroup_roots() -> list[Path]:
+    """The root of every cgroup hierarchy of this host, from berth's layout detection: each v1
+    hierarchy and the cgroup2 one on a hybrid host, /sys/fs/cgroup itself on a v2-only one."""
+    from berth.cgroups import detect
+
+    return [Path(m) for m in detect().mountpoints()]
+
+
 def remove_cgroups(tag: str) -> None:
-    """rmdir the (empty) cgroup directories named ``tag`` that a bench's guests were put under."""
-    roots = [p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir()] + [Path("/sys/fs/cgroup")]
-    for root in roots:
+    """rmdir the (empty) cgroup directories named ``tag`` that a bench's guests were put under,
+    in every hierarchy."""
+    for root in cgroup_roots():
         top = root / tag
         if not top.is_dir():
             continue
@@ -324,27 +351,34 @@ def weighted_parent(tag: str):
 
     The isolation experiment measures how berth keeps its guests from each other; on a shared
     machine the rest of the host's load (other jobs, at the default weight like berth's parent)
-    would enter its figures as noise. Restored to the default afterwards."""
-    v1 = Path("/sys/fs/cgroup/cpu")
-    d, knob, high, default = (
-        (v1 / tag, "cpu.shares", "262144", "1024")
-        if (v1 / "cpu.shares").exists()
-        else (Path("/sys/fs/cgroup") / tag, "cpu.weight", "10000", "100")
+    would enter its figures as noise. Restored to the default afterwards.
+
+    The parent is made with berth's cgroups (every hierarchy; on cgroup v2 the controllers enabled
+    in its ancestors' subtree_control, so its cpu.weight exists and berth's guests below it get
+    theirs); the knob is v1's cpu.shares where the cpu controller is a v1 one, else cpu.weight."""
+    from berth.cgroups import open_cgroup
+    from berth.errors import CgroupError
+
+    cg = open_cgroup(tag)
+    made = not cg.exists()
+    v1, v2 = cg.dir("cpu"), cg.unified_dir()
+    knob, high, default = (
+        (Path(v1, "cpu.shares"), "262144", "1024")
+        if v1 is not None
+        else (Path(v2 or "/nonexistent", "cpu.weight"), "10000", "100")
     )
-    made = not d.exists()
     try:
-        d.mkdir(exist_ok=True)
-        (d / knob).write_text(high)
-    except OSError:
+        cg.create()
+        knob.write_text(high)
+    except (OSError, CgroupError):
         pass
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
-            (d / knob).write_text(default)
+            knob.write_text(default)
         if made:
-            with contextlib.suppress(OSError):
-                d.rmdir()
+            remove_cgroups(tag)
 
 
 # ---------------------------------------------------------------- 1. micro
@@ -592,7 +626,7 @@ def system(env: Env, cfg: Config) -> Section:
             }
         )
     _gcc_build(env, cfg, s)
-    _network(cfg, s)
+    _network(cfg, s, [c for c in (env.kernel, "gvisor") if env.has(c)])
     return s
 
 
@@ -634,10 +668,10 @@ def _gcc_build(env: Env, cfg: Config, s: Section) -> None:
     native builds in a tmpfs the bench mounts. The sources go in as a tar on stdin, the build is
     timed inside the column (micro stamp)."""
     src = env.tmp / "gcc-src"
-    nfiles = 8 if cfg.quick else 16
+    nfiles = 2 if cfg.tiny else 8 if cfg.quick else 16
     lines = _gen_sources(src, files=nfiles)
     tar = subprocess.run(["tar", "-C", str(src), "-c", "."], capture_output=True, check=True).stdout
-    reps = 2 if cfg.quick else cfg.reps
+    reps = cfg.reps if cfg.tiny or not cfg.quick else 2
     scratch = env.tmp / "gcc-tmpfs"
     scratch.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "berth-eval", str(scratch)], check=True)
@@ -688,11 +722,15 @@ def _gcc_build(env: Env, cfg: Config, s: Section) -> None:
     )
 
 
-def _network(cfg: Config, s: Section) -> None:
-    """bench/net.py's throughput table (iperf3 + TCP ping-pong), folded in as its text."""
+def _network(cfg: Config, s: Section, peer_cols: Sequence[str]) -> None:
+    """bench/net.py's throughput table (iperf3 + TCP ping-pong), folded in as its text; the lab's
+    peers among ``peer_cols`` (net.py's BENCH_NET_PEERS)."""
     os.environ["BENCH_SECONDS"] = str(cfg.net_seconds)
     os.environ["BENCH_REPS"] = str(cfg.net_reps)
-    os.environ["BENCH_PINGPONG"] = "3000" if cfg.quick else "10000"
+    os.environ["BENCH_PINGPONG"] = "300" if cfg.tiny else "3000" if cfg.quick else "10000"
+    os.environ["BENCH_NET_PEERS"] = ",".join("uml" if c in ("uml", "kvm") else c for c in peer_cols)
+    if cfg.tiny:
+        os.environ["BENCH_MTUS"] = "1500"
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import net  # type: ignore[import-not-found]
@@ -737,7 +775,8 @@ def _network(cfg: Config, s: Section) -> None:
             "```\n" + out.getvalue().strip() + "\n```"
         )
         s.targets += net_latency_targets(out.getvalue())
-        remove_cgroups(net.TAG)
+        for i in range(len(net.MTUS)):  # throughput_table's bridges: cgroup parent TAG0, TAG1, …
+            remove_cgroups(f"{net.TAG}{i}")
     finally:
         sys.path.remove(str(REPO / "bench"))
 
@@ -785,6 +824,9 @@ def scale(env: Env, cfg: Config) -> Section:
         ("berth", cfg.scale_berth, 1.5, 0.15),
         (env.kernel, cfg.scale_uml, 6.0, 1.5),
     ):
+        if not env.has(col):
+            s.notes.append(f"{col}: not run: {env.why_not(col)}")
+            continue
         for n in counts:
             start_at = time.time() + margin + per * n
 
@@ -884,7 +926,6 @@ def _mem_mib(pids: list[int]) -> tuple[float, float]:
 # Long-lived guests as their users run them: `berth create`, then `berth start`, supervised by
 # guestd. No network, lxcfs or user namespace (--userns host, as the eval's network guests).
 GUEST_FLAGS = ("--net", "none", "--userns", "host", "--no-lxcfs")
-IDLE_GUESTS = 10
 GUESTD = "berth start (guestd)"
 BERTH_RUN = "berth run"
 
@@ -940,19 +981,21 @@ class _Guests:
         return out
 
     def pids(self, names: Sequence[str]) -> list[int]:
-        from bench.density import cgroup_pids
+        from berth.cgroups import open_cgroup
 
-        return sorted({p for n in names for p in cgroup_pids(f"{self.env.tag}/{n}")})
+        return sorted({p for n in names for p in open_cgroup(f"{self.env.tag}/{n}").pids()})
 
     def charged(self, names: Sequence[str]) -> int:
-        """Bytes charged to the guests' memory cgroups (user pages, page cache, kernel objects)."""
-        v1 = Path("/sys/fs/cgroup/memory") / self.env.tag
+        """Bytes charged to the guests' memory cgroups (user pages, page cache, kernel objects):
+        v1's memory.usage_in_bytes or v2's memory.current (berth's normalized stats)."""
+        from berth.cgroups import open_cgroup
+
         total = 0
         for n in names:
-            f = v1 / n / "memory.usage_in_bytes"
-            if not f.exists():
-                f = Path("/sys/fs/cgroup") / self.env.tag / n / "memory.current"
-            total += int(f.read_text())
+            usage = open_cgroup(f"{self.env.tag}/{n}").stats()["memory"]["usage"]
+            if usage is None:
+                raise LabError(f"guest {n}: no memory usage in its cgroup")
+            total += usage
         return total
 
     def idle_memory(self, count: int, reps: int) -> dict[str, list[float]]:
@@ -1003,7 +1046,7 @@ class _Guests:
         with contextlib.suppress(OSError, ValueError):
             os.kill(self.guestd(), 15)
         subprocess.run([BERTH, "gc"], env=self.env.env, capture_output=True, timeout=120)
-        left = [str(d) for d in Path("/sys/fs/cgroup").glob(f"*/{self.env.tag}/{self.env.tag}-g*")]
+        left = [str(d) for r in cgroup_roots() for d in r.glob(f"{self.env.tag}/{self.env.tag}-g*")]
         mounts = Path("/proc/self/mountinfo").read_text()
         left += [f"mount of {n}" for n in self.made if f"/{n}/" in mounts]
         left += [n for n in self.made if (Path(self.env.env["BERTH_ROOT"]) / "guests" / n).exists()]
@@ -1012,8 +1055,8 @@ class _Guests:
 
 def density(env: Env, cfg: Config) -> Section:
     s = Section("4. Density and start-up")
-    n = 5 if cfg.quick else 15
-    guests = _Guests(env, max(n + 1, IDLE_GUESTS))
+    n = cfg.density_n
+    guests = _Guests(env, max(n + 1, cfg.idle_guests))
     try:
         guests.create()
         _density(env, cfg, s, n, guests)
@@ -1062,7 +1105,7 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
     charged: dict[str, float] = {}
     idle: dict[str, list[float]] = {}
     try:
-        idle = guests.idle_memory(IDLE_GUESTS, 3 if cfg.quick else 5)
+        idle = guests.idle_memory(cfg.idle_guests, cfg.idle_reps)
         mem[GUESTD] = (med(idle["rss"]), med(idle["pss"]))
         used[GUESTD] = med(idle["used"])
         charged[GUESTD] = med(idle["memcg"])
@@ -1079,10 +1122,13 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
     p.wait(timeout=60)
     try:
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            for row in peers.footprint(1):
-                if row["column"] in (env.kernel, "gvisor"):
-                    mem[row["column"]] = (row["idle_rss_mib"], row["idle_pss_mib"])
+        if env.has(env.kernel) or env.has("gvisor"):
+            with contextlib.redirect_stdout(out):
+                for row in peers.footprint(1):
+                    if row["column"] in (env.kernel, "gvisor"):
+                        mem[row["column"]] = (row["idle_rss_mib"], row["idle_pss_mib"])
+        else:
+            s.notes.append(f"lab footprint (UML/gVisor idle memory): not run: {env.why_not(env.kernel)}")
     except (LabError, OSError, subprocess.SubprocessError) as e:
         s.notes.append(f"lab footprint (UML/gVisor idle memory) failed: {str(e).splitlines()[0][:200]}")
     nan = float("nan")
@@ -1128,11 +1174,11 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"was found at setup: no Python in the command; guestd's worker checks the spec and starts the "
             f"guest); ms, median "
             f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
-            f"guest ~3 s after its start; {GUESTD}: {IDLE_GUESTS} busybox system guests (`berth create "
+            f"guest ~3 s after its start; {GUESTD}: {cfg.idle_guests} busybox system guests (`berth create "
             f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
-            f"plus guestd's (with any worker it keeps), / {IDLE_GUESTS}, and the host's used memory (MemTotal − MemAvailable) growth "
-            f"/ {IDLE_GUESTS} (kernel side included; other processes' churn shows in it) and what the guests' "
-            f"memory cgroups are charged / {IDLE_GUESTS} (memcg: their pages, page cache and kernel "
+            f"plus guestd's (with any worker it keeps), / {cfg.idle_guests}, and the host's used memory (MemTotal − MemAvailable) growth "
+            f"/ {cfg.idle_guests} (kernel side included; other processes' churn shows in it) and what the guests' "
+            f"memory cgroups are charged / {cfg.idle_guests} (memcg: their pages, page cache and kernel "
             f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: "
             "`berth run --rm -- sleep` (its front end is counted: after the guest's first 0.5 s it is "
             "berth-wait, a small C waiter, no longer Python); UML/gVisor: the processes of one idle guest.",
@@ -1159,7 +1205,7 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"{GUESTD} idle memory per guest (runs: {len(idle['pss'])}): host used "
             f"{spread(idle['used'])} MiB; memcg {spread(idle['memcg'])} MiB; PSS {spread(idle['pss'])} MiB = guest processes "
             f"{spread(idle['guest_pss'])} MiB ({fmt(med(idle['procs']))} per guest) + guestd and its "
-            f"workers {spread(idle['guestd_pss'])} MiB / {IDLE_GUESTS}."
+            f"workers {spread(idle['guestd_pss'])} MiB / {cfg.idle_guests}."
         )
     for col, e in errors.items():
         s.notes.append(f"start latency in {col}: {e}")
@@ -1175,7 +1221,7 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
         }
     )
     r = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "start_latency.py"), "-n", "10" if cfg.quick else "30"],
+        [sys.executable, str(REPO / "bench" / "start_latency.py"), "-n", str(cfg.latency_n)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -1239,19 +1285,20 @@ class _RunWait:
     and the neighbour's cap govern) from the rest (the device, the memory system, the VM)."""
 
     def __init__(self, tag: str) -> None:
-        self.parent = Path("/sys/fs/cgroup/cpu") / tag
-        self.seen: dict[str, tuple[int, int]] = {}
+        from berth.cgroups import open_cgroup
+
+        self.parent = open_cgroup(tag)  # the processes of its guests, in any cgroup layout
+        self.seen: dict[int, tuple[int, int]] = {}
         self.stop = False
 
     def _poll(self) -> None:
         while not self.stop:
-            for procs in self.parent.glob("*/cgroup.procs"):
+            for pid in self.parent.pids():
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    for pid in procs.read_text().split():
-                        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                        if argv[1:2] == [b"victim"]:
-                            run, wait = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
-                            self.seen[pid] = (int(run), int(wait))
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if argv[1:2] == [b"victim"]:
+                        run, wait = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+                        self.seen[pid] = (int(run), int(wait))
             time.sleep(0.02)
 
     def __enter__(self) -> _RunWait:
@@ -1290,7 +1337,7 @@ def _iso_run(
     if nargs is not None:
         a = [*nargs(d), str(hog_secs)]
         fns.append(lambda: env.run(col, lambda _b: a, opts=nopts, timeout=180))
-    if not vopts or not Path("/sys/fs/cgroup/cpu/cpu.shares").exists():
+    if not vopts:
         # Only the victim with a reservation (berth, limits): beside an uncapped neighbour the
         # poller (at the host's default weight) is starved and misses the victim's last readings.
         return _concurrently(fns)[0]
@@ -1375,7 +1422,8 @@ def isolation(env: Env, cfg: Config) -> Section:
             "victim --cpu-reserve 1; neighbour --cpus 0.5 --cpu-share 10 --memory 256M --pids-limit 100 "
             "--blkio-weight 10"
             + (f" --device-write-bps {dev}:20mb" if dev else "")
-            + ". Weights: victim 262144, neighbour 12483 (21:1; with the default share 100 the "
+            + ". Weights: victim 262144, neighbour 12483 (cpu.shares; cpu.weight 10000 and 477 on cgroup v2; "
+            "21:1; with the default share 100 the "
             "neighbour had 87381, 3:1, and a neighbour with many runnable tasks spread over both CPUs "
             "took ~14% of the victim's CPU: CFS gives a group on each CPU the part of its weight that "
             "its load there is). The bench's cgroup parent runs at the highest weight during this "
@@ -1384,6 +1432,11 @@ def isolation(env: Env, cfg: Config) -> Section:
         ),
         env.kernel: ([], [], "victim and neighbour each in their own UML guest (1 vCPU, 512 MiB)"),
     }
+    for col in ("berth", env.kernel):
+        if not env.has(col):
+            for cname in [c for c in configs if c.startswith(col)]:
+                s.notes.append(f"{cname}: not run: {env.why_not(col)}")
+                del configs[cname]
     res: dict[tuple[str, str, str], list[float]] = {}
     errors: dict[tuple[str, str], str] = {}
     with weighted_parent(env.tag):

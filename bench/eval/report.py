@@ -23,13 +23,13 @@ def machine() -> list[str]:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
-    v1 = [d for d in Path("/sys/fs/cgroup").iterdir() if d.is_dir() and d.name != "unified"]
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        mode = "unified (cgroup v2 only)"
-    elif Path("/sys/fs/cgroup/unified").is_dir():
-        mode = f"hybrid (v1 controllers + v2 at /sys/fs/cgroup/unified; {len(v1)} v1 hierarchies)"
-    else:
-        mode = "legacy (cgroup v1 only)"
+    try:
+        from berth.cgroups import detect
+
+        layout = detect()
+        mode = cgroup_mode(layout.mode, layout.v1, layout.unified, sorted(layout.unified_controllers()))
+    except Exception as e:  # the header is written even where cgroups cannot be read
+        mode = f"unknown ({type(e).__name__}: {e})"
     distro = ""
     if Path("/etc/os-release").exists():
         for line in Path("/etc/os-release").read_text().splitlines():
@@ -42,6 +42,21 @@ def machine() -> list[str]:
         f"- cgroup mode: {mode}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
     ]
+
+
+def cgroup_mode(mode: str, v1: dict[str, str], unified: str | None, controllers: list[str]) -> str:
+    """The report's "cgroup mode" line from berth's cgroup layout (``berth.cgroups.detect()``:
+    its mode, v1 hierarchies by controller, cgroup2 mountpoint and that root's controllers)."""
+    hierarchies = len(set(v1.values()))
+    ctl = " ".join(controllers) or "none"
+    if mode == "v2":
+        return f"unified (cgroup v2 only, at {unified}; controllers: {ctl})"
+    if mode == "hybrid":
+        return (
+            f"hybrid (v1 controllers in {hierarchies} hierarchies + cgroup2 at {unified}, "
+            f"its controllers: {ctl})"
+        )
+    return f"legacy (cgroup v1 only, {hierarchies} hierarchies)"
 
 
 def _table(t: Table) -> list[str]:
@@ -98,7 +113,15 @@ def _nan(x: float) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def write(outdir: Path, mode: str, sections: list[Section], loads: tuple[str, str], seconds: float) -> Path:
+def write(
+    outdir: Path,
+    mode: str,
+    sections: list[Section],
+    loads: tuple[str, str],
+    seconds: float,
+    missing: dict[str, str] | None = None,
+) -> Path:
+    """report.md in ``outdir``; ``missing``: the columns that did not run, and why."""
     lines = [
         f"# berth evaluation ({mode})",
         "",
@@ -110,6 +133,15 @@ def write(outdir: Path, mode: str, sections: list[Section], loads: tuple[str, st
         f"- Load average: {loads[0]} at the start, {loads[1]} at the end (the machine is shared)",
         f"- Run time: {seconds / 60:.1f} min",
         f"- berth: {_git()}",
+        *[f"- Column not run: {c} ({why})" for c, why in (missing or {}).items()],
+        *(
+            [
+                "- Tiny run: one repetition at the smallest scale, to check that every experiment runs; "
+                "its figures and targets mean nothing"
+            ]
+            if mode == "tiny"
+            else []
+        ),
         "",
         "## Targets",
         "",
