@@ -33,6 +33,11 @@ BERTH = str(REPO / ".venv" / "bin" / "berth")
 
 def _take_terminal() -> None:
     fcntl.ioctl(1, termios.TIOCSCTTY, 0)  # stdout: always the terminal
+    # A foreground job of a shell on that terminal: Ctrl-C and Ctrl-\ at their defaults, even
+    # where these tests run as a background job of a script (which ignores SIGINT and SIGQUIT:
+    # berth keeps an ignored signal ignored, as nohup asks, and the ^C test then hung).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 class Terminal:
