@@ -17,6 +17,7 @@ EXIT_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 EXIT_REFUSED = 3  # berth receive: a migrated guest refused by this host's policy (PolicyError)
+EXIT_IN_USE = 4  # a template that guests use cannot be replaced (InUseError)
 
 
 class BerthError(Exception):
@@ -62,6 +63,13 @@ class StateError(BerthError):
     """The operation is not allowed in the container's current state."""
 
     exit_status = EXIT_FAILED
+
+
+class InUseError(StateError):
+    """A template cannot be replaced while a guest uses it (exit status 4): its overlay's lower
+    layer would change or vanish under the guest's writable layer."""
+
+    exit_status = EXIT_IN_USE
 
 
 class AdmissionError(BerthError):

@@ -244,7 +244,9 @@ FORMS = ["oci-dir", "oci-dir-plain", "oci-archive", "docker-archive"]
 def leftovers(store: Path, name: str) -> list[str]:
     tdir = store / "templates"
     return (
-        sorted(n for n in os.listdir(tdir) if name in n and not n.endswith(".lock")) if tdir.is_dir() else []
+        sorted(n for n in os.listdir(tdir) if name in n and not n.endswith((".lock", ".use")))
+        if tdir.is_dir()
+        else []
     )
 
 

@@ -311,6 +311,8 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
         resources.apply(spec, o["resources"])
     if not o["privileged"] and runs_systemd(rootfs, o["args"][0]):
         systemd_mode(spec)
+    if overlay is not None:  # who uses the template (berth.rootfs.template: a replace looks)
+        spec.setdefault("annotations", {})[template.TEMPLATE_ANNOTATION] = os.path.abspath(rootfs)
     return spec, rootfs, overlay
 
 
@@ -376,22 +378,33 @@ def main(argv: list[str]) -> int:
         name = check_id(o["name"], "name")
     else:
         name = "b" + os.urandom(6).hex()
-    spec, _rootfs, overlay = build(o, name, store)
-    if o["lxcfs"]:
-        apply_lxcfs(spec)
-    if o["userns"] != "host":
-        from berth.runtime import userns
+    from berth.rootfs import template
 
-        owner = userns.run_owner(name)
-        host = userns.HostIds.read(pool=userns.parse_pool(os.environ.get("BERTH_USERNS_POOL")))
-        rng = userns.allocate(store, owner, userns.parse_mode(o["userns"]), host)
-        try:
-            assert rng is not None
-            apply_userns(spec, rng, overlay)
-            return _run(o, name, spec, overlay, store, state_root, cgroup_parent, userns_owner=owner)
-        finally:
-            userns.release(store, owner)  # (if berth run became the waiter: by berth _run-exit)
-    return _run(o, name, spec, overlay, store, state_root, cgroup_parent)
+    # The template's use lock, shared, until the guest's state (naming it) is written: a
+    # `berth template build|import --force` then sees this run (berth.rootfs.template).
+    hold = template.starting(store, o["template"]) if not o["rootfs"] else None
+    try:
+        spec, _rootfs, overlay = build(o, name, store)
+        if o["lxcfs"]:
+            apply_lxcfs(spec)
+        if o["userns"] != "host":
+            from berth.runtime import userns
+
+            owner = userns.run_owner(name)
+            host = userns.HostIds.read(pool=userns.parse_pool(os.environ.get("BERTH_USERNS_POOL")))
+            rng = userns.allocate(store, owner, userns.parse_mode(o["userns"]), host)
+            try:
+                assert rng is not None
+                apply_userns(spec, rng, overlay)
+                return _run(
+                    o, name, spec, overlay, store, state_root, cgroup_parent, userns_owner=owner, hold=hold
+                )
+            finally:
+                userns.release(store, owner)  # (if berth run became the waiter: by berth _run-exit)
+        return _run(o, name, spec, overlay, store, state_root, cgroup_parent, hold=hold)
+    finally:
+        if hold is not None:
+            hold.release()
 
 
 def apply_userns(spec: dict[str, Any], rng: tuple[int, int], overlay: dict[str, Any] | None) -> None:
@@ -430,6 +443,7 @@ def _run(
     state_root: str,
     cgroup_parent: str,
     userns_owner: str | None = None,
+    hold: Any = None,
 ) -> int:
     use_init = o["init"] if o["init"] is not None else not _is_init(o["args"][0])
     hooks: dict[str, Any] = {}
@@ -443,6 +457,15 @@ def _run(
             berth_net.setup(c, net, store)
 
         hooks = {"on_created": plug, "on_exit": unplug_hook(net, store)}
+    if hold is not None:  # the guest's state is written: the template's use lock goes
+        then = hooks.get("on_created")
+
+        def created(c: Any) -> None:
+            hold.release()
+            if then is not None:
+                then(c)
+
+        hooks["on_created"] = created
     from berth.runtime import run as runner
 
     return runner.run(

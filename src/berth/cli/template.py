@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from berth.policy.units import column_size
 from berth.rootfs import template
 
@@ -26,17 +28,19 @@ def main(argv: list[str]) -> int:
     imp.add_argument("name", metavar="NAME")
     imp.add_argument("--force", action="store_true", help="replace a template of that name")
     args = p.parse_args(argv)
-    store = env_paths()[0]
+    store, state_root, _ = env_paths()
     if args.cmd == "build":
         if args.suite and args.name != "debian":
             raise UsageError("suite", "only the debian template has a suite")
-        print(template.build(store, args.name, force=args.force, suite=args.suite))
+        users = lambda: user_of(store, state_root, args.name)  # noqa: E731
+        print(template.build(store, args.name, force=args.force, suite=args.suite, users=users))
         return 0
     if args.cmd == "import":
         kind, sep, path = args.source.partition(":")
         if not sep or kind != "oci" or not path:
             raise UsageError("source", f"{args.source!r}: expected oci:PATH")
-        print(template.import_image(store, args.name, path, force=args.force))
+        users = lambda: user_of(store, state_root, args.name)  # noqa: E731
+        print(template.import_image(store, args.name, path, force=args.force, users=users))
         return 0
     rows = template.list_templates(store)
     if args.json:
@@ -49,3 +53,42 @@ def main(argv: list[str]) -> int:
         src = r.get("source") or r.get("suite") or ""
         print(f"{r['name']:<24} {r['kind']:<8} {column_size(r['size']):>8}  {src}")
     return 0
+
+
+def user_of(store: str, state_root: str, name: str) -> str | None:
+    """One user of template ``name``, in words, or None: a guest of the store made from it, in
+    any state (a stopped guest's writable layer needs its lower layer to start again), then a
+    live ``berth run`` whose overlay is on it (its state names the template's rootfs:
+    :data:`berth.rootfs.template.TEMPLATE_ANNOTATION`).  A guest whose config cannot be read
+    counts (it may be one)."""
+    from berth.errors import BerthError
+    from berth.guests import config
+    from berth.guests.store import Store
+    from berth.runtime import state as st
+
+    s = Store(store, state_root)
+    for guest in s.names():
+        try:
+            used = config.load(s.config(guest))["template"] == name
+        except (BerthError, OSError, KeyError):
+            return f"guest {guest!r} (its config cannot be read)"
+        if used:
+            return f"guest {guest!r}"
+    rootfs = os.path.realpath(template.template_rootfs(store, name))
+    for cid in st.ids(state_root):
+        try:
+            data = st.read(state_root, cid)
+        except BerthError:
+            continue
+        lower = (data.get("annotations") or {}).get(template.TEMPLATE_ANNOTATION)
+        if not isinstance(lower, str) or os.path.realpath(lower) != rootfs:
+            continue
+        owner = bool((data.get("berth") or {}).get("owner"))
+        live = (
+            not st.creator_gone(data)
+            if data.get("status") == st.CREATING
+            else st.alive(data) or (owner and not st.owner_gone(data))
+        )
+        if live:
+            return f"berth run {cid!r}"
+    return None

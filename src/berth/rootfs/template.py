@@ -4,6 +4,18 @@ The store (``BERTH_ROOT``, default /var/lib/berth) keeps each template under
 ``templates/<name>/rootfs``, ``templates/<name>`` the host root's alone (mode 0700).  A template
 is built into a temporary directory and renamed into place, under a lock, so a crash or a
 concurrent build never leaves half a template.
+
+A template is the overlay lower layer of its guests: replacing it (``--force``) under a guest
+would change or remove the files below its writable layer (the old tree is deleted).  So a
+replace is refused (:class:`berth.errors.InUseError`, nothing changed) while anything uses the
+template: every guest in the store made from it, running or stopped (a stopped guest's upper
+layer needs that lower layer to start again: refused, not broken), and every live ``berth run``
+on it.  The caller (the CLI) says who uses it (``users``); the check is made before the build
+and again just before the swap, under the template's use lock (``templates/.<name>.use``)
+taken exclusively.  A ``berth run`` holds that lock shared (:func:`starting`) from the moment it
+resolves the template until its state (which names the template) is written: a replace either
+sees it or has swapped before it mounted anything.  A guest of the store needs no such lock:
+its config names the template long before its start.
 """
 
 from __future__ import annotations
@@ -11,6 +23,10 @@ from __future__ import annotations
 import os
 
 from berth.errors import NotFoundError, UnsupportedError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEFAULT_STORE = "/var/lib/berth"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
@@ -149,18 +165,82 @@ def read_meta(store: str, name: str) -> dict:
         return {"kind": name} if name in TEMPLATES else {}
 
 
-def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_ok: bool = True) -> str:
+#: The spec annotation of a container whose root is an overlay on a template: the template's
+#: rootfs (``berth run`` and the guests' specs set it; the runtime
+#: keeps annotations in its state.json, where a replace of the template looks for users).
+TEMPLATE_ANNOTATION = "org.berth.template"
+
+
+def _lock_file(store: str, name: str, kind: str) -> int:
+    os.makedirs(os.path.join(store, "templates"), 0o755, exist_ok=True)
+    return os.open(
+        os.path.join(store, "templates", f".{name}.{kind}"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
+    )
+
+
+class Starting:
+    """A ``berth run`` about to use template ``name``: its use lock held shared (see the module's
+    doc) until :meth:`release`, called once its state is written.  The lock is dropped with
+    ``LOCK_UN`` (the guest's processes forked meanwhile share the descriptor until they exec)."""
+
+    def __init__(self, store: str, name: str) -> None:
+        import fcntl
+
+        self.fd: int | None = _lock_file(store, name, "use")
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def starting(store: str, name: str) -> Starting | None:
+    """Hold template ``name``'s use lock shared (:class:`Starting`); None for a name that is
+    no template's, in the store or buildable (the template's lookup names the error: nothing
+    is left behind for it)."""
+    try:
+        check_template_name(name)
+    except UsageError:
+        return None
+    if name not in TEMPLATES and not os.path.isdir(template_dir(store, name)):
+        return None
+    return Starting(store, name)
+
+
+def _refuse_if_used(name: str, users: Callable[[], str | None] | None) -> None:
+    who = users() if users is not None else None
+    if who:
+        from berth.errors import InUseError
+
+        raise InUseError(
+            f"template {name!r} is in use by {who}, whose root is an overlay on it (destroy the "
+            "guests made from it and end its berth runs first; nothing was changed)"
+        )
+
+
+def _build_into(
+    store: str,
+    name: str,
+    fill,
+    meta: dict,
+    *,
+    force: bool,
+    exists_ok: bool = True,
+    users: Callable[[], str | None] | None = None,
+) -> str:
     """Make ``templates/<name>`` by ``fill(rootfs)`` in a temporary directory renamed into place,
-    under the template's lock."""
+    under the template's lock.  An existing one is replaced (``force``) only while ``users()``
+    names nobody: asked before the build and again, under the use lock, just before the swap."""
     import fcntl
     import shutil
     import tempfile
 
     tdir = template_dir(store, name)
-    os.makedirs(os.path.join(store, "templates"), 0o755, exist_ok=True)
-    lock = os.open(
-        os.path.join(store, "templates", f".{name}.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600
-    )
+    lock = _lock_file(store, name, "lock")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(tdir) and not force:
@@ -169,6 +249,8 @@ def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_
             from berth.errors import ExistsError
 
             raise ExistsError(f"template {name!r} exists already (use --force to replace it)")
+        if os.path.isdir(tdir):
+            _refuse_if_used(name, users)  # before a build of minutes: nothing made, nothing changed
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(store, "templates"))
         try:
             # The host's root's alone, as a guest's dir: an image's set-id files are not for the
@@ -179,9 +261,15 @@ def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_
             extra = fill(rootfs) or {}
             _write_meta(tmp, {**meta, **extra})
             if os.path.isdir(tdir):
-                old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=os.path.join(store, "templates"))
-                os.rename(tdir, os.path.join(old, "t"))
-                os.rename(tmp, tdir)
+                use = _lock_file(store, name, "use")
+                try:
+                    fcntl.flock(use, fcntl.LOCK_EX)  # no berth run between its look and its record
+                    _refuse_if_used(name, users)
+                    old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=os.path.join(store, "templates"))
+                    os.rename(tdir, os.path.join(old, "t"))
+                    os.rename(tmp, tdir)
+                finally:
+                    os.close(use)
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, tdir)
@@ -193,8 +281,16 @@ def _build_into(store: str, name: str, fill, meta: dict, *, force: bool, exists_
         os.close(lock)
 
 
-def build(store: str, name: str = "busybox", *, force: bool = False, suite: str | None = None) -> str:
-    """Build template ``name`` (busybox or debian) into the store; returns its rootfs."""
+def build(
+    store: str,
+    name: str = "busybox",
+    *,
+    force: bool = False,
+    suite: str | None = None,
+    users: Callable[[], str | None] | None = None,
+) -> str:
+    """Build template ``name`` (busybox or debian) into the store; returns its rootfs.  An
+    existing one is replaced with ``force`` unless ``users()`` names a user (InUseError)."""
     if name not in TEMPLATES:
         raise NotFoundError(f"template {name!r} does not exist (known: {', '.join(TEMPLATES)})")
     if name == "debian":
@@ -202,19 +298,27 @@ def build(store: str, name: str = "busybox", *, force: bool = False, suite: str 
 
         suite = suite or debian.DEFAULT_SUITE
         return _build_into(
-            store, name, lambda r: debian.fill(r, suite), {"kind": "debian", "suite": suite}, force=force
+            store,
+            name,
+            lambda r: debian.fill(r, suite),
+            {"kind": "debian", "suite": suite},
+            force=force,
+            users=users,
         )
 
     def fill(rootfs: str) -> None:
         os.mkdir(rootfs, 0o755)
         _fill_busybox(rootfs, _static_busybox())
 
-    return _build_into(store, name, fill, {"kind": "busybox"}, force=force)
+    return _build_into(store, name, fill, {"kind": "busybox"}, force=force, users=users)
 
 
-def import_image(store: str, name: str, image: str, *, force: bool = False) -> str:
+def import_image(
+    store: str, name: str, image: str, *, force: bool = False, users: Callable[[], str | None] | None = None
+) -> str:
     """Import the OCI image at ``image`` (layout directory or docker/podman/OCI archive) as
-    template ``name``; returns its rootfs.  Nothing is left behind if it fails."""
+    template ``name``; returns its rootfs.  Nothing is left behind if it fails.  An existing
+    one is replaced with ``force`` unless ``users()`` names a user (InUseError)."""
     from berth.rootfs import oci
 
     check_template_name(name)
@@ -240,7 +344,9 @@ def import_image(store: str, name: str, image: str, *, force: bool = False) -> s
             )
         return summary
 
-    return _build_into(store, name, fill, {"kind": "oci", "source": image}, force=force, exists_ok=False)
+    return _build_into(
+        store, name, fill, {"kind": "oci", "source": image}, force=force, exists_ok=False, users=users
+    )
 
 
 def image_defaults(store: str, name: str) -> dict:
