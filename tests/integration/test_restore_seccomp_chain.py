@@ -231,3 +231,138 @@ def test_local_restore_keeps_a_filter_the_guest_stacked(host_a: Host, unique: st
         assert "Seccomp_filters:\t2" in Path(f"/proc/{pid}/status").read_text()
     finally:
         h("destroy", "--force", name, check=False)
+
+
+def set_flags(path: str, flags: int) -> int:
+    """Every chain's oldest filter (no prev) of a CRIU seccomp.img given ``flags`` (field 3);
+    the number of filters changed."""
+    from berth.runtime.checkpoint import _pb_fields
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field(num: int, value: object) -> bytes:
+        if isinstance(value, int):
+            return varint(num << 3) + varint(value)
+        assert isinstance(value, bytes)
+        return varint(num << 3 | 2) + varint(len(value)) + value
+
+    with open(path, "rb") as f:
+        data = f.read()
+    size = int.from_bytes(data[8:12], "little")
+    entry, n = b"", 0
+    for _num, _wire, value in _pb_fields(data[12 : 12 + size]):
+        assert isinstance(value, bytes)
+        fields = [(fnum, fval) for fnum, _w, fval in _pb_fields(value)]
+        if not any(fnum == 2 for fnum, _ in fields):
+            fields = [(fnum, fval) for fnum, fval in fields if fnum != 3] + [(3, flags)]
+            n += 1
+        entry += field(1, b"".join(field(fnum, fval) for fnum, fval in fields))
+    with open(path, "wb") as f:
+        f.write(data[:8] + len(entry).to_bytes(4, "little") + entry + data[12 + size :])
+    return n
+
+
+def test_local_restore_refuses_filter_flags(host_a: Host, unique: str) -> None:
+    """CRIU restores each filter with the flags its seccomp.img gives: berth's own filter (the
+    oldest of each chain) with SECCOMP_FILTER_FLAG_SPEC_ALLOW or _LOG is refused before the
+    restore, in one line naming the task and the flag; nothing runs, nothing is left."""
+    from berth.runtime import ckverify
+
+    h = host_a
+    name = f"{unique}-sf"
+    start_guest(h, name)
+    try:
+        h("checkpoint", name)
+        images = Path(h.record(name)["checkpoint"])
+        img = images / "seccomp.img"
+        good = img.read_bytes()
+        init_vpid = 1  # the guest's init, in its pid namespace: the task the images name
+        assert ckverify.thread_filters(str(images)).get(init_vpid) is not None
+        assert ckverify.image_flags_mismatch(str(images), True) is None
+        stopped_at = h.count(name)
+        for flags, flag in ((4, "SECCOMP_FILTER_FLAG_SPEC_ALLOW"), (2, "SECCOMP_FILTER_FLAG_LOG")):
+            img.write_bytes(good)
+            assert set_flags(str(img), flags) >= 1
+            p = h("restore", name, check=False)
+            assert p.returncode == 125, (p.returncode, p.stderr)
+            err = p.stderr.strip()
+            assert len(err.splitlines()) == 1, err
+            assert "seccomp filter in the images has the flag " + flag in err, err
+            assert "task " in err and "its first seccomp filter" in err, err
+            rec = h.record(name)
+            assert rec["status"] == "checkpointed" and not rec.get("pid"), rec
+            assert h.count(name) == stopped_at
+            assert not _guest_procs(h, name)
+            assert not (h.run / name).exists()
+        # TSYNC is what a dump may record for berth's filter: the images restore.
+        img.write_bytes(good)
+        set_flags(str(img), 1)
+        h("restore", name)
+        wait(lambda: h.count(name) > stopped_at + 3, what="the counter to continue")
+    finally:
+        h("destroy", "--force", name, check=False)
+
+
+LOGGER = r"""
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog p = {1, f};
+    unsigned flags = argc > 1 ? SECCOMP_FILTER_FLAG_LOG : 0;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &p))
+        return 1;
+    write(1, "in\n", 3);
+    for (;;) pause();
+}
+"""
+
+
+def test_live_filter_flags_read_from_the_task(tmp_path: Path) -> None:
+    """The restored task's filter flags as the kernel keeps them (PTRACE_SECCOMP_GET_METADATA):
+    a filter installed with SECCOMP_FILTER_FLAG_LOG reads back with it, and the chain check
+    names it; one without reads 0 and passes."""
+    import os
+    import struct
+
+    import pytest
+
+    from berth.runtime import ckverify
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the filter helper")
+    src = tmp_path / "logger.c"
+    src.write_text(LOGGER)
+    exe = tmp_path / "logger"
+    built = subprocess.run([cc, "-O2", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build the helper: {built.stderr.strip()[-200:]}")
+    allow = struct.pack("=HBBI", 6, 0, 0, 0x7FFF0000)
+    for args, flags in (([], 0), (["log"], 2)):
+        p = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE)
+        try:
+            assert p.stdout is not None and p.stdout.readline() == b"in\n"
+            count, oldest, got = ckverify.read_oldest_filter(p.pid, None)
+            assert (count, oldest, got) == (1, allow, flags)
+            why = ckverify.filter_mismatch(count, oldest, allow, got)
+            if flags:
+                assert (
+                    why == "its first seccomp filter has the flag SECCOMP_FILTER_FLAG_LOG (berth sets none)"
+                )
+            else:
+                assert why is None
+            assert "State:\tS" in Path(f"/proc/{p.pid}/status").read_text()  # detached, running on
+        finally:
+            p.kill()
+            p.wait()
+        assert not os.path.exists(f"/proc/{p.pid}")

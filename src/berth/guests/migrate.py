@@ -285,6 +285,7 @@ def _restore_locked(
     meta = ck.read_meta(images)
     _check_delegation(name, spec, meta)
     _check_userns(name, spec, meta)
+    _check_filter_flags(name, images, program)
     bridged = net_opts is not None and net_opts.mode == "bridge"
     # A guest in its own user namespace: CRIU dumped its network namespace and makes it again
     # inside the guest's new user namespace; berth makes the veth and hands its guest end over.
@@ -405,6 +406,17 @@ def _seccomp_program(spec: dict[str, Any], cache: str) -> bytes | None:
     from berth.linux.seccomp import compiled
 
     return compiled(profile, cache)
+
+
+def _check_filter_flags(name: str, images: str, program: bytes | None) -> None:
+    """The seccomp filters' flags in the images (CRIU restores them as they are): berth's own
+    filter (``program``: the spec has one) with none but TSYNC, the guest's with no flag a dump
+    never records (:func:`berth.runtime.ckverify.image_flags_mismatch`)."""
+    from berth.runtime import ckverify
+
+    why = ckverify.image_flags_mismatch(images, program is not None)
+    if why:
+        raise StateError(f"guest {name!r}: the checkpoint is not what its spec here gives it: {why}")
 
 
 def _own_seccomp() -> bool:

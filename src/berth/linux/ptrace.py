@@ -95,3 +95,23 @@ def seccomp_filter(tid: int, index: int, *, length_only: bool = False) -> bytes 
     if not 0 < n <= BPF_MAXINSNS:  # the kernel never holds more: refuse to trust the copy
         raise ValueError(f"{op}: {n} instructions")
     return buf.raw[: n * INSN_SIZE]
+
+
+PTRACE_SECCOMP_GET_METADATA = 0x420D
+
+
+class _SeccompMetadata(ctypes.Structure):
+    _fields_ = (("filter_off", ctypes.c_uint64), ("flags", ctypes.c_uint64))
+
+
+def seccomp_filter_flags(tid: int, index: int) -> int | None:
+    """The flags of seccomp filter ``index`` of the stopped tracee ``tid`` (counted as
+    :func:`seccomp_filter` counts) as the kernel keeps them (``PTRACE_SECCOMP_GET_METADATA``:
+    only ``SECCOMP_FILTER_FLAG_LOG`` is kept with a filter); None past the most recent (ENOENT).
+    Needs CAP_SYS_ADMIN and no seccomp filter on the caller."""
+    md = _SeccompMetadata(filter_off=index, flags=0)
+    n = _ptrace(PTRACE_SECCOMP_GET_METADATA, tid, ctypes.sizeof(md), ctypes.byref(md))
+    if n == -1 and ctypes.get_errno() == 2:
+        return None
+    check(n, f"ptrace(PTRACE_SECCOMP_GET_METADATA, {tid}, {index})")
+    return int(md.flags)

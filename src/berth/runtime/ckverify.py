@@ -32,9 +32,19 @@ descendants) is compared with what the spec built here from the guest's config g
 The caller kills them on a mismatch.  Pure: :func:`expect` (from the spec) and :func:`mismatch`
 (one task's facts); :func:`read_task` and :func:`verify` read /proc.
 
+The seccomp filter flags, which CRIU gives back from the images (``seccomp.img``: each
+filter's ``flags``), not from the spec: berth installs its filter with none, so the oldest
+filter of a chain must carry no flag but ``TSYNC``.  ``SECCOMP_FILTER_FLAG_LOG`` (every action
+but allow logged to the host's audit log) is read live, per thread, from what was restored
+(``PTRACE_SECCOMP_GET_METADATA``: the only flag the kernel keeps with a filter);
+``SPEC_ALLOW`` (the task's speculative store bypass mitigation not forced) leaves no trace in
+the task, so the images are checked before the restore (:func:`image_flags_mismatch`): a chain's
+oldest filter with any flag but ``TSYNC``, or any filter with a flag a dump never records
+(``NEW_LISTENER``, ``TSYNC_ESRCH``, ``WAIT_KILLABLE_RECV``, unknown bits), is refused; filters
+the guest stacked may carry ``LOG`` and ``SPEC_ALLOW`` (it could set them itself).
+
 Not checked: what a task holds open, its memory, its mounts beyond its namespaces (see
-:mod:`berth.guests.hostpower`: the images are not untrusted input to CRIU), the seccomp filter
-flags (``SECCOMP_FILTER_FLAG_LOG``, ``SPEC_ALLOW``: not kept with the program).
+:mod:`berth.guests.hostpower`: the images are not untrusted input to CRIU).
 
 Then the tasks are continued, except the processes that were stopped (SIGSTOP, SIGTSTP …) when
 dumped (:func:`stopped_at_dump`: the core images' ``task_state``; a correctness point, not a
@@ -254,29 +264,55 @@ def describe_program(program: bytes) -> str:
     return text
 
 
-def filter_mismatch(count: int, oldest: bytes | None, want: bytes) -> str | None:
+FILTER_FLAGS = {
+    1: "SECCOMP_FILTER_FLAG_TSYNC",
+    2: "SECCOMP_FILTER_FLAG_LOG",
+    4: "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+    8: "SECCOMP_FILTER_FLAG_NEW_LISTENER",
+    16: "SECCOMP_FILTER_FLAG_TSYNC_ESRCH",
+    32: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
+}
+#: The flags berth's own filter (the oldest of a chain) may come back with, and those a filter
+#: the guest stacked may (what a dump records: CRIU reads LOG back with the kernel's metadata).
+OLDEST_FLAGS = 1
+STACKED_FLAGS = 1 | 2 | 4
+
+
+def flag_names(flags: int) -> str:
+    """``flags`` as names joined by ``|`` (an unknown bit in hex)."""
+    names = []
+    for bit in range(64):
+        if flags & (1 << bit):
+            names.append(FILTER_FLAGS.get(1 << bit, hex(1 << bit)))
+    return "|".join(names) or "0"
+
+
+def filter_mismatch(count: int, oldest: bytes | None, want: bytes, flags: int | None = 0) -> str | None:
     """What of a thread's filter chain differs from ``want`` (berth's program for the spec):
-    ``count`` filters, the oldest ``oldest`` (None: unreadable).  Pure."""
+    ``count`` filters, the oldest ``oldest`` (None: unreadable), restored with ``flags`` (as the
+    kernel keeps them: None, unreadable).  Pure."""
     if count < 1:
         return "it has no seccomp filter"
     if count > MAX_FILTERS:
         return f"it has {count} seccomp filters (more than {MAX_FILTERS})"
-    if oldest is None:
+    if oldest is None or flags is None:
         return "its seccomp filters cannot be read"
     if oldest != want:
         return (
             f"its first seccomp filter ({describe_program(oldest)}) is not the one this host "
             f"builds for its spec ({describe_program(want)})"
         )
+    if flags & ~OLDEST_FLAGS:
+        return f"its first seccomp filter has the flag {flag_names(flags & ~OLDEST_FLAGS)} (berth sets none)"
     return None
 
 
-def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
-    """(number of filters, the oldest one's program) of the stopped thread ``tid``, read with
-    ptrace (seized, stopped, read, detached: a task in a group stop stays in it).  ``count``:
-    its status's Seccomp_filters (None: counted with ptrace, up to MAX_FILTERS + 1).  The
-    program is None where it cannot be read; OSError if the thread cannot be seized or
-    stopped (TimeoutError past :data:`STOP_SECONDS`)."""
+def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None, int | None]:
+    """(number of filters, the oldest one's program, its flags) of the stopped thread ``tid``,
+    read with ptrace (seized, stopped, read, detached: a task in a group stop stays in it).
+    ``count``: its status's Seccomp_filters (None: counted with ptrace, up to MAX_FILTERS + 1).
+    The program and flags are None where they cannot be read; OSError if the thread cannot be
+    seized or stopped (TimeoutError past :data:`STOP_SECONDS`)."""
     from berth.linux import ptrace
 
     ptrace.seize(tid)
@@ -285,22 +321,23 @@ def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
         ptrace.interrupt(tid)
         sig = ptrace.wait_stop(tid, STOP_SECONDS)
         if sig is None:
-            return 0, b""  # it ended (killed meanwhile): nothing runs
+            return 0, b"", 0  # it ended (killed meanwhile): nothing runs
         if count is None:
             count = 0
             while count <= MAX_FILTERS and ptrace.seccomp_filter(tid, count, length_only=True) is not None:
                 count += 1
         elif count > MAX_FILTERS or ptrace.seccomp_filter(tid, count, length_only=True) is not None:
-            return max(count, MAX_FILTERS + 1), None  # (more than its status says: refused)
+            return max(count, MAX_FILTERS + 1), None, None  # (more than its status says: refused)
         if not 0 < count <= MAX_FILTERS:
-            return count, None
+            return count, None, None
         try:
             # Index 0 is the oldest filter (the kernel's get_nth_filter counts from the first
             # installed; ptrace(2) says otherwise): berth's, under those the guest stacked.
             got = ptrace.seccomp_filter(tid, 0)
+            flags = ptrace.seccomp_filter_flags(tid, 0)
         except (OSError, ValueError):
-            return count, None
-        return count, got if isinstance(got, bytes) else None
+            return count, None, None
+        return count, got if isinstance(got, bytes) else None, flags
     finally:
         if sig is not None:
             try:
@@ -310,6 +347,85 @@ def read_oldest_filter(tid: int, count: int | None) -> tuple[int, bytes | None]:
                 # berth exits, EXITKILL): refused rather than left half-held.
                 if e.errno != errno.ESRCH:
                     raise
+
+
+# -- the filters' flags in the images ----------------------------------------------------------
+
+
+def image_filters(data: bytes) -> list[tuple[int | None, int]]:
+    """(prev, flags) of each filter of a CRIU ``seccomp.img`` (two magics, then one entry: a
+    32-bit size and a seccomp_entry: repeated seccomp_filter {bytes filter = 1; uint32 prev = 2;
+    uint32 flags = 3}); prev None for the oldest of a chain.  ValueError if damaged."""
+    from berth.runtime.checkpoint import _pb_fields, _pb_varints
+
+    if len(data) < 12:
+        raise ValueError("shorter than its header")
+    size = int.from_bytes(data[8:12], "little")
+    entry = data[12 : 12 + size]
+    if len(entry) != size:
+        raise ValueError("truncated entry")
+    out = []
+    for num, wire, value in _pb_fields(entry):
+        if num == 1 and wire == 2 and isinstance(value, bytes):
+            fields = _pb_varints(value)
+            out.append((fields.get(2), fields.get(3, 0)))
+    return out
+
+
+def thread_filters(images: str) -> dict[int, int]:
+    """{tid: the index of its most recent filter in seccomp.img} from the images' thread cores
+    (``core-TID.img``: core_entry.thread_core = 5, its seccomp_filter = 12); threads without
+    a filter are left out."""
+    from berth.runtime.checkpoint import _pb_fields, _pb_varints
+
+    out = {}
+    for name in os.listdir(images):
+        if not (name.startswith("core-") and name.endswith(".img") and name[5:-4].isdigit()):
+            continue
+        try:
+            with open(os.path.join(images, name), "rb") as f:
+                data = f.read(1 << 20)
+            size = int.from_bytes(data[8:12], "little")
+            for num, wire, value in _pb_fields(data[12 : 12 + size]):
+                if num == 5 and wire == 2 and isinstance(value, bytes):
+                    last = _pb_varints(value).get(12)
+                    if last is not None:
+                        out[int(name[5:-4])] = last
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def image_flags_mismatch(images: str, berth_filter: bool) -> str | None:
+    """What of the filters' flags in the images CRIU would restore that berth refuses (see the
+    module's doc), naming the task (its id in the images) and the flag; None if nothing.
+    ``berth_filter``: the spec gives the guest berth's filter (the oldest of each chain); else
+    every filter is the guest's own.  Pure but for reading the images."""
+    try:
+        with open(os.path.join(images, "seccomp.img"), "rb") as f:
+            data = f.read(64 << 20)
+    except FileNotFoundError:
+        return None  # no task with a filter
+    try:
+        filters = image_filters(data)
+    except ValueError as e:
+        return f"its seccomp.img is damaged ({e})"
+    oldest_ok = OLDEST_FLAGS if berth_filter else STACKED_FLAGS
+    owners: dict[int, int] = {}
+    for tid, last in sorted(thread_filters(images).items()):
+        i: int | None = last
+        for _ in range(len(filters)):
+            if i is None or not 0 <= i < len(filters) or i in owners:
+                break
+            owners[i] = tid
+            i = filters[i][0]
+    for i, (prev, flags) in enumerate(filters):
+        bad = flags & ~(oldest_ok if prev is None else STACKED_FLAGS)
+        if bad:
+            who = f"task {owners[i]}" if i in owners else f"filter {i}"
+            which = "first" if prev is None else "stacked"
+            return f"{who}: its {which} seccomp filter in the images has the flag {flag_names(bad)}"
+    return None
 
 
 # -- the processes stopped at dump time --------------------------------------------------------
@@ -443,13 +559,14 @@ def verify(init: int, pids: Sequence[int], want: Expect) -> None:
                 and want.program is not None
                 and (task.get("status") or {}).get("State") != ord("Z")
             ):
+                flags: int | None = 0
                 try:
-                    count, oldest = read_oldest_filter(tid, task.get("filters"))
+                    count, oldest, flags = read_oldest_filter(tid, task.get("filters"))
                 except OSError as e:
                     count, oldest = 1, None
                     why = f"its seccomp filters cannot be read ({e})"
                 if count or oldest != b"":  # (b"" with 0: it ended meanwhile)
-                    why = why or filter_mismatch(count, oldest, want.program)
+                    why = why or filter_mismatch(count, oldest, want.program, flags)
             if why:
                 raise StateError(
                     f"restored task {pid}" + (f" (thread {tid})" if tid != pid else "") + f": {why}"
