@@ -89,6 +89,7 @@ def test_busybox_free_still_host(berth, env):
 def test_restarted_when_dead(berth, env, lxcfs_point):
     """ensure() is the supervision: a killed daemon is replaced on the next guest start."""
     lxcfs.ensure(lxcfs_point)
+    lxcfs.release(lxcfs_point)  # (this process starts no guest: its lease would keep gc off)
     pid = int(Path(lxcfs_point + ".pid").read_text())
     os.kill(pid, 9)
     try:
@@ -125,7 +126,67 @@ def test_gc_stops_it_once_unused(env, background, lxcfs_point):
     assert not lxcfs.mounted(lxcfs_point)
     assert not os.path.exists(lxcfs_point + ".pid")
     assert not os.path.exists(lxcfs_point + ".lock")  # the lock file goes with the daemon
+    assert not os.path.exists(lxcfs_point + ".leases")
     assert lxcfs.stop_if_idle(lxcfs_point, grace=0) is None  # nothing left to do
+
+
+STARTER = """
+import sys
+from berth.runtime import lxcfs
+lxcfs.ensure(sys.argv[1])
+if sys.argv[2] == "release":
+    lxcfs.release(sys.argv[1])
+print("ensured", flush=True)
+sys.stdin.read()  # a guest being started: it binds the files later (here: never)
+"""
+
+
+def test_gc_spares_a_guest_being_started(env, lxcfs_point):
+    """A starter between its ensure() and its guest's binds is not seen by users() (no mount
+    namespace binds the files yet): its lease (pid and start time, under the point's lock)
+    keeps `berth gc` from stopping the daemon under it.  The lease ends with its process or
+    its release(); a lease whose process is gone (or whose pid was reused) counts for nothing."""
+    import subprocess
+    import sys
+
+    def starter(mode: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, "-c", STARTER, lxcfs_point, mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert p.stdout is not None and p.stdout.readline().strip() == "ensured"
+        return p
+
+    def end(p: subprocess.Popen[str]) -> None:
+        assert p.stdin is not None
+        p.stdin.close()
+        assert p.wait(15) == 0
+
+    p = starter("hold")
+    try:
+        assert lxcfs.users(lxcfs_point) == 0  # nothing binds the files yet
+        assert lxcfs.leaseholders(lxcfs_point) == [p.pid]
+        assert lxcfs.stop_if_idle(lxcfs_point, grace=0) is None
+        assert lxcfs.answers(lxcfs_point)
+    finally:
+        end(p)
+    # Its process gone: its lease counts for nothing (and a forged one, with a live pid but
+    # another start time, neither), and gc stops the daemon.
+    stale = Path(lxcfs_point + ".leases") / str(os.getpid())
+    stale.write_text("1")
+    assert lxcfs.leaseholders(lxcfs_point) == []
+    assert not stale.exists()
+    p = starter("release")  # released at once: no lease left behind
+    try:
+        assert lxcfs.leaseholders(lxcfs_point) == []
+        assert (
+            lxcfs.stop_if_idle(lxcfs_point, grace=0) == f"stopped lxcfs at {lxcfs_point} (no guest uses it)"
+        )
+    finally:
+        end(p)
+    assert not lxcfs.mounted(lxcfs_point)
+    assert not os.path.exists(lxcfs_point + ".leases")
+    assert not os.path.exists(lxcfs_point + ".lock")
 
 
 def test_gc_removes_a_dead_mount(env, lxcfs_point):

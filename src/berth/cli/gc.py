@@ -14,7 +14,8 @@ def main(argv: list[str]) -> int:
     Parser(
         prog="berth gc",
         description="remove what crashes left behind (state, cgroups, disk mounts, loop devices, "
-        "network objects) and stop berth's lxcfs when no guest uses it (not within a minute of its start)",
+        "network objects) and stop berth's lxcfs when no guest uses it (not within a minute of its start, "
+        "nor while a berth process that may start a guest with it lives)",
     ).parse_args(argv)
     for line in lifecycle.gc(store()):
         print(line)

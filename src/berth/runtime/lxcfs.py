@@ -71,9 +71,21 @@ def _detach(mountpoint: str) -> None:
 
 def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
     """The mount point of a working lxcfs, started if need be.  Raises :class:`UnsupportedError`
-    with the reason when lxcfs cannot run."""
-    if mounted(mountpoint) and answers(mountpoint):
-        return mountpoint
+    with the reason when lxcfs cannot run.
+
+    On success this process holds a lease on the daemon (:func:`_lease`): ``berth gc``
+    (:func:`stop_if_idle`) does not stop it while the process lives, or until :func:`release`,
+    so a guest between this call and its binds of the files (not yet seen by :func:`users`) does
+    not lose them.  The lease is taken under the point's lock (shared here, exclusive in a stop):
+    a gc either sees it or has stopped the daemon before, which this call then sees."""
+    if mounted(mountpoint):
+        lock = _locked(mountpoint, shared=True)
+        try:
+            if mounted(mountpoint) and answers(mountpoint):
+                _lease(mountpoint)
+                return mountpoint
+        finally:
+            os.close(lock)
     binary = shutil.which("lxcfs") or ("/usr/bin/lxcfs" if os.path.exists("/usr/bin/lxcfs") else None)
     if binary is None:
         raise UnsupportedError("lxcfs: not installed (Debian package lxcfs): guests see the host's figures")
@@ -83,6 +95,7 @@ def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
     up = False
     try:
         if mounted(mountpoint) and answers(mountpoint):
+            _lease(mountpoint)
             up = True
             return mountpoint  # another berth started it meanwhile
         while mounted(mountpoint):
@@ -90,6 +103,7 @@ def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
         _stop_pid(mountpoint)
         os.makedirs(mountpoint, 0o755, exist_ok=True)
         _start(binary, mountpoint)
+        _lease(mountpoint)
         up = True
         return mountpoint
     finally:
@@ -97,6 +111,67 @@ def ensure(mountpoint: str = DEFAULT_MOUNTPOINT) -> str:
             os.close(lock)
         else:  # it did not start: its lock file does not stay (its log does: the error names it)
             _unlock_removing(mountpoint, lock)
+
+
+# -- leases: the guests being started, between ensure() and their binds -----------------------
+
+
+def _leases(mountpoint: str) -> str:
+    return mountpoint.rstrip("/") + ".leases"
+
+
+def _lease(mountpoint: str) -> None:
+    """Record this process (pid and start time) as a user of the daemon at ``mountpoint``: a
+    file ``<point>.leases/<pid>`` holding its start time.  Called under the point's lock."""
+    from berth.runtime.state import proc_start_time
+
+    pid = os.getpid()
+    leases = _leases(mountpoint)
+    os.makedirs(leases, 0o700, exist_ok=True)
+    tmp = os.path.join(leases, f".{pid}")
+    with open(tmp, "w") as f:
+        f.write(str(proc_start_time(pid)))
+    os.rename(tmp, os.path.join(leases, str(pid)))
+
+
+def release(mountpoint: str = DEFAULT_MOUNTPOINT) -> None:
+    """Give up this process's lease (its guests have bound the files, or it starts none): a
+    long-lived caller of :func:`ensure` calls it; a lease also ends with its process."""
+    try:
+        os.unlink(os.path.join(_leases(mountpoint), str(os.getpid())))
+    except FileNotFoundError:
+        pass
+
+
+def leaseholders(mountpoint: str = DEFAULT_MOUNTPOINT) -> list[int]:
+    """The live processes holding a lease on the daemon at ``mountpoint`` (pid and start time
+    as recorded: a pid reused since is not one); the leases of gone processes are removed."""
+    from berth.runtime.state import proc_start_time
+
+    leases = _leases(mountpoint)
+    try:
+        names = os.listdir(leases)
+    except FileNotFoundError:
+        return []
+    live = []
+    for name in names:
+        path = os.path.join(leases, name)
+        if not name.isdigit():
+            continue  # a lease being written (its process holds the shared lock: not now)
+        try:
+            with open(path) as f:
+                recorded = f.read().strip()
+        except FileNotFoundError:
+            continue
+        started = proc_start_time(int(name))
+        if started is not None and recorded == str(started):
+            live.append(int(name))
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return sorted(live)
 
 
 def _start(binary: str, mountpoint: str) -> None:
@@ -199,23 +274,34 @@ def _stop_locked(mountpoint: str, timeout: float) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+    leases = _leases(mountpoint)
+    for name in os.listdir(leases) if os.path.isdir(leases) else []:
+        try:
+            os.unlink(os.path.join(leases, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(leases)
+    except OSError:
+        pass
     try:
         os.rmdir(mountpoint)
     except OSError:
         pass
 
 
-def _locked(mountpoint: str) -> int:
-    """The point's lock file, open and locked.  A stop removes the file (holding the lock), so
-    a lock taken on a file that is no longer at its path (removed, or made again meanwhile)
-    is given up and taken again on the file that is there."""
+def _locked(mountpoint: str, *, shared: bool = False) -> int:
+    """The point's lock file, open and locked (exclusive, or ``shared``: ensure()'s look at a
+    running daemon).  A stop removes the file (holding the lock), so a lock taken on a file that
+    is no longer at its path (removed, or made again meanwhile) is given up and taken again on
+    the file that is there."""
     import fcntl
 
     path = mountpoint.rstrip("/") + ".lock"
     os.makedirs(os.path.dirname(path) or "/", 0o755, exist_ok=True)
     while True:
         lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         held = os.fstat(lock)
         try:
             there = os.stat(path)
@@ -281,9 +367,10 @@ def users(mountpoint: str = DEFAULT_MOUNTPOINT) -> int:
 
 
 def stop_if_idle(mountpoint: str = DEFAULT_MOUNTPOINT, grace: float = IDLE_GRACE) -> str | None:
-    """Stop berth's lxcfs at ``mountpoint`` when it is dead, or when no guest binds its files
-    and it has run for ``grace`` seconds (a guest being started binds them only after
-    :func:`ensure` returned); what was done, or None.  ``berth gc`` calls it."""
+    """Stop berth's lxcfs at ``mountpoint`` when it is dead, or when no guest binds its files,
+    no live process holds a lease (:func:`ensure`'s: a guest being started binds the files only
+    after it returned) and it has run for ``grace`` seconds; what was done, or None.  ``berth
+    gc`` calls it."""
     import time
 
     if not mounted(mountpoint) and not os.path.exists(_pidfile(mountpoint)):
@@ -296,7 +383,7 @@ def stop_if_idle(mountpoint: str = DEFAULT_MOUNTPOINT, grace: float = IDLE_GRACE
                 age = time.time() - os.stat(_pidfile(mountpoint)).st_mtime
             except FileNotFoundError:
                 age = grace
-            if age < grace or users(mountpoint):
+            if age < grace or leaseholders(mountpoint) or users(mountpoint):
                 return None
             _stop_locked(mountpoint, 5.0)
             stopped = True
