@@ -76,11 +76,11 @@ def test_creds_of_a_process() -> None:
             "ambient": ["CAP_CHOWN"],
         },
     }
-    assert Creds.of(process) == (1000, 100, (4242, 5), caps.to_mask(["CAP_DAC_OVERRIDE"]))
+    assert Creds.of(process) == Creds(1000, 100, (4242, 5), caps.to_mask(["CAP_DAC_OVERRIDE"]))
     # behind tini: what tini keeps through its own exec (a user: the ambient set)
     assert Creds.of(process, through_init=True).effective == caps.to_mask(["CAP_CHOWN"])
     process["user"] = {"uid": 0, "gid": 0}
     assert Creds.of(process, through_init=True).effective == caps.to_mask(["CAP_DAC_OVERRIDE", "CAP_CHOWN"])
-    assert Creds.of({}) == (0, 0, (), 0)
+    assert Creds.of({}) == Creds(0, 0, (), 0)
     with pytest.raises(UsageError, match="CAP_NOPE"):
         Creds.of({"capabilities": {"effective": ["CAP_NOPE"]}})

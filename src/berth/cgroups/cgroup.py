@@ -6,7 +6,6 @@ module only creates directories, writes files and waits for the kernel.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -387,8 +386,10 @@ class Cgroup:
                 except OSError as exc:
                     raise CgroupError(f"recreate {self.path}: mkdir {d}: {_errtext(exc)}") from None
                 for name in ("", *(files if base == v2 else _V1_DELEGATE)):
-                    with contextlib.suppress(FileNotFoundError):
+                    try:
                         os.chown(os.path.join(d, name) if name else d, uid, gid)
+                    except FileNotFoundError:
+                        pass
 
     # -- resources -------------------------------------------------------------------------
 

@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections.abc costs milliseconds at import on berth run's path: annotations only
+    from collections.abc import Callable
+
+    Reader = Callable[[int, int], bytes]
 
 PT_INTERP = 3
 _ET_EXEC, _ET_DYN = 2, 3
@@ -31,8 +36,6 @@ _MAX_OFFSET = 1 << 62  # beyond any file (and os.pread's off_t)
 _EHDR = {32: "HHIIIIIHHH", 64: "HHIQQQIHHH"}
 _PHDR_SIZE = {32: 32, 64: 56}
 _NATIVE = "<" if sys.byteorder == "little" else ">"
-
-Reader = Callable[[int, int], bytes]
 
 
 class ElfError(ValueError):

@@ -11,12 +11,15 @@ import ctypes
 import errno
 import os
 import stat
-from typing import Any, NamedTuple
 
 from berth.errors import BerthError, CannotExecute, CommandNotFound, UsageError
 from berth.linux import caps
 from berth.linux.libc import libc
 from berth.runtime import elf
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -114,14 +117,35 @@ class Executable:
         self.error: BerthError | None = None  # raised at the exec (an interpreter found missing)
 
 
-class Creds(NamedTuple):
+class Creds:
     """Who the process is at its execve, after :func:`berth.runtime.process.become`: the
-    command is looked up as that user (execvp's rules, the kernel's permission checks)."""
+    command is looked up as that user (execvp's rules, the kernel's permission checks).
 
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    effective: int  # capability mask (what the spec asks, cut to what the runtime holds)
+    A plain class, not a NamedTuple: ``typing`` (and the ``re`` it imports) would cost
+    ``berth run`` ~10 ms of imports."""
+
+    __slots__ = ("effective", "gid", "groups", "uid")
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], effective: int) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.effective = effective  # capability mask (what the spec asks, cut to what the runtime holds)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Creds):
+            return NotImplemented
+        return (self.uid, self.gid, self.groups, self.effective) == (
+            other.uid,
+            other.gid,
+            other.groups,
+            other.effective,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Creds(uid={self.uid}, gid={self.gid}, groups={self.groups}, effective={self.effective:#x})"
 
     @classmethod
     def of(cls, process: dict[str, Any], *, through_init: bool = False) -> Creds:

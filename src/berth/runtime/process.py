@@ -6,12 +6,12 @@ the command itself is found and checked by :mod:`berth.runtime.executable`.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py imports enum (milliseconds on the run path)
 import ctypes
 import errno
 import fcntl
 import os
 import resource
-import signal
 import stat
 import sys
 
