@@ -44,11 +44,24 @@ def procs_file() -> str | None:
     return None
 
 
-def _move_self(procs: str, done: Any) -> None:
+#: Seconds between the no-op attaches that keep the lock warm (:func:`warm` with ``keep``): the
+#: kernel lets it go cold again one to two grace periods after its last writer (~10 ms here).
+KEEP_EVERY = 0.004
+_stop: list[bool] = []  # non-empty: the keeping thread stops (:func:`settle`)
+
+
+def _move_self(procs: str, done: Any, keep: float = 0.0) -> None:
     try:
         fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")  # 0: the writer's own process, into the cgroup it is in
+            if keep > 0:
+                import time
+
+                end = time.monotonic() + keep
+                while not _stop and time.monotonic() < end:
+                    time.sleep(KEEP_EVERY)
+                    os.write(fd, b"0")
         finally:
             os.close(fd)
     except OSError:
@@ -57,15 +70,25 @@ def _move_self(procs: str, done: Any) -> None:
         done.release()
 
 
-def warm() -> Any:
+def warm(keep: float = 0.0) -> Any:
     """Start the no-op attach in a thread and return at once (see the module's docstring): a
-    lock released when the thread is done (None if there was nothing to do)."""
+    lock released when the thread is done (None if there was nothing to do).
+
+    ``keep``: seconds to keep the lock warm after that (a no-op attach every
+    :data:`KEEP_EVERY`), until :func:`settle`: for a caller whose container's first attach may
+    come later than the lock stays warm after a single write (a loaded host, a slow start)."""
     import _thread
 
     procs = procs_file()
     if procs is None:
         return None
+    _stop.clear()
     done = _thread.allocate_lock()
     done.acquire()
-    _thread.start_new_thread(_move_self, (procs, done))
+    _thread.start_new_thread(_move_self, (procs, done, keep))
     return done
+
+
+def settle() -> None:
+    """Stop keeping the lock warm (the container's init has attached itself)."""
+    _stop.append(True)

@@ -370,7 +370,7 @@ def main(argv: list[str]) -> int:
     o = parse(argv)
     from berth.cgroups import warm
 
-    warm.warm()  # the guest's first cgroup attach waits less: see berth.cgroups.warm
+    warm.warm(keep=2.0)  # the guest's first cgroup attach waits less (settled once it is made)
     store, state_root, cgroup_parent = env_paths()
     if o["name"]:
         from berth.runtime.state import check_id

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 BACKOFF_MAX = 5.0
+#: Seconds a start keeps the cgroup lock warm at most (berth.cgroups.warm): the init's first attach
+#: comes tens of milliseconds after the worker took the request, later than one no-op attach keeps
+#: it warm (~10 ms), and on a loaded host later still.
+WARM_KEEP = 2.0
 
 # What a guest's start imports below instance.start (lazily, to keep `berth run` lean): guestd
 # imports it once, before it forks workers, so no worker pays for it (see preload).
@@ -122,8 +126,11 @@ def _one(req: dict[str, Any], name: str) -> dict[str, Any]:
                 elif rec.get("desired") != "running":
                     raise StateError(f"guest {name!r} was stopped while its start was pending")
                 else:
-                    warm.warm()  # the init's first cgroup attach waits less (berth.cgroups.warm)
-                    pid = instance.start(store, name)
+                    warm.warm(keep=WARM_KEEP)  # the init's first attach waits less (berth.cgroups.warm)
+                    try:
+                        pid = instance.start(store, name)
+                    finally:
+                        warm.settle()
             return {"ok": True, "pid": pid}
         if req["op"] == "exited":
             exited(_store(req), name, req["pid"], req.get("code"))
@@ -149,18 +156,21 @@ def _fast_start(store: Store, name: str, env: dict[str, str]) -> dict[str, Any]:
         rec = store.read_run(name)
         if instance.running(rec):
             return {"ok": True, "pid": rec["pid"]}
-        warm.warm()  # the init's first cgroup attach waits less (berth.cgroups.warm)
-        saved = specinputs.fresh_spec(store, name, env)
-        if saved is None:
-            return {"ok": False, "stale": True}
+        warm.warm(keep=WARM_KEEP)  # the init's first cgroup attach waits less (berth.cgroups.warm)
         try:
-            return {"ok": True, "pid": instance.start(store, name, saved=saved)}
-        except BaseException:
+            saved = specinputs.fresh_spec(store, name, env)
+            if saved is None:
+                return {"ok": False, "stale": True}
             try:
-                store.update_run(name, desired="running", store=store.root)
-            except OSError:
-                pass  # the start's own error is the one to report
-            raise
+                return {"ok": True, "pid": instance.start(store, name, saved=saved)}
+            except BaseException:
+                try:
+                    store.update_run(name, desired="running", store=store.root)
+                except OSError:
+                    pass  # the start's own error is the one to report
+                raise
+        finally:
+            warm.settle()
 
 
 def supervisor(state_root: str, name: str, rec: dict[str, Any]) -> Any:

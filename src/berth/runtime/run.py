@@ -13,6 +13,7 @@ import _signal as signal  # the C module: signal.py imports enum, which costs mi
 import os
 import sys
 
+from berth.cgroups import warm
 from berth.linux import prctl
 from berth.runtime import container
 
@@ -84,17 +85,20 @@ def run(
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-    c = container.create(
-        name,
-        spec,
-        state_root=state_root,
-        bundle=os.getcwd(),
-        cgroup_parent=cgroup_parent,
-        overlay=overlay,
-        use_init=use_init,
-        watch_parent=True,
-        seccomp_cache=seccomp_cache,
-    )
+    try:
+        c = container.create(
+            name,
+            spec,
+            state_root=state_root,
+            bundle=os.getcwd(),
+            cgroup_parent=cgroup_parent,
+            overlay=overlay,
+            use_init=use_init,
+            watch_parent=True,
+            seccomp_cache=seccomp_cache,
+        )
+    finally:
+        warm.settle()  # the init attached itself (berth.cgroups.warm, from berth.cli.run)
     try:
         if on_created is not None:
             on_created(c)
