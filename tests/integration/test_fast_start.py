@@ -64,7 +64,34 @@ def view(pid: int) -> dict[str, object]:
         "ns": ns,
         "cgroup controllers": cgroups,
         "uid_map size": Path(f"/proc/{pid}/uid_map").read_text().split()[2],
+        "mounts": mounts(pid),
     }
+
+
+def mounts(pid: int) -> list[tuple[str, ...]]:
+    """The init's mount table as its root sees it: mount point, mount options, type and the
+    super block's options, without what names the guest (its layers' paths, the host ids its
+    own id range maps its root to)."""
+    table = []
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        sb = ",".join(
+            o
+            for o in fields[sep + 3].split(",")
+            if "/" not in o and not o.startswith(("uuid=", "uid=", "gid="))
+        )
+        table.append((fields[4], fields[5], fields[sep + 1], sb))
+    return table
+
+
+def root_options(mountinfo: str) -> list[str]:
+    """The super block options of the root ("/") mount in a mountinfo text."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[fields.index("-") + 3].split(",")
+    raise AssertionError(f"no root mount in {mountinfo!r}")
 
 
 def in_own_cgroups(g: Guests, name: str, pid: int) -> None:
@@ -94,7 +121,8 @@ def test_fast_start_starts_the_same_guest_as_the_full_path(guests: Guests, tmp_p
     pids = [guests.info(n)["pid"] for n in started]
     assert all(pids) and len(set(pids)) == len(pids)
     views = [view(pid) for pid in pids]
-    assert all(v == views[0] for v in views), views
+    for v in views[1:]:
+        assert v == views[0], [(k, v[k], views[0][k]) for k in v if v[k] != views[0][k]]
     assert all(views[0]["ns"].values()), views[0]["ns"]  # every namespace its own, the user namespace too
     assert views[0]["status"]["Seccomp"] == "2"
     for n, pid in zip(started, pids, strict=True):
@@ -252,3 +280,18 @@ def test_a_busy_exit_worker_does_not_hold_up_the_spares_request(guests: Guests) 
         held.release()
     guests.wait(lambda: guests.record(x).get("status") == "stopped", what=f"{x} recorded stopped")
     guests("stop", "--timeout", "2", y)
+
+
+def test_only_a_thrown_away_upper_layer_is_volatile(guests: Guests) -> None:
+    """berth run's overlay (its upper layer in the state dir, removed with the guest) skips
+    overlayfs's syncs (the sync of the whole upper file system at the guest's end); a guest's
+    own upper layer, kept across its starts, does not."""
+    g = guests.name("keep")
+    guests("create", g)
+    guests("start", g)
+    pid = guests.info(g)["pid"]
+    kept = root_options(Path(f"/proc/{pid}/mountinfo").read_text())
+    assert not [o for o in kept if "volatile" in o], kept
+    guests("stop", "--timeout", "8", g)
+    r = guests("run", "--rm", "--userns", "host", "--", "cat", "/proc/self/mountinfo")
+    assert [o for o in root_options(r.stdout) if "volatile" in o], r.stdout  # "fsync=volatile" (6.x)

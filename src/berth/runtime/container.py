@@ -344,6 +344,8 @@ def create(
             rootfs = os.path.join(sdir, "rootfs")
             os.mkdir(rootfs, 0o755)
             overlay = dict(overlay)
+            # An upper layer in the state dir goes with the container (berth run's): volatile.
+            overlay.setdefault("volatile", "upper" not in overlay)
             overlay.setdefault("upper", os.path.join(sdir, "upper"))
             overlay.setdefault("work", os.path.join(sdir, "work"))
             os.makedirs(overlay["upper"], 0o755, exist_ok=True)

@@ -284,7 +284,14 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             if opts.idmapped:
                 lower = ov["lower_at"]
                 mounts.attach_idmapped(opts.idmapped, lower)
-            mounts.mount_overlay(lower, ov["upper"], ov["work"], rootfs, userxattr=opts.userns)
+            mounts.mount_overlay(
+                lower,
+                ov["upper"],
+                ov["work"],
+                rootfs,
+                userxattr=opts.userns,
+                volatile=bool(ov.get("volatile")),
+            )
         elif opts.idmapped:
             mounts.attach_idmapped(opts.idmapped, [rootfs])
         mounts.prepare_root(
