@@ -293,7 +293,10 @@ class Daemon:
             # The asker watches the worker: the guest's processes hold a copy of this socket
             # until they exec, so a worker that dies would never close it.  (The worker's
             # replies may come before this line: the asker takes them in any order.)
-            conn.sendall(b'{"worker": %d}\n' % pid)
+            try:
+                conn.sendall(b'{"worker": %d}\n' % pid)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the spare's reply came first and the asker is gone: no bad request
         except (OSError, ValueError) as e:
             _log(f"bad request: {e}")
         finally:
