@@ -9,10 +9,12 @@ the evaluation's density section), guestd already running, timed from the comman
 the guest's init (busybox init) runs and the command has exited; stopped (untimed) after each.
 `berth start (running)`: the same command for a guest that runs already: the command's own cost
 and its round trip through guestd and a worker, without a container start.
+`--runsc`: also `runsc run` (gVisor; the lab's platform, ptrace unless BERTH_LAB_RUNSC_PLATFORM
+says otherwise; --network=none, --ignore-cgroups) of the same bundle as runc's, interleaved.
 
 Also prints where berth's time goes: the bare interpreter, imports, and the rest.
 
-    .venv/bin/python bench/start_latency.py [-n 30]
+    .venv/bin/python bench/start_latency.py [-n 30] [--runsc]
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def breakdown(env: dict[str, str], name: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=30, help="starts per column (default 30)")
+    ap.add_argument("--runsc", action="store_true", help="also time `runsc run` (gVisor) of runc's bundle")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="berth-bench-")
     env = dict(os.environ)
@@ -149,6 +152,17 @@ def main() -> int:
         ).stdout.strip()
         have_runc = shutil.which("runc") is not None
         bundle = runc_bundle(rootfs, work) if have_runc else None
+        runsc = shutil.which("runsc") if args.runsc else None
+        if args.runsc and (runsc is None or bundle is None):
+            raise RuntimeError("--runsc: runsc and runc (for the bundle) must be installed")
+        runsc_base = [
+            str(runsc),
+            "--root",
+            os.path.join(work, "runsc"),
+            f"--platform={os.environ.get('BERTH_LAB_RUNSC_PLATFORM', 'ptrace')}",
+            "--network=none",
+            "--ignore-cgroups",
+        ]
         for name in names:
             berth(env, "create", name, *GUEST_FLAGS)
         berth(env, "list")  # guestd up before anything is timed
@@ -159,6 +173,8 @@ def main() -> int:
             "berth start": [],
             "berth start (running)": [],
         }
+        if runsc:
+            cols["runsc run"] = []
         for i in range(args.n + 2):  # two warm-up rounds
             name = names[i % len(names)]
             g = start_guest(env, name)
@@ -184,6 +200,12 @@ def main() -> int:
                 if bundle
                 else 0.0
             )
+            if runsc:
+                cid = f"gv{os.getpid()}x{i}"
+                d = timed([*runsc_base, "run", "--bundle", str(bundle), cid])
+                subprocess.run([*runsc_base, "delete", "--force", cid], capture_output=True)
+                if i >= 2:
+                    cols["runsc run"].append(d)
             if i >= 2:
                 cols["native /bin/true"].append(a)
                 cols["berth run"].append(b)
@@ -204,6 +226,9 @@ def main() -> int:
                 r = statistics.median(cols["runc run"])
                 print(f"  ratio {col}/runc {' ' * (12 - len(col))}{b / r:.2f}   (target <= 0.50)")
             print(f"  ratio {col}/native {' ' * (10 - len(col))}{b / native:.1f}")
+            if cols.get("runsc run"):
+                g = statistics.median(cols["runsc run"])
+                print(f"  ratio runsc/{col} {' ' * (11 - len(col))}{g / b:.1f}   (target >= 10)")
         breakdown(env, names[0])
     finally:
         subprocess.run([BERTH, "destroy", "--force", *names], env=env, capture_output=True)
