@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,8 @@ class Config:
     idle_reps: int = 3
     latency_n: int = 10
     tiny: bool = False
+    # rounds of the noisiest paired comparisons (fio's random I/O, the gcc build); 0: ``reps``
+    pair_reps: int = 0
 
 
 def config(quick: bool, tiny: bool = False) -> Config:
@@ -89,7 +91,7 @@ def config(quick: bool, tiny: bool = False) -> Config:
         return Config(True, 1, 0.1, (1, 2), (1,), 0.3, 1, 1, 1, 1, 2, 1, 2, tiny=True)
     if quick:
         return Config(True, 3, 0.25, (1, 2, 4, 8), (1, 2), 0.75, 2, 2, 2)
-    return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 2.0, 4, 4, 3, 15, 10, 5, 30)
+    return Config(False, 5, 0.5, (1, 2, 4, 8, 16, 32), (1, 2, 4, 8), 2.0, 4, 4, 3, 15, 10, 5, 30, pair_reps=8)
 
 
 # ---------------------------------------------------------------- statistics
@@ -127,6 +129,18 @@ def spread(xs: Sequence[float]) -> str:
     if not xs:
         return "–"
     return f"{fmt(med(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+
+def mirrored(cols: Sequence[str], rnd: int) -> list[str]:
+    """The columns in round ``rnd``: as given in even rounds, reversed in odd ones (ABBA), so a
+    steady drift of the shared host between runs favours none of them over a pair of rounds."""
+    return list(cols) if rnd % 2 == 0 else list(reversed(cols))
+
+
+def paired_ratios(num: dict[int, float], den: dict[int, float]) -> list[float]:
+    """``num[r] / den[r]`` for every round ``r`` both measured: each round's ratio of two runs
+    made minutes apart at most, so the host's slower drift cancels out of it."""
+    return [num[r] / den[r] for r in sorted(num) if den.get(r)]
 
 
 def parse_micro(out: str) -> dict[str, float]:
@@ -198,6 +212,11 @@ class Env:
         (self.template / "var" / "tmp").chmod(0o1777)
         self.native_dir = tmp / "native-work"  # same ext4 as the berth guests' overlay upper
         self.native_dir.mkdir()
+        # berth's state root: each `berth run` guest's upper and work dirs are made in its state
+        # dir there; the runc column's and micro's native file directories are made beside them
+        # (names starting with a dot, which berth's state listing skips)
+        self.state = Path(self.env["BERTH_RUN"])
+        self.state.mkdir(mode=0o711, exist_ok=True)
         self.cols = peers.Columns(self.micro, tmp / "lab")
         shutil.copytree(BIN, self.cols.rootfs / "lab", dirs_exist_ok=True)
         self.kernel = self.cols.table()[3][0]  # "uml" or "kvm"
@@ -247,13 +266,18 @@ class Env:
             )
             return subprocess.CompletedProcess([], c.exit_status, c.output, "")
         if col == "runc":
-            return self.runc(args("/lab"), start_at=start_at, timeout=timeout)
+            return self.runc(args("/lab"), opts=opts, start_at=start_at, timeout=timeout)
         if col == "gvisor":
             return self.cols.gvisor(args("/lab"))
         raise ValueError(col)
 
     def runc(
-        self, args: list[str], *, start_at: float | None = None, timeout: float = 600
+        self,
+        args: list[str],
+        *,
+        opts: Sequence[str] = (),
+        start_at: float | None = None,
+        timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
         """``runc run`` of the spec ``berth run`` would run (berth.cli.run's parse and build: the
         same capabilities, seccomp profile, masked paths, mounts and namespaces) on the same kind
@@ -262,9 +286,9 @@ class Env:
 
         cid = f"{self.tag}-runc-{secrets.token_hex(3)}"
         env = [f"MICRO_START_AT={start_at:.3f}"] if start_at else []
-        o = berth_run.parse([*(w for e in env for w in ("-e", e)), "--", "/lab/loops", *args])
+        o = berth_run.parse([*opts, *(w for e in env for w in ("-e", e)), "--", "/lab/loops", *args])
         spec, lower, _overlay = berth_run.build(o, cid, self.env["BERTH_ROOT"])
-        d = self.tmp / "runc" / cid
+        d = self.state / f".{cid}"  # beside berth's state dirs: see fresh_dir
         merged = d / "rootfs"
         for sub in ("upper", "work", "rootfs"):
             (d / sub).mkdir(parents=True)
@@ -289,6 +313,39 @@ class Env:
             subprocess.run(["umount", str(merged)], capture_output=True)
             shutil.rmtree(d, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def fresh_dir(self) -> Iterator[Path]:
+        """A new directory ``<state>/.eval-native-XXXX/upper/var/tmp``, removed afterwards: the
+        native column's twin of a guest's /var/tmp, which its overlay makes (copy-up) in a new
+        upper dir in its state dir. ext4 puts a new file in its directory's block group and a
+        new directory near its parent's, so this one lands in the block group the guests' and
+        runc's /var/tmp land in (their inode numbers show it: :func:`files_groups_note`)."""
+        top = self.state / f".eval-native-{secrets.token_hex(3)}"
+        d = top / "upper" / "var" / "tmp"
+        d.mkdir(parents=True)
+        d.chmod(0o1777)
+        try:
+            yield d
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def host_overlay(self) -> Iterator[Path]:
+        """/var/tmp of an overlay the bench mounts on the host as the guests' root is mounted (the
+        busybox template below, a new upper and work dir in ``<state>/.eval-ov-XXXX``), for
+        a native process: the overlay's part of a root-fs figure, without a container."""
+        top = self.state / f".eval-ov-{secrets.token_hex(3)}"
+        merged = top / "rootfs"
+        for sub in ("upper", "work", "rootfs"):
+            (top / sub).mkdir(parents=True)
+        opts = f"lowerdir={self.template},upperdir={top / 'upper'},workdir={top / 'work'}"
+        subprocess.run(["mount", "-t", "overlay", "berth-eval", "-o", opts, str(merged)], check=True)
+        try:
+            yield merged / "var" / "tmp"
+        finally:
+            subprocess.run(["umount", str(merged)], capture_output=True)
+            shutil.rmtree(top, ignore_errors=True)
+
     def workdir(self, col: str) -> str:
         """Where file tests write, as seen in the column."""
         return {"native": str(self.native_dir), "berth": "/var/tmp", "runc": "/var/tmp"}.get(col, "/tmp")
@@ -306,15 +363,43 @@ class Env:
 
 
 WORKDIR_NOTE = (
-    "File tests write to: native — a directory on the host's ext4; berth and runc — /var/tmp in the "
-    "guest's overlay root (the same busybox template, a fresh upper layer on the same ext4); gVisor "
-    "— /tmp, a tmpfs (the lab's bundle has a read-only root); UML — /tmp, a tmpfs inside the guest "
-    "(no block device). runc runs the very spec `berth run` builds (berth.cli.run: Docker's "
-    "capabilities and seccomp profile, masked paths, the same namespaces), so berth/runc compares "
-    "the runtimes alone. This host's ext4 has no journal: every file create scans the inode table "
-    "past inodes deleted in the last seconds (ext4's recently_deleted), so create+delete depends on "
-    "the churn its block group has seen and varies from run to run in every column."
+    "File tests write to: native — a new directory for each run, made beside the berth guests' "
+    "state dirs (<state root>/.eval-native-*/upper/var/tmp, the twin of a guest's /var/tmp); berth "
+    "and runc — /var/tmp in the guest's overlay root (the same busybox template, a fresh upper layer "
+    "in a new directory of the same state root, where the first file written copies /var/tmp up); "
+    "gVisor — /tmp, a tmpfs (the lab's bundle has a read-only root); UML — /tmp, a tmpfs inside the "
+    "guest (no block device). The tmpfs row: the same test on a fresh tmpfs in every column (native: "
+    "one the bench mounts; berth and runc: `--tmpfs /tmp`; UML and gVisor: their /tmp), the system "
+    "calls and the VFS without a disk file system's inode allocator. runc runs the very spec `berth "
+    "run` builds (berth.cli.run: Docker's capabilities and seccomp profile, masked paths, the same "
+    "namespaces), so berth/runc compares the runtimes alone."
 )
+
+
+def files_note(path: str | Path) -> str:
+    """What the root-fs file create+delete row measures on the file system holding ``path``."""
+    if ext4_journal(path) is not False:
+        return ""
+    return (
+        " This host's root is ext4 without a journal. ext4 then does not reuse an inode freed in the "
+        "last 60 s (360 s while its inode-table block is still dirty: recently_deleted()), so each "
+        "create scans its block group's inode bitmap past every file created and deleted there in "
+        "the last minutes: perf puts 60–90 % of a create+close+unlink in __ext4_new_inode → "
+        "find_inode_bit → recently_deleted (more as the group's churn grows), natively and under "
+        "overlay alike; overlay's own functions take ~5 %. The root-fs figure is therefore set by "
+        "the churn its block group has seen more than by the runtime: in one directory, 27k ops/s "
+        "fell to 6k a minute later. "
+        "Hence: every column's directory is made where ext4 puts it in the same group as the others' "
+        "(the groups are listed below; before, native's directory sat in another group than the "
+        "guests', which shared theirs, and saw half their churn); each run does the same number of "
+        "creates+deletes, so it leaves the next the same history; the columns' order rotates each "
+        "round; and the ratio is taken round by round. The figures still fall from round to round as "
+        "the history grows (hence the wide min–max). The next table separates the overlay's part: a "
+        "native process on an overlay the bench mounts on the host, in the same rotation and group "
+        "(by hand on 2026-11-29, 12 ABBA pairs: 0.79, 0.35–1.57, of native, with overlay's own "
+        "functions ~5 % of its time in perf). The tmpfs row is the same test without the "
+        "allocator: the system calls and the VFS, where the runtimes' own cost shows."
+    )
 
 
 def _check(p: subprocess.CompletedProcess[str], what: str) -> str:
@@ -390,49 +475,214 @@ MICRO_TESTS = (
     ("exec", "fork+exec+wait", "fork/exec"),
     ("ctxsw", "context switch (pipe)", "syscall"),
     ("pagefault", "page fault (fresh page)", "memory"),
-    ("files", "file create+delete", "file-I/O"),
+    ("files", "file create+delete (root fs)", "file-I/O"),
+    ("files_tmpfs", "file create+delete (tmpfs)", "file-I/O"),
 )
+
+
+def rotated(cols: Sequence[str], rnd: int) -> list[str]:
+    """The columns in round ``rnd``'s order: rotated each round, so that none always runs right
+    after the same one (a file test inherits the allocator history the run before it left)."""
+    k = rnd % len(cols) if cols else 0
+    return [*cols[k:], *cols[:k]]
+
+
+def parse_inodes(out: str) -> dict[str, int]:
+    """{test: the first file's inode number} from micro's ``micro TEST_inode ino=N`` lines."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^micro (\w+)_inode ino=(\d+)", out, re.M)}
+
+
+def _ext4_dev(path: str | Path) -> str | None:
+    """The device name (``vda``) of the ext4 holding ``path``; None off ext4."""
+    r = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "-T", str(path)], capture_output=True, text=True)
+    words = r.stdout.split()
+    return os.path.basename(words[0]) if len(words) == 2 and words[1] == "ext4" else None
+
+
+def inodes_per_group(path: str | Path) -> int | None:
+    """ext4's inodes per block group on the file system holding ``path``: its inode count over
+    its group count (the lines of /proc/fs/ext4/DEV/mb_groups); None off ext4."""
+    dev = _ext4_dev(path)
+    try:
+        lines = Path(f"/proc/fs/ext4/{dev}/mb_groups").read_text().splitlines() if dev else []
+    except OSError:
+        return None
+    return count_groups(os.statvfs(path).f_files, lines)
+
+
+def count_groups(inodes: int, mb_groups: Sequence[str]) -> int | None:
+    """Inodes per group from the inode count and /proc/fs/ext4/DEV/mb_groups's lines (a header,
+    then one ``#N : ...`` line per group)."""
+    groups = sum(1 for line in mb_groups if re.match(r"#\d+\s*:", line))
+    return inodes // groups if groups else None
+
+
+def ext4_journal(path: str | Path) -> bool | None:
+    """Whether the ext4 holding ``path`` has a journal (/sys/fs/ext4/DEV/journal_task names its
+    jbd2 thread, ``<none>`` without one); None off ext4 or unknown."""
+    dev = _ext4_dev(path)
+    try:
+        task = Path(f"/sys/fs/ext4/{dev}/journal_task").read_text().strip() if dev else ""
+    except OSError:
+        return None
+    return None if not task else task != "<none>"
+
+
+def files_groups_note(inodes: dict[str, list[int]], per_group: int | None) -> str:
+    """Which ext4 block group each column's root-fs file test allocated its inodes in, per round
+    (from the first file's inode number), and whether they all shared one."""
+    if not per_group or not inodes:
+        return ""
+    groups = {c: [(i - 1) // per_group for i in v] for c, v in inodes.items()}
+    every = {g for v in groups.values() for g in v}
+    each = "; ".join(f"{c} {', '.join(map(str, v))}" for c, v in groups.items())
+    same = (
+        f"all in group {every.pop()}"
+        if len(every) == 1
+        else f"NOT one group ({len(every)} groups: the columns' allocator histories differ)"
+    )
+    return (
+        f"ext4 block group of the root-fs file test's inodes ({per_group} inodes per group), "
+        f"per round: {each} — {same}."
+    )
+
+
+HOST_OVERLAY = "host overlay"
+
+
+def _host_overlay_files(
+    env: Env,
+    rep: int,
+    nfiles: int,
+    tmpfs: Path,
+    samples: dict[tuple[str, str], dict[int, float]],
+    inodes: dict[str, list[int]],
+    errors: dict[str, str],
+) -> None:
+    """The root-fs file test of a native process in an overlay mounted on the host
+    (:meth:`Env.host_overlay`), in the rotation with the columns; the other tests barely run."""
+    try:
+        with env.host_overlay() as d:
+            p = subprocess.run(
+                [str(env.micro), "all", str(d), str(tmpfs), str(nfiles), "0.001"],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        got = parse_micro(_check(p, "micro in a host overlay"))
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        errors[HOST_OVERLAY] = str(e).splitlines()[0][:300]
+        return
+    if rep and "files" in got:
+        samples.setdefault((HOST_OVERLAY, "files"), {})[rep] = got["files"]
+        if "files" in (ino := parse_inodes(p.stdout)):
+            inodes.setdefault(HOST_OVERLAY, []).append(ino["files"])
+
+
+def _overlay_table(samples: dict[tuple[str, str], dict[int, float]]) -> Table:
+    """Root-fs create+delete: native, a native process on a host-mounted overlay, berth, runc."""
+    base = samples.get(("native", "files"), {})
+    ov = samples.get((HOST_OVERLAY, "files"), {})
+    cols = [c for c in ("native", HOST_OVERLAY, "berth", "runc") if (c, "files") in samples]
+    row: list[object] = ["file create+delete (root fs)"]
+    row += [spread(list(samples[c, "files"].values())) for c in cols]
+    row += [spread(paired_ratios(samples[c, "files"], base)) for c in cols if c != "native"]
+    row += [spread(paired_ratios(samples[c, "files"], ov)) for c in ("berth", "runc") if c in cols]
+    return Table(
+        "The root-fs file test's overlay part: a native process writing to /var/tmp of an overlay "
+        "the bench mounts on the host as a guest's root is mounted (the same template below, a new "
+        "upper layer beside the guests'), in the same rotation and block group as the columns; "
+        "ops/s median (min–max); ratios: median (min–max) of the per-round ratios.",
+        [
+            "test",
+            *[f"{c} ops/s" for c in cols],
+            *[f"{c}/native" for c in cols if c != "native"],
+            *[f"{c}/{HOST_OVERLAY}" for c in ("berth", "runc") if c in cols],
+        ],
+        [row],
+        "host overlay/native is the overlay's cost on this file system, with no container; "
+        f"berth/{HOST_OVERLAY} what berth's guest adds to it (namespaces, seccomp, cgroups).",
+    )
+
+
+def files_count(cfg: Config) -> int:
+    """The creates+deletes of each micro file test, in batches of 64: ~the ops of ``cfg.secs``
+    at 4k ops/s, the root-fs figure in a block group churned by the runs before (so the section
+    takes about as long as with timed file tests)."""
+    return max(64, round(cfg.secs * 4096 / 64) * 64)
 
 
 def micro(env: Env, cfg: Config) -> Section:
     s = Section("1. Micro-benchmarks (bench/eval/micro.c, lmbench style)")
     cols = env.columns()
-    samples: dict[tuple[str, str], list[float]] = {}
+    samples: dict[tuple[str, str], dict[int, float]] = {}
+    inodes: dict[str, list[int]] = {}
+    # the file tests: a fixed number of creates+deletes, the same in every column, so that each
+    # run leaves the next the same allocator history (a faster column's timed run left more)
+    nfiles = files_count(cfg)
     errors: dict[str, str] = {}
-    for rep in range(cfg.reps + 1):  # round 0: warm-up
-        for col in cols:
-            if col in errors:
-                continue
-            try:
-                p = env.run(col, lambda _b, c=col: ["all", env.workdir(c), str(cfg.secs)])
-                got = parse_micro(_check(p, f"micro in {col}"))
-                if len(got) < len(MICRO_TESTS):
-                    raise LabError(f"incomplete output: {p.stdout.strip()[-200:]}")
-            except (LabError, OSError, subprocess.SubprocessError) as e:
-                errors[col] = str(e).splitlines()[0][:300]
-                continue
-            if rep:
-                for t, v in got.items():
-                    samples.setdefault((col, t), []).append(v)
+    # the tmpfs row: a tmpfs the bench mounts for native, a fresh one at /tmp in berth's and
+    # runc's guests (--tmpfs /tmp), the /tmp tmpfs the separate-kernel guest and gVisor write to
+    tmpfs = env.tmp / "micro-tmpfs"
+    tmpfs.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "berth-eval", str(tmpfs)], check=True)
+    try:
+        for rep in range(cfg.reps + 1):  # round 0: warm-up
+            for col in rotated([*cols, HOST_OVERLAY] if "native" in cols else cols, rep):
+                if col in errors:
+                    continue
+                if col == HOST_OVERLAY:
+                    _host_overlay_files(env, rep, nfiles, tmpfs, samples, inodes, errors)
+                    continue
+                native = col == "native"
+                opts = ["--tmpfs", "/tmp"] if col in ("berth", "runc") else []
+                try:
+                    with env.fresh_dir() if native else contextlib.nullcontext(env.workdir(col)) as d:
+                        tmp = str(tmpfs) if native else "/tmp"
+                        p = env.run(
+                            col,
+                            lambda _b, d=d, tmp=tmp: ["all", str(d), tmp, str(nfiles), str(cfg.secs)],
+                            opts=opts,
+                        )
+                    got = parse_micro(_check(p, f"micro in {col}"))
+                    if len(got) < len(MICRO_TESTS):
+                        raise LabError(f"incomplete output: {p.stdout.strip()[-200:]}")
+                except (LabError, OSError, subprocess.SubprocessError) as e:
+                    errors[col] = str(e).splitlines()[0][:300]
+                    continue
+                if rep:
+                    for t, v in got.items():
+                        samples.setdefault((col, t), {})[rep] = v
+                    # (the separate-kernel guest's and gVisor's files are on their tmpfs)
+                    if col in ("native", "berth", "runc") and "files" in (ino := parse_inodes(p.stdout)):
+                        inodes.setdefault(col, []).append(ino["files"])
+    finally:
+        subprocess.run(["umount", str(tmpfs)], capture_output=True)
     header = ["test", *[f"{c} ops/s" for c in cols], *[f"{c}/native" for c in cols if c != "native"]]
     rows = []
     for t, label, _kind in MICRO_TESTS:
-        base = med(samples.get(("native", t), []))
+        base = samples.get(("native", t), {})
         row: list[object] = [label]
-        row += [spread(samples.get((c, t), [])) if c not in errors else "failed" for c in cols]
-        row += [fmt(med(samples.get((c, t), [])) / base) for c in cols if c != "native"]
+        row += [spread(list(samples.get((c, t), {}).values())) if c not in errors else "failed" for c in cols]
+        row += [spread(paired_ratios(samples.get((c, t), {}), base)) for c in cols if c != "native"]
         rows.append(row)
-        ratio = med(samples.get(("berth", t), [])) / base
+        ratio = med(paired_ratios(samples.get(("berth", t), {}), base))
         s.targets.append((f"berth ≥ 0.98 × native: micro {label}", floor_text(ratio, 3), ratio >= 0.98))
     s.tables.append(
         Table(
             f"Throughput in ops/s (higher is better), median (min–max) of {cfg.reps} runs after a warm-up, "
-            f"columns interleaved per round; each test runs {cfg.secs} s inside the column.",
+            f"columns interleaved per round, their order rotated each round; each test runs {cfg.secs} s "
+            f"inside the column, but the file tests, which do {nfiles} creates+deletes each; X/native: the "
+            "median (min–max) of the per-round ratios (each run over native's run of the same round).",
             header,
             rows,
-            WORKDIR_NOTE,
+            WORKDIR_NOTE + files_note(env.state),
         )
     )
+    if (HOST_OVERLAY, "files") in samples:
+        s.tables.append(_overlay_table(samples))
+    if groups := files_groups_note(inodes, inodes_per_group(env.state)):
+        s.notes.append(groups)
     for col, e in errors.items():
         s.notes.append(f"{col}: not measured: {e}")
     s.plots.append(
@@ -444,7 +694,7 @@ def micro(env: Env, cfg: Config) -> Section:
             "x": [lbl for _t, lbl, _k in MICRO_TESTS],
             "series": {
                 c: [
-                    med(samples.get((c, t), [])) / med(samples.get(("native", t), []))
+                    med(paired_ratios(samples.get((c, t), {}), samples.get(("native", t), {})))
                     for t, _l, _k in MICRO_TESTS
                 ]
                 for c in cols
@@ -556,40 +806,52 @@ def system(env: Env, cfg: Config) -> Section:
     if not (BIN / "fio").exists():
         s.notes.append("fio: not installed (make bench installs it: BENCH_APT_PACKAGES)")
     else:
-        fs: dict[tuple[str, str], list[float]] = {}
+        fs: dict[tuple[str, str], dict[int, float]] = {}
         ferr: dict[str, str] = {}
         fcols = [c for c in ("native", "berth", "runc") if c in cols]
-        for rep in range(cfg.reps + 1):
+        rand_reps = max(cfg.reps, cfg.pair_reps)
+        for rep in range(rand_reps + 1):
             for label, rw, bs in FIO_JOBS:
-                for col in fcols:
+                if rep > cfg.reps and not rw.startswith("rand"):
+                    continue  # the extra rounds: the random-I/O jobs, whose runs swing most
+                for col in mirrored(fcols, rep):
                     if col in ferr:
                         continue
-                    d = env.workdir(col)
                     try:
-                        p = env.run(col, lambda b, d=d, rw=rw, bs=bs: _fio_args(b, d, rw, bs, secs))
+                        with (
+                            env.fresh_dir()
+                            if col == "native"
+                            else contextlib.nullcontext(env.workdir(col)) as d
+                        ):
+                            p = env.run(col, lambda b, d=d, rw=rw, bs=bs: _fio_args(b, str(d), rw, bs, secs))
                         v = _fio_value(_check(p, f"fio in {col}"), rw)
                     except (LabError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
                         ferr[col] = str(e).splitlines()[0][:300]
                         continue
                     if rep:
-                        fs.setdefault((col, label), []).append(v)
+                        fs.setdefault((col, label), {})[rep] = v
         rows = []
         for label, _rw, _bs in FIO_JOBS:
-            base = med(fs.get(("native", label), []))
-            r = med(fs.get(("berth", label), [])) / base
+            ratios = {c: paired_ratios(fs.get((c, label), {}), fs.get(("native", label), {})) for c in fcols}
+            r = med(ratios["berth"]) if "berth" in ratios else float("nan")
             rows.append(
                 [
                     f"fio {label}",
-                    *[spread(fs.get((c, label), [])) for c in fcols],
-                    *[fmt(med(fs.get((c, label), [])) / base) for c in fcols if c != "native"],
+                    *[spread(list(fs.get((c, label), {}).values())) for c in fcols],
+                    *[spread(ratios[c]) for c in fcols if c != "native"],
                 ]
             )
             s.targets.append((f"berth ≥ 0.98 × native: fio {label}", floor_text(r, 3), r >= 0.98))
         s.tables.append(
             Table(
                 f"fio, MB/s, one job, psync, O_DIRECT (the page cache would hide the file system), 64 MiB "
-                f"file, {secs} s time-based; native: a host ext4 directory, berth and runc: /var/tmp "
-                f"on the guest's overlay root (busybox template + upper layer on the same ext4). {cfg.reps} runs.",
+                f"file, {secs} s time-based; native: a new host directory on the same ext4 beside the "
+                "guests' (as the micro file test's), berth and runc: /var/tmp on the guest's overlay root "
+                f"(busybox template + upper layer on the same ext4). Sequential jobs {cfg.reps} rounds, random "
+                f"{rand_reps}, after a warm-up; in each round every job runs in every column, their order "
+                "mirrored from one round to the next (native, berth, runc, then runc, berth, native) so a "
+                "drift of the shared host weighs on the columns alike; MB/s median (min–max); X/native: the "
+                "median (min–max) of the per-round ratios, each round's run over native's in the same round.",
                 ["job", *[f"{c} MB/s" for c in fcols], *[f"{c}/native" for c in fcols if c != "native"]],
                 rows,
                 "gVisor and UML: not run — the lab's gVisor bundle has a read-only root (only a tmpfs /tmp "
@@ -614,7 +876,7 @@ def system(env: Env, cfg: Config) -> Section:
                     ]
                     + (
                         [
-                            med(fs.get((c, lbl), [])) / med(fs.get(("native", lbl), []))
+                            med(paired_ratios(fs.get((c, lbl), {}), fs.get(("native", lbl), {})))
                             for lbl, _r, _b in FIO_JOBS
                         ]
                         if c in fcols
@@ -671,7 +933,7 @@ def _gcc_build(env: Env, cfg: Config, s: Section) -> None:
     nfiles = 2 if cfg.tiny else 8 if cfg.quick else 16
     lines = _gen_sources(src, files=nfiles)
     tar = subprocess.run(["tar", "-C", str(src), "-c", "."], capture_output=True, check=True).stdout
-    reps = cfg.reps if cfg.tiny or not cfg.quick else 2
+    reps = max(cfg.reps, cfg.pair_reps) if cfg.tiny or not cfg.quick else 2
     scratch = env.tmp / "gcc-tmpfs"
     scratch.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "berth-eval", str(scratch)], check=True)
@@ -685,34 +947,38 @@ def _gcc_build(env: Env, cfg: Config, s: Section) -> None:
             "/bin/sh", "-c", script.format(d="/var/tmp/gcc", m=env.micro),
         ],
     }  # fmt: skip
-    times: dict[str, list[float]] = {}
+    times: dict[str, dict[int, float]] = {}
     errors: dict[str, str] = {}
     try:
         for rep in range(reps + 1):
-            for col, cmd in cmds.items():
+            for col in mirrored(list(cmds), rep):
                 if col in errors:
                     continue
-                r = subprocess.run(cmd, input=tar, capture_output=True, env=env.env, timeout=600)
+                r = subprocess.run(cmds[col], input=tar, capture_output=True, env=env.env, timeout=600)
                 try:
                     t = _stamped(r.stdout.decode() + r.stderr.decode())
                 except LabError as e:
                     errors[col] = str(e)[:300]
                     continue
                 if rep:
-                    times.setdefault(col, []).append(t)
+                    times.setdefault(col, {})[rep] = t
     finally:
         subprocess.run(["umount", str(scratch)], capture_output=True)
-    base = med(times.get("native", []))
+    native = times.get("native", {})
     rows = []
     for col in cmds:
-        t = times.get(col, [])
-        rows.append([col, errors.get(col, "") or spread(t), fmt(base / med(t)) if t else "–"])
-    r = base / med(times.get("berth", [])) if times.get("berth") else float("nan")
+        t = times.get(col, {})
+        speed = paired_ratios(native, t)  # native's time over the column's, round by round
+        shown = "1" if col == "native" else spread(speed) if speed else "–"
+        rows.append([col, errors.get(col, "") or spread(list(t.values())), shown])
+    r = med(paired_ratios(native, times.get("berth", {})))
     s.targets.append(("berth ≥ 0.98 × native: gcc -j2 build", floor_text(r, 3), r >= 0.98))
     s.tables.append(
         Table(
             f"gcc -O2, make -j2, of {lines} generated lines of C in {nfiles + 1} files: seconds (lower is "
-            f"better), timed inside the column; {reps} runs after a warm-up, interleaved.",
+            f"better), timed inside the column; {reps} rounds after a warm-up, the two columns' order "
+            "swapped every round (ABBA); seconds median (min–max); speed vs native: the median "
+            "(min–max) of the per-round ratios (native's time over the column's in the same round).",
             ["column", "seconds", "speed vs native"],
             rows,
             "Both columns run the host's own gcc and build in a tmpfs: berth as `berth run --rootfs / "

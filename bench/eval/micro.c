@@ -5,8 +5,12 @@
  *   micro exec SECS            fork + execv(this binary, "noop") + waitpid
  *   micro ctxsw SECS           context switch: 1-byte pipe ping-pong between two processes
  *   micro pagefault SECS       touch fresh anonymous pages (mmap 16 MiB, write one byte a page)
- *   micro files DIR SECS       create + close + unlink of an empty file in DIR (batches of 64)
- *   micro all DIR SECS         every test above, SECS each
+ *   micro files DIR SECS       create + close + unlink of an empty file in DIR (batches of 64);
+ *                              also prints `micro files_inode ino=N`, the first file's inode
+ *   micro all DIR [TMPDIR [FILES]] SECS
+ *                              every test above, SECS each; with TMPDIR, files again there
+ *                              (reported as files_tmpfs); with FILES, each files test does
+ *                              FILES creates+deletes (rounded up to 64) instead of running SECS
  *   micro cpu SECS             integer loop (xorshift), no memory traffic: ops/s
  *   micro fileio DIR SECS      write 1 MiB (64 KiB chunks) + fdatasync + read back + unlink: MB/s
  *   micro memhog MIB SECS      keep rewriting MIB of anonymous memory (a noisy neighbour)
@@ -30,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -133,15 +138,18 @@ static void t_pagefault(double secs) {
     report("pagefault", t - t0, n);
 }
 
-static void t_files(const char *dir, double secs) {
+static void t_files(const char *dir, double secs, long count, const char *name) {
     char path[4096];
     double t0 = now(), t;
     long n = 0;
+    unsigned long ino = 0;
     do {
         for (int i = 0; i < 64; i++) {
             snprintf(path, sizeof path, "%s/micro-%d-%d", dir, (int)getpid(), i);
             int fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0644);
             if (fd < 0) die(path);
+            struct stat st;
+            if (!ino && !fstat(fd, &st)) ino = st.st_ino;
             close(fd);
         }
         for (int i = 0; i < 64; i++) {
@@ -149,8 +157,12 @@ static void t_files(const char *dir, double secs) {
             if (unlink(path)) die(path);
         }
         n += 64;
-    } while ((t = now()) - t0 < secs);
-    report("files", t - t0, n);
+        t = now();
+    } while (count > 0 ? n < count : t - t0 < secs);
+    report(name, t - t0, n);
+    /* the first file's inode number: on ext4 (and an overlay whose layers share one) it names
+       the block group whose inode allocator the test ran in */
+    printf("micro %s_inode ino=%lu\n", name, ino);
 }
 
 static void t_cpu(double secs) {
@@ -298,7 +310,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(t, "ctxsw")) t_ctxsw(secs);
     else if (!strcmp(t, "pagefault")) t_pagefault(secs);
     else if (!strcmp(t, "cpu")) t_cpu(secs);
-    else if (argc == 4 && !strcmp(t, "files")) t_files(argv[2], secs);
+    else if (argc == 4 && !strcmp(t, "files")) t_files(argv[2], secs, 0, "files");
     else if (argc == 4 && !strcmp(t, "fileio")) t_fileio(argv[2], secs);
     else if (argc == 4 && !strcmp(t, "memhog")) t_memhog(atol(argv[2]), secs);
     else if (argc == 4 && !strcmp(t, "cpuhog")) t_cpuhog(atoi(argv[2]), secs);
@@ -306,17 +318,20 @@ int main(int argc, char **argv) {
     else if (argc == 4 && !strcmp(t, "victim")) {
         t_cpu(secs);
         t_fileio(argv[2], secs);
-    } else if (argc == 4 && !strcmp(t, "all")) {
+    } else if (argc >= 4 && argc <= 6 && !strcmp(t, "all")) {
+        long count = argc == 6 ? atol(argv[4]) : 0;
         t_getpid(secs);
         t_fork(secs, 0);
         t_fork(secs, 1);
         t_ctxsw(secs);
         t_pagefault(secs);
-        t_files(argv[2], secs);
+        t_files(argv[2], secs, count, "files");
+        if (argc >= 5) t_files(argv[3], secs, count, "files_tmpfs");
     } else goto usage;
     return 0;
 usage:
-    fprintf(stderr, "usage: micro getpid|fork|exec|ctxsw|pagefault|cpu SECS | files|fileio|all DIR SECS"
+    fprintf(stderr, "usage: micro getpid|fork|exec|ctxsw|pagefault|cpu SECS | files|fileio DIR SECS"
+                    " | all DIR [TMPDIR [FILES]] SECS"
                     " | memhog MIB SECS | cpuhog N SECS | forkbomb MAX SECS | run PATH ARG... | noop\n");
     return 2;
 }
