@@ -99,8 +99,10 @@ def main() -> int:
             if line.split()[4].startswith(str(base)):
                 subprocess.run(["umount", "-l", line.split()[4]], check=False)
         shutil.rmtree(base, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / cg
+        from berth.cgroups import detect
+
+        for top in detect().mountpoints():  # every hierarchy, in any cgroup layout
+            d = Path(top) / cg
             if d.is_dir():
                 for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                     try:

@@ -33,17 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+try:  # run as a script (bench/ is on sys.path), or imported as bench.unification
+    from density import cgroup_pids, drop_caches, meminfo, remove_cgroup_dirs
+except ImportError:
+    from bench.density import cgroup_pids, drop_caches, meminfo, remove_cgroup_dirs
+
 REPO = Path(__file__).resolve().parent.parent
 BERTH = str(REPO / ".venv" / "bin" / "berth")
 KIB = 1024
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        k, v = line.split(":", 1)
-        out[k] = int(v.split()[0]) * 1024
-    return out
 
 
 def du(path: Path) -> int:
@@ -93,29 +90,6 @@ def mapping(pid: int, suffix: str) -> tuple[int, int, set[tuple[str, str]]]:
         elif current and head[0] == "Pss:":
             pss += int(head[1]) * 1024
     return rss, pss, files
-
-
-def cgroup_pids(parent: str) -> list[int]:
-    """The processes in the cgroup ``parent`` and below it (berth's cgroups: any layout)."""
-    from berth.cgroups import open_cgroup
-
-    return sorted(set(open_cgroup(parent).pids()))
-
-
-def remove_cgroup_dirs(path: str) -> None:
-    """rmdir the (empty) cgroup ``path`` in every hierarchy of this host (berth's layout)."""
-    from berth.cgroups import detect
-
-    for top in detect().mountpoints():
-        try:
-            (Path(top) / path).rmdir()
-        except OSError:
-            pass
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=False)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def run(n: int, template: str, cmd: str, binary: str) -> dict[str, float]:
