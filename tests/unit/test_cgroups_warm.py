@@ -70,3 +70,40 @@ def test_warm_keeps_the_lock_warm_until_settled() -> None:
 def test_warm_keep_is_bounded() -> None:
     done = warm.warm(keep=0.05)
     assert done is not None and done.acquire(timeout=2)  # gone on its own, without settle()
+
+
+def test_settle_stops_every_keeper() -> None:
+    """Two warm(keep=) without a settle() between (a batch of starts): one settle() stops both."""
+    first = warm.warm(keep=10.0)
+    second = warm.warm(keep=10.0)
+    assert first is not None and second is not None
+    try:
+        time.sleep(0.05)
+        assert not first.acquire(blocking=False) and not second.acquire(blocking=False)
+    finally:
+        warm.settle()
+    assert first.acquire(timeout=2) and second.acquire(timeout=2), "settle() left a keeper running"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="moves the test's process between cgroups (root)")
+def test_keeper_does_not_undo_a_move() -> None:
+    """A process moved to another cgroup while the keeper runs stays there: the keeper stops
+    instead of moving it back with its next no-op attach."""
+    procs = warm.procs_file()
+    assert procs is not None
+    home = os.path.dirname(procs)
+    other = os.path.join(home, f"berth-ut-warm-{os.getpid()}")
+    os.mkdir(other)
+    done = warm.warm(keep=10.0)
+    assert done is not None
+    try:
+        time.sleep(0.05)
+        Path(other, "cgroup.procs").write_text(str(os.getpid()))
+        assert done.acquire(timeout=2), "the keeper went on after the process was moved"
+        time.sleep(0.05)
+        assert str(os.getpid()) in Path(other, "cgroup.procs").read_text().split(), "moved back"
+    finally:
+        warm.settle()
+        Path(procs).write_text(str(os.getpid()))
+        os.rmdir(other)
+    assert not os.path.exists(other)

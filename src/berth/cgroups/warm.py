@@ -47,20 +47,33 @@ def procs_file() -> str | None:
 #: Seconds between the no-op attaches that keep the lock warm (:func:`warm` with ``keep``): the
 #: kernel lets it go cold again one to two grace periods after its last writer (~10 ms here).
 KEEP_EVERY = 0.004
-_stop: list[bool] = []  # non-empty: the keeping thread stops (:func:`settle`)
+#: The stop flags of the keeping threads not settled yet (a flag is a list: non-empty = stop).
+_live: list[list[bool]] = []
 
 
-def _move_self(procs: str, done: Any, keep: float = 0.0) -> None:
+def _own_cgroups() -> bytes:
+    try:
+        with open("/proc/self/cgroup", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _move_self(procs: str, done: Any, keep: float = 0.0, stop: list[bool] | None = None) -> None:
     try:
         fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")  # 0: the writer's own process, into the cgroup it is in
-            if keep > 0:
+            if keep > 0 and stop is not None:
                 import time
 
+                where = _own_cgroups()
                 end = time.monotonic() + keep
-                while not _stop and time.monotonic() < end:
+                while not stop and time.monotonic() < end:
                     time.sleep(KEEP_EVERY)
+                    # Moved meanwhile (a supervisor, a test): a write would move it back.
+                    if stop or _own_cgroups() != where:
+                        break
                     os.write(fd, b"0")
         finally:
             os.close(fd)
@@ -75,20 +88,25 @@ def warm(keep: float = 0.0) -> Any:
     lock released when the thread is done (None if there was nothing to do).
 
     ``keep``: seconds to keep the lock warm after that (a no-op attach every
-    :data:`KEEP_EVERY`), until :func:`settle`: for a caller whose container's first attach may
-    come later than the lock stays warm after a single write (a loaded host, a slow start)."""
+    :data:`KEEP_EVERY`, stopped early if the process is moved to another cgroup), until
+    :func:`settle`: for a caller whose container's first attach may come later than the lock
+    stays warm after a single write (a loaded host, a slow start).  Each write blocks the
+    host's forks for its duration, so callers keep it only around a container's creation."""
     import _thread
 
     procs = procs_file()
     if procs is None:
         return None
-    _stop.clear()
+    stop: list[bool] = []
+    if keep > 0:
+        _live.append(stop)
     done = _thread.allocate_lock()
     done.acquire()
-    _thread.start_new_thread(_move_self, (procs, done, keep))
+    _thread.start_new_thread(_move_self, (procs, done, keep, stop))
     return done
 
 
 def settle() -> None:
-    """Stop keeping the lock warm (the container's init has attached itself)."""
-    _stop.append(True)
+    """Stop every keeping thread (the container's init has attached itself)."""
+    while _live:
+        _live.pop().append(True)
