@@ -211,6 +211,34 @@ def starting(store: str, name: str) -> Starting | None:
     return Starting(store, name)
 
 
+#: Seconds a replace waits for the starting ``berth run``\ s that hold a template's use lock.
+USE_LOCK_WAIT = 30.0
+
+
+def _lock_use(fd: int, name: str) -> None:
+    """Take a template's use lock exclusively, waiting at most :data:`USE_LOCK_WAIT`: a start
+    holds it for milliseconds, but an init orphaned before its start finished (its ``berth run``
+    killed) keeps the shared lock until it is killed: refuse then, with a one-line error."""
+    import fcntl
+    import time
+
+    end = time.monotonic() + USE_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                from berth.errors import InUseError
+
+                raise InUseError(
+                    f"template {name!r} is in use: a starting berth run has held its use lock for "
+                    f"{USE_LOCK_WAIT:.0f} s (an orphaned guest init? `berth gc` ends those; nothing "
+                    "was changed)"
+                ) from None
+            time.sleep(0.05)
+
+
 def _refuse_if_used(name: str, users: Callable[[], str | None] | None) -> None:
     who = users() if users is not None else None
     if who:
@@ -263,7 +291,7 @@ def _build_into(
             if os.path.isdir(tdir):
                 use = _lock_file(store, name, "use")
                 try:
-                    fcntl.flock(use, fcntl.LOCK_EX)  # no berth run between its look and its record
+                    _lock_use(use, name)  # no berth run between its look and its record
                     _refuse_if_used(name, users)
                     old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=os.path.join(store, "templates"))
                     os.rename(tdir, os.path.join(old, "t"))
