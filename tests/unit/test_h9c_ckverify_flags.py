@@ -89,7 +89,15 @@ def test_thread_filters(tmp_path: Path) -> None:
          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"),
         ([(None, 0), (None, 6)], {1: 0}, True, "filter 1: its first seccomp filter in the images has the "
          "flag SECCOMP_FILTER_FLAG_LOG|SECCOMP_FILTER_FLAG_SPEC_ALLOW"),  # no thread's: named by index
-        ([(1, 0), (0, 4)], {1: 0}, True, None),  # a chain that loops: walked a bounded number of times
+        # Chains CRIU would walk forever (it follows prev until a filter has none) or cannot
+        # restore: refused before CRIU runs, whatever their flags.
+        ([(1, 0), (0, 4)], {1: 0}, True, "filter 0: its seccomp filter chain in the images loops"),
+        ([(0, 0)], {1: 0}, True, "filter 0: its seccomp filter chain in the images loops"),
+        ([(None, 0), (7, 0)], {1: 1}, True, "filter 1: the seccomp filter before it in the images, 7, "
+         "does not exist"),
+        ([(1 << 32, 0)], {1: 0}, True, "filter 0: the seccomp filter before it in the images, "
+         "4294967296, does not exist"),  # CRIU's uint32 would read it as 0: a loop
+        ([(None, 0), (0, 0), (1, 0), (1, 2)], {1: 2, 2: 3}, True, None),  # shared chains end well
     ],
 )  # fmt: skip
 def test_image_flags(tmp_path: Path, filters, threads, berth_filter, why) -> None:

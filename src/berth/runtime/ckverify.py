@@ -396,6 +396,34 @@ def thread_filters(images: str) -> dict[int, int]:
     return out
 
 
+_SECCOMP_IMG_MAX = 64 << 20  # bytes of seccomp.img read (~6,800 chains of berth's filter)
+
+
+def chain_fault(filters: list[tuple[int | None, int]]) -> str | None:
+    """What is wrong with the images' filter chains (each filter's ``prev``, the one stacked
+    before it), or None: a ``prev`` outside the images' filters, or a chain that loops (CRIU
+    walks a chain until a filter without ``prev``: a loop would keep it spinning, holding the
+    guest's lock).  Linear in the number of filters."""
+    n = len(filters)
+    state = [0] * n  # 0: not seen, 1: on the chain being walked, 2: ends well
+    for i in range(n):
+        path = []
+        j: int | None = i
+        while j is not None:
+            if not 0 <= j < n:
+                return f"filter {path[-1]}: the seccomp filter before it in the images, {j}, does not exist"
+            if state[j] == 2:
+                break
+            if state[j] == 1:
+                return f"filter {j}: its seccomp filter chain in the images loops"
+            state[j] = 1
+            path.append(j)
+            j = filters[j][0]
+        for k in path:
+            state[k] = 2
+    return None
+
+
 def image_flags_mismatch(images: str, berth_filter: bool) -> str | None:
     """What of the filters' flags in the images CRIU would restore that berth refuses (see the
     module's doc), naming the task (its id in the images) and the flag; None if nothing.
@@ -403,13 +431,18 @@ def image_flags_mismatch(images: str, berth_filter: bool) -> str | None:
     every filter is the guest's own.  Pure but for reading the images."""
     try:
         with open(os.path.join(images, "seccomp.img"), "rb") as f:
-            data = f.read(64 << 20)
+            data = f.read(_SECCOMP_IMG_MAX)
     except FileNotFoundError:
         return None  # no task with a filter
+    if len(data) == _SECCOMP_IMG_MAX:
+        return f"its seccomp.img is {_SECCOMP_IMG_MAX >> 20} MiB or more: too large to check"
     try:
         filters = image_filters(data)
     except ValueError as e:
         return f"its seccomp.img is damaged ({e})"
+    broken = chain_fault(filters)
+    if broken:
+        return broken
     oldest_ok = OLDEST_FLAGS if berth_filter else STACKED_FLAGS
     owners: dict[int, int] = {}
     for tid, last in sorted(thread_filters(images).items()):
