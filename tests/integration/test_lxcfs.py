@@ -176,8 +176,17 @@ def test_gc_spares_a_guest_being_started(env, lxcfs_point):
     stale.write_text("1")
     assert lxcfs.leaseholders(lxcfs_point) == []
     assert not stale.exists()
+    # A new lease prunes those of gone processes, and a gone writer's half-written one.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leases = Path(lxcfs_point + ".leases")
+    leases.mkdir(mode=0o700, exist_ok=True)
+    left = [leases / str(dead.pid), leases / f".{dead.pid}"]
+    for f in left:
+        f.write_text("1")
     p = starter("release")  # released at once: no lease left behind
     try:
+        assert not any(f.exists() for f in left), "a new lease left the stale ones"
         assert lxcfs.leaseholders(lxcfs_point) == []
         assert (
             lxcfs.stop_if_idle(lxcfs_point, grace=0) == f"stopped lxcfs at {lxcfs_point} (no guest uses it)"

@@ -128,6 +128,7 @@ def _lease(mountpoint: str) -> None:
     pid = os.getpid()
     leases = _leases(mountpoint)
     os.makedirs(leases, 0o700, exist_ok=True)
+    leaseholders(mountpoint)  # the leases of gone processes go: the directory does not grow
     tmp = os.path.join(leases, f".{pid}")
     with open(tmp, "w") as f:
         f.write(str(proc_start_time(pid)))
@@ -135,8 +136,9 @@ def _lease(mountpoint: str) -> None:
 
 
 def release(mountpoint: str = DEFAULT_MOUNTPOINT) -> None:
-    """Give up this process's lease (its guests have bound the files, or it starts none): a
-    long-lived caller of :func:`ensure` calls it; a lease also ends with its process."""
+    """Give up this process's lease (its guests have bound the files, or it starts none).  A
+    lease ends with its process; a caller of :func:`ensure` that lives on after its guests'
+    start (a test, a library user) calls this.  Stale leases are pruned at each new lease."""
     try:
         os.unlink(os.path.join(_leases(mountpoint), str(os.getpid())))
     except FileNotFoundError:
@@ -157,7 +159,13 @@ def leaseholders(mountpoint: str = DEFAULT_MOUNTPOINT) -> list[int]:
     for name in names:
         path = os.path.join(leases, name)
         if not name.isdigit():
-            continue  # a lease being written (its process holds the shared lock: not now)
+            # A lease being written (".PID"): left while its process lives (killed mid-write: not).
+            if name[:1] == "." and name[1:].isdigit() and proc_start_time(int(name[1:])) is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            continue
         try:
             with open(path) as f:
                 recorded = f.read().strip()
