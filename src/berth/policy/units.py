@@ -36,9 +36,11 @@ Units, chosen to match the tools people already know:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from berth.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: collections.abc costs `berth run` milliseconds
+    from collections.abc import Iterable
 
 INT64_MAX = 2**63 - 1
 #: ``RLIM_INFINITY`` as the kernel and the OCI spec (``uint64``) write it.
