@@ -213,7 +213,8 @@ def atomic_write(path: str, text: str, *, durable: bool = True, mode: int = 0o60
     """Write ``text`` to ``path`` by write + fsync + rename: readers see the old or the new file.
     ``durable=False`` skips the fsync (a file that need not survive a power loss).  ``mode``:
     0600 by default, as what is written here (a guest's config and spec, its run record)
-    holds its environment, secrets included."""
+    holds its environment, secrets included.  The temporary file is ``PATH.PID.tmp``: those
+    of writers killed before their rename (their pid gone) are removed here (:func:`sweep_tmp`)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -224,6 +225,36 @@ def atomic_write(path: str, text: str, *, durable: bool = True, mode: int = 0o60
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    sweep_tmp(path)
+
+
+def stale_tmp(name: str, base: str) -> bool:
+    """Is ``name`` a ``BASE.PID.tmp`` (a temporary file of ``base``) whose writer, PID, is gone?"""
+    pid = name[len(base) + 1 : -4] if name.startswith(f"{base}.") and name.endswith(".tmp") else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False  # (a live process with that pid: its write, or one reusing the pid; left for later)
+
+
+def sweep_tmp(path: str) -> None:
+    """Remove the temporary files of ``path`` (:func:`atomic_write`'s) left by killed writers."""
+    top, base = os.path.split(path)
+    try:
+        names = os.listdir(top or ".")
+    except OSError:
+        return
+    for name in names:
+        if stale_tmp(name, base):
+            try:
+                os.unlink(os.path.join(top, name))
+            except OSError:
+                pass
 
 
 class Lock:

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if modname is None:
         ctx.log.error(f"unknown verb {verb!r} (try 'berth-runtime --help')")
         return 1
-    from berth.errors import BerthError
+    from berth.errors import EXIT_FAILED, BerthError
 
     try:
         __import__(modname)
@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug in berth-runtime: one line (the traceback with --debug), as berth's
+        what = f"{type(e).__name__}: {e}".replace("\n", " ")
+        ctx.log.exception(e, f"internal error: {what} (run with --debug for the traceback)")
+        return EXIT_FAILED
 
 
 def _oci_message(e: Exception) -> str:

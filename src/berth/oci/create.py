@@ -42,10 +42,13 @@ def check_groups(proc: dict[str, Any]) -> None:
 def load(ctx: Context, bundle: str) -> dict[str, Any]:
     """config.json of ``bundle``, validated, with what berth cannot honour refused or warned about."""
     from berth.spec import load_config
+    from berth.spec.host import check_host
 
     spec = load_config(os.path.join(bundle, "config.json"))
     if not spec.get("process"):
         raise UsageError("process", "missing: a container needs a process to run")
+    check_host(spec, bundle)
+    strict_rlimits(spec)
     linux = spec.setdefault("linux", {})
     proc = spec["process"]
     check_groups(proc)
@@ -66,6 +69,19 @@ def load(ctx: Context, bundle: str) -> dict[str, Any]:
         linux["cgroupsPath"] = cgroups_path(ctx, linux["cgroupsPath"])
     _allow_devices(linux)
     return spec
+
+
+def strict_rlimits(spec: dict[str, Any]) -> bool:
+    """The annotation :data:`STRICT_RLIMITS`: ``strict`` (True), absent (False), else refused."""
+    value = (spec.get("annotations") or {}).get(STRICT_RLIMITS)
+    if value is None:
+        return False
+    if value != "strict":
+        raise UsageError(
+            f"annotations.{STRICT_RLIMITS}",
+            f"{value!r}: the only value is 'strict' (fail instead of lowering rlimits the host cannot grant)",
+        )
+    return True
 
 
 def _allow_devices(linux: dict[str, Any]) -> None:
@@ -152,7 +168,7 @@ def create(
     pid_file = opts.get("pid_file")
     if pid_file and not os.path.isdir(os.path.dirname(os.path.abspath(pid_file))):
         raise UsageError("pid-file", f"{pid_file!r}: its directory does not exist")
-    strict = (spec.get("annotations") or {}).get(STRICT_RLIMITS) == "strict"
+    strict = strict_rlimits(spec)
     if subreaper:
         from berth.linux import prctl
 

@@ -36,13 +36,12 @@ USAGE = """usage: berth-runtime exec [OPTIONS] ID [COMMAND ARGS...]
 
 
 def _load_process(path: str) -> dict[str, Any]:
-    import json
-
     from berth.spec import validate_config
+    from berth.spec.jsontext import loads
 
     try:
         with open(path) as f:
-            proc = json.load(f)
+            proc = loads(f.read())
     except OSError as e:
         raise UsageError("process", f"cannot read {path!r}: {e.strerror}") from None
     except ValueError as e:
@@ -84,6 +83,9 @@ def build_process(c: Any, opts: dict[str, Any], args: list[str]) -> dict[str, An
     if opts.get("cwd"):
         proc["cwd"] = opts["cwd"]
     if opts["env"]:
+        bad = next((e for e in opts["env"] if not e.partition("=")[0] or "=" not in e), None)
+        if bad is not None:  # as process.env (runc refuses them)
+            raise UsageError("env", f"{bad!r}: entries are NAME=VALUE")
         proc["env"] = list(proc.get("env") or []) + opts["env"]
     if opts.get("user"):
         uid, _, gid = opts["user"].partition(":")

@@ -35,24 +35,29 @@ def _number(flag: str, text: str) -> int:
 
 
 def resources_from(opts: dict[str, Any]) -> dict[str, Any]:
-    import json
     import sys
+
+    from berth.spec.jsontext import loads
 
     res: dict[str, Any] = {}
     src = opts.get("resources")
     if src:
         try:
             text = sys.stdin.read() if src == "-" else open(src).read()  # noqa: SIM115
-            res = json.loads(text)
+            res = loads(text)
         except (OSError, ValueError) as e:
             raise UsageError("resources", f"cannot read {src!r}: {e}") from None
+        if not isinstance(res, dict):
+            raise UsageError("resources", f"{src!r}: must be a JSON object (linux.resources)")
     for flag, (section, key) in FIELDS.items():
         if flag in opts:
             value = opts[flag] if flag in _STRINGS else _number(flag, opts[flag])
             res.setdefault(section, {})[key] = value
     from berth.spec import validate_config
+    from berth.spec.host import check_resources
 
     validate_config({"ociVersion": "1.0.0", "root": {"path": "rootfs"}, "linux": {"resources": res}})
+    check_resources(res, "linux.resources")
     return res
 
 

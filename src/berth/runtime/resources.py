@@ -208,13 +208,21 @@ class _Index:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.seen, self.cpu, self.dirty = {}, {}, True
         now: dict[str, int] = {}
+        stale = []
         try:
             with os.scandir(self.root) as it:
                 for e in it:
                     if st.valid_id(e.name) and e.is_dir(follow_symlinks=False):
                         now[e.name] = e.inode()
+                    elif e.name.startswith(INDEX) and _stale_tmp(e.name):
+                        stale.append(e.path)
         except FileNotFoundError:
             pass
+        for path in stale:  # a save killed before its rename: removed under the lock
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         for cid in [c for c in self.seen if now.get(c) != self.seen[c]]:
             self.forget(cid)
         for cid, ino in now.items():
@@ -256,6 +264,12 @@ class _Index:
             f.write(f'{{"seen":{{{seen}}},"cpu":{st.dumps(self.cpu)}}}')
         os.rename(tmp, self.path)  # no fsync: the state root does not outlive a reboot
         self.dirty = False
+
+
+def _stale_tmp(name: str) -> bool:
+    """Is ``name`` an ``INDEX.PID.tmp`` (:meth:`_Index.save`'s) whose writer, PID, is gone?"""
+    pid = name[len(INDEX) + 1 : -4] if name.startswith(f"{INDEX}.") and name.endswith(".tmp") else ""
+    return pid.isdigit() and int(pid) != os.getpid() and st.proc_start_time(int(pid)) is None
 
 
 def _inode(state_root: str, cid: str) -> int:

@@ -3,7 +3,8 @@
 Defaults as Docker sets them (:mod:`berth.spec.defaults`), Docker's default seccomp profile
 resolved for a capability set and architecture (:mod:`berth.spec.seccomp`), and validation with
 one-line errors naming the JSON path (:mod:`berth.spec.validate`).  Pure: no kernel calls, cheap
-to import (it is on the container start path).
+to import (it is on the container start path); only :mod:`berth.spec.host` looks at the host
+(read-only: does root.path, a namespace file, a CPU the spec names exist here).
 """
 
 TYPE_CHECKING = False

@@ -3,6 +3,10 @@
 ``import json`` pulls in :mod:`re` (its pure-Python scanner patterns), which costs
 milliseconds on the start path of ``berth-runtime create``.  The C scanner needs none of
 that; only the error path imports :mod:`json` to report line and column.
+
+Arrays and objects nested deeper than the interpreter's recursion limit (~1000) are bad
+input like any other: ``json.JSONDecodeError`` at the point where the nesting passed
+:data:`DEEP` levels, not a ``RecursionError`` out of the scanner.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 _WHITESPACE = " \t\n\r"
+#: Where a too deeply nested text is reported: at the bracket that opens this level.
+DEEP = 512
 
 
 def _no_constant(name: str) -> float:
@@ -43,6 +49,8 @@ def loads(text: str) -> Any:
         i += 1
     try:
         value, end = _scan(text, i)
+    except RecursionError:
+        raise _too_deep(text) from None
     except Exception:  # StopIteration, ValueError, or SystemError from the C scanner's error path
         return _slow(text)
     while end < n and text[end] in _WHITESPACE:
@@ -55,4 +63,26 @@ def loads(text: str) -> Any:
 def _slow(text: str) -> Any:
     import json
 
-    return json.loads(text, parse_constant=_no_constant)
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise _too_deep(text) from None
+
+
+def _too_deep(text: str) -> ValueError:
+    """The error for ``text`` nested past the recursion limit: a ``json.JSONDecodeError`` at
+    the bracket opening level :data:`DEEP` (strings skipped: brackets in them do not count)."""
+    import json
+    import re
+
+    depth, pos = 0, 0
+    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth >= DEEP:
+                pos = m.start()
+                break
+        elif c in "]}":
+            depth -= 1
+    return json.JSONDecodeError(f"arrays and objects nested too deeply (more than {DEEP} levels)", text, pos)

@@ -279,9 +279,9 @@ def load_profile(
     try:
         if label == text:
             text = _read_profile(text)
-        import json
+        from berth.spec.jsontext import loads
 
-        data = json.loads(text)
+        data = loads(text)
     except OSError as exc:
         raise UsageError(
             "security-opt", f"cannot read seccomp profile '{label}': {_os_reason(exc)}"

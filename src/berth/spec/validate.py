@@ -160,11 +160,15 @@ def _c_strings(value: object, field: str) -> list[str]:
 
 
 def _env(value: object, field: str) -> list[str]:
-    """``process.env``: strings for execve(2) whose name (before ``=``) is not empty (the exec
-    would fail after ``start``: runc refuses them at create)."""
+    """``process.env``: strings for execve(2), each ``NAME=VALUE`` with a name (runc refuses
+    others at create: an entry without ``=`` is no variable, and one with an empty name would
+    fail the exec after ``start``)."""
     items = _c_strings(value, field)
     for i, item in enumerate(items):
-        if not item.split("=", 1)[0]:
+        name, eq, _ = item.partition("=")
+        if not eq:
+            _fail(f"{field}[{i}]", f"{item!r} has no '=': entries are NAME=VALUE")
+        if not name:
             _fail(f"{field}[{i}]", f"{item!r}: empty variable name")
     return items
 
@@ -237,8 +241,8 @@ def load_config(path: str | os.PathLike[str], *, check: bool = True) -> dict[str
         data = loads(text)
     except ValueError as exc:  # json.JSONDecodeError
         line, col, msg = (getattr(exc, a, None) for a in ("lineno", "colno", "msg"))
-        where = f"line {line} column {col}: {msg}" if line is not None else str(exc)
-        raise UsageError(name, f"invalid JSON at {where}") from None
+        where = f" at line {line} column {col}: {msg}" if line is not None else f": {exc}"
+        raise UsageError(name, f"invalid JSON{where}") from None
     return validate(data) if check else _obj(data, name)
 
 
@@ -430,6 +434,11 @@ def _semantics(spec: dict[str, Any]) -> None:
         _fail("domainname", "cannot set the domainname without a private UTS namespace (linux.namespaces)")
     if (linux.get("uidMappings") or linux.get("gidMappings")) and "user" not in types:
         _fail("linux.uidMappings", "ID mappings need a user namespace (linux.namespaces)")
+    user = next((ns for ns in linux.get("namespaces") or () if ns["type"] == "user"), None)
+    if user is not None and not user.get("path"):  # a new one (a joined one has its maps)
+        for key in ("uidMappings", "gidMappings"):
+            if not linux.get(key):  # else the kernel's bare EINVAL writing uid_map
+                _fail(f"linux.{key}", "a user namespace needs uid and gid mappings")
     for i, m in enumerate(spec.get("mounts") or ()):
         if os.path.normpath("/" + m["destination"].lstrip("/")) == "/proc" and m.get("type") != "proc":
             # over the guest's proc the runtime's own /proc/self/fd/N lookups fail after create
