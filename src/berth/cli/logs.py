@@ -1,4 +1,8 @@
-"""berth logs NAME [-f]: the guest's console output (stdout and stderr of its init)."""
+"""berth logs NAME [-f]: the guest's console output (stdout and stderr of its init).
+
+guestd drops the oldest part of a log above the guest's --log-max (berth.guests.consolelog): what
+the filesystem's fallback kept (``console.log.1``) comes first, and a follower goes on where it
+was while the log's head goes."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import time
 
 def main(argv: list[str]) -> int:
     from berth.cli._args import Parser, store
-    from berth.guests import instance
+    from berth.guests import consolelog, instance
 
     p = Parser(prog="berth logs", description="show a guest's console log")
     p.add_argument("name", metavar="NAME")
@@ -17,14 +21,22 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     s = store()
     s.require(args.name)
+    out = sys.stdout.buffer
+    try:
+        with open(s.log(args.name) + consolelog.OLD, "rb") as old:
+            while chunk := old.read(65536):
+                out.write(chunk)
+    except FileNotFoundError:
+        pass
     try:
         fd = os.open(s.log(args.name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
+        out.flush()
         return 0
-    out = sys.stdout.buffer
+    reader = consolelog.Reader(fd)
     try:
         while True:
-            chunk = os.read(fd, 65536)
+            chunk = reader.read()
             if chunk:
                 out.write(chunk)
                 out.flush()

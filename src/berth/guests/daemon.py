@@ -7,7 +7,9 @@ intermediate child exits.  While commands come, it forks the next worker ahead w
 spare, its pages copied while nobody waits), so a request waits neither for the fork nor for its
 copy-on-write faults; a few seconds after the last command the spare goes.
 The daemon reaps guest inits, and for each exit forks a worker that records the status, cleans
-up and applies the restart policy.  It imports nothing heavy
+up and applies the restart policy.  Once a second it looks at the size of each running guest's
+console log and drops its oldest part above the guest's limit (:mod:`berth.guests.consolelog`).
+It imports nothing heavy
 (memory per guest is what density costs: see bench/density.py) and holds no file in a guest.
 
 If it is killed, the guests keep running (reparented to the host's init); the next daemon
@@ -53,6 +55,9 @@ class Daemon:
         self.early: dict[int, int | None] = {}  # pids reaped before a worker told us whose they were
         self.supervised: dict[int, object] = {}  # init pid -> ANON/MEMLOCK supervisor of its guest
         self.next_check = 0.0
+        self.logs: dict[int, object] = {}  # init pid -> the look at its guest's console log
+        self.next_log_check = 0.0
+        self.log_interval = 1.0  # berth.guests.consolelog.check_interval(), read at the first guest
         self.code_fd: int | None = None  # berth's source tree, watched (worker.preload)
         self.spare: tuple[int, socket.socket] | None = None  # a worker forked ahead, waiting
         self.spares: set[int] = set()  # spare workers not reaped yet and not given a request
@@ -98,6 +103,7 @@ class Daemon:
         if ppid == os.getpid():
             self.guests[pid] = name
             self.supervise(name, pid, rec)
+            self.watch_log(name, pid, rec)
             return
         try:
             fd = os.pidfd_open(pid)
@@ -106,6 +112,7 @@ class Daemon:
             return
         self.adopted[fd] = (name, pid)
         self.supervise(name, pid, rec)
+        self.watch_log(name, pid, rec)
 
     # -- ANON / MEMLOCK supervision (berth.runtime.supervise), for guests that set a limit -----
     def supervise(self, name: str, pid: int, rec: dict) -> None:
@@ -137,6 +144,32 @@ class Daemon:
             except Exception as e:  # a guest going away mid-check: the next round drops it
                 _log(f"supervisor of {pid}: {e}")
         self.next_check = time.monotonic() + 0.1
+
+    # -- console logs (berth.guests.consolelog): bounded while the guests write -------------
+    def watch_log(self, name: str, pid: int, rec: dict) -> None:
+        if not rec.get("store"):
+            return
+        from berth.guests import consolelog
+
+        if not self.logs:
+            self.log_interval = consolelog.check_interval()
+        self.logs[pid] = consolelog.Watch(rec["store"], name)
+
+    def check_logs(self) -> None:
+        import time
+
+        live = set(self.guests) | {pid for _name, pid in self.adopted.values()}
+        for pid, watch in list(self.logs.items()):
+            if pid not in live:
+                del self.logs[pid]
+                continue
+            try:
+                note = watch.check()  # type: ignore[attr-defined]
+            except Exception as e:  # never the end of guestd: logged, tried again next round
+                note = f"console log of {pid}: {e}"
+            if note:
+                _log(note)
+        self.next_log_check = time.monotonic() + self.log_interval
 
     def adopt(self) -> None:
         try:
@@ -328,6 +361,9 @@ class Daemon:
                 fds.insert(0, self.code_fd)
             now = time.monotonic()
             timeout = max(0.0, self.next_check - now) if self.supervised else None
+            if self.logs:
+                wait = max(0.0, self.next_log_check - now)
+                timeout = wait if timeout is None else min(timeout, wait)
             # A spare while commands come (SPARE_KEEP after the last one): none when all is quiet.
             keep = self.last_request + SPARE_KEEP - now
             if self.spare is not None and keep <= 0:
@@ -344,6 +380,8 @@ class Daemon:
                 self.fork_spare()  # idle for SPARE_IDLE: fork the next worker now
             if self.supervised and time.monotonic() >= self.next_check:
                 self.check_limits()
+            if self.logs and time.monotonic() >= self.next_log_check:
+                self.check_logs()
             for fd in ready:
                 if fd == rfd:
                     try:
