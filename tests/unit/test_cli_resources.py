@@ -43,10 +43,20 @@ def test_memory_pids_blkio() -> None:
 
 
 def test_device_throttle_resolves_major_minor() -> None:
-    out = parse(("--device-read-bps", "/dev/null:1mb"), ("--device-write-iops", "/dev/null:100"))
+    import os
+    import stat
+
+    # a whole disk (throttles take no character device or partition): loop0 on most hosts
+    disks = [f"/dev/{d}" for d in sorted(os.listdir("/sys/block")) if os.path.exists(f"/dev/{d}")]
+    disks = [d for d in disks if stat.S_ISBLK(os.stat(d).st_mode)]
+    if not disks:
+        pytest.skip("no block device node under /dev")
+    dev = disks[0]
+    major, minor = os.major(os.stat(dev).st_rdev), os.minor(os.stat(dev).st_rdev)
+    out = parse(("--device-read-bps", f"{dev}:1mb"), ("--device-write-iops", f"{dev}:100"))
     blk = out["resources"]["blockIO"]
-    assert blk["throttleReadBpsDevice"] == [{"major": 1, "minor": 3, "rate": 1 << 20}]
-    assert blk["throttleWriteIOPSDevice"] == [{"major": 1, "minor": 3, "rate": 100}]
+    assert blk["throttleReadBpsDevice"] == [{"major": major, "minor": minor, "rate": 1 << 20}]
+    assert blk["throttleWriteIOPSDevice"] == [{"major": major, "minor": minor, "rate": 100}]
 
 
 def test_rlimits_and_supervised_limits() -> None:
@@ -99,3 +109,46 @@ def test_plain_oci_cpu_passes_through() -> None:
     # podman/containerd/kubelet set cpu.shares themselves: berth's weight policy leaves them alone.
     spec = {"linux": {"resources": {"cpu": {"shares": 2048, "quota": 50000, "period": 100000}}}}
     assert record_from_spec(spec) == {"share": 100, "reserve": 0.0, "cap": None, "burst_us": None}
+
+
+# -- the default pids limit of berth's own guests ----------------------------------------------
+
+
+def test_default_pids_limit_added_only_when_unset() -> None:
+    d = ("--pids-limit", str(resources.DEFAULT_PIDS_LIMIT))
+    assert resources.DEFAULT_PIDS_LIMIT == 4096
+    assert resources.with_defaults([]) == [d]
+    assert resources.with_defaults([("--memory", "64M")]) == [("--memory", "64M"), d]
+    for given in ("50", "-1", "max"):
+        assert resources.with_defaults([("--pids-limit", given)]) == [("--pids-limit", given)]
+    # `berth set` parses only what it is given: no default slips into a change of something else.
+    assert "pids" not in parse(("--memory", "64M"))["resources"]
+    assert "4096" in resources.HELP and "-1 unlimited" in resources.HELP
+
+
+@pytest.mark.parametrize(
+    ("flags", "limit"),
+    [([], 4096), (["--pids-limit", "50"], 50), (["--pids-limit", "-1"], -1), (["--pids-limit=max"], -1)],
+)
+def test_berth_run_options_carry_the_default(flags: list[str], limit: int) -> None:
+    """`berth run`'s and `berth create`'s parsed options (create stores them in the guest's
+    config) hold the limit; the spec gets it as linux.resources.pids."""
+    from berth.cli import run as runcli
+
+    o = runcli.parse([*flags, "--", "sh"])
+    want = flags[-1].split("=")[-1] if flags else "4096"
+    assert [v for f, v in o["resources"] if f == "--pids-limit"] == [want]
+    spec: dict[str, Any] = {"linux": {}}
+    resources.apply(spec, o["resources"])
+    assert spec["linux"]["resources"]["pids"] == {"limit": limit}
+
+
+def test_old_guest_config_without_pids_key_gets_no_default() -> None:
+    """A guest created by a berth before the default (no pids-limit in its [resources]) keeps
+    what it had: no limit (its config is not rewritten behind its owner's back)."""
+    from berth.guests import config
+
+    o = config.run_options({"template": "busybox", "resources": {"memory": "64M"}})
+    assert o["resources"] == [("--memory", "64M")]
+    o = config.run_options({"template": "busybox", "resources": {"pids-limit": "4096"}})
+    assert o["resources"] == [("--pids-limit", "4096")]

@@ -20,6 +20,8 @@ Without --cmd the guest is a system guest that boots its own /sbin/init.
                      an image with neither Entrypoint nor Cmd gives a system guest
   --restart POLICY   restart the guest when it ends: no (default), on-failure, always
   --disk SIZE        give the guest a writable layer of SIZE (an ext4 image): ENOSPC past it
+  --pids-limit N     processes and threads of the guest: 4096 unless given (-1 unlimited); kept in
+                     its config, changed by berth set (other resource flags: berth run --help)
   --net MODE         bridge (default for guests: own stack, an address kept for the guest's life),
                      none, host or ip:ADDR[,ADDR]; with bridge: --ip, -p H:G[/proto], --net-isolate,
                      --net-rate, --net-ceil, --net-share, --bridge, --subnet (see berth run --help)

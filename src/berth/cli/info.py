@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     info["disk_use"] = lifecycle.disk_use(s, args.name)
     info["config"] = s.config(args.name)
     info["log"] = s.log(args.name)
+    info["resources"] = _resources(s, args.name)
     info.update(_isolation(s, args.name))
     net = lifecycle.net_info(s, args.name)
     if net is not None:
@@ -34,9 +35,19 @@ def main(argv: list[str]) -> int:
     for key, value in info.items():
         if key == "network":
             _print_network(value)
+        elif key == "resources":
+            print(f"resources: {' '.join(f'--{k} {v}' for k, v in value.items()) or 'none set'}")
         else:
             print(f"{key}: {value}")
     return 0
+
+
+def _resources(s: Store, name: str) -> dict:
+    """The guest's resource flags, from its config ({"pids-limit": "4096", ...}; a guest
+    created by a berth before the default pids limit may have none)."""
+    from berth.guests import config
+
+    return {k: str(v) for k, v in config.load(s.config(name)).get("resources", {}).items()}
 
 
 def _isolation(s: Store, name: str) -> dict:

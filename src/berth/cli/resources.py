@@ -9,9 +9,16 @@ what berth itself enforces or computes across guests travels as annotations, rea
   the runtime computes ``cpu.shares`` / quota / burst at create time (after admission control).
 * ``berth.memory.anon``, ``berth.memory.memlock``: ANON and MEMLOCK limits in bytes, enforced by
   the supervisor (:mod:`berth.runtime.supervise`).
+* ``berth.log.max``: the bound of a guest's console log in bytes (-1: none), kept by guestd
+  (:mod:`berth.guests.consolelog`).
 
 All values are parsed before anything is created; a bad one is a one-line
 :class:`~berth.errors.UsageError` naming the flag.
+
+berth's own guests (``berth run``, ``berth create``) get :data:`DEFAULT_PIDS_LIMIT` unless
+``--pids-limit`` says otherwise (:func:`with_defaults`): a fork bomb in a guest started with no
+flags stops at it instead of taking every pid of the host.  ``berth-runtime`` follows the spec
+it is given, and ``berth set`` changes only what it is told.
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ from berth.errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+#: Processes and threads of a guest of `berth run` / `berth create` given no --pids-limit.  A
+#: debian system guest with systemd has ~30-200 tasks, a JVM or a build some hundreds: 4096 is
+#: well above them, and an eighth of the kernel's smallest default pid_max (32768): one runaway
+#: guest leaves the host and the other guests most of their pids (podman's default,
+#: containers.conf pids_limit, is 2048).
+DEFAULT_PIDS_LIMIT = 4096
 
 FLAGS: dict[str, str] = {
     "--cpu-share": "W",
@@ -45,6 +59,7 @@ FLAGS: dict[str, str] = {
     "--device-write-bps": "DEV:RATE",
     "--device-read-iops": "DEV:RATE",
     "--device-write-iops": "DEV:RATE",
+    "--log-max": "SIZE",
 }
 
 HELP = """
@@ -61,12 +76,15 @@ resources (checked before anything is created; see berth.runtime.resources):
   --memory-swap SIZE      memory plus swap (-1 unlimited)
   --anon-memory SIZE      anonymous memory of the guest (supervised, ~100 ms reaction)
   --memlock SIZE          mlocked memory of the guest (RLIMIT_MEMLOCK + supervised sum)
-  --pids-limit N          processes and threads of the guest (-1 unlimited)
+  --pids-limit N          processes and threads of the guest (-1 unlimited); default 4096 for
+                          berth run and berth create
   --nofile N              open files per process (soft = hard = N)
   --ulimit NAME=SOFT[:HARD]  any rlimit (repeatable): nofile, nproc, core, stack, ...
   --blkio-weight W        block I/O weight 10-1000
   --device-read-bps DEV:RATE, --device-write-bps DEV:RATE     throttle (10mb)
   --device-read-iops DEV:N,   --device-write-iops DEV:N       throttle in operations/s
+  --log-max SIZE          a guest's console log (berth logs) keeps its newest SIZE at most,
+                          at least 64k (-1 unbounded); default 16m
 """
 
 _ALIASES = {"--cpu-shares": "--cpu-share", "-m": "--memory"}
@@ -93,9 +111,13 @@ def _device(flag: str, path: str) -> tuple[int, int]:
         st = os.stat(path)
     except OSError as e:
         raise UsageError(flag.lstrip("-"), f"{path}: {e.strerror}") from None
-    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
-        raise UsageError(flag.lstrip("-"), f"{path} is not a device")
-    return os.major(st.st_rdev), os.minor(st.st_rdev)
+    if not stat.S_ISBLK(st.st_mode):  # blkio throttles take a whole disk (else the write's ENODEV)
+        what = "a character device" if stat.S_ISCHR(st.st_mode) else "not a device"
+        raise UsageError(flag.lstrip("-"), f"{path} is {what}: I/O throttles take a block device (a disk)")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    if os.path.exists(f"/sys/dev/block/{major}:{minor}/partition"):
+        raise UsageError(flag.lstrip("-"), f"{path} is a partition: I/O throttles take its whole disk")
+    return major, minor
 
 
 def _int(flag: str, text: str, lo: int, hi: int, *, unlimited: bool = False) -> int:
@@ -106,6 +128,14 @@ def _int(flag: str, text: str, lo: int, hi: int, *, unlimited: bool = False) -> 
         more = " (or -1 for unlimited)" if unlimited else ""
         raise UsageError(flag.lstrip("-"), f"{text!r} is not a whole number from {lo} to {hi}{more}")
     return int(s)
+
+
+def with_defaults(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``items`` (the resource flags of `berth run` / `berth create`) with berth's default
+    limits added for what they leave unset: ``--pids-limit`` :data:`DEFAULT_PIDS_LIMIT`."""
+    if any(flag == "--pids-limit" for flag, _value in items):
+        return list(items)
+    return [*items, ("--pids-limit", str(DEFAULT_PIDS_LIMIT))]
 
 
 def parse(items: list[tuple[str, str]], ncpus: int | None = None) -> dict[str, Any]:
@@ -160,6 +190,8 @@ def parse(items: list[tuple[str, str]], ncpus: int | None = None) -> dict[str, A
             major, minor = _device(flag, path)
             entry = {"major": major, "minor": minor, "rate": rate}
             res.setdefault("blockIO", {}).setdefault(_THROTTLES[flag], []).append(entry)
+        elif flag == "--log-max":
+            ann["berth.log.max"] = "-1" if value.strip() in ("-1", "unlimited") else str(_log_max(value))
         else:
             raise UsageError(f, "unknown resource flag")
     if "--memory" in mem or "--memory-swap" in mem or "--memory-reservation" in mem:
@@ -187,7 +219,37 @@ def parse(items: list[tuple[str, str]], ncpus: int | None = None) -> dict[str, A
         {"type": k, "soft": _lower(k, s, "soft"), "hard": _lower(k, h, "hard")}
         for k, (s, h) in rlimits.items()
     ]
+    _warn_lowered(rlimits, out_rl)
     return {"resources": res, "rlimits": out_rl, "annotations": ann}
+
+
+def _warn_lowered(asked: dict[str, tuple[int, int]], given: list[dict[str, Any]]) -> None:
+    """One line on stderr per rlimit :func:`_lower` lowered, as berth-runtime warns of one its
+    init lowers (else ``--ulimit nofile=-1:-1`` silently gives the host's hard limit)."""
+    import sys
+
+    from berth.policy.units import RLIM_INFINITY
+
+    def text(v: int) -> str:
+        return "unlimited" if v in (-1, RLIM_INFINITY) else str(v)
+
+    for rl in given:
+        soft, hard = asked[rl["type"]]
+        if (text(soft), text(hard)) != (text(rl["soft"]), text(rl["hard"])):
+            sys.stderr.write(
+                f"berth: warning: rlimit {rl['type']} {text(soft)}:{text(hard)} lowered to "
+                f"{text(rl['soft'])}:{text(rl['hard'])}: the host allows no more\n"
+            )
+
+
+def _log_max(value: str) -> int:
+    from berth.guests.consolelog import MIN_MAX
+    from berth.policy import units
+
+    size = units.parse_size("log-max", value)
+    if size < MIN_MAX:
+        raise UsageError("log-max", f"{value!r}: must be at least 64k (or -1 for unbounded)")
+    return size
 
 
 def _lower(name: str, value: int, which: str) -> int:
@@ -200,7 +262,15 @@ def _lower(name: str, value: int, which: str) -> int:
     hard = resource.getrlimit(getattr(resource, name))[1]
     if value == RLIM_INFINITY:
         value = -1
-    if hard == resource.RLIM_INFINITY or (os.geteuid() == 0 and _can_raise()):
+    if os.geteuid() == 0 and _can_raise():
+        hard = resource.RLIM_INFINITY
+    if name == "RLIMIT_NOFILE":  # not even CAP_SYS_RESOURCE raises it past fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                hard = min(hard, int(f.read()))
+        except (OSError, ValueError):
+            pass
+    if hard == resource.RLIM_INFINITY:
         return value
     return hard if value < 0 else min(value, hard)
 

@@ -125,6 +125,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
         else:
             raise UsageError(a, "unknown option (see 'berth run --help')")
         i += 1
+    o["resources"] = resources.with_defaults(o["resources"])  # a pids limit unless told (-1: none)
     o["args"] = argv[i:]
     if not o["args"]:
         raise UsageError("COMMAND", "missing: berth run [OPTIONS] -- COMMAND [ARG...]")

@@ -21,8 +21,9 @@ Top-level keys (all optional but ``template``)::
     lxcfs = true                   # lxcfs's /proc views (the guest's own limits); absent: false
     created = 1700000000.0
 
-    [resources]                    # the resource flags of `berth run`, without the leading --
-    memory = "512M"
+    resources."memory" = "512M"    # the resource flags of `berth run`, without the leading --
+                                   # (or a [resources] table at the end); berth create writes
+                                   # resources."pids-limit" = "4096" unless given one
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def validate(data: dict[str, Any], path: str) -> dict[str, Any]:
     _validate_net(data, path)
     if "disk" in data:
         try:
-            parse_size(data["disk"])
+            from berth.guests.disk import check_size
+
+            check_size(parse_size(data["disk"]), data["disk"])
         except UsageError as e:
             raise ConfigError(path, "disk", e.reason) from None
     if "userns" in data:
@@ -277,9 +280,8 @@ def _value(v: Any) -> str:
 def dumps(data: dict[str, Any]) -> str:
     lines = ["# berth guest config (see berth.guests.config)"]
     lines += [f"{k} = {_value(v)}" for k, v in data.items() if k != "resources"]
-    if data.get("resources"):
-        lines += ["", "[resources]"]
-        lines += [f'"{k}" = {_value(v)}' for k, v in data["resources"].items()]
+    # Dotted keys, not a [resources] table last: a key appended to the file by hand stays top-level.
+    lines += [f"resources.{_value(k)} = {_value(v)}" for k, v in (data.get("resources") or {}).items()]
     return "\n".join(lines) + "\n"
 
 
