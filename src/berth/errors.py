@@ -18,6 +18,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 EXIT_REFUSED = 3  # berth receive: a migrated guest refused by this host's policy (PolicyError)
 EXIT_IN_USE = 4  # a template that guests use cannot be replaced (InUseError)
+EXIT_STALE = 5  # berth restore: the checkpoint is older than the guest's last state (StaleError)
 
 
 class BerthError(Exception):
@@ -70,6 +71,13 @@ class InUseError(StateError):
     layer would change or vanish under the guest's writable layer."""
 
     exit_status = EXIT_IN_USE
+
+
+class StaleError(StateError):
+    """A restore would bring back a checkpoint older than the guest's last state (exit status 5):
+    a later checkpoint was cut short after the guest's processes had ended."""
+
+    exit_status = EXIT_STALE
 
 
 class AdmissionError(BerthError):

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 import test_guests
+import test_migrate
+from test_checkpoint import Host, start_guest
 from test_guests import Guests
 from test_templates import BUSYBOX, entry, image
 
 from conftest import berth_cmd
 
 guests = test_guests.guests
+hosts = test_migrate.hosts
 
 pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="no busybox on the host")
 
@@ -154,3 +157,79 @@ def test_force_waits_for_a_berth_run_between_lookup_and_record(guests: Guests, t
             p.kill()
             p.wait(30)
         shutil.rmtree(guests.store / "templates" / t, ignore_errors=True)
+
+
+def test_create_waits_for_a_replace_at_its_swap(guests: Guests, tmp_path: Path) -> None:
+    """`berth create` holds the template's use lock shared from its look at the template until
+    the guest's record is written: while a replace holds it exclusively (between its last check
+    for users and its swap; here this test holds it) the create waits, then makes its guest."""
+    import fcntl
+
+    t = guests.name("tpc")
+    guests("template", "import", f"oci:{_image(tmp_path, 'one')}", t)
+    g = guests.name("cw")
+    fd = os.open(guests.store / "templates" / f".{t}.use", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    p = subprocess.Popen(
+        [*berth_cmd(), "create", g, "--net", "none", "--template", t, "--cmd", "sleep 1000"],
+        env=guests.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()  # waiting for the use lock
+        assert not (guests.store / "guests" / g).exists()  # nothing a replace's look would miss
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out.strip() == g
+        # Made: a replace now sees it.
+        newer = _image(tmp_path, "two")
+        _refused(guests("template", "import", "--force", f"oci:{newer}", t, check=False), t, f"guest {g!r}")
+        guests("destroy", "--force", g)
+    finally:
+        os.close(fd)
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        shutil.rmtree(guests.store / "templates" / t, ignore_errors=True)
+
+
+def test_receive_waits_for_a_replace_at_its_swap(hosts: tuple[Host, Host], unique: str) -> None:
+    """A migration's receive holds the template's use lock shared from its look at the template
+    until the guest's record is written: while a replace holds it exclusively (here this test,
+    on the busybox template A and B share) B places nothing; released, the guest arrives."""
+    import fcntl
+
+    a, b = hosts
+    name = f"{unique}-rw"
+    start_guest(a, name)
+    fd = os.open(b.store / "templates" / ".busybox.use", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    r = test_migrate.receiver(b)
+    m = subprocess.Popen(
+        test_migrate.in_ns(a.netns, a, "migrate", name, "--to", f"10.213.0.2:{test_migrate.PORT}",  # type: ignore[attr-defined]
+                           "--timeout", "30"),
+        env=a.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and m.poll() is None:
+            time.sleep(0.05)
+        assert m.poll() is None, m.communicate()  # B waits for the use lock
+        assert not (b.store / "guests" / name).exists()
+        assert a.record(name).get("status") == "running"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = m.communicate(timeout=120)
+        rc = r.wait(60)
+        assert m.returncode == 0 and rc == 0, f"{err}\nreceiver: {r.stderr.read() if r.stderr else ''}"
+        assert b.record(name)["status"] == "running"
+        assert not (a.store / "guests" / name).exists()
+    finally:
+        os.close(fd)
+        for p in (m, r):
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    b("destroy", "--force", name)

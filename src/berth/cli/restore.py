@@ -1,4 +1,4 @@
-"""berth restore NAME [--image DIR]: bring a checkpointed guest back (same processes)."""
+"""berth restore NAME [--image DIR] [--stale]: bring a checkpointed guest back (same processes)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="berth restore", description="restore a guest from its checkpoint")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--image", metavar="DIR", help="the images (default: the guest's checkpoint dir)")
+    p.add_argument(
+        "--stale",
+        action="store_true",
+        help="restore even when a later checkpoint was cut short after the guest ended "
+        "(the checkpoint restored is older than the guest's last state)",
+    )
     args = p.parse_args(argv)
     s = store()
-    pid = migrate.restore(s, args.name, args.image or default_image(s, args.name))
+    pid = migrate.restore(s, args.name, args.image or default_image(s, args.name), stale=args.stale)
     print(f"{args.name}: restored, init pid {pid}")
     return 0

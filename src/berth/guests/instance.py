@@ -106,7 +106,7 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
         container.Container.load(store.state_root, name).delete(force=True)
         removed = True
     except NotFoundError:
-        pass
+        _remove_stateless(store, name)
     _unplug(store, name, rec)
     cg_path = rec.get("cgroup")
     if cg_path:
@@ -124,6 +124,17 @@ def cleanup(store: Store, name: str, rec: dict[str, Any] | None = None) -> None:
     image = store.image(name)
     if os.path.exists(image):
         disk.detach(image, store.disk_mnt(name))
+
+
+def _remove_stateless(store: Store, name: str) -> None:
+    """The guest's container state directory without its state.json: what a start, restore or
+    remove killed half-way left (it would hold the name: "container exists already").  The
+    guest's lock is held: no start or restore of it is under way."""
+    from berth.runtime import state as st
+
+    sdir = st.container_dir(store.state_root, name)
+    if os.path.isdir(sdir) and not os.path.lexists(os.path.join(sdir, "state.json")):
+        st.remove_tree(sdir)
 
 
 def remove_cgroup_parents(store: Store, name: str, rec: dict[str, Any]) -> None:
@@ -190,6 +201,10 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
     spec, use_init = saved["spec"], saved["use_init"]
     net_opts = config.net_from_dict(saved.get("net"))
     overlay: dict[str, Any] = {"lower": saved["lower"]}
+    if os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending")):
+        from berth.guests import migrate
+
+        migrate.settle(store, name)  # a checkpoint cut short: committed or dropped first
     rec = store.read_run(name)
     cleanup(store, name, rec)
     loop = ""

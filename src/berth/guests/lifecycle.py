@@ -38,7 +38,19 @@ def create(store: Store, name: str, cfg: dict[str, Any]) -> None:
         template.template_rootfs(store.root, cfg["template"])
     ):
         raise NotFoundError(f"template {cfg['template']!r} does not exist")
-    template.ensure(store.root, cfg["template"])
+    template.ensure(store.root, cfg["template"])  # (a build takes the template's lock: not under the hold)
+    # The template's use lock, shared, until the guest's record names it: a replace (berth.rootfs.
+    # template) either swapped before (the guest is made on the new one) or sees the guest.
+    hold = template.starting(store.root, cfg["template"])
+    try:
+        _make(store, name, cfg, mode, net_opts)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def _make(store: Store, name: str, cfg: dict[str, Any], mode: Any, net_opts: Any) -> None:
+    """:func:`create`'s guest dir, layer, config and record, its template held."""
     os.makedirs(store.guests, 0o711, exist_ok=True)
     with store.lock(name):
         if os.path.lexists(store.dir(name)):
@@ -273,15 +285,23 @@ def clone(store: Store, name: str, new: str) -> None:
 # -- start / stop / kill ----------------------------------------------------------------------
 def reconcile(store: Store, name: str) -> dict[str, Any]:
     """The guest's run record, with a dead init, or a start that died half-way, shown (and,
-    when nobody holds the guest's lock, cleaned) as stopped."""
+    when nobody holds the guest's lock, cleaned) as stopped; a checkpoint of it cut short
+    settled (berth.guests.migrate.settle)."""
     rec = store.read_run(name)
-    if rec.get("status") not in ("running", "starting") or instance.running(rec):
+    pending = os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending"))
+    if (rec.get("status") not in ("running", "starting") and not pending) or instance.running(rec):
         return rec
     lock = store.lock(name)
     if not lock.acquire(blocking=False):  # a command or worker is at it: show, do not touch
         starting = rec.get("status") == "starting" and instance.alive(rec)
+        if rec.get("status") not in ("running", "starting"):
+            return rec
         return {**rec, "status": "starting" if starting else "stopped"}
     try:
+        if pending:
+            from berth.guests import migrate
+
+            migrate.settle(store, name)  # a checkpoint cut short: committed or dropped
         rec = store.read_run(name)
         if rec.get("status") in ("running", "starting") and not instance.running(rec):
             rec.update(status="stopped", finished_at=rec.get("finished_at") or time.time())
@@ -614,6 +634,9 @@ def gc(store: Store) -> list[str]:
         if not lock.acquire(blocking=False):
             continue
         try:
+            from berth.guests import migrate
+
+            done += migrate.settle(store, name)  # checkpoints cut short, their directories
             rec = store.read_run(name)
             if instance.running(rec):
                 continue
@@ -662,6 +685,7 @@ def gc(store: Store) -> list[str]:
                 done.append(f"removed state {cid}")
             except OSError as e:  # unreadable, not damaged (EIO, a directory): left for a look
                 done.append(f"could not read state {cid}: {e}")
+    done += [f"removed {p}" for p in st.sweep(store.state_root)]  # what killed removes left
     if os.path.isdir(store.run_dir()):
         for f in os.listdir(store.run_dir()):
             if f.endswith(".json") and f[:-5] not in names:

@@ -120,7 +120,15 @@ import tempfile
 import threading
 import time
 
-from berth.errors import BerthError, ExistsError, NotFoundError, PolicyError, StateError, UsageError
+from berth.errors import (
+    BerthError,
+    ExistsError,
+    NotFoundError,
+    PolicyError,
+    StaleError,
+    StateError,
+    UsageError,
+)
 from berth.guests import client, config, hostpower, instance, transfer
 from berth.guests.store import Store, atomic_write, check_name, fault, secure_dir
 from berth.guests.transfer import Stream
@@ -164,38 +172,191 @@ def checkpoint(
     store: Store, name: str, images: str, *, leave_running: bool = False, criu: str | None = None
 ) -> dict[str, Any]:
     """Dump the running guest ``name`` into ``images``; the metadata.  Its upper layer stays in
-    place (not copied: restore mounts it again)."""
-    from berth.runtime import checkpoint as ck
+    place (not copied: restore mounts it again).
 
+    Crash safety: the dump goes into a new directory beside ``images``, named with the guest's
+    init in :data:`PENDING` (in the guest's directory) before CRIU runs; berth.json goes in at
+    CRIU's post-dump step, before CRIU ends the processes (:func:`berth.runtime.checkpoint.dump`),
+    and a berth killed before that step makes CRIU resume them.  Whatever point this command
+    is killed at, the next command on the guest (:func:`settle`) finds the guest running (the
+    new directory is dropped), or its processes ended with the new dump whole (committed as
+    the checkpoint), or ended without it: its state is lost, and a restore of an earlier
+    checkpoint (older than the guest's last state) is refused unless asked for."""
     store.require(name)
     with store.lock(name):
+        settle(store, name)
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
         # Into a new directory beside ``images``, which replaces it only once the dump is whole:
         # an earlier checkpoint there is neither mixed into this one nor lost if this one fails.
         images = os.path.abspath(images)
         os.makedirs(os.path.dirname(images), 0o700, exist_ok=True)
+        _drop_stale(images)
         fresh = tempfile.mkdtemp(prefix=f".{os.path.basename(images)}.new-", dir=os.path.dirname(images))
+        pend = {
+            "id": os.urandom(8).hex(),
+            "new": fresh,
+            "images": images,
+            "pid": c.pid,
+            "start_time": (c.data.get("berth") or {}).get("start_time"),
+            "leave_running": leave_running,
+            "paused": c.status() == "paused",  # (else a frozen cgroup after a kill is CRIU's)
+            "time": time.time(),
+        }
+        atomic_write(_pending_path(store, name), json.dumps(pend), durable=False)
         # The record says "running" until the dump is whole: if this command is killed half-way
         # the guest runs on and is seen to (a record marked before the dump made gc clean up the
         # live guest).  guestd's exit worker for the init CRIU ends waits for this lock and then
         # finds pid 0: not its exit to record.
         store.update_run(name, dumping=True)  # exec and kill wait (instance.dumping)
         try:
-            meta = _dump(store, name, spec, c, fresh, criu, leave_running=leave_running)
+            meta = _dump(
+                store,
+                name,
+                spec,
+                c,
+                fresh,
+                criu,
+                leave_running=leave_running,
+                dump_id=pend["id"],
+                on_post_dump=lambda: fault("checkpoint:post-dump"),
+            )
         except BaseException:
-            shutil.rmtree(fresh, ignore_errors=True)
             store.update_run(name, dumping=False)
+            settle(store, name)  # the guest runs on (CRIU resumed it), or it died meanwhile
             raise
-        try:
-            _replace_dir(fresh, images)
-        finally:
-            rec = store.update_run(name, dumping=False)
-        if not leave_running:
-            ck.forget(c)
-            rec = store.update_run(name, pid=0, status="checkpointed", desired="stopped", checkpoint=images)
-            instance.cleanup(store, name, rec)
+        fault("checkpoint:dumped")
+        _commit(store, name, pend, running=leave_running)
         return meta
+
+
+# A checkpoint under way (or cut short) of a guest: {"id", "new", "images", "pid",
+# "start_time", "leave_running", "time"} (see checkpoint); after a settle that found the guest's
+# processes ended without a whole dump, {"lost": true, "time"}: refused by restore.
+PENDING = ".checkpoint.pending"
+
+
+def _pending_path(store: Store, name: str) -> str:
+    return os.path.join(store.dir(name), PENDING)
+
+
+def _read_pending(store: Store, name: str) -> dict[str, Any] | None:
+    try:
+        with open(_pending_path(store, name)) as f:
+            p = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        p = None
+    return p if isinstance(p, dict) else {"lost": True, "time": None}
+
+
+def _whole(images: str, dump_id: str) -> bool:
+    """``images`` holds the whole dump ``dump_id`` (its berth.json is written at CRIU's
+    post-dump step, once the images are whole)."""
+    try:
+        with open(os.path.join(images, "berth.json")) as f:
+            return bool(json.load(f).get("dump_id") == dump_id)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _commit(store: Store, name: str, pend: dict[str, Any], *, running: bool) -> None:
+    """The dump of ``pend`` becomes the guest's checkpoint (its lock held); ``running``: its
+    processes run on (--leave-running)."""
+    new, images = str(pend["new"]), str(pend["images"])
+    if os.path.isdir(new):  # (else a settle after a crash in here: moved already)
+        _replace_dir(new, images)
+    if running:
+        store.update_run(name, dumping=False)
+    else:
+        fault("checkpoint:committed")
+        rec = store.update_run(
+            name, pid=0, status="checkpointed", desired="stopped", checkpoint=images, dumping=False
+        )
+        instance.cleanup(store, name, rec)
+    os.unlink(_pending_path(store, name))
+
+
+def settle(store: Store, name: str) -> list[str]:
+    """Finish what a checkpoint of ``name`` killed half-way left (its lock held by the caller);
+    what was done, for gc.  Its processes run (CRIU resumed them, or the guest was started
+    again): the new dump is dropped.  They ended and the dump is whole: it is committed as the
+    checkpoint.  They ended without it: the new directory goes and :data:`PENDING` says the
+    guest's last state is lost (:func:`restore` refuses an older checkpoint).  Also removes the
+    ``.checkpoint.new-*``/``.checkpoint.old-*`` directories a killed checkpoint left."""
+    from berth.runtime import state as st
+
+    done = []
+    pend = _read_pending(store, name)
+    if pend is not None and not pend.get("lost"):
+        new, images = str(pend.get("new") or ""), str(pend.get("images") or "")
+        alive = st.alive({"pid": pend.get("pid") or 0, "berth": {"start_time": pend.get("start_time")}})
+        rec = store.read_run(name)
+        if alive or instance.running(rec):
+            if alive:
+                _unstick(rec, pend, new)
+            if new:
+                shutil.rmtree(new, ignore_errors=True)
+            store.update_run(name, dumping=False)
+            os.unlink(_pending_path(store, name))
+            done.append(f"dropped the checkpoint of {name} cut short (the guest runs)")
+        elif new and (
+            _whole(new, str(pend.get("id")))
+            or (not os.path.lexists(new) and _whole(images, str(pend.get("id"))))
+        ):
+            _commit(store, name, pend, running=False)
+            done.append(f"committed the checkpoint of {name} cut short after its dump")
+        else:
+            if new:
+                shutil.rmtree(new, ignore_errors=True)
+            store.update_run(name, dumping=False)
+            atomic_write(
+                _pending_path(store, name),
+                json.dumps({"lost": True, "time": pend.get("time")}),
+                durable=False,
+            )
+            done.append(f"checkpoint of {name} cut short after the guest ended: its last state is lost")
+    gdir = store.dir(name)
+    for entry in os.listdir(gdir) if os.path.isdir(gdir) else []:
+        if entry.startswith((".checkpoint.new-", ".checkpoint.old-")):
+            shutil.rmtree(os.path.join(gdir, entry), ignore_errors=True)
+            done.append(f"removed {os.path.join(gdir, entry)}")
+    return done
+
+
+def _unstick(rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
+    """What a CRIU killed while the guest's processes were stopped left on a guest that runs
+    on: its connection lock table, its cgroup frozen (--freeze-cgroup; not a guest paused
+    before the checkpoint)."""
+    from berth.runtime import checkpoint as ck
+
+    if new and os.path.isdir(new):
+        ck.drop_lock_table(new)
+    if rec.get("cgroup") and not pend.get("paused"):
+        from berth.cgroups import open_cgroup
+
+        try:
+            cg = open_cgroup(str(rec["cgroup"]))
+            if cg.frozen():
+                cg.thaw()
+        except (BerthError, OSError):
+            pass
+
+
+def _drop_stale(images: str) -> None:
+    """The new and old directories a killed checkpoint into ``images`` left beside it (the
+    guest's lock held: no dump of it is under way; a pending one was settled)."""
+    top, base = os.path.split(images)
+    for entry in os.listdir(top):
+        if entry.startswith((f".{base}.new-", f".{base}.old-")):
+            shutil.rmtree(os.path.join(top, entry), ignore_errors=True)
+
+
+def lost(store: Store, name: str) -> bool:
+    """A checkpoint of ``name`` was cut short after its processes ended (:func:`settle`)."""
+    pend = _read_pending(store, name)
+    return bool(pend and pend.get("lost"))
 
 
 def _replace_dir(new: str, path: str) -> None:
@@ -210,10 +371,17 @@ def _replace_dir(new: str, path: str) -> None:
 
 
 def _dump(
-    store: Store, name: str, spec: dict[str, Any], c: Any, images: str, criu: str | None, **kw: Any
+    store: Store,
+    name: str,
+    spec: dict[str, Any],
+    c: Any,
+    images: str,
+    criu: str | None,
+    dump_id: str | None = None,
+    **kw: Any,
 ) -> dict[str, Any]:
     """CRIU dump of a guest as berth restores it: its netns, tmpfs and cgroup rebuilt by berth, its
-    address recorded."""
+    address recorded (and ``dump_id`` in berth.json: :func:`settle` knows its own dump)."""
     from berth.runtime import checkpoint as ck
 
     return ck.dump(  # type: ignore[no-any-return]
@@ -224,20 +392,30 @@ def _dump(
         external_netns=True,
         own_tmpfs=True,
         cgroup_props=False,
-        extra={"net": _address(store, name, spec, c.pid)},
+        extra={"net": _address(store, name, spec, c.pid), **({"dump_id": dump_id} if dump_id else {})},
         **kw,
     )
 
 
-def restore(store: Store, name: str, images: str, *, criu: str | None = None) -> int:
-    """Restore guest ``name`` from ``images``; its init's pid."""
+def restore(store: Store, name: str, images: str, *, criu: str | None = None, stale: bool = False) -> int:
+    """Restore guest ``name`` from ``images``; its init's pid.  A checkpoint cut short first
+    settled (:func:`settle`); if it left the guest's last state lost, refused unless ``stale``
+    (any earlier checkpoint is older than that state)."""
     store.require(name)
     with store.lock(name):
+        settle(store, name)
         rec = store.read_run(name)
         if instance.running(rec):
             raise StateError(f"guest {name!r} is running: stop it before restoring a checkpoint")
+        if lost(store, name) and not stale:
+            raise StaleError(
+                f"guest {name!r}: its last checkpoint was cut short after its processes ended: "
+                "an earlier checkpoint is older than its last state (berth restore --stale to restore it anyway)"
+            )
         instance.cleanup(store, name, rec)
         pid = _restore_locked(store, name, images, criu=criu)
+        if lost(store, name):
+            os.unlink(_pending_path(store, name))
     _tell_guestd(store, name)
     return pid
 
@@ -1136,6 +1314,7 @@ def _receive_one(
     hello = s.recv_json(limit=transfer.HELLO_MAX)
     ids = False
     claimed = ""
+    hold: template.Starting | None = None  # its use lock, from ensure() until the record names it
     try:
         if token and not hmac.compare_digest(str(hello.get("auth") or ""), _mac(token, nonce)):
             raise BerthError("the sender did not authenticate (wrong or missing --token-file)")
@@ -1148,6 +1327,7 @@ def _receive_one(
         name = validate_incoming(store, hello, allow=allow)
         cfg = tomllib_loads(hello["config"])
         template.ensure(store.root, cfg["template"])
+        hold = template.starting(store.root, cfg["template"])  # a replace waits, then sees the guest
         rng = incoming_ids(json.loads(hello["spec"]))
         with store.lock(name):
             _tell(progress, "ids", name)
@@ -1162,6 +1342,8 @@ def _receive_one(
             )
         spec_text = json.dumps(saved)
     except Exception as e:
+        if hold is not None:
+            hold.release()
         if ids:
             _release_ids(store, name)
         if claimed:
@@ -1232,6 +1414,8 @@ def _receive_one(
             store.write_run(
                 name, {"status": "stopped", "desired": "stopped", "store": store.root, "net": net}
             )
+            if hold is not None:
+                hold.release()
             _restore_locked(
                 store,
                 name,
@@ -1270,6 +1454,8 @@ def _receive_one(
             raise BerthError(f"migration of {name}: {e}") from e
         raise
     finally:
+        if hold is not None:
+            hold.release()
         if netns is not None:
             netns.close()
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,10 @@ file[MNT:INODE]``) and re-opened on restore (``--inherit-fd``).  The root filesy
 in the images: for an overlay guest the caller ships the upper layer with the images (the
 template below it is shared), and restore mounts the same overlay again.  ``berth.json`` in
 the image directory records what restore needs: the state, the overlay, the external files,
-the cgroup's resources, the options the dump was made with.
+the cgroup's resources, the options the dump was made with.  It is written at CRIU's post-dump
+step (an action script that waits for berth: :func:`berth.runtime.criu.run`), once the images
+are whole and before CRIU ends the processes: an image directory with berth.json holds a whole
+dump, and a berth killed before that step leaves the processes running (CRIU resumes them).
 
 **tmpfs mounts** (``own_tmpfs``, berth's guests): CRIU would tar and gzip each tmpfs of the
 container (/dev, /dev/shm, /sys/fs/cgroup, the masked paths: one ``tar`` and one ``gzip``
@@ -502,8 +505,14 @@ def dump(
     external_netns: bool = False,
     own_tmpfs: bool = False,
     cgroup_props: bool = True,
+    on_post_dump: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Checkpoint ``c`` into ``images``; the metadata written there as berth.json.
+
+    berth.json (and the tmpfs copies) are written at CRIU's post-dump step, once the images are
+    whole and before CRIU ends (or resumes) the processes: a dump directory with berth.json is
+    complete.  If this process dies before, CRIU resumes the processes (the action script of
+    :func:`berth.runtime.criu.run` fails).  ``on_post_dump()``: called first at that step.
 
     ``parent``: an earlier pre-dump's image dir (relative paths are taken from ``images``).
     ``criu_args``: more options for ``criu dump`` (berth-runtime's external mounts and namespaces).
@@ -602,18 +611,42 @@ def dump(
     }
     log = os.path.join(work, "pre-dump.log" if pre_dump else "dump.log")
     t0 = time.monotonic()
-    try:
-        criu_mod.run(criu, args, log, what=f"checkpoint of {c.id!r}", kdat=True)
+
+    def whole() -> None:
+        # CRIU's images are whole, the processes still there (stopped): the tmpfs copies and
+        # berth.json go in now, before CRIU ends them.  A dump whose berth.json exists is
+        # complete; one killed before is not, and CRIU resumes the processes.
+        if on_post_dump is not None:
+            on_post_dump()
         meta["dump_seconds"] = time.monotonic() - t0
         if held:
             meta["tmpfs"] = _save_tmpfs(held, images)
             meta["tmpfs_seconds"] = time.monotonic() - t0 - meta["dump_seconds"]
+        write_meta(images, meta)
+
+    try:
+        criu_mod.run(
+            criu, args, log, what=f"checkpoint of {c.id!r}", kdat=True, post_dump=None if pre_dump else whole
+        )
+        if pre_dump:
+            meta["dump_seconds"] = time.monotonic() - t0
+            write_meta(images, meta)
     finally:
         for _m, fd in held:
             os.close(fd)
-    with open(os.path.join(images, META), "w") as f:
-        json.dump(meta, f)
+    if not os.path.exists(os.path.join(images, META)):  # (a CRIU that ran no action script)
+        raise criu_mod.CriuError(f"checkpoint of {c.id!r}: CRIU did not run its post-dump step (log: {log})")
+    meta["dump_seconds"] = time.monotonic() - t0  # with CRIU's end of the processes
     return meta
+
+
+def write_meta(images: str, meta: dict[str, Any]) -> None:
+    """berth.json into ``images``, whole or not at all (written beside, renamed)."""
+    path = os.path.join(images, META)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.rename(tmp, path)
 
 
 def read_meta(images: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from berth.errors import UnsupportedError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 DEFAULT_TOOLS = "/var/lib/berth/tools/criu"
 _checked: dict[str, str | None] = {}  # path -> None (works) or why not
@@ -128,9 +129,12 @@ def run(
     pass_fds: Sequence[int] = (),
     what: str = "criu",
     kdat: bool = False,
+    post_dump: Callable[[], None] | None = None,
 ) -> None:
     """Run criu with ``args`` (its log goes to ``log``); :class:`CriuError` with the log's last
-    error.  ``kdat``: in a private mount namespace with berth's kerndat cache (:func:`private_run`)."""
+    error.  ``kdat``: in a private mount namespace with berth's kerndat cache (:func:`private_run`).
+    ``post_dump``: called (in this process) at CRIU's post-dump step of a dump, once the images
+    are whole and before CRIU ends or resumes the processes (:func:`_with_post_dump`)."""
     cache = kdat_cache(criu) if kdat else None
 
     def prepare() -> None:
@@ -141,17 +145,88 @@ def run(
         mount("none", "/", None, MS.REC | MS.PRIVATE)
         private_run(cache)
 
-    p = subprocess.run(
-        [*argv(criu), *args, "-o", log, "-v4"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        pass_fds=tuple(pass_fds),
-        preexec_fn=prepare if cache else None,
-        check=False,
-    )
+    cmd = [*argv(criu), *args, "-o", log, "-v4"]
+    kw: dict[str, Any] = {
+        "stdin": subprocess.DEVNULL,
+        "capture_output": True,
+        "text": True,
+        "pass_fds": tuple(pass_fds),
+        "preexec_fn": prepare if cache else None,
+        "check": False,
+    }
+    if post_dump is None:
+        p = subprocess.run(cmd, **kw)
+    else:
+        p = _with_post_dump(cmd, kw, os.path.dirname(os.path.abspath(log)), post_dump)
     if p.returncode != 0:
         raise CriuError(f"{what} failed: {last_error(log) or p.stderr.strip() or p.returncode} (log: {log})")
+
+
+# CRIU runs its action script at each step of a dump ($CRTOOLS_SCRIPT_ACTION); at "post-dump"
+# the images are whole and the processes still there, stopped: a failing script makes CRIU
+# resume them and fail.  berth's asks the berth that runs CRIU through two pipes of berth's,
+# opened by /proc/PID/fd/N: berth holds both ends of each (CRIU has none), so the script's read
+# sees berth's "ok", or end of file once berth is gone, and the opens fail if berth is gone.
+SCRIPT = ".berth-post-dump"
+_SCRIPT = """#!/bin/sh
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+echo post-dump > "/proc/$BERTH_HOOK/fd/$BERTH_HOOK_REQ" || exit 1
+read -r ok < "/proc/$BERTH_HOOK/fd/$BERTH_HOOK_ACK" && [ "$ok" = ok ]
+"""
+
+
+def _with_post_dump(
+    cmd: list[str], kw: dict[str, Any], where: str, post_dump: Callable[[], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (a criu dump) with an action script (written into ``where``, removed after)
+    that calls ``post_dump`` here at its post-dump step and lets CRIU go on only if it
+    returned: if it raised, or this process died meanwhile (a kill -9), CRIU resumes the
+    processes and the dump fails.  The exception of ``post_dump`` is raised once CRIU ended."""
+    import select
+
+    script = os.path.join(where, SCRIPT)
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o700)
+    try:
+        os.write(fd, _SCRIPT.encode())
+    finally:
+        os.close(fd)
+    req_r, req_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
+    env = {
+        **os.environ,
+        "BERTH_HOOK": str(os.getpid()),
+        "BERTH_HOOK_REQ": str(req_w),
+        "BERTH_HOOK_ACK": str(ack_r),
+    }
+    kw = {k: v for k, v in kw.items() if k not in ("check", "capture_output")}
+    error: BaseException | None = None
+    try:
+        with subprocess.Popen(
+            [*cmd, "--action-script", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kw
+        ) as proc:
+            pidfd = os.pidfd_open(proc.pid)
+            try:
+                done = False
+                while not done:
+                    ready, _, _ = select.select([req_r, pidfd], [], [])
+                    if req_r in ready and os.read(req_r, 64) and error is None:
+                        try:
+                            post_dump()
+                            os.write(ack_w, b"ok\n")
+                        except BaseException as e:
+                            error = e
+                            os.write(ack_w, b"no\n")
+                    done = pidfd in ready
+            finally:
+                os.close(pidfd)
+            out, err = proc.communicate()
+    finally:
+        for fd in (req_r, req_w, ack_r, ack_w):
+            os.close(fd)
+        os.unlink(script)
+    if error is not None:
+        raise error
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def log_seconds(log: str) -> float | None:

@@ -60,8 +60,48 @@ def dumps(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+# A directory being removed is first renamed to ``.gone-PID-RANDOM-NAME`` beside it: a remove
+# killed half-way leaves a tombstone (no valid id: no container's), not a half state directory
+# under the container's name, which would hold the name and look like a create under way.
+TOMBSTONE = ".gone-"
+
+
 def remove_tree(path: str) -> None:
-    """rm -rf without following symlinks (shutil costs milliseconds to import here)."""
+    """rm -rf without following symlinks (shutil costs milliseconds to import here); the
+    directory is renamed to a tombstone first (:data:`TOMBSTONE`), so ``path`` is gone at once
+    and whole, even if this process is killed during the removal (:func:`sweep` takes what a
+    killed one left)."""
+    top, base = os.path.split(path.rstrip("/"))
+    grave = os.path.join(top, f"{TOMBSTONE}{os.getpid()}-{os.urandom(3).hex()}-{base}")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return
+    except OSError:  # a mount point, say: removed in place
+        grave = path
+    _remove(grave)
+
+
+def sweep(root: str) -> list[str]:
+    """Remove the tombstones under ``root`` whose remover (the pid in their name) is gone; the
+    paths removed."""
+    done = []
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.startswith(TOMBSTONE):
+            continue
+        pid = entry[len(TOMBSTONE) :].split("-", 1)[0]
+        if pid.isdigit() and proc_start_time(int(pid)) is not None:
+            continue  # its remover is at it
+        _remove(os.path.join(root, entry))
+        done.append(os.path.join(root, entry))
+    return done
+
+
+def _remove(path: str) -> None:
     try:
         for _top, dirs, files, dfd in os.fwalk(path, topdown=False):
             for name in files:
