@@ -204,7 +204,7 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
     if os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending")):
         from berth.guests import migrate
 
-        migrate.settle(store, name)  # a checkpoint cut short: committed or dropped first
+        migrate.settle(store, name, wait=True)  # a checkpoint cut short: committed or dropped first
     rec = store.read_run(name)
     cleanup(store, name, rec)
     loop = ""

@@ -289,12 +289,18 @@ def reconcile(store: Store, name: str) -> dict[str, Any]:
     settled (berth.guests.migrate.settle)."""
     rec = store.read_run(name)
     pending = os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending"))
-    if (rec.get("status") not in ("running", "starting") and not pending) or instance.running(rec):
+    live = instance.running(rec)
+    if not pending and (rec.get("status") not in ("running", "starting") or live):
         return rec
+    if pending:
+        from berth.guests import migrate
+
+        if migrate.under_way(store, name):  # a killed checkpoint's CRIU at work: not to be touched
+            return rec
     lock = store.lock(name)
     if not lock.acquire(blocking=False):  # a command or worker is at it: show, do not touch
         starting = rec.get("status") == "starting" and instance.alive(rec)
-        if rec.get("status") not in ("running", "starting"):
+        if rec.get("status") not in ("running", "starting") or live:
             return rec
         return {**rec, "status": "starting" if starting else "stopped"}
     try:
@@ -457,6 +463,11 @@ def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
     try:
         for lock in locks:
             lock.acquire()
+        for n in names:  # a checkpoint cut short while the guest runs on: dropped before it ends
+            if os.path.lexists(os.path.join(store.dir(n), ".checkpoint.pending")):
+                from berth.guests import migrate
+
+                migrate.settle(store, n, wait=True)
         recs = {n: store.update_run(n, desired="stopped") for n in names}
         for n, rec in recs.items():
             if instance.alive(rec):
@@ -636,6 +647,8 @@ def gc(store: Store) -> list[str]:
         try:
             from berth.guests import migrate
 
+            if migrate.under_way(store, name):  # a killed checkpoint's CRIU still at work
+                continue
             done += migrate.settle(store, name)  # checkpoints cut short, their directories
             rec = store.read_run(name)
             if instance.running(rec):

@@ -184,7 +184,7 @@ def checkpoint(
     checkpoint (older than the guest's last state) is refused unless asked for."""
     store.require(name)
     with store.lock(name):
-        settle(store, name)
+        settle(store, name, wait=True)
         c, rec = _running_container(store, name)
         spec = _spec(store, name)
         # Into a new directory beside ``images``, which replaces it only once the dump is whole:
@@ -204,6 +204,12 @@ def checkpoint(
             "time": time.time(),
         }
         atomic_write(_pending_path(store, name), json.dumps(pend), durable=False)
+
+        def spawned(pid: int) -> None:  # CRIU's, in the mark: a berth killed leaves it at work
+            pend.update(criu_pid=pid, criu_start=_proc_start(pid))
+            atomic_write(_pending_path(store, name), json.dumps(pend), durable=False)
+            fault("checkpoint:spawned")
+
         # The record says "running" until the dump is whole: if this command is killed half-way
         # the guest runs on and is seen to (a record marked before the dump made gc clean up the
         # live guest).  guestd's exit worker for the init CRIU ends waits for this lock and then
@@ -220,6 +226,8 @@ def checkpoint(
                 leave_running=leave_running,
                 dump_id=pend["id"],
                 on_post_dump=lambda: fault("checkpoint:post-dump"),
+                on_spawn=spawned,
+                on_written=lambda: fault("checkpoint:posted"),
             )
         except BaseException:
             store.update_run(name, dumping=False)
@@ -231,8 +239,9 @@ def checkpoint(
 
 
 # A checkpoint under way (or cut short) of a guest: {"id", "new", "images", "pid",
-# "start_time", "leave_running", "time"} (see checkpoint); after a settle that found the guest's
-# processes ended without a whole dump, {"lost": true, "time"}: refused by restore.
+# "start_time", "leave_running", "time", "criu_pid", "criu_start"} (see checkpoint); after a settle that found the guest's
+# processes ended without a whole dump, {"lost": true, "time", "images"}: restore refuses those
+# images (another image directory, say of a migration, is not older than the lost state).
 PENDING = ".checkpoint.pending"
 
 
@@ -251,14 +260,64 @@ def _read_pending(store: Store, name: str) -> dict[str, Any] | None:
     return p if isinstance(p, dict) else {"lost": True, "time": None}
 
 
-def _whole(images: str, dump_id: str) -> bool:
-    """``images`` holds the whole dump ``dump_id`` (its berth.json is written at CRIU's
-    post-dump step, once the images are whole)."""
+def _criu_alive(pend: dict[str, Any]) -> bool:
+    """The CRIU of the checkpoint ``pend`` still runs (its berth was killed)."""
+    pid = pend.get("criu_pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    start = _proc_start(pid)
+    if start is None or start != pend.get("criu_start"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def under_way(store: Store, name: str) -> bool:
+    """A CRIU dump of ``name`` runs (its berth was killed): nothing of the guest to be touched."""
+    pend = _read_pending(store, name)
+    return bool(pend and not pend.get("lost") and _criu_alive(pend))
+
+
+CRIU_WAIT = 120.0  # seconds a command waits for the CRIU of a killed checkpoint to end
+
+
+def _wait_criu(name: str, pend: dict[str, Any]) -> None:
+    deadline = time.monotonic() + CRIU_WAIT
+    while _criu_alive(pend):
+        if time.monotonic() > deadline:
+            raise StateError(
+                f"guest {name!r}: a checkpoint of it is under way (CRIU pid {pend.get('criu_pid')}): try again later"
+            )
+        time.sleep(0.05)
+
+
+def _drop_dir(path: str) -> None:
+    """Remove a dump directory: renamed first (gone at once and whole: a berth.json never stays
+    beside a dump half removed), then removed (:func:`berth.runtime.state.sweep` takes what a
+    killed remover left)."""
+    from berth.runtime import state as st
+
+    st.remove_tree(path)
+
+
+def _posted(images: str, dump_id: str) -> bool:
+    """CRIU's post-dump step of the dump ``dump_id`` went on (berth.json written): CRIU may
+    have ended the processes."""
     try:
         with open(os.path.join(images, "berth.json")) as f:
             return bool(json.load(f).get("dump_id") == dump_id)
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _whole(images: str, dump_id: str) -> bool:
+    """``images`` holds the whole dump ``dump_id`` and CRIU ended its processes: its berth.json
+    is written at CRIU's post-dump step, once the images are whole, and CRIU writes stats-dump
+    after it ended the processes (not when it resumes them, nor when killed before)."""
+    return _posted(images, dump_id) and os.path.exists(os.path.join(images, "stats-dump"))
 
 
 def _commit(store: Store, name: str, pend: dict[str, Any], *, running: bool) -> None:
@@ -278,50 +337,63 @@ def _commit(store: Store, name: str, pend: dict[str, Any], *, running: bool) -> 
     os.unlink(_pending_path(store, name))
 
 
-def settle(store: Store, name: str) -> list[str]:
+def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
     """Finish what a checkpoint of ``name`` killed half-way left (its lock held by the caller);
-    what was done, for gc.  Its processes run (CRIU resumed them, or the guest was started
-    again): the new dump is dropped.  They ended and the dump is whole: it is committed as the
-    checkpoint.  They ended without it: the new directory goes and :data:`PENDING` says the
-    guest's last state is lost (:func:`restore` refuses an older checkpoint).  Also removes the
+    what was done, for gc.  Its CRIU still runs (the berth that ran it was killed): nothing is
+    touched, or with ``wait`` (a command that goes on with the guest) it is waited for first
+    (:data:`CRIU_WAIT`; then :class:`StateError`).  Its processes run (CRIU resumed them, or
+    the guest was started again): the new dump is dropped.  They ended and the dump is whole:
+    it is committed as the checkpoint.  They ended, CRIU's post-dump step had gone on (CRIU may
+    have ended them) but the dump is not whole: the new directory goes and :data:`PENDING`
+    says the guest's last state is lost (:func:`restore` refuses an older checkpoint).  They
+    ended before that step: CRIU did not end them (it resumes them when the step fails), the
+    guest ran on and ended on its own: the new dump is dropped.  Also removes the
     ``.checkpoint.new-*``/``.checkpoint.old-*`` directories a killed checkpoint left."""
     from berth.runtime import state as st
 
     done = []
     pend = _read_pending(store, name)
     if pend is not None and not pend.get("lost"):
-        new, images = str(pend.get("new") or ""), str(pend.get("images") or "")
+        if _criu_alive(pend):
+            if not wait:
+                return []  # under way: its directories are CRIU's
+            _wait_criu(name, pend)
+        new, images, dump_id = str(pend.get("new") or ""), str(pend.get("images") or ""), str(pend.get("id"))
         alive = st.alive({"pid": pend.get("pid") or 0, "berth": {"start_time": pend.get("start_time")}})
         rec = store.read_run(name)
-        if alive or instance.running(rec):
+        if (
+            alive
+            or instance.running(rec)
+            or not (_posted(new, dump_id) or (not os.path.lexists(new) and _posted(images, dump_id)))
+        ):
             if alive:
                 _unstick(rec, pend, new)
             if new:
-                shutil.rmtree(new, ignore_errors=True)
+                _drop_dir(new)
             store.update_run(name, dumping=False)
             os.unlink(_pending_path(store, name))
-            done.append(f"dropped the checkpoint of {name} cut short (the guest runs)")
-        elif new and (
-            _whole(new, str(pend.get("id")))
-            or (not os.path.lexists(new) and _whole(images, str(pend.get("id"))))
-        ):
+            why = "the guest runs" if alive or instance.running(rec) else "the guest ended on its own"
+            done.append(f"dropped the checkpoint of {name} cut short ({why})")
+        elif new and (_whole(new, dump_id) or (not os.path.lexists(new) and _whole(images, dump_id))):
             _commit(store, name, pend, running=False)
             done.append(f"committed the checkpoint of {name} cut short after its dump")
         else:
             if new:
-                shutil.rmtree(new, ignore_errors=True)
+                _drop_dir(new)
             store.update_run(name, dumping=False)
             atomic_write(
                 _pending_path(store, name),
-                json.dumps({"lost": True, "time": pend.get("time")}),
+                json.dumps({"lost": True, "time": pend.get("time"), "images": images}),
                 durable=False,
             )
             done.append(f"checkpoint of {name} cut short after the guest ended: its last state is lost")
     gdir = store.dir(name)
     for entry in os.listdir(gdir) if os.path.isdir(gdir) else []:
         if entry.startswith((".checkpoint.new-", ".checkpoint.old-")):
-            shutil.rmtree(os.path.join(gdir, entry), ignore_errors=True)
+            _drop_dir(os.path.join(gdir, entry))
             done.append(f"removed {os.path.join(gdir, entry)}")
+    if os.path.isdir(gdir):
+        done += [f"removed {p}" for p in st.sweep(gdir)]
     return done
 
 
@@ -347,16 +419,23 @@ def _unstick(rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
 def _drop_stale(images: str) -> None:
     """The new and old directories a killed checkpoint into ``images`` left beside it (the
     guest's lock held: no dump of it is under way; a pending one was settled)."""
+    from berth.runtime import state as st
+
     top, base = os.path.split(images)
     for entry in os.listdir(top):
         if entry.startswith((f".{base}.new-", f".{base}.old-")):
-            shutil.rmtree(os.path.join(top, entry), ignore_errors=True)
+            _drop_dir(os.path.join(top, entry))
+    st.sweep(top)
 
 
-def lost(store: Store, name: str) -> bool:
-    """A checkpoint of ``name`` was cut short after its processes ended (:func:`settle`)."""
+def lost(store: Store, name: str, images: str | None = None) -> bool:
+    """A checkpoint of ``name`` (into ``images``; None: any) was cut short after its processes
+    ended (:func:`settle`)."""
     pend = _read_pending(store, name)
-    return bool(pend and pend.get("lost"))
+    if not (pend and pend.get("lost")):
+        return False
+    at = pend.get("images")
+    return images is None or not at or os.path.abspath(images) == os.path.abspath(str(at))
 
 
 def _replace_dir(new: str, path: str) -> None:
@@ -403,11 +482,11 @@ def restore(store: Store, name: str, images: str, *, criu: str | None = None, st
     (any earlier checkpoint is older than that state)."""
     store.require(name)
     with store.lock(name):
-        settle(store, name)
+        settle(store, name, wait=True)
         rec = store.read_run(name)
         if instance.running(rec):
             raise StateError(f"guest {name!r} is running: stop it before restoring a checkpoint")
-        if lost(store, name) and not stale:
+        if lost(store, name, images) and not stale:
             raise StaleError(
                 f"guest {name!r}: its last checkpoint was cut short after its processes ended: "
                 "an earlier checkpoint is older than its last state (berth restore --stale to restore it anyway)"

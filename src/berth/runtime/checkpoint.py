@@ -506,13 +506,17 @@ def dump(
     own_tmpfs: bool = False,
     cgroup_props: bool = True,
     on_post_dump: Callable[[], None] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+    on_written: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Checkpoint ``c`` into ``images``; the metadata written there as berth.json.
 
     berth.json (and the tmpfs copies) are written at CRIU's post-dump step, once the images are
     whole and before CRIU ends (or resumes) the processes: a dump directory with berth.json is
     complete.  If this process dies before, CRIU resumes the processes (the action script of
-    :func:`berth.runtime.criu.run` fails).  ``on_post_dump()``: called first at that step.
+    :func:`berth.runtime.criu.run` fails).  ``on_post_dump()``: called first at that step;
+    ``on_spawn(pid)``: called with CRIU's pid once it runs (not for a pre-dump);
+    ``on_written()``: called at that step once berth.json is written.
 
     ``parent``: an earlier pre-dump's image dir (relative paths are taken from ``images``).
     ``criu_args``: more options for ``criu dump`` (berth-runtime's external mounts and namespaces).
@@ -623,10 +627,18 @@ def dump(
             meta["tmpfs"] = _save_tmpfs(held, images)
             meta["tmpfs_seconds"] = time.monotonic() - t0 - meta["dump_seconds"]
         write_meta(images, meta)
+        if on_written is not None:
+            on_written()
 
     try:
         criu_mod.run(
-            criu, args, log, what=f"checkpoint of {c.id!r}", kdat=True, post_dump=None if pre_dump else whole
+            criu,
+            args,
+            log,
+            what=f"checkpoint of {c.id!r}",
+            kdat=True,
+            post_dump=None if pre_dump else whole,
+            on_spawn=on_spawn,
         )
         if pre_dump:
             meta["dump_seconds"] = time.monotonic() - t0

@@ -130,11 +130,13 @@ def run(
     what: str = "criu",
     kdat: bool = False,
     post_dump: Callable[[], None] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> None:
     """Run criu with ``args`` (its log goes to ``log``); :class:`CriuError` with the log's last
     error.  ``kdat``: in a private mount namespace with berth's kerndat cache (:func:`private_run`).
     ``post_dump``: called (in this process) at CRIU's post-dump step of a dump, once the images
-    are whole and before CRIU ends or resumes the processes (:func:`_with_post_dump`)."""
+    are whole and before CRIU ends or resumes the processes (:func:`_with_post_dump`);
+    ``on_spawn(pid)``: then called with CRIU's pid once it is started."""
     cache = kdat_cache(criu) if kdat else None
 
     def prepare() -> None:
@@ -154,10 +156,7 @@ def run(
         "preexec_fn": prepare if cache else None,
         "check": False,
     }
-    if post_dump is None:
-        p = subprocess.run(cmd, **kw)
-    else:
-        p = _with_post_dump(cmd, kw, os.path.dirname(os.path.abspath(log)), post_dump)
+    p = subprocess.run(cmd, **kw) if post_dump is None else _with_post_dump(cmd, kw, post_dump, on_spawn)
     if p.returncode != 0:
         raise CriuError(f"{what} failed: {last_error(log) or p.stderr.strip() or p.returncode} (log: {log})")
 
@@ -167,29 +166,21 @@ def run(
 # resume them and fail.  berth's asks the berth that runs CRIU through two pipes of berth's,
 # opened by /proc/PID/fd/N: berth holds both ends of each (CRIU has none), so the script's read
 # sees berth's "ok", or end of file once berth is gone, and the opens fail if berth is gone.
-SCRIPT = ".berth-post-dump"
-_SCRIPT = """#!/bin/sh
-[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-echo post-dump > "/proc/$BERTH_HOOK/fd/$BERTH_HOOK_REQ" || exit 1
-read -r ok < "/proc/$BERTH_HOOK/fd/$BERTH_HOOK_ACK" && [ "$ok" = ok ]
-"""
+# The script is shipped beside this module, executable (CRIU execs it: not a file written into
+# the dump directory, which may be on a noexec mount); its per-run data is in its environment.
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "criu-action.sh")
 
 
 def _with_post_dump(
-    cmd: list[str], kw: dict[str, Any], where: str, post_dump: Callable[[], None]
+    cmd: list[str], kw: dict[str, Any], post_dump: Callable[[], None], on_spawn: Callable[[int], None] | None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` (a criu dump) with an action script (written into ``where``, removed after)
-    that calls ``post_dump`` here at its post-dump step and lets CRIU go on only if it
-    returned: if it raised, or this process died meanwhile (a kill -9), CRIU resumes the
+    """Run ``cmd`` (a criu dump) with the action script :data:`SCRIPT`, which calls ``post_dump``
+    here at its post-dump step and lets CRIU go on only if it returned: if it raised, or this process died meanwhile (a kill -9), CRIU resumes the
     processes and the dump fails.  The exception of ``post_dump`` is raised once CRIU ended."""
     import select
 
-    script = os.path.join(where, SCRIPT)
-    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o700)
-    try:
-        os.write(fd, _SCRIPT.encode())
-    finally:
-        os.close(fd)
+    if not os.access(SCRIPT, os.X_OK):
+        raise CriuError(f"{SCRIPT} is not executable (berth's install lost its mode: chmod 755 it)")
     req_r, req_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
     env = {
@@ -202,10 +193,12 @@ def _with_post_dump(
     error: BaseException | None = None
     try:
         with subprocess.Popen(
-            [*cmd, "--action-script", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kw
+            [*cmd, "--action-script", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kw
         ) as proc:
             pidfd = os.pidfd_open(proc.pid)
             try:
+                if on_spawn is not None:
+                    on_spawn(proc.pid)
                 done = False
                 while not done:
                     ready, _, _ = select.select([req_r, pidfd], [], [])
@@ -223,7 +216,6 @@ def _with_post_dump(
     finally:
         for fd in (req_r, req_w, ack_r, ack_w):
             os.close(fd)
-        os.unlink(script)
     if error is not None:
         raise error
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
