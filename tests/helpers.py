@@ -66,3 +66,21 @@ def timing_matters() -> bool:
     under TCG sets BERTH_TEST_EMULATED), where every process runs some 30 times slower and a
     limit would measure the emulator; the test's other assertions still hold there."""
     return not os.environ.get("BERTH_TEST_EMULATED")
+
+
+def pb_varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (CRIU's images are protobuf messages)."""
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_field(num: int, value: object) -> bytes:
+    """Protobuf field ``num``: an int as a varint, bytes length-delimited."""
+    if isinstance(value, int):
+        return pb_varint(num << 3) + pb_varint(value)
+    assert isinstance(value, bytes)
+    return pb_varint(num << 3 | 2) + pb_varint(len(value)) + value

@@ -30,20 +30,7 @@ def allow_all(path: str) -> int:
     import struct
 
     from berth.runtime.checkpoint import _pb_fields
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def field(num: int, value: object) -> bytes:
-        if isinstance(value, int):
-            return varint(num << 3) + varint(value)
-        assert isinstance(value, bytes)
-        return varint(num << 3 | 2) + varint(len(value)) + value
+    from helpers import pb_field as field
 
     with open(path, "rb") as f:
         data = f.read()
@@ -237,20 +224,7 @@ def set_flags(path: str, flags: int) -> int:
     """Every chain's oldest filter (no prev) of a CRIU seccomp.img given ``flags`` (field 3);
     the number of filters changed."""
     from berth.runtime.checkpoint import _pb_fields
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def field(num: int, value: object) -> bytes:
-        if isinstance(value, int):
-            return varint(num << 3) + varint(value)
-        assert isinstance(value, bytes)
-        return varint(num << 3 | 2) + varint(len(value)) + value
+    from helpers import pb_field as field
 
     with open(path, "rb") as f:
         data = f.read()

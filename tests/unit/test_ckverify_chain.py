@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from berth.runtime import ckverify
+from helpers import pb_field
 
 ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
 # A small real program: load the arch, kill on a foreign one, allow (what berth could build).
@@ -68,31 +69,15 @@ def test_status_field() -> None:
     assert ckverify.status_field("Seccomp_filters:\tx\n", "Seccomp_filters") is None
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, value: int | bytes) -> bytes:
-    if isinstance(value, int):
-        return _varint(num << 3) + _varint(value)
-    return _varint(num << 3 | 2) + _varint(len(value)) + value
-
-
 def core_image(state: int | None) -> bytes:
     """A core-PID.img as CRIU writes one (two magics, a size, core_entry): mtype X86_64, a
     thread_info, and a tc with ``state`` (none: a thread's core)."""
-    entry = _field(1, 1) + _field(2, b"\x08\x00")
+    entry = pb_field(1, 1) + pb_field(2, b"\x08\x00")
     if state is not None:
-        tc = _field(1, state) + _field(2, 0) + _field(3, 0) + _field(4, 0x400000) + _field(5, 0)
-        tc += _field(6, b"sleep")
-        entry += _field(3, tc)
-    entry += _field(5, _field(1, 0) + _field(2, 0))  # thread_core
+        tc = pb_field(1, state) + pb_field(2, 0) + pb_field(3, 0) + pb_field(4, 0x400000) + pb_field(5, 0)
+        tc += pb_field(6, b"sleep")
+        entry += pb_field(3, tc)
+    entry += pb_field(5, pb_field(1, 0) + pb_field(2, 0))  # thread_core
     return struct.pack("<II", 0x54564319, 0x55001F83) + struct.pack("<I", len(entry)) + entry
 
 

@@ -10,23 +10,9 @@ from pathlib import Path
 import pytest
 
 from berth.runtime import ckverify
+from helpers import pb_field
 
 ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, value: int | bytes) -> bytes:
-    if isinstance(value, int):
-        return _varint(num << 3) + _varint(value)
-    return _varint(num << 3 | 2) + _varint(len(value)) + value
 
 
 def _image(entry: bytes) -> bytes:
@@ -38,16 +24,16 @@ def _images(tmp: Path, filters: list[tuple[int | None, int | None]], threads: di
     thread naming its most recent filter (core_entry.thread_core = 5 {seccomp_filter = 12})."""
     entry = b""
     for prev, flags in filters:
-        msg = _field(1, ALLOW_ALL)
+        msg = pb_field(1, ALLOW_ALL)
         if prev is not None:
-            msg += _field(2, prev)
+            msg += pb_field(2, prev)
         if flags is not None:
-            msg += _field(3, flags)
-        entry += _field(1, msg)
+            msg += pb_field(3, flags)
+        entry += pb_field(1, msg)
     (tmp / "seccomp.img").write_bytes(_image(entry))
     for tid, last in threads.items():
-        tc = _field(1, 0) + _field(2, 0) + _field(11, 2) + _field(12, last)
-        core = _field(1, 1) + _field(3, _field(1, 1)) + _field(5, tc)
+        tc = pb_field(1, 0) + pb_field(2, 0) + pb_field(11, 2) + pb_field(12, last)
+        core = pb_field(1, 1) + pb_field(3, pb_field(1, 1)) + pb_field(5, tc)
         (tmp / f"core-{tid}.img").write_bytes(_image(core))
     return str(tmp)
 
