@@ -12,6 +12,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", "-t", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
     args = p.parse_args(argv)
     s = store()
+    from berth.guests import config
+
+    for name in args.names:  # a config that cannot be read stops nothing: it could not start again
+        s.require(name)
+        config.load(s.config(name))
     lifecycle.stop(s, args.names, timeout=args.timeout)
     from berth.cli import _guestspec
 

@@ -22,6 +22,8 @@ HELP = """usage: berth top [--once] [--interval SECONDS]
 
 A live view of every guest: name, state, init pid, CPU %, memory (use/limit), processes,
 uptime, addresses, template.  Keys: q quit, c sort by CPU, m by memory, n by name.
+A guest whose config.toml cannot be read is shown (template '?') with the reason under
+the table (with --once, one line on stderr).
 
   --once              print one frame and exit
   --interval SECONDS  refresh period (default 1; 0.1 to 60)
@@ -80,8 +82,9 @@ def _host() -> str:
     return f"load {load}   host memory {column_size(used)}/{column_size(mem.get('MemTotal'))}"
 
 
-def render(rows: list[dict[str, Any]], sort: str = "n", interval: float = 1.0) -> Any:
-    """One frame: a rich renderable (header + table)."""
+def render(rows: list[dict[str, Any]], sort: str = "n", interval: float = 1.0, notes: bool = True) -> Any:
+    """One frame: a rich renderable (header + table; with ``notes``, a line for each guest whose
+    config.toml cannot be read, under the table)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -116,7 +119,10 @@ def render(rows: list[dict[str, Any]], sort: str = "n", interval: float = 1.0) -
             r["template"],
         )
     footer = Text("q quit   c sort by CPU   m by memory   n by name", style="dim")
-    return Group(header, t, footer)
+    broken = [
+        Text(f"guest {r['name']!r}: {r['error']}", style="red") for r in rows if notes and r.get("error")
+    ]
+    return Group(header, t, *broken, footer)
 
 
 class _Keys:
@@ -164,7 +170,11 @@ def main(argv: list[str]) -> int:
         sampler.sample()
         time.sleep(min(o["interval"], 1.0))
         width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 160)
-        Console(width=width).print(render(sampler.sample(), "n", o["interval"]))
+        rows = sampler.sample()
+        for r in rows:  # a guest whose config cannot be read: shown, and why on one line
+            if r.get("error"):
+                sys.stderr.write(f"berth top: guest {r['name']!r}: {r['error']}\n")
+        Console(width=width).print(render(rows, "n", o["interval"], notes=False))
         return 0
     from rich.live import Live
 

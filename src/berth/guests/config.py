@@ -53,8 +53,8 @@ _NET_FIELDS = {"net": "net", "ip": "ip", "publish": "publish", "net-isolate": "n
 class ConfigError(UsageError):
     """A guest's config.toml is malformed or has a key or value berth cannot use."""
 
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(f"{path}: {key}", reason)
+    def __init__(self, path: str, key: str | None, reason: str) -> None:
+        super().__init__(path if key is None else f"{path}: {key}", reason)
 
 
 def parse_size(text: str, field: str = "disk") -> int:
@@ -66,6 +66,8 @@ def parse_size(text: str, field: str = "disk") -> int:
         value = int(float(num) * units[unit])
     except (ValueError, KeyError):
         raise UsageError(field, f"{text!r} is not a size (like 256M or 1G)") from None
+    except OverflowError:
+        raise UsageError(field, f"{text!r} is too large") from None
     if value <= 0:
         raise UsageError(field, f"{text!r} must be positive")
     return value
@@ -250,17 +252,102 @@ def stop_signal(cfg: dict[str, Any], rootfs: str | None) -> int:
     return int(signal.SIGTERM)
 
 
-def load(path: str) -> dict[str, Any]:
+MAX_BYTES = 256 << 10  # a guest's config is a few hundred bytes; a bound on what a parse costs
+MAX_DOTS = 64  # dots outside strings on one line: a dotted key's depth (tomllib: memory ~ depth²)
+
+
+def _where(text: str, pos: int) -> str:
+    """``line L, column C`` of character offset ``pos`` of ``text`` (both from 1)."""
+    start = text.rfind("\n", 0, pos) + 1
+    return f"line {text.count(chr(10), 0, pos) + 1}, column {pos - start + 1}"
+
+
+def _deep_key_line(text: str) -> int:
+    """The first line (from 1) with more than :data:`MAX_DOTS` dots outside strings and comments,
+    or 0.  A TOML key is on one line and nests one table per dot: this bounds what tomllib
+    allocates for it (a 200 KB key ``a.a.a…`` takes it 24 GB).  Strings are skipped as TOML
+    reads them (a one-line string ends at the end of its line at the latest)."""
+    i, n, line, dots = 0, len(text), 1, 0
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line, dots = line + 1, 0
+        elif c == ".":
+            dots += 1
+            if dots > MAX_DOTS:
+                return line
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'":
+            multi = text.startswith(c * 3, i)
+            q = c * 3 if multi else c
+            i += len(q)
+            while i < n and not text.startswith(q, i):
+                if text[i] == "\n":
+                    if not multi:
+                        break
+                    line, dots = line + 1, 0
+                i += 2 if c == '"' and text[i] == "\\" and text[i + 1 : i + 2] != "\n" else 1
+            if i < n and text[i] != "\n":
+                i += len(q)
+                extra = 0
+                while multi and extra < 2 and text.startswith(c, i):  # '''a''''': a string a''
+                    i, extra = i + 1, extra + 1
+            continue
+        i += 1
+    return 0
+
+
+def parse(text: str, path: str) -> dict[str, Any]:
+    """The TOML document ``text`` (the file ``path``'s), unchecked; a malformed one is a
+    :class:`ConfigError` naming ``path`` and tomllib's line and column."""
+    import re
     import tomllib
 
+    if len(text) > MAX_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_BYTES >> 10} KiB: not a guest config")
+    deep = _deep_key_line(text)
+    if deep:
+        raise ConfigError(
+            path, None, f"not valid TOML at line {deep}: a key nested more than {MAX_DOTS} deep"
+        )
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", str(e), re.S)
+        why, at = (m.group(1), m.group(2)) if m else (str(e), "")
+        if at == "end of document":
+            at = f"{_where(text, len(text))} (the end of the file)"
+        where = f" at {at}" if at else ""
+        raise ConfigError(path, None, f"not valid TOML{where}: {why[:1].lower()}{why[1:]}") from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid TOML: nested too deeply") from None
+
+
+def load(path: str) -> dict[str, Any]:
+    """The guest config at ``path``, checked (:func:`validate`); whatever is wrong with the file
+    (missing, unreadable, not UTF-8, not TOML, a bad key) is one :class:`ConfigError` naming it."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(path, "-", "missing") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "-", f"not valid TOML ({e})") from None
-    return validate(data, path)
+        raise ConfigError(path, None, "missing") from None
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot be read: {e.strerror or e}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_BYTES >> 10} KiB: not a guest config")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        good = raw[: e.start].decode()
+        raise ConfigError(
+            path, None, f"not valid TOML at {_where(good, len(good))}: not UTF-8 (byte 0x{raw[e.start]:02x})"
+        ) from None
+    if not text.strip():
+        raise ConfigError(path, None, "empty (a guest's config needs at least 'template')")
+    return validate(parse(text, path), path)
 
 
 def _value(v: Any) -> str:

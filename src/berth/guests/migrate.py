@@ -1037,12 +1037,12 @@ def validate_incoming(store: Store, hello: dict[str, Any], *, allow: frozenset[s
         raise ExistsError(f"guest {name!r} exists already on this host")
     if _claim_holder(store, name) not in (None, os.getpid()):
         raise ExistsError(f"guest {name!r} is being received already")
-    import tomllib
-
-    try:
-        cfg = tomllib.loads(hello["config"])
-    except (KeyError, ValueError) as e:
-        raise UsageError("config", f"the guest's config is not valid TOML: {e}") from None
+    try:  # bounded (config.parse): a deep dotted key would take tomllib gigabytes
+        cfg = config.parse(hello["config"], "config")
+    except KeyError:
+        raise UsageError("config", "the guest's config is missing") from None
+    except config.ConfigError as e:
+        raise UsageError("config", f"the guest's config is {e.reason}") from None
     config.validate(cfg, f"{name}: config")
     hostpower.check(cfg, allow)
     if "bridge" not in allow and str(cfg.get("net", "none")) == "bridge":

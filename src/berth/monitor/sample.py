@@ -122,25 +122,29 @@ class Sampler:
         self.store = store
         self._layout: Any = None
         self._prev: dict[str, tuple[int, float, int | None]] = {}  # name -> (pid, t, usage_ns)
-        self._templates: dict[str, tuple[float, str]] = {}  # name -> (config mtime, template)
+        # name -> (config mtime, template, why its config cannot be read or None)
+        self._templates: dict[str, tuple[float, str, str | None]] = {}
 
-    def _template(self, name: str) -> str:
+    def _template(self, name: str) -> tuple[str, str | None]:
+        """The guest's template, and why its config.toml cannot be read (None: it can); a
+        broken config ("?") does not hide the guest: its run record and cgroup say the rest."""
         from berth.guests import config
 
         path = self.store.config(name)
         try:
             mtime = os.stat(path).st_mtime
         except OSError:
-            return "-"
+            return "-", None
         cached = self._templates.get(name)
         if cached and cached[0] == mtime:
-            return cached[1]
+            return cached[1], cached[2]
+        error = None
         try:
             tmpl = config.load(path)["template"]
-        except BerthError:
-            tmpl = "?"
-        self._templates[name] = (mtime, tmpl)
-        return tmpl
+        except (BerthError, OSError) as e:
+            tmpl, error = "?", str(e)
+        self._templates[name] = (mtime, tmpl, error)
+        return tmpl, error
 
     def _stats(self, cgroup: str) -> dict[str, Any] | None:
         from berth.cgroups import detect, open_cgroup
@@ -155,7 +159,8 @@ class Sampler:
 
     def sample(self) -> list[dict[str, Any]]:
         """One row per guest: name, state, pid, template, cpu_percent, cpu_seconds, memory,
-        memory_limit, pids, pids_limit, uptime (s), ips."""
+        memory_limit, pids, pids_limit, uptime (s), ips, exit_code, error (why its config.toml
+        cannot be read, or None)."""
         from berth.guests import instance
 
         now = time.monotonic()
@@ -167,11 +172,12 @@ class Sampler:
             seen.add(name)
             rec = self.store.read_run(name)
             up = instance.running(rec)
+            tmpl, error = self._template(name)
             row: dict[str, Any] = {
                 "name": name,
                 "state": "running" if up else ("starting" if rec.get("status") == "starting" else "stopped"),
                 "pid": rec.get("pid") if up else None,
-                "template": self._template(name),
+                "template": tmpl,
                 "cpu_percent": None,
                 "cpu_seconds": None,
                 "memory": None,
@@ -181,6 +187,7 @@ class Sampler:
                 "uptime": round(wall - rec["started_at"], 1) if up and rec.get("started_at") else None,
                 "ips": [ip for ip, pid in ips.get(name, []) if up and pid in (0, rec.get("pid"))],
                 "exit_code": None if up else rec.get("exit_code"),
+                "error": error,
             }
             s = self._stats(rec["cgroup"]) if up and rec.get("cgroup") else None
             if s is not None:
