@@ -215,6 +215,11 @@ def test_trim_falls_back_to_copytruncate_on_tmpfs(tmp_path: Path, unique: str) -
         assert len(old) <= 48 << 10  # the last half-limit, and what came during the copy
         text = path.read_text()
         assert "berth: console log " in text  # the line that says so (near its head)
+        # The copy ends with a whole line; the rest of a line being written at the truncation
+        # (a write is seen a page at a time) may begin the log: readers skip that cut first line.
+        first, _, rest = text.partition("\n")
+        if not first.startswith(("line ", "berth: ")):
+            text = rest
         nums = numbers(old) + numbers(text)
         # Copy and truncation may lose what the writer wrote between them: in order, none twice.
         assert (

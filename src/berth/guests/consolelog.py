@@ -226,6 +226,7 @@ def _copytruncate(fd: int, path: str, keep: int) -> tuple[int, int]:
         nl = os.pread(fd, 1 << 16, start - 1).find(b"\n")
         start += max(nl, 0)
     pos = start
+    end = start  # after the last newline copied
     tmp = f"{path}{OLD}.tmp"
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
     try:
@@ -238,12 +239,20 @@ def _copytruncate(fd: int, path: str, keep: int) -> tuple[int, int]:
             view = memoryview(data)
             while view:
                 view = view[os.write(out, view) :]
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                end = pos + nl + 1
             pos += len(data)
+        # The copy ends with a whole line: a line the guest is still writing (a write is seen a
+        # page at a time) has its rest appended to the truncated log, whose readers skip a cut
+        # first line; its head here would be a cut last line.
+        if end < pos:
+            os.ftruncate(out, end - start)
     finally:
         os.close(out)
     os.rename(tmp, path + OLD)
     os.ftruncate(fd, 0)
-    return pos, pos - start
+    return pos, min(end, pos) - start
 
 
 class Watch:
