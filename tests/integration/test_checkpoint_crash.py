@@ -189,7 +189,16 @@ def test_lost_state_refuses_the_older_checkpoint(h: Host, unique: str) -> None:
     the dump is not taken for whole.  The guest's processes then end: whether CRIU ended them
     is not known, so its last state counts as lost, and restore refuses the earlier (older)
     checkpoint in one line with a status of its own, unless --stale (or another image dir)."""
-    name = f"{unique}-kl"
+    for attempt in range(3):
+        name = f"{unique}-kl{attempt}"
+        if _lost_then_stale(h, name, last=attempt == 2):
+            break
+        # The older checkpoint caught the counter's `echo > /count` with /count open (size 0):
+        # CRIU rightly refuses to restore that over the file the guest wrote on (bad size).
+        h("destroy", "--force", name)
+
+
+def _lost_then_stale(h: Host, name: str, *, last: bool) -> bool:
     _counter_guest(h, name)
     pid = guest_pid(h, name)
     _killed(h, "checkpoint:posted", "checkpoint", name)
@@ -210,12 +219,16 @@ def test_lost_state_refuses_the_older_checkpoint(h: Host, unique: str) -> None:
     other = h.store / "guests" / name / "other"
     p = h("restore", "--image", str(other), name, check=False)  # not the lost one: not refused
     assert p.returncode != 5 and "--stale" not in p.stderr, p
-    h("restore", "--stale", name)
+    p = h("restore", "--stale", name, check=False)
+    if p.returncode != 0 and "has bad size" in p.stderr and not last:
+        return False
+    assert p.returncode == 0, p
     assert _state(h, name) == "running"
     time.sleep(0.3)
     assert h.count(name) < killed_at  # the older state: the counter counts from there again
     assert _leftovers(h, name) == []
     h("destroy", "--force", name)
+    return True
 
 
 @pytest.mark.parametrize("end", ["stop", "kill"])
