@@ -682,7 +682,8 @@ def gc(store: Store) -> list[str]:
                 status = c.status()
                 owned = bool(c.data.get("berth", {}).get("owner"))
                 if (
-                    status == st.STOPPED
+                    # (a berth run's whose berth run lives: that run is finishing it, state and all)
+                    (status == st.STOPPED and not owned)
                     # berth run's, its berth run gone: killed between create and start its init
                     # waits for good; after the start it dies by pdeathsig (maybe not yet)
                     or st.owner_gone(c.data)
