@@ -15,16 +15,19 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.lab import initramfs, names
 from bench.lab.console import Console, run_guest
-from bench.lab.errors import ToolMissing
+from bench.lab.errors import LabError, ToolMissing
+from bench.lab.kernel import CACHE
 
 UML_CANDIDATES = ("linux.uml", "linux")
 MODULES = Path("/usr/lib/uml/modules")
+FPSHIM_SRC = Path(__file__).with_name("uml_fpshim.c")
 
 INIT = r"""#!{busybox} sh
 B={busybox}
@@ -70,6 +73,32 @@ def uml_binary() -> str:
         if (p := shutil.which(c)) is not None:
             return p
     raise ToolMissing("user-mode-linux is not installed (no linux.uml)")
+
+
+def fpshim() -> Path:
+    """The ptrace wrapper preloaded into UML (bench/lab/uml_fpshim.c), built once into the lab's
+    cache: Debian's UML (6.1, and 6.12 too) panics at its first process on a host whose XSAVE area
+    is larger than the one it was built for (AVX-512, AMX: "ptrace set fp regs failed, errno =
+    14"); the wrapper completes UML's register writes to the host's size."""
+    out = CACHE / "uml" / "fpshim.so"
+    if out.exists() and out.stat().st_mtime >= FPSHIM_SRC.stat().st_mtime:
+        return out
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise LabError("gcc is not installed: cannot build bench/lab/uml_fpshim.c for UML")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".fpshim.{os.getpid()}.so")
+    r = subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(FPSHIM_SRC), "-ldl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise LabError(f"cannot build bench/lab/uml_fpshim.c: {r.stderr.strip()[-300:]}")
+    tmp.replace(out)
+    return out
 
 
 def _overlay_ko() -> str:
@@ -150,7 +179,7 @@ def run(
             *([f"vec0:transport=tap,ifname={nic[0]}"] if nic else []),
             *kernel_args,
         ]
-        env = dict(os.environ, TMPDIR=str(d / "uml"))
+        env = dict(os.environ, TMPDIR=str(d / "uml"), LD_PRELOAD=str(fpshim()))
         bt = boot_timeout if boot_timeout is not None else 30.0
         return run_guest(
             argv, boot_timeout=bt, timeout=timeout, what="uml", stream=stream, env=env, watch=watch
