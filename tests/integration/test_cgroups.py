@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -614,3 +615,49 @@ def test_two_creates_racing_into_a_fresh_parent(parent: str) -> None:
             for c in cgs:
                 c.destroy(timeout=10)
             cgs[0].remove_empty_parents(parent)
+
+
+def test_create_beside_a_remover_of_the_empty_parent(parent: str) -> None:
+    """Cgroups made one after another under ``parent/p`` while another thread removes ``p``
+    whenever it is empty (a guest's cleanup or ``berth gc`` taking an empty parent): every create
+    succeeds.  The parent vanishes between the lookup and the mkdir (ENOENT) or dies under the
+    mkdir or a cpuset write into it (ENODEV, seen in ``berth gc`` beside ``berth run``); both
+    mean "start again"."""
+    import threading
+
+    layout = detect()
+    top = f"{parent}/p"
+    stop = threading.Event()
+    removed = [0]
+
+    def remover() -> None:
+        # As a guest's cleanup or a gc does it: a pass over the hierarchies now and then (one
+        # pass after another without a pause would outrun any bounded number of attempts).
+        while not stop.wait(random.uniform(0, 0.002)):
+            for mnt in layout.mountpoints():
+                try:
+                    os.rmdir(f"{mnt}/{top}")
+                    removed[0] += 1
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=remover)
+    t.start()
+    errors: list[str] = []
+    try:
+        deadline = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < deadline:
+            c = open_cgroup(f"{top}/c{i}", layout)
+            i += 1
+            try:
+                c.create()
+            except CgroupError as e:
+                errors.append(str(e))
+                continue
+            c.destroy(timeout=10)
+    finally:
+        stop.set()
+        t.join()
+    assert removed[0] > 10, f"the parent was removed only {removed[0]} times: no race was tried"
+    assert not errors, f"{len(errors)} of {i} creates failed: {errors[:3]}"

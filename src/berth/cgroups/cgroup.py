@@ -32,6 +32,10 @@ _SYSTEMD_UNITS = (".slice", ".scope", ".service", ".mount", ".socket", ".swap")
 _MADE_XATTR = "trusted.berth.made"
 
 
+#: Attempts to make a cgroup in one hierarchy while its empty parent is being removed beside us.
+_CREATE_TRIES = 20
+
+
 def _write(path: str, value: str) -> None:
     fd = os.open(path, _WR)
     try:
@@ -163,21 +167,20 @@ class Cgroup:
         made: list[str] = []
         cpuset = self.layout.v1.get("cpuset")
         try:
-            for attempt in range(3):
-                try:
-                    for mnt in self.layout.mountpoints():
+            for mnt in self.layout.mountpoints():
+                for attempt in range(_CREATE_TRIES):
+                    try:
                         self._mkdir_p(mnt, made, cpuset=mnt == cpuset)
-                    break
-                except FileNotFoundError:
-                    # An empty parent was removed by a guest ending at this moment: start again.
-                    if attempt == 2:
-                        raise
-                    for d in reversed(made):
-                        try:
-                            os.rmdir(d)
-                        except OSError:
-                            pass
-                    made.clear()
+                        break
+                    except OSError as e:
+                        # An empty parent was removed by a guest ending (or a gc) at this moment:
+                        # make it again, in this hierarchy (the ones done hold the new cgroup: their
+                        # parent is no longer empty).  ENOENT: it was gone; ENODEV: it died under
+                        # our mkdir or a write into it.
+                        if e.errno not in (errno.ENOENT, errno.ENODEV) or attempt == _CREATE_TRIES - 1:
+                            raise
+            # (a parent made, then removed, is not ours; one made again is listed once)
+            made[:] = dict.fromkeys(d for d in made if os.path.isdir(d))
             if self.layout.mode == "v2":
                 self._enable(self.layout.unified_controllers())
         except OSError as exc:
