@@ -62,3 +62,19 @@ def test_sweep_keeps_a_live_removers_tombstone(tmp_path: Path) -> None:
     assert st.sweep(str(tmp_path)) == []
     assert live.is_dir()
     assert st.sweep(str(tmp_path / "missing")) == []
+
+
+def test_sweep_takes_at_most_limit(tmp_path: Path) -> None:
+    """berth-runtime's delete sweeps a bounded number per call (berth.oci.delete.SWEEP_LIMIT)."""
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    for i in range(5):
+        _tree(tmp_path / f"{st.TOMBSTONE}{p.pid}-{i:06x}-c{i}", 2)
+    first = st.sweep(str(tmp_path), limit=2)
+    assert len(first) == 2 and not any(os.path.exists(x) for x in first)
+    assert len(os.listdir(tmp_path)) == 3
+    assert len(st.sweep(str(tmp_path), limit=0)) == 0
+    assert len(st.sweep(str(tmp_path))) == 3
+    assert os.listdir(tmp_path) == []

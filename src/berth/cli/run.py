@@ -381,9 +381,11 @@ def main(argv: list[str]) -> int:
         name = "b" + os.urandom(6).hex()
     from berth.rootfs import template
 
-    # The template's use lock, shared, until the guest's state (naming it) is written: a
-    # `berth template build|import --force` then sees this run (berth.rootfs.template).
-    hold = template.starting(store, o["template"]) if not o["rootfs"] else None
+    # The template's use lock, shared, until the guest's state (naming it) is written, and this
+    # run's use entry in the store until it ends: a `berth template build|import --force` then
+    # sees this run, from any state root (berth.rootfs.template).  (After the C waiter, berth
+    # _run-exit removes the entry.)
+    hold = template.starting(store, o["template"], run=(name, state_root)) if not o["rootfs"] else None
     try:
         spec, _rootfs, overlay = build(o, name, store)
         if o["lxcfs"]:
@@ -406,6 +408,7 @@ def main(argv: list[str]) -> int:
     finally:
         if hold is not None:
             hold.release()
+            hold.ended()
 
 
 def apply_userns(spec: dict[str, Any], rng: tuple[int, int], overlay: dict[str, Any] | None) -> None:

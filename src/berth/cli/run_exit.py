@@ -1,6 +1,7 @@
 """berth _run-exit (internal): what ``berth run`` does after its guest ended, when it waited for
-the guest as the C waiter (berth.runtime.run): take the guest's network down, remove the guest
-and free its user-namespace ids, then exit with the guest's exit status.
+the guest as the C waiter (berth.runtime.run): take the guest's network down, remove the guest,
+free its user-namespace ids and drop its template use entry (berth.rootfs.template), then exit
+with the guest's exit status.
 
     berth [--debug] _run-exit STATE_ROOT CGROUP_PARENT STORE NAME NET USERNS_OWNER STATUS
 
@@ -69,8 +70,13 @@ def main(args: list[str]) -> int:
     try:
         runner.finish_after_waiter(state_root, name, cgroup_parent, on_exit)
     finally:
-        if owner != NONE:
-            from berth.runtime import userns
+        try:
+            if owner != NONE:
+                from berth.runtime import userns
 
-            userns.release(store, owner)
+                userns.release(store, owner)
+        finally:
+            from berth.rootfs import template
+
+            template.run_ended(store)  # this run's template use entry (the same process)
     return int(status)

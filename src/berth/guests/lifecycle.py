@@ -626,7 +626,8 @@ def set_resources(store: Store, name: str, items: list[tuple[str, str]], parsed:
 # -- gc -----------------------------------------------------------------------------------------
 def gc(store: Store) -> list[str]:
     """Remove what crashes left: half-made guests, stale run state, container state dirs,
-    empty cgroups under the parent, disk mounts and loop devices of guests not running."""
+    empty cgroups under the parent, disk mounts and loop devices of guests not running, the
+    template use entries of berth runs gone."""
     from berth.runtime import state as st
 
     done: list[str] = []
@@ -708,6 +709,10 @@ def gc(store: Store) -> list[str]:
                 except FileNotFoundError:
                     continue  # another gc, or its guest's destroy, took it
                 done.append(f"removed record {f[:-5]}")
+    from berth.rootfs import template
+
+    # Use entries of berth runs killed -9 (a replace ignores them too: berth.rootfs.template).
+    done += [f"removed stale template use entry {p}" for p in template.prune_runs(store.root)]
     done += _gc_loops(store, names)
     done += _gc_ids(store, names)
     done += _gc_cgroups(store, names)

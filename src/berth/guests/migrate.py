@@ -200,10 +200,17 @@ def checkpoint(
             "pid": c.pid,
             "start_time": (c.data.get("berth") or {}).get("start_time"),
             "leave_running": leave_running,
-            "paused": c.status() == "paused",  # (else a frozen cgroup after a kill is CRIU's)
+            "paused": c.status() == "paused",
+            # CRIU is told to freeze the cgroup (else it seizes the processes: a frozen cgroup
+            # after a kill is not CRIU's to thaw; see _unstick).
+            "criu_freezes": False,
             "time": time.time(),
         }
         atomic_write(_pending_path(store, name), json.dumps(pend), durable=False)
+
+        def freezes() -> None:  # in the mark before CRIU runs
+            pend.update(criu_freezes=True)
+            atomic_write(_pending_path(store, name), json.dumps(pend), durable=False)
 
         def spawned(pid: int) -> None:  # CRIU's, in the mark: a berth killed leaves it at work
             pend.update(criu_pid=pid, criu_start=_proc_start(pid))
@@ -228,6 +235,7 @@ def checkpoint(
                 on_post_dump=lambda: fault("checkpoint:post-dump"),
                 on_spawn=spawned,
                 on_written=lambda: fault("checkpoint:posted"),
+                on_freeze=freezes,
             )
         except BaseException:
             store.update_run(name, dumping=False)
@@ -239,9 +247,10 @@ def checkpoint(
 
 
 # A checkpoint under way (or cut short) of a guest: {"id", "new", "images", "pid",
-# "start_time", "leave_running", "time", "criu_pid", "criu_start"} (see checkpoint); after a settle that found the guest's
-# processes ended without a whole dump, {"lost": true, "time", "images"}: restore refuses those
-# images (another image directory, say of a migration, is not older than the lost state).
+# "start_time", "leave_running", "paused", "criu_freezes", "time", "criu_pid", "criu_start"}
+# (see checkpoint); after a settle that found the guest's processes ended without a whole dump,
+# {"lost": true, "time", "images"}: restore refuses those images (another image directory, say
+# of a migration, is not older than the lost state).
 PENDING = ".checkpoint.pending"
 
 
@@ -367,7 +376,7 @@ def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
             or not (_posted(new, dump_id) or (not os.path.lexists(new) and _posted(images, dump_id)))
         ):
             if alive:
-                _unstick(rec, pend, new)
+                _unstick(store, name, rec, pend, new)
             if new:
                 _drop_dir(new)
             store.update_run(name, dumping=False)
@@ -397,15 +406,14 @@ def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
     return done
 
 
-def _unstick(rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
+def _unstick(store: Store, name: str, rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
     """What a CRIU killed while the guest's processes were stopped left on a guest that runs
-    on: its connection lock table, its cgroup frozen (--freeze-cgroup; not a guest paused
-    before the checkpoint)."""
+    on: its connection lock table, its cgroup frozen.  Thawed only if :func:`thaws_criu_freeze`."""
     from berth.runtime import checkpoint as ck
 
     if new and os.path.isdir(new):
         ck.drop_lock_table(new)
-    if rec.get("cgroup") and not pend.get("paused"):
+    if rec.get("cgroup") and thaws_criu_freeze(pend, _recorded_status(store, name)):
         from berth.cgroups import open_cgroup
 
         try:
@@ -414,6 +422,28 @@ def _unstick(rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
                 cg.thaw()
         except (BerthError, OSError):
             pass
+
+
+def thaws_criu_freeze(pend: dict[str, Any], recorded: str | None) -> bool:
+    """Is a frozen cgroup of a guest whose checkpoint ``pend`` was cut short CRIU's freeze, to
+    be thawed?  Only if CRIU was told to freeze it (``criu_freezes``; a mark of an older berth
+    has no such key: it may have), the guest was not paused before the checkpoint
+    (``paused``), and its runtime state does not say an operator paused it since
+    (``recorded``: ``berth-runtime pause`` writes "paused"; CRIU's freeze leaves "running").
+    A hand-written ``cgroup.freeze`` of a guest whose CRIU froze it cannot be told apart."""
+    from berth.runtime import state as st
+
+    return bool(pend.get("criu_freezes", True)) and not pend.get("paused") and recorded != st.PAUSED
+
+
+def _recorded_status(store: Store, name: str) -> str | None:
+    """The status the guest's runtime state records (not the one its cgroup shows)."""
+    from berth.runtime import state as st
+
+    try:
+        return str(st.read(store.state_root, name).get("status"))
+    except (BerthError, OSError):
+        return None
 
 
 def _drop_stale(images: str) -> None:

@@ -5,6 +5,11 @@ A state directory without state.json is what a create killed in its first millis
 ``delete`` removes it, forced or not, once no process that could be that create is alive (a
 berth process naming the id: a create under way writes its state.json shortly); then it
 succeeds with a warning.
+
+Every ``delete`` also takes up to :data:`SWEEP_LIMIT` tombstones (``.gone-PID-…``:
+:func:`berth.runtime.state.remove_tree`) that removers killed half-way left under ``--root``
+(nobody runs ``berth gc`` on a client's root: podman's, containerd's): bounded work, done after
+the delete itself, whose outcome it never changes.
 """
 
 from __future__ import annotations
@@ -19,13 +24,31 @@ if TYPE_CHECKING:
 
 
 def main(ctx: Context, argv: list[str]) -> int:
-    from berth.errors import NotFoundError
     from berth.runtime import state as st
-    from berth.runtime.container import Container
 
     opts, rest = parse(argv, flags={"force": "force", "f": "force"})
     cid = need_id(rest, "delete")
     force = bool(opts.get("force"))
+    try:
+        _delete(ctx, cid, force)
+    finally:
+        try:
+            st.sweep(ctx.root, limit=SWEEP_LIMIT)  # what killed removers left (the module's doc)
+        except OSError:
+            pass  # (the root unreadable: the delete's own outcome stands)
+    return 0
+
+
+#: Tombstones of killed removers one ``delete`` removes at most (each is what remained of one
+#: container's state directory: small; every container's delete takes some).
+SWEEP_LIMIT = 4
+
+
+def _delete(ctx: Context, cid: str, force: bool) -> None:
+    from berth.errors import NotFoundError
+    from berth.runtime import state as st
+    from berth.runtime.container import Container
+
     try:
         c = Container.load(ctx.root, cid)
     except NotFoundError:
@@ -38,9 +61,8 @@ def main(ctx: Context, argv: list[str]) -> int:
         if not force:
             ctx.log.warn(f"container {cid!r}: removed the state directory an aborted create left")
         st.remove_tree(path)
-        return 0
+        return
     c.delete(force=force, warn=ctx.log.warn)
-    return 0
 
 
 def _aborted_create(path: str, cid: str) -> bool:

@@ -16,6 +16,15 @@ taken exclusively.  A ``berth run`` holds that lock shared (:func:`starting`) fr
 resolves the template until its state (which names the template) is written: a replace either
 sees it or has swapped before it mounted anything.  A guest of the store needs no such lock:
 its config names the template long before its start.
+
+A ``berth run`` of another state root (``BERTH_RUN``) on the same store has no state a replace
+looks at; and it holds the use lock only until its state is written.  So a ``berth run`` also
+records its use in the store (:data:`USERS`: ``templates/.<name>.users/<pid>-<start time>``,
+made while it holds the use lock, removed when the run ends: :meth:`Starting.ended`,
+:func:`run_ended`), and a replace refuses while one of those names a live process.  An entry
+whose process is gone (``berth run`` killed -9: its guest dies with it, by its parent-death
+signal) or whose pid is another process's now (another start time) is stale: ignored and removed
+by the replace and by ``berth gc`` (:func:`prune_runs`).
 """
 
 from __future__ import annotations
@@ -178,16 +187,170 @@ def _lock_file(store: str, name: str, kind: str) -> int:
     )
 
 
+#: The directory of a template's live ``berth run``\ s in the store: ``templates/.<name>.users``,
+#: one file ``<pid>-<start time>`` per run (its text: the run's name and state root).
+USERS = "users"
+
+
+def _users_dir(store: str, name: str) -> str:
+    return os.path.join(store, "templates", f".{name}.{USERS}")
+
+
+def _proc_start(pid: int) -> int | None:
+    """``pid``'s start time in clock ticks (field 22 of /proc/PID/stat); None if it is gone or
+    a zombie (a ``berth run`` that ended).  (berth.runtime.state has its twin: not importable
+    from this layer.)"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def entry_name(pid: int, start: int) -> str:
+    return f"{pid}-{start}"
+
+
+def parse_entry(entry: str) -> tuple[int, int] | None:
+    """(pid, start time) of a use entry's name; None for a name that is no entry's."""
+    pid, sep, start = entry.partition("-")
+    if not (sep and pid.isdigit() and start.isdigit() and int(pid) > 0):
+        return None
+    return int(pid), int(start)
+
+
+def entry_live(entry: str) -> bool:
+    """Does the use entry ``entry`` name a live process (its pid, with its start time)?"""
+    parsed = parse_entry(entry)
+    return parsed is not None and _proc_start(parsed[0]) == parsed[1]
+
+
+def _record_run(store: str, name: str, text: str) -> str:
+    """Record this process (a ``berth run``) as a user of template ``name``; the entry's path."""
+    d = _users_dir(store, name)
+    start = _proc_start(os.getpid())
+    assert start is not None
+    path = os.path.join(d, entry_name(os.getpid(), start))
+    for _ in range(5):
+        os.makedirs(d, 0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue  # the directory went with the last run that ended: made again
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        return path
+    raise FileNotFoundError(f"{d}: removed as fast as it was made")
+
+
+def _drop_entry(path: str) -> None:
+    """Remove a use entry, and its directory once empty (a run recording itself meanwhile
+    makes it again: :func:`_record_run`)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass  # others' entries in it (ENOTEMPTY), or gone
+
+
+def live_runs(store: str, name: str) -> list[str]:
+    """The live runs (``berth run``) of template ``name`` its use entries name, in words; the
+    stale entries (their process gone) are removed."""
+    d = _users_dir(store, name)
+    try:
+        entries = sorted(os.listdir(d))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in entries:
+        parsed = parse_entry(entry)
+        if parsed is None:
+            continue  # not one of ours: left alone
+        path = os.path.join(d, entry)
+        if not entry_live(entry):
+            _drop_entry(path)
+            continue
+        try:
+            with open(path, "rb") as f:
+                text = f.read(4096).decode(errors="replace")
+        except OSError:
+            text = ""
+        run, _, root = text.partition("\n")
+        root = root.strip()
+        who = f"berth run {run!r}" if run and run.isprintable() else "a berth run"
+        where = f", state root {root!r}" if root and root.isprintable() else ""
+        out.append(f"{who} (pid {parsed[0]}{where})")
+    return out
+
+
+def prune_runs(store: str) -> list[str]:
+    """Remove the stale use entries of every template in the store (``berth gc``); their paths."""
+    top = os.path.join(store, "templates")
+    try:
+        dirs = sorted(n for n in os.listdir(top) if n.startswith(".") and n.endswith(f".{USERS}"))
+    except FileNotFoundError:
+        return []
+    done = []
+    for n in dirs:
+        d = os.path.join(top, n)
+        try:
+            entries = os.listdir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if parse_entry(entry) is not None and not entry_live(entry):
+                _drop_entry(os.path.join(d, entry))
+                done.append(os.path.join(d, entry))
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    return done
+
+
+def run_ended(store: str) -> None:
+    """This process's use entries go (a ``berth run`` ended: ``berth _run-exit``, the same
+    process as the run, its pid and start time, after the C waiter)."""
+    top = os.path.join(store, "templates")
+    start = _proc_start(os.getpid())
+    try:
+        dirs = [n for n in os.listdir(top) if n.startswith(".") and n.endswith(f".{USERS}")]
+    except FileNotFoundError:
+        return
+    if start is None:
+        return
+    for n in dirs:
+        path = os.path.join(top, n, entry_name(os.getpid(), start))
+        if os.path.lexists(path):
+            _drop_entry(path)
+
+
 class Starting:
     """A ``berth run`` about to use template ``name``: its use lock held shared (see the module's
     doc) until :meth:`release`, called once its state is written.  The lock is dropped with
-    ``LOCK_UN`` (the guest's processes forked meanwhile share the descriptor until they exec)."""
+    ``LOCK_UN`` (the guest's processes forked meanwhile share the descriptor until they exec).
+    ``run``: the run's name and state root (a ``berth run``, not a guest of the store): its use
+    entry is recorded under the lock, and goes with :meth:`ended` (or :func:`run_ended`)."""
 
-    def __init__(self, store: str, name: str) -> None:
+    def __init__(self, store: str, name: str, run: tuple[str, str] | None = None) -> None:
         import fcntl
 
         self.fd: int | None = _lock_file(store, name, "use")
-        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        self.entry: str | None = None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+            if run is not None:
+                self.entry = _record_run(store, name, f"{run[0]}\n{run[1]}\n")
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         import fcntl
@@ -197,18 +360,24 @@ class Starting:
             os.close(self.fd)
             self.fd = None
 
+    def ended(self) -> None:
+        """The run ended (its guest and overlay gone): its use entry goes."""
+        if self.entry is not None:
+            _drop_entry(self.entry)
+            self.entry = None
 
-def starting(store: str, name: str) -> Starting | None:
-    """Hold template ``name``'s use lock shared (:class:`Starting`); None for a name that is
-    no template's, in the store or buildable (the template's lookup names the error: nothing
-    is left behind for it)."""
+
+def starting(store: str, name: str, run: tuple[str, str] | None = None) -> Starting | None:
+    """Hold template ``name``'s use lock shared (:class:`Starting`; ``run``: a ``berth run``'s
+    name and state root, recorded in the store); None for a name that is no template's, in the
+    store or buildable (the template's lookup names the error: nothing is left behind for it)."""
     try:
         check_template_name(name)
     except UsageError:
         return None
     if name not in TEMPLATES and not os.path.isdir(template_dir(store, name)):
         return None
-    return Starting(store, name)
+    return Starting(store, name, run)
 
 
 #: Seconds a replace waits for the starting ``berth run``\ s that hold a template's use lock.
@@ -239,8 +408,11 @@ def _lock_use(fd: int, name: str) -> None:
             time.sleep(0.05)
 
 
-def _refuse_if_used(name: str, users: Callable[[], str | None] | None) -> None:
+def _refuse_if_used(store: str, name: str, users: Callable[[], str | None] | None) -> None:
     who = users() if users is not None else None
+    if not who:
+        runs = live_runs(store, name)  # of any state root (a run of ours is in users() too)
+        who = runs[0] if runs else None
     if who:
         from berth.errors import InUseError
 
@@ -278,7 +450,7 @@ def _build_into(
 
             raise ExistsError(f"template {name!r} exists already (use --force to replace it)")
         if os.path.isdir(tdir):
-            _refuse_if_used(name, users)  # before a build of minutes: nothing made, nothing changed
+            _refuse_if_used(store, name, users)  # before a build of minutes: nothing made, nothing changed
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(store, "templates"))
         try:
             # The host's root's alone, as a guest's dir: an image's set-id files are not for the
@@ -292,7 +464,7 @@ def _build_into(
                 use = _lock_file(store, name, "use")
                 try:
                     _lock_use(use, name)  # no berth run between its look and its record
-                    _refuse_if_used(name, users)
+                    _refuse_if_used(store, name, users)
                     old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=os.path.join(store, "templates"))
                     os.rename(tdir, os.path.join(old, "t"))
                     os.rename(tmp, tdir)

@@ -508,6 +508,7 @@ def dump(
     on_post_dump: Callable[[], None] | None = None,
     on_spawn: Callable[[int], None] | None = None,
     on_written: Callable[[], None] | None = None,
+    on_freeze: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Checkpoint ``c`` into ``images``; the metadata written there as berth.json.
 
@@ -516,7 +517,9 @@ def dump(
     complete.  If this process dies before, CRIU resumes the processes (the action script of
     :func:`berth.runtime.criu.run` fails).  ``on_post_dump()``: called first at that step;
     ``on_spawn(pid)``: called with CRIU's pid once it runs (not for a pre-dump);
-    ``on_written()``: called at that step once berth.json is written.
+    ``on_written()``: called at that step once berth.json is written.  ``on_freeze()``: called
+    before CRIU runs if CRIU is to freeze the container's cgroup (``--freeze-cgroup``): a CRIU
+    killed then leaves it frozen.
 
     ``parent``: an earlier pre-dump's image dir (relative paths are taken from ``images``).
     ``criu_args``: more options for ``criu dump`` (berth-runtime's external mounts and namespaces).
@@ -591,6 +594,8 @@ def dump(
     # when every process descends from the init, seizing them with ptrace is as complete.
     if freezer and status == st.RUNNING and not _all_in_tree(c.pid, pids):
         args += ["--freeze-cgroup", freezer]
+        if on_freeze is not None:
+            on_freeze()
     meta = {
         "version": 1,
         "id": c.id,

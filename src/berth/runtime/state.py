@@ -82,21 +82,25 @@ def remove_tree(path: str) -> None:
     _remove(grave)
 
 
-def sweep(root: str) -> list[str]:
-    """Remove the tombstones under ``root`` whose remover (the pid in their name) is gone; the
-    paths removed."""
-    done = []
+def sweep(root: str, limit: int | None = None) -> list[str]:
+    """Remove the tombstones under ``root`` whose remover (the pid in their name) is gone, at
+    most ``limit`` of them (None: all); the paths removed.  One that cannot be removed (a mount
+    point in it: EBUSY) is left, and the others are still taken."""
+    done: list[str] = []
     try:
         entries = os.listdir(root)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     for entry in entries:
-        if not entry.startswith(TOMBSTONE):
+        if not entry.startswith(TOMBSTONE) or (limit is not None and len(done) >= limit):
             continue
         pid = entry[len(TOMBSTONE) :].split("-", 1)[0]
         if pid.isdigit() and proc_start_time(int(pid)) is not None:
             continue  # its remover is at it
-        _remove(os.path.join(root, entry))
+        try:
+            _remove(os.path.join(root, entry))
+        except OSError:
+            continue
         done.append(os.path.join(root, entry))
     return done
 
