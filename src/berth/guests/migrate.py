@@ -935,8 +935,8 @@ def migrate(
         if live:
             why = ck.can_pre_dump(criu)
             s.send_json({"precopy": "upper", "memory": why is None, "why": why})
-            before = transfer.manifest(upper)  # before the copy: what changes during it goes again
-            transfer.send_tree(s, {"upper": upper})
+            # What was sent, each entry's stat as read: what changed since, or was skipped, goes again.
+            before = transfer.send_tree(s, {"upper": upper})["upper"]
             times["precopy"] = time.monotonic() - t0
         t_freeze = time.monotonic()
         with store.lock(name):

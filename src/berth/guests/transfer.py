@@ -14,12 +14,17 @@ of its type; no block device, no character device but a guest's usual ones), int
 directory nothing uses before the stream's digest has been checked.  No frame longer than
 :data:`MAX_FRAME` (a file's data: :data:`CHUNK`) is read, whatever length the peer claims.
 
-**Delta of the upper layer.**  :func:`manifest` records each entry's (type, inode, size, mtime,
-ctime) while the pre-copy tar is made.  After the freeze, :func:`delta` lists what changed: new
-or changed entries (sent again), and entries gone or changed type (removed on the destination
-first).  An entry whose ctime is later than one second before the pre-copy began is sent again
-even if its stat looks the same: the kernel's file times are coarse (a write just after the
-pre-copy read it can keep the same ctime), and a file being written then is likely dirty anyway.
+**The sender reads through directory descriptors** (:mod:`berth.guests.fdwalk`): the pre-copy
+reads a guest's upper layer while the guest runs and may swap any directory of it for a symlink;
+no path below a tree's root is ever resolved by name from ``/``, so nothing outside it is read.
+
+**Delta of the upper layer.**  :func:`send_tree` returns the manifest of what it sent: each
+entry's (type, inode, size, mtime, ctime, mode) as read.  After the freeze, :func:`delta` lists
+what changed: new or changed entries (sent again: also any the pre-copy skipped because it
+changed under it), and entries gone or changed type (removed on the destination first).  An
+entry whose ctime is later than one second before the pre-copy began is sent again even if its
+stat looks the same: the kernel's file times are coarse (a write just after the pre-copy read it
+can keep the same ctime), and a file being written then is likely dirty anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import struct
 import time
 
 from berth.errors import BerthError
+from berth.guests import fdwalk
 from berth.linux.statfs import no_room
 
 TYPE_CHECKING = False
@@ -117,29 +123,13 @@ _KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR:
 _KINDS[stat.S_IFIFO] = "p"
 
 
-def _xattrs(path: str) -> dict[str, str]:
-    """The entry's extended attributes (overlay's opaque and redirect marks, file caps), hex."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for n in names:
-        try:
-            out[n] = os.getxattr(path, n, follow_symlinks=False).hex()
-        except OSError:
-            continue
-    return out
-
-
-def _send_entry(s: Stream, path: str, arc: str, links: dict[tuple[int, int], str]) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
+def _send_entry(s: Stream, e: fdwalk.Entry, arc: str, links: dict[tuple[int, int], str]) -> bool:
+    """Send the entry ``e`` (read through the walk's descriptors: :mod:`berth.guests.fdwalk`)
+    as ``arc``; False if there was nothing to send (a socket, or a symlink gone under us)."""
+    st = e.st
     kind = _KINDS.get(stat.S_IFMT(st.st_mode))
     if kind is None:
-        return  # sockets: nothing to keep
+        return False  # sockets: nothing to keep
     head: dict[str, Any] = {
         "n": arc,
         "t": kind,
@@ -153,50 +143,74 @@ def _send_entry(s: Stream, path: str, arc: str, links: dict[tuple[int, int], str
         if first != arc:
             head.update(t="h", l=first)
             s.send_json(head)
-            return
+            return True
     if kind == "l":
-        head["l"] = os.readlink(path)
+        try:
+            head["l"] = e.readlink()
+        except OSError:
+            return False  # it changed since: the delta after the freeze sends what is there
     elif kind in "cb":
         head["r"] = st.st_rdev
-    x = _xattrs(path)
+    x = e.xattrs()
     if x:
-        head["x"] = x
+        head["x"] = {n: v.hex() for n, v in x.items()}
     if kind != "f":
         s.send_json(head)
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        head["s"] = size
-        s.send_json(head)
-        left = size
-        while left > 0:  # exactly the size announced, even if the file changes under us
-            data = os.read(fd, min(CHUNK, left)) or bytes(min(CHUNK, left))
-            s.send(data)
-            left -= len(data)
-    finally:
-        os.close(fd)
+        return True
+    head["s"] = size = st.st_size
+    s.send_json(head)
+    left = size
+    while left > 0:  # exactly the size announced, even if the file changes under us
+        data = os.read(e.fd, min(CHUNK, left)) or bytes(min(CHUNK, left))
+        s.send(data)
+        left -= len(data)
+    return True
 
 
 def send_tree(
     s: Stream, paths: dict[str, str], *, only: Iterable[str] | None = None, skip: frozenset[str] = frozenset()
-) -> None:
+) -> dict[str, dict[str, Any]]:
     """Send directory trees (``{top name: path}``) entry by entry: a JSON header frame each
     (name, type, mode, owner, mtime, xattrs, link target or device), a regular file's bytes in
     frames after it, an empty frame at the end.  ``only``: the entries of ``upper`` to send
     (relative paths, for a delta: :func:`delta`); ``skip``: entries (``top/rel``) sent already
-    (by a :class:`Tail`)."""
+    (by a :class:`Tail`).  Every tree is read through directory descriptors from its root down
+    (:mod:`berth.guests.fdwalk`), never by path: a running guest that swaps a directory of its
+    upper layer for a symlink makes the walk skip it, not read the host's files.
+
+    Returns, per top name, the manifest of what was sent (:func:`manifest`'s shape: each entry's
+    stat as read, and when the walk began), which :func:`delta` compares against after the
+    freeze: whatever the walk skipped or read before a change goes again."""
     links: dict[tuple[int, int], str] = {}
+    out: dict[str, dict[str, Any]] = {}
     for arc, root in paths.items():
-        _send_entry(s, root, arc, links)
+        entries: dict[str, tuple[int, ...]] = {}
+        out[arc] = {"started": time.time_ns(), "entries": entries}
         if only is not None and arc == "upper":
-            rels: Iterable[str] = sorted(only)
-        else:
-            rels = _walk(root)
-        for rel in rels:
-            if f"{arc}/{rel}" not in skip:
-                _send_entry(s, os.path.join(root, rel), f"{arc}/{rel}", links)
+            with fdwalk.Lookup(root) as look:
+                top = fdwalk.root(root)
+                try:
+                    _send_entry(s, top, arc, links)
+                finally:
+                    top.close()
+                for rel in sorted(only):
+                    if f"{arc}/{rel}" in skip:
+                        continue
+                    e = look.get(rel)
+                    if e is None:
+                        continue
+                    try:
+                        if _send_entry(s, e, f"{arc}/{rel}", links):
+                            entries[rel] = _key(e.st)
+                    finally:
+                        e.close()
+            continue
+        for e in fdwalk.walk(root):
+            name = f"{arc}/{e.rel}" if e.rel else arc
+            if name not in skip and _send_entry(s, e, name, links) and e.rel:
+                entries[e.rel] = _key(e.st)
     s.send(b"")
+    return out
 
 
 class Tail:
@@ -213,7 +227,11 @@ class Tail:
         import threading
 
         self._stop = threading.Event()
-        _send_entry(s, root, arc, {})  # its directory first: the appends go into it
+        top = fdwalk.root(root)  # its directory first: the appends go into it
+        try:
+            _send_entry(s, top, arc, {})
+        finally:
+            top.close()
 
     @property
     def sent(self) -> frozenset[str]:
@@ -248,15 +266,6 @@ class Tail:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _walk(root: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            out.append(os.path.relpath(os.path.join(dirpath, n), root))
-    return out
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -520,47 +529,36 @@ def _key(st: os.stat_result) -> tuple[int, ...]:
 
 
 def manifest(root: str) -> dict[str, Any]:
-    """What :func:`delta` compares against: each entry's stat key, and when it was taken."""
+    """What :func:`delta` compares against: each entry's stat key, and when it was taken (the
+    tree read as :func:`send_tree` reads it; a migration uses the manifest send_tree returns)."""
     started = time.time_ns()
     entries: dict[str, tuple[int, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            path = os.path.join(dirpath, n)
-            try:
-                entries[os.path.relpath(path, root)] = _key(os.lstat(path))
-            except FileNotFoundError:
-                continue
+    for e in fdwalk.walk(root, read=False):
+        if e.rel:
+            entries[e.rel] = _key(e.st)
     return {"started": started, "entries": entries}
 
 
 def delta(root: str, before: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(entries to send again, entries to remove on the destination) since ``before``."""
+    """(entries to send again, entries to remove on the destination) since ``before`` (the
+    tree walked through directory descriptors: :mod:`berth.guests.fdwalk`).  A directory whose
+    ctime is recent goes again too (its header: mode, owner, times), as a file does."""
     old: dict[str, tuple[int, ...]] = before["entries"]
     recent = before["started"] - SLACK_NS
     send: list[str] = []
     seen: set[str] = set()
     remove: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            path = os.path.join(dirpath, n)
-            rel = os.path.relpath(path, root)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            seen.add(rel)
-            key = _key(st)
-            was = old.get(rel)
-            if stat.S_ISDIR(st.st_mode):
-                if was != key:  # new, or entries added or removed: its mode, owner and times
-                    send.append(rel)
-                    if was is not None and was[0] != key[0]:
-                        remove.append(rel)
-                continue
-            if was is None or was != key or st.st_ctime_ns >= recent:
-                send.append(rel)
-                if was is not None and was[0] != key[0]:
-                    remove.append(rel)
+    for e in fdwalk.walk(root, read=False):
+        rel, st = e.rel, e.st
+        if not rel:
+            continue
+        seen.add(rel)
+        key = _key(st)
+        was = old.get(rel)
+        if was is None or was != key or st.st_ctime_ns >= recent:
+            send.append(rel)
+            if was is not None and was[0] != key[0]:
+                remove.append(rel)
     remove += [rel for rel in old if rel not in seen]
     return send, remove
 
