@@ -236,6 +236,80 @@ def test_trim_falls_back_to_copytruncate_on_tmpfs(tmp_path: Path, unique: str) -
     assert f"{unique}-log" not in Path("/proc/self/mountinfo").read_text()
 
 
+# -- blocks allocated past the end (fallocate KEEP_SIZE): freed, on files and with guestd ------
+def _keep_size(fd: int, length: int) -> None:
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, length), as a guest can on its stdout."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, 1, 0, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@pytest.mark.parametrize("fs", ["ext4", "tmpfs"])
+def test_free_past_eof_frees_what_keep_size_allocated(tmp_path: Path, unique: str, fs: str) -> None:
+    """ftruncate to its own size frees the blocks past the end (fallocate PUNCH_HOLE past the end
+    does not on ext4); what the log holds stays, and its writers append on."""
+    d = tmp_path
+    if fs == "tmpfs":
+        d = tmp_path / "tmpfs"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", f"{unique}-eof", str(d)], check=True)
+    try:
+        path = d / "console.log"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, b"before\n" * 1000)
+            _keep_size(fd, 64 << 20)
+            st = path.stat()
+            assert st.st_size == 7000 and st.st_blocks * 512 >= 64 << 20
+            freed = consolelog.free_past_eof(str(path))
+            st = path.stat()
+            assert freed >= (64 << 20) - (64 << 10) and st.st_blocks * 512 <= 16 << 10, st
+            os.write(fd, b"after\n")
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == b"before\n" * 1000 + b"after\n"
+        assert consolelog.free_past_eof(str(d / "gone.log")) == 0
+    finally:
+        if fs == "tmpfs":
+            subprocess.run(["umount", str(d)], check=True)
+    assert f"{unique}-eof" not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_guestd_frees_what_a_guest_allocates_past_its_log(log_guests: Guests, probe_bin: Path) -> None:
+    """R20: a guest (here an unprivileged --userns auto one with a 64k log limit) allocates
+    64 MiB of the store's filesystem past the end of its console log (its stdout), whose size
+    stays small; guestd frees it at its next look and the log keeps what the guest wrote."""
+    g = log_guests
+    n = g.name("keep")
+    again = "while sleep 0.1; do if [ -e /again ]; then rm /again; /probe fallocate 1 67108864; fi; done"
+    g("create", n, "--no-lxcfs", "--log-max", "64k", "--cmd",
+      f"sh -c 'echo before; /probe fallocate 1 67108864; echo after; {again}'")  # fmt: skip
+    dest = g.store / "guests" / n / "upper" / "probe"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(probe_bin.read_bytes())
+    os.chmod(dest, 0o755)
+    g("start", n)
+    log = g.store / "guests" / n / "console.log"
+    g.wait(lambda: "after" in log.read_text(), what="the guest's fallocate")
+    assert "fallocate: done" in log.read_text()
+
+    def freed() -> bool:
+        st = log.stat()
+        return st.st_blocks * 512 <= st.st_size + (16 << 10)
+
+    g.wait(freed, timeout=10, what="guestd to free what the log held past its end")
+    assert g("logs", n).stdout.splitlines() == ["before", "fallocate: done", "after"]
+    # ... and again, every time the guest does it.
+    g("exec", n, "--", "touch", "/again")
+    g.wait(lambda: log.read_text().count("fallocate: done") == 2, what="the guest's second fallocate")
+    g.wait(freed, timeout=10, what="guestd to free it again")
+    assert g("logs", n).stdout.splitlines() == ["before", "fallocate: done", "after", "fallocate: done"]
+
+
 # -- with guestd on a tmpfs store, and across a checkpoint -------------------------------------
 @pytest.fixture
 def tmpfs_host(tmp_path: Path, prefix: str, unique: str, berth_env: dict[str, str]):

@@ -22,6 +22,7 @@
 #include <linux/reboot.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,8 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +66,7 @@ static const char *errname(int e)
     case ENODEV: return "ENODEV";
     case ENXIO: return "ENXIO";
     case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ECONNREFUSED: return "ECONNREFUSED";
     default: return "E?";
     }
 }
@@ -384,6 +388,43 @@ static int cmd_keyctl(void)
     verdict("add_key", syscall(SYS_add_key, "user", "probe", "x", 1, KEY_SPEC_PROCESS_KEYRING));
     verdict("keyctl", syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, "probe"));
     return done();
+}
+
+/* The session keyring this process has: its id, and the description of every key it holds
+ * (`key: ID DESCRIPTION`).  A guest must never hold its starter's.  Needs keyctl (seccomp). */
+static int cmd_keyring(void)
+{
+    long id = syscall(SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0);
+    if (id < 0) {
+        printf("keyring: denied %s (%d)\n", errname(errno), errno);
+        return 0;
+    }
+    printf("keyring: %ld\n", id);
+    int ids[256];
+    long n = syscall(SYS_keyctl, KEYCTL_READ, id, ids, sizeof ids);
+    if (n < 0) {
+        printf("keyring-read: denied %s (%d)\n", errname(errno), errno);
+        return 0;
+    }
+    printf("keyring-keys: %ld\n", n / (long)sizeof ids[0]);
+    for (long i = 0; i < n / (long)sizeof ids[0] && i < 256; i++) {
+        char desc[512];
+        long d = syscall(SYS_keyctl, KEYCTL_DESCRIBE, ids[i], desc, sizeof desc);
+        if (d > 0 && (size_t)d <= sizeof desc)
+            printf("key: %d %s\n", ids[i], desc);
+        else
+            printf("key: %d (describe %s)\n", ids[i], d < 0 ? errname(errno) : "too long");
+    }
+    return 0;
+}
+
+/* fallocate(FD, FALLOC_FL_KEEP_SIZE, 0, LEN): allocate past the end of an open file (the
+ * guest's stdout, the console log of a created guest) without changing its size. */
+static int cmd_fallocate(const char *fd, const char *len)
+{
+    long r = fallocate(atoi(fd), 0x01 /* FALLOC_FL_KEEP_SIZE */, 0, atoll(len));
+    printf("fallocate: %s\n", r == 0 ? "done" : errname(errno));
+    return r == 0 ? 0 : 2;
 }
 
 static int cmd_bpf(void)
@@ -813,13 +854,79 @@ static int cmd_cwd(void)
     return 0;
 }
 
+/* An abstract unix socket address "\0NAME"; its length. */
+static socklen_t abstract_addr(struct sockaddr_un *a, const char *name)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    size_t n = strlen(name);
+    if (n > sizeof a->sun_path - 1)
+        n = sizeof a->sun_path - 1;
+    memcpy(a->sun_path + 1, name, n);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+/* Connect to the abstract socket NAME (ECONNREFUSED: not listening yet, tried again for 5 s);
+ * "abstract-connect: ALLOWED" (exit 1) or "abstract-connect: denied EPERM (1)" (exit 0). */
+static int cmd_abstract_connect(const char *name)
+{
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a, name);
+    long ret = -1;
+    for (int i = 0; i < 500; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            perror("socket");
+            return 2;
+        }
+        ret = connect(fd, (struct sockaddr *)&a, len);
+        int err = errno;
+        close(fd);
+        errno = err;
+        if (ret == 0 || err != ECONNREFUSED)
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        errno = err;
+    }
+    verdict("abstract-connect", ret);
+    return done();
+}
+
+/* Listen on the abstract socket NAME and accept connections for SECONDS (default 10: then
+ * SIGALRM ends it). */
+static int cmd_abstract_serve(int argc, char **argv)
+{
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a, argv[0]);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, len) < 0 || listen(fd, 16) < 0) {
+        printf("abstract-serve: %s\n", errname(errno));
+        return 2;
+    }
+    printf("abstract-serve: listening\n");
+    fflush(stdout);
+    alarm(argc > 1 ? (unsigned)atoi(argv[1]) : 10);
+    for (;;) {
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) {
+            printf("abstract-serve: %s\n", errname(errno));
+            return 2;
+        }
+        printf("abstract-serve: accepted\n");
+        fflush(stdout);
+        close(c);
+    }
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: probe caps|seccomp|nnp|id|fds|chroot-escape MARKER|mount|raw-mount-proc|"
                     "mknod-block [b|c MAJ MIN]|init-module|finit-module|reboot|kexec|sysrq|core-pattern|"
-                    "kcore [FILE..]|keyctl|bpf|perf|ptrace-init|unshare-user|sys-write|hostname|hostname-set|"
+                    "kcore [FILE..]|keyctl|keyring|fallocate FD LEN|bpf|perf|ptrace-init|unshare-user|sys-write|hostname|hostname-set|"
                     "ipc-list [KEY]|net-links|zombies [N]|pids|sleep-term|trap-term|tty|statfs PATH..|"
-                    "cat FILE..|ls DIR..|write FILE..|env NAME..|cwd|exit N|kill-self SIG\n");
+                    "cat FILE..|ls DIR..|write FILE..|env NAME..|cwd|exit N|kill-self SIG|"
+                    "abstract-connect NAME|abstract-serve NAME [SECONDS]\n");
     return 2;
 }
 
@@ -848,6 +955,8 @@ int main(int argc, char **argv)
     if (!strcmp(c, "core-pattern")) return cmd_core_pattern();
     if (!strcmp(c, "kcore")) return cmd_kcore(n, rest);
     if (!strcmp(c, "keyctl")) return cmd_keyctl();
+    if (!strcmp(c, "keyring")) return cmd_keyring();
+    if (!strcmp(c, "fallocate") && n == 2) return cmd_fallocate(rest[0], rest[1]);
     if (!strcmp(c, "bpf")) return cmd_bpf();
     if (!strcmp(c, "perf")) return cmd_perf();
     if (!strcmp(c, "ptrace-init")) return cmd_ptrace_init();
@@ -868,6 +977,8 @@ int main(int argc, char **argv)
     if (!strcmp(c, "write")) return cmd_write(n, rest);
     if (!strcmp(c, "env")) return cmd_env(n, rest);
     if (!strcmp(c, "cwd")) return cmd_cwd();
+    if (!strcmp(c, "abstract-connect") && n == 1) return cmd_abstract_connect(rest[0]);
+    if (!strcmp(c, "abstract-serve") && (n == 1 || n == 2)) return cmd_abstract_serve(n, rest);
     if (!strcmp(c, "exit") && n == 1) return atoi(rest[0]);
     if (!strcmp(c, "kill-self") && n == 1) {
         fflush(stdout);

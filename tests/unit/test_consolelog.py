@@ -110,3 +110,20 @@ def test_a_reader_that_lost_the_rest_of_a_line_ends_it(tmp_path) -> None:
         assert reader.read() == b""
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("size", "allocated", "limit", "over"),
+    [
+        (6000, 8192, 256 << 10, False),  # a plain log: its last block
+        (100 << 10, (100 << 10) + (1 << 20), 64 << 10, False),  # EOF_SLACK past its end: kept
+        (100 << 10, (100 << 10) + (1 << 20) + 4096, 64 << 10, True),  # one block more: freed
+        (6000, 64 << 20, 16 << 20, True),  # fallocate KEEP_SIZE of 64 MiB
+        (6000, 8 << 20, 16 << 20, False),  # below the limit past the end (xfs preallocates so)
+        (6000, (16 << 20) + 6001, 16 << 20, True),
+        (6000, 2 << 20, None, True),  # no limit (-1): EOF_SLACK
+        (1 << 30, 4096, 16 << 20, False),  # sparse (truncated up): nothing allocated past the end
+    ],
+)
+def test_over_allocated(size: int, allocated: int, limit: int | None, over: bool) -> None:
+    assert cl.over_allocated(size, allocated, limit) is over

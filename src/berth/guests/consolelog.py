@@ -19,6 +19,14 @@ above the guest's limit (``--log-max``, the ``berth.log.max`` annotation of its 
   a follower misses what came between its last read and the truncation (it is in
   ``console.log.1``); the log and ``console.log.1`` hold at most 1.75 times the limit.
 
+The same look frees what the log holds allocated past its end: the guest holds the file open for
+writing, so it can ``fallocate(FALLOC_FL_KEEP_SIZE)`` gigabytes of the store's filesystem on it
+while its size stays small (its ``--disk`` quota does not cover the store).  Above
+:func:`over_allocated`'s slack guestd truncates the log to its own size, which frees the blocks
+past the end on ext4 and tmpfs (``FALLOC_FL_PUNCH_HOLE`` past the end frees nothing on ext4).  A
+guest writing between that ``fstat`` and ``ftruncate`` (microseconds) loses what it wrote then:
+only a guest that allocates past the end of its log meets that.
+
 So the log stays below its limit plus what the guest writes in one check interval.  Without
 guestd (killed) nothing is bounded until a berth command starts it again (``berth list``, any
 start): it adopts the running guests and bounds their logs at its first look.
@@ -43,6 +51,7 @@ CHECK = 1.0  #: seconds between two looks at a guest's log
 XATTR = "user.berth.log"
 OLD = ".1"  #: suffix of the copy the copytruncate fallback keeps
 _BUSY_WAIT = 1.0  # seconds a reader waits for a trim to end (one killed half-way never does)
+EOF_SLACK = 1 << 20  #: bytes a log may hold allocated past its end (at least; see over_allocated)
 
 
 def check_interval() -> float:
@@ -255,6 +264,33 @@ def _copytruncate(fd: int, path: str, keep: int) -> tuple[int, int]:
     return pos, min(end, pos) - start
 
 
+def over_allocated(size: int, allocated: int, limit: int | None) -> bool:
+    """Whether a log of ``size`` bytes holding ``allocated`` bytes of disk (``st_blocks * 512``)
+    has more allocated past its end than it may: :data:`EOF_SLACK` or its ``limit`` (the larger;
+    xfs preallocates past the end of a growing file by itself, up to about its size)."""
+    slack = EOF_SLACK if limit is None else max(EOF_SLACK, limit)
+    return allocated > size + slack
+
+
+def free_past_eof(path: str) -> int:
+    """Free the blocks the log at ``path`` holds past its end (``ftruncate`` to its own size):
+    the bytes of disk freed (0 if it is gone or not a regular file)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return 0
+        os.ftruncate(fd, st.st_size)  # the same size: ext4 and tmpfs drop what lies past it
+        return max(0, (st.st_blocks - os.fstat(fd).st_blocks) * 512)
+    finally:
+        os.close(fd)
+
+
 class Watch:
     """guestd's look at one running guest's log (:meth:`check`, every :func:`check_interval`)."""
 
@@ -265,15 +301,19 @@ class Watch:
         self.spec_mtime = -1
         self.limit: int | None = DEFAULT_MAX
         self.last_error = ""
+        self.freed = 0  # bytes allocated past the log's end freed so far (said once)
 
     def check(self) -> str | None:
-        """Trim the log if it is above its limit: a line for guestd's log, or None.  One ``stat``
-        while the log is below :data:`MIN_MAX` (the spec is read again only when it changed)."""
+        """Free what the log holds allocated past its end (:func:`over_allocated`), trim it if it
+        is above its limit: a line for guestd's log, or None.  One ``stat`` while the log is below
+        :data:`MIN_MAX` and holds no more than :data:`EOF_SLACK` past its end (the spec is read
+        again only when it changed)."""
         try:
-            size = os.stat(self.log).st_size
+            st = os.stat(self.log)
         except OSError:
             return None
-        if size <= MIN_MAX:
+        size, allocated = st.st_size, st.st_blocks * 512
+        if size <= MIN_MAX and allocated <= size + EOF_SLACK:
             return None
         try:
             mtime = os.stat(self.spec).st_mtime_ns
@@ -282,10 +322,13 @@ class Watch:
         if mtime != self.spec_mtime:  # `berth set --log-max` rebuilt it
             self.spec_mtime = mtime
             self.limit = spec_limit(self.spec)
-        if self.limit is None or size <= self.limit:
-            return None
+        freed = self._free() if over_allocated(size, allocated, self.limit) else None
+        trimmed = self._trim(self.limit) if self.limit is not None and size > self.limit else None
+        return "; ".join(note for note in (freed, trimmed) if note) or None
+
+    def _trim(self, limit: int) -> str | None:
         try:
-            note = trim(self.log, self.limit)
+            note = trim(self.log, limit)
         except OSError as e:
             msg = f"console log of {self.name}: {e}"
             if msg == self.last_error:  # said once, not every second
@@ -294,3 +337,23 @@ class Watch:
             return msg
         self.last_error = ""
         return f"{self.name}: {note}" if note else None
+
+    def _free(self) -> str | None:
+        """:func:`free_past_eof`; a line for guestd's log the first time (a guest doing it again
+        and again does not fill guestd's log), or on an error."""
+        try:
+            freed = free_past_eof(self.log)
+        except OSError as e:
+            msg = f"console log of {self.name}: freeing what it holds past its end: {e}"
+            if msg == self.last_error:
+                return None
+            self.last_error = msg
+            return msg
+        first = not self.freed
+        self.freed += freed
+        if first and freed:
+            return (
+                f"{self.name}: its console log held {freed} bytes allocated past its end "
+                "(fallocate KEEP_SIZE by the guest): freed (said once)"
+            )
+        return None
