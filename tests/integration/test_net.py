@@ -424,9 +424,30 @@ BINDER_C = r"""
 #include <sys/socket.h>
 #include <unistd.h>
 /* bind ADDR PORT | connect ADDR PORT : TCP; udp ADDR PORT : sendto() on an unbound UDP socket;
-   udpc ADDR PORT : connect() then send() on a UDP socket.  Print what happened and the local address. */
+   udpc ADDR PORT : connect() then send() on a UDP socket.  Print what happened and the local address.
+   udpsc ADDR PORT : sendto() on an unbound UDP socket, then connect() and send() on it.
+   listen 4|6 SECONDS : listen() on a TCP socket never bound; print its port, answer "guest" to
+   every connection for SECONDS. */
+static int listener(int v6, int secs) {
+    int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (s < 0 || listen(s, 8) < 0) { printf("listen %d: errno %d %s\n", v6 ? 6 : 4, errno, strerror(errno)); return 1; }
+    struct sockaddr_in6 a = {0};
+    socklen_t n = sizeof a;
+    getsockname(s, (void *)&a, &n);
+    printf("listening %d port %d\n", v6 ? 6 : 4, ntohs(a.sin6_port));  /* sin_port: same offset */
+    fflush(stdout);
+    alarm(secs);
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) return 1;
+        if (write(c, "guest\n", 6) < 0) return 1;
+        close(c);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
+    if (!strcmp(argv[1], "listen")) return listener(argv[2][0] == '6', atoi(argv[3]));
     int udp = argv[1][0] == 'u';
     int s = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     struct sockaddr_in a = {0};
@@ -438,6 +459,10 @@ int main(int argc, char **argv) {
         r = sendto(s, argv[1], strlen(argv[1]), 0, (void *)&a, sizeof a);
     else if (!strcmp(argv[1], "udpc"))
         r = connect(s, (void *)&a, sizeof a) < 0 ? -1 : send(s, argv[1], strlen(argv[1]), 0);
+    else if (!strcmp(argv[1], "udpsc")) {
+        r = sendto(s, "udpsc-sendto", 12, 0, (void *)&a, sizeof a);
+        if (r >= 0) r = connect(s, (void *)&a, sizeof a) < 0 ? -1 : send(s, "udpsc-send", 10, 0);
+    }
     else
         r = !strcmp(argv[1], "bind") ? bind(s, (void *)&a, sizeof a) : connect(s, (void *)&a, sizeof a);
     if (r < 0) { printf("%s %s: errno %d %s\n", argv[1], argv[2], errno, strerror(errno)); return 1; }
@@ -512,6 +537,73 @@ def test_ip_mode_unbound_udp_leaves_from_own_address(binder_rootfs, guests, net_
         sink.close()
     assert got == {"udp": own, "udpc": own}, (got, res)
     assert f"udpc 127.0.0.1: ok local {own}" in res.stdout, res
+    _assert_nothing_left(prefix)
+
+
+def _reach(addr: str, port: int) -> str:
+    """What a host client connecting to the guest's listener at ``addr`` gets: its greeting, or
+    why not (refused, or no answer: the SYN dropped)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as c:
+        c.settimeout(1.5)
+        try:
+            c.connect((addr, port))
+            return c.recv(16).decode().strip()
+        except OSError as e:
+            return type(e).__name__
+
+
+def test_ip_mode_unbound_listener_answers_only_on_own_address(binder_rootfs, guests, net_env, prefix) -> None:
+    """R20: listen() on a socket never bound binds it to 0.0.0.0 (or [::], dual-stack), and no
+    bind hook sees that: such a listener must answer on the guest's address only, never on the
+    host's 127.0.0.1 (or ::1)."""
+    own = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[24])
+    g = guests(
+        "--rootfs", str(binder_rootfs), "--net", f"ip:{own}", "--",
+        "sh", "-c", "/binder listen 4 20 & /binder listen 6 20 & wait",
+    )  # fmt: skip
+    ports = {}
+    for fam in ("4", "6"):
+        line = g.wait_for(rf"^listening {fam} port \d+", timeout=15 * SLOW)
+        ports[fam] = int(line.split()[-1])
+    got = {
+        (fam, addr): _reach(addr, port)
+        for fam, port in ports.items()
+        for addr in (own, "127.0.0.1", *(("::1",) if fam == "6" else ()))
+    }
+    assert got[("4", own)] == "guest" and got[("6", own)] == "guest", got  # its own address: served
+    assert all(v != "guest" for (_f, addr), v in got.items() if addr != own), got
+    g.proc.send_signal(signal.SIGTERM)
+    g.finish(timeout=20)
+    _assert_nothing_left(prefix)
+
+
+def test_ip_mode_udp_connected_after_sendto_keeps_own_address(binder_rootfs, guests, net_env, prefix) -> None:
+    """R20: a UDP socket bound implicitly by an unconnected sendto (to 0.0.0.0: the datagram's
+    source is rewritten, not the socket's), then connected, would send from the host's address:
+    that connect is refused, and nothing reaches the host from any address but the guest's."""
+    own = str(ipaddress.IPv4Network(net_env["BERTH_SUBNET"])[25])
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    try:
+        g = guests(
+            "--rootfs", str(binder_rootfs), "--net", f"ip:{own}", "--",
+            "sh", "-c", f"/binder udpsc 127.0.0.1 {port}; /binder udp 127.0.0.1 {port}",
+        )  # fmt: skip
+        res = g.finish(timeout=20 * SLOW)
+        sink.settimeout(0.5)
+        got = []
+        while True:
+            try:
+                data, (src, _sport) = sink.recvfrom(64)
+            except TimeoutError:
+                break
+            got.append((data.decode(), src))
+    finally:
+        sink.close()
+    assert "udpsc 127.0.0.1: errno 1 " in res.stdout, res  # the connect: EPERM
+    assert got == [("udpsc-sendto", own), ("udp", own)], (got, res)
     _assert_nothing_left(prefix)
 
 

@@ -124,7 +124,7 @@ def test_ruleset_shape() -> None:
 
 def test_bpf_programs_assemble() -> None:
     progs = ipisolate.programs(["10.9.0.2", "10.9.0.200"])
-    assert len(progs) == 7  # six sock_addr hooks and the raw-socket refusal (sock_create)
+    assert len(progs) == 9  # six sock_addr hooks, the raw-socket refusal (sock_create), two packet filters
     for _hook, name, code in progs:
         insns = unpack(code)
         assert name.startswith("berth_")
