@@ -68,6 +68,24 @@ class Host:
     def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return berth(self.env, *args, **kw)
 
+    def create_plain(self, name: str, script: str) -> None:
+        """Guest ``name`` running ``sh -c script`` as the migration tests make it: no network,
+        host ids, no lxcfs, no tini (what CRIU moves is the script's processes alone)."""
+        self(
+            "create",
+            name,
+            "--net",
+            "none",
+            "--userns",
+            "host",
+            "--no-lxcfs",
+            "--no-init",
+            "--",
+            "sh",
+            "-c",
+            script,
+        )
+
     def upper(self, name: str) -> Path:
         return self.store / "guests" / name / "upper"
 

@@ -161,20 +161,7 @@ def test_killed_before_the_images_are_whole_the_guest_runs_on(h: Host, unique: s
 def _counter_guest(h: Host, name: str) -> None:
     # A counter only (the default guest's open /replies grows: CRIU refuses to restore an
     # older checkpoint over it, and rightly so).
-    h(
-        "create",
-        name,
-        "--net",
-        "none",
-        "--userns",
-        "host",
-        "--no-lxcfs",
-        "--no-init",
-        "--",
-        "sh",
-        "-c",
-        COUNTER,
-    )
+    h.create_plain(name, COUNTER)
     h("start", name)
     wait(lambda: h.count(name) > 3, what="the counter")
     h("checkpoint", name)

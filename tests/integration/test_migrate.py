@@ -123,7 +123,7 @@ def test_upper_keeps_caps_setid_owners_and_xattrs(hosts: tuple[Host, Host], uniq
     layer and through the restored guest's root."""
     a, b = hosts
     name = f"{unique}-cap"
-    a("create", name, "--net", "none", "--userns", "host", "--no-lxcfs", "--no-init", "--", "sh", "-c", GUEST)
+    a.create_plain(name, GUEST)
     put_special_files(a.upper(name))
     a("start", name)
     wait(lambda: len(a.replies(name)) >= 3, what="the guest's client to get replies")

@@ -49,20 +49,7 @@ def _state(pid: int) -> str:
 def _start(h: Host, name: str) -> int:
     """The guest (host ids, no lxcfs, no tini: as the migration tests make it) started, its
     sleep stopped; the sleep's pid."""
-    h(
-        "create",
-        name,
-        "--net",
-        "none",
-        "--userns",
-        "host",
-        "--no-lxcfs",
-        "--no-init",
-        "--",
-        "sh",
-        "-c",
-        STOPPED_GUEST,
-    )
+    h.create_plain(name, STOPPED_GUEST)
     h("start", name)
     wait(lambda: len(h.replies(name)) >= 3, what="the guest's client to get replies")
     pid = wait(lambda: _sleeper(h, name), what="the guest's sleep")
