@@ -30,7 +30,9 @@ when it ends.  Exit status: the command's (128+N if killed by signal N); 125 ber
   --init / --no-init      put a minimal init (tini) in front of the command as pid 1 that reaps
                           zombies and forwards signals (default: on, unless COMMAND is an init)
   --cap-add CAP           add a capability (or ALL); --cap-drop CAP removes one (or ALL)
-  --security-opt OPT      seccomp=unconfined | seccomp=PROFILE.json | no-new-privileges[=false]
+  --security-opt OPT      seccomp=unconfined | seccomp=PROFILE.json | no-new-privileges[=false] |
+                          landlock=unconfined (--net host, ip:: let the guest reach the host's abstract
+                          unix sockets; needed to checkpoint or migrate such a guest)
   --read-only             mount the guest's root filesystem read-only
   --tmpfs PATH[:OPTS]     mount a fresh tmpfs at PATH (repeatable); OPTS: a size (64m) or docker's
                           size=64m,mode=1777,noexec,... (default: nosuid,nodev,mode=1777, half of RAM)
@@ -247,9 +249,24 @@ def _seccomp(o: dict[str, Any], caps: list[str]) -> tuple[Any, bool]:
                 seccomp = load_profile(val, set(caps), None)
         elif key == "no-new-privileges":
             nnp = val in ("", "true", "1")
+        elif key == "landlock":
+            if val != "unconfined":
+                raise UsageError("security-opt", f"landlock takes one value: unconfined (not {val!r})")
         else:
-            raise UsageError("security-opt", f"unknown option {opt!r} (seccomp=…, no-new-privileges)")
+            raise UsageError(
+                "security-opt", f"unknown option {opt!r} (seccomp=…, no-new-privileges, landlock=…)"
+            )
     return seccomp, nnp
+
+
+def _host_stack_scope(o: dict[str, Any]) -> bool:
+    """Does the guest get the Landlock scope on abstract unix sockets (berth.runtime.scope)?  A
+    guest on the host's network stack (host, ip:) shares the host's abstract socket names: yes,
+    unless ``--security-opt landlock=unconfined``.  A guest with its own network namespace sees
+    none of the host's (and --privileged is not narrowed: it keeps CAP_SYS_ADMIN anyway)."""
+    if not (o["net"] == "host" or o["net"].startswith("ip:")) or o["privileged"]:
+        return False
+    return not any(opt.partition("=")[0] == "landlock" for opt in o["security_opt"])
 
 
 def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
@@ -306,6 +323,10 @@ def build(o: dict[str, Any], name: str, store: str) -> tuple[dict[str, Any], str
         spec["mounts"] = [x for x in spec["mounts"] if x["destination"] != m["destination"]] + [m]
     if o["net"] == "host" or o["net"].startswith("ip:"):
         spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+    if _host_stack_scope(o):
+        from berth.runtime.scope import ABSTRACT_UNIX, ANNOTATION
+
+        spec.setdefault("annotations", {})[ANNOTATION] = ABSTRACT_UNIX
     if o["resources"]:
         from berth.cli import resources
 

@@ -133,6 +133,7 @@ from berth.guests import client, config, hostpower, instance, transfer
 from berth.guests.store import Store, atomic_write, check_name, fault, secure_dir
 from berth.guests.transfer import Stream
 from berth.runtime.checkpoint import REOPEN_DEVICES as ck_reopen_devices
+from berth.runtime.checkpoint import refuse_scoped as ck_refuse_scoped
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ def checkpoint(
     with store.lock(name):
         settle(store, name, wait=True)
         c, rec = _running_container(store, name)
+        ck_refuse_scoped(c.data, name)  # before anything is made
         spec = _spec(store, name)
         # Into a new directory beside ``images``, which replaces it only once the dump is whole:
         # an earlier checkpoint there is neither mixed into this one nor lost if this one fails.
@@ -572,6 +574,7 @@ def _restore_locked(
     meta = ck.read_meta(images)
     _check_delegation(name, spec, meta)
     _check_userns(name, spec, meta)
+    _check_scope(name, spec, meta)
     _check_filter_flags(name, images, program)
     bridged = net_opts is not None and net_opts.mode == "bridge"
     # A guest in its own user namespace: CRIU dumped its network namespace and makes it again
@@ -799,6 +802,27 @@ def _check_delegation(name: str, spec: dict[str, Any], meta: dict[str, Any]) -> 
         raise StateError(f"guest {name!r}: its checkpoint delegates the cgroup to ids not the guest's own")
 
 
+def _check_scope(name: str, spec: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A guest whose spec asks for a Landlock scope this kernel has (berth.runtime.scope) is not
+    restored from a checkpoint made without one (by an older berth, or another host's without
+    Landlock): CRIU would give its processes back unscoped, and nothing can scope them later."""
+    from berth.runtime import scope
+
+    asked = scope.wanted((spec.get("spec") or {}).get("annotations"))
+    if not asked:
+        return
+    from berth.linux.landlock import abi_version
+
+    scopes, _why = scope.decide(asked, abi_version())
+    state = meta.get("state") if isinstance(meta.get("state"), dict) else {}
+    if scopes and scope.applied(state) != scopes:
+        raise StateError(
+            f"guest {name!r}: its checkpoint was made without the Landlock scope its spec gives it "
+            f"({scope.names(scopes)}: a checkpoint of an older berth's); CRIU would restore it unscoped and "
+            "nothing can scope it later: start the guest afresh instead"
+        )
+
+
 class _Plug:
     """What berth.net's setup needs of a container: its id, a pid in its network namespace (the
     holder's or the restoring process's, until the restored init takes over) and its cgroup
@@ -912,6 +936,13 @@ def migrate(
         spec_text = f.read()
     # Its address now, for the destination to plug its veth in before the freeze.
     pid = int(store.read_run(name).get("pid") or 0)
+    if pid:
+        try:
+            running = _running_container(store, name)[0]
+        except (StateError, OSError):
+            running = None  # refused with its reason below
+        if running is not None:
+            ck.refuse_scoped(running.data, name)  # before the receiver is bothered
     net_now = _address(store, name, json.loads(spec_text), pid) if pid else {}
     sock = socket.create_connection(parse_addr(to), timeout=timeout)
     sock.settimeout(timeout)

@@ -42,6 +42,11 @@ def features() -> dict[str, Any]:
         "annotations": {
             "org.opencontainers.runtime-spec.features": "berth-runtime",
             "org.berth.rlimits": "strict: fail instead of lowering rlimits the host cannot grant",
+            "org.berth.landlock": (
+                "abstract-unix,signal (either or both): a Landlock scope, no connecting to abstract unix "
+                "sockets or signalling processes outside the container (for one without its own network "
+                "or pid namespace; Linux 6.12; such a container cannot be checkpointed)"
+            ),
         },
     }
 

@@ -54,7 +54,7 @@ import subprocess
 import time
 
 from berth.errors import BerthError, StateError, UnsupportedError
-from berth.runtime import ckuserns, extmounts
+from berth.runtime import ckuserns, extmounts, scope
 from berth.runtime import criu as criu_mod
 from berth.runtime import state as st
 
@@ -293,6 +293,23 @@ def delegated(cg: Any) -> dict[str, Any] | None:
             found = {"uid": st_.st_uid, "gid": st_.st_gid}
             v1 = v1 or d != v2
     return None if found is None else {**found, "v1": v1}
+
+
+def refuse_scoped(state: dict[str, Any], cid: str) -> None:
+    """Refuse to checkpoint a container whose processes run under a Landlock scope
+    (:mod:`berth.runtime.scope`; ``state``: its state record).  CRIU 4.1.1 knows nothing of
+    Landlock: its parasite, run inside each process, connects to CRIU's control socket, an
+    abstract unix socket made outside the domain, and the scope refuses that (the dump fails);
+    and a restore would give the processes back without the domain, which no one can put them
+    in again from outside.  Better no checkpoint than a guest silently unscoped."""
+    scopes = scope.applied(state)
+    if scopes:
+        raise UnsupportedError(
+            f"checkpoint of {cid!r}: its processes run under a Landlock scope ({scope.names(scopes)}: it "
+            "shares the host's network or pid namespace), which CRIU 4.1.1 can neither dump nor restore; "
+            "to checkpoint or migrate it, create it with --security-opt landlock=unconfined "
+            f"(berth-runtime: without the {scope.ANNOTATION} annotation)"
+        )
 
 
 def _check_restorable(pid: int) -> None:
@@ -539,6 +556,7 @@ def dump(
     status = c.status()
     if status not in (st.RUNNING, st.PAUSED):
         raise StateError(f"container {c.id!r} is {status}: only a running container can be checkpointed")
+    refuse_scoped(c.data, c.id)
     _check_restorable(c.pid)
     if pre_dump:
         why = can_pre_dump(criu)
@@ -1314,12 +1332,14 @@ def _restore_in_private_ns(
     sysfs (of the host's network namespace) at each of ``sysfs_at``."""
     from berth.linux.mount import MS, mount
     from berth.linux.ns import Clone, unshare
+    from berth.runtime.init import _join_session_keyring
     from berth.runtime.mounts import attach_idmapped, mount_overlay
 
     kdat = criu_mod.kdat_cache(criu)
 
     def prepare() -> None:
         cg.add(os.getpid())
+        _join_session_keyring()  # CRIU restores no keyring: its processes keep CRIU's, not ours
         unshare(Clone.NEWNS)
         mount("none", "/", None, MS.REC | MS.PRIVATE)
         criu_mod.private_run(kdat)

@@ -21,7 +21,7 @@ from berth.errors import (
     UnsupportedError,
     UsageError,
 )
-from berth.runtime import hooks, mounts, sync
+from berth.runtime import hooks, mounts, scope, sync
 from berth.runtime import state as st
 from berth.runtime.init import InitOptions, stage1
 
@@ -300,7 +300,7 @@ def create(
     seccomp_cache: str | None = None,
     strict_rlimits: bool = False,
     no_pivot: bool = False,
-    new_keyring: bool = False,
+    new_keyring: bool = True,
     warn: Callable[[str], None] | None = None,
     on_pid: Callable[[Container], None] | None = None,
 ) -> Container:
@@ -316,9 +316,23 @@ def create(
     start's critical path after the init is ready.  With create hooks (their state is
     ``creating``) it is called once the init is ready, as the state is written then.  If it
     was called and the create fails, the caller undoes what it did.
+
+    ``new_keyring`` (the default; berth-runtime's ``--no-new-keyring`` turns it off): the init
+    joins a new anonymous session keyring, and so does every process :mod:`berth.runtime.exec`
+    starts in the container: a guest holds none of its starter's keys (``berth run`` from a
+    shell, guestd), which keyctl(2) would read where its seccomp profile lets it through.
     """
     warn = warn or _stderr_warn
     _check_sysctl_namespaces(spec.get("linux") or {})
+    scopes = 0
+    if scope.ANNOTATION in (spec.get("annotations") or {}):
+        scopes = scope.wanted(spec.get("annotations"))  # a bad value refused before anything is made
+        if scopes:
+            from berth.linux import landlock  # here: the init cannot import past pivot_root
+
+            scopes, why = scope.decide(scopes, landlock.abi_version())
+            if why:
+                warn(why)
     wait = exec_wait(spec)
     spec_hooks = spec.get("hooks") or {}
     hook_sync = hooks.wanted(spec_hooks, *hooks.CREATE_PHASES, *hooks.CONTAINER_PHASES)
@@ -397,6 +411,7 @@ def create(
             no_pivot=no_pivot,
             new_keyring=new_keyring,
             cgroup_mounts=host_cgroups,
+            landlock_scopes=scopes,
         )
         data: dict[str, Any] = {
             "ociVersion": spec.get("ociVersion", "1.2.0"),
@@ -415,6 +430,10 @@ def create(
                 **res_fields,
             },
         }
+        if scopes:
+            data["berth"]["landlock"] = scopes  # exec gives its processes the same (berth.runtime.scope)
+        if not new_keyring:
+            data["berth"]["shared_keyring"] = True  # berth-runtime --no-new-keyring: exec's processes too
         if watch_parent:
             # berth run: the container lives only as long as this process (its init dies by
             # pdeathsig once started); killed before the start, its init would wait on exec.fifo

@@ -16,14 +16,15 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from berth.errors import CannotExecute, ContainerInitError, StateError
+from berth.errors import ContainerInitError, StateError
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, setns
 from berth.runtime import container as ct
-from berth.runtime import executable, sync
+from berth.runtime import cwd as workdir
+from berth.runtime import executable, scope, sync
 from berth.runtime import process as proc_mod
 from berth.runtime import state as st
-from berth.runtime.init import _fail, open_pty, take_terminal
+from berth.runtime.init import _fail, _join_session_keyring, open_pty, restrict_scopes, take_terminal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -105,10 +106,21 @@ def exec_process(
         with open(sfile, "rb") as f:
             seccomp = f.read()
     cg = c.cgroup()
-    # Everything the children use is imported at the top of this module, and the seccomp
-    # binding here: once in the container's mount namespace imports are sealed off.
+    # The container's Landlock scopes (berth.runtime.scope): a new domain, a sibling of the
+    # container's (none can be joined), so the process reaches no abstract socket of the host's,
+    # nor one of the container's own processes (and they none of its).
+    scopes = scope.applied(c.data)
+    # Everything the children use is imported at the top of this module, and the seccomp and
+    # Landlock bindings here: once in the container's mount namespace imports are sealed off.
     if seccomp:
         from berth.linux import seccomp as _seccomp  # noqa: F401
+    if scopes:
+        from berth.linux import landlock as _landlock  # noqa: F401
+    # A new anonymous session keyring, not the caller's (as the init's: berth.runtime.container),
+    # unless the container keeps its starter's (berth-runtime --no-new-keyring).
+    keyring = not (c.data.get("berth") or {}).get("shared_keyring")
+    if keyring:
+        from berth.linux import libc as _libc  # noqa: F401  (the keyctl call's)
     restore = False
     if not detach and not prctl.get_child_subreaper():
         prctl.set_child_subreaper(True)
@@ -122,7 +134,7 @@ def exec_process(
             except OSError:
                 pass
         parent_sock.close()
-        _stage1(init_pid, process, cg, seccomp, child_sock, preserve_fds)
+        _stage1(init_pid, process, cg, seccomp, child_sock, preserve_fds, scopes, keyring)
         os._exit(1)  # not reached
     child_sock.close()
     pid = 0
@@ -181,6 +193,8 @@ def _stage1(
     seccomp: bytes | None,
     sock: Any,
     preserve_fds: int,
+    scopes: int = 0,
+    keyring: bool = True,
 ) -> None:
     """Join the container (cgroup, namespaces), fork the process; report its pid and exit.
 
@@ -212,17 +226,26 @@ def _stage1(
             os.setresuid(0, 0, 0)
         pid = os.fork()
         if pid == 0:
-            _stage2(process, seccomp, sock, preserve_fds)
+            _stage2(process, seccomp, sock, preserve_fds, scopes, keyring)
         sync.send(sock, "pid", pid=pid)
         os._exit(0)
     except BaseException as e:
         _fail(sock, e)
 
 
-def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_fds: int) -> None:
+def _stage2(
+    process: dict[str, Any],
+    seccomp: bytes | None,
+    sock: Any,
+    preserve_fds: int,
+    scopes: int = 0,
+    keyring: bool = True,
+) -> None:
     """In the container: the process's settings, then exec."""
     try:
         os.setsid()
+        if keyring:
+            _join_session_keyring()  # the caller's keys stay the caller's
         proc_mod.warn = lambda text: sync.send(sock, "warning", msg=text)
         if process.get("terminal"):
             master, slave = open_pty("/dev/pts/ptmx")  # the container's devpts: we are in its root
@@ -233,17 +256,20 @@ def _stage2(process: dict[str, Any], seccomp: bytes | None, sock: Any, preserve_
             list(process.get("env") or []), int((process.get("user") or {}).get("uid") or 0)
         )
         cwd = process.get("cwd") or "/"
-        exe = executable.open_executable(process["args"], env, cwd, creds=executable.Creds.of(process))
+        # Resolved in the container's root without magic links (berth.runtime.cwd: we hold the
+        # host's /proc) and entered by fd: the command is looked up from there (".").
+        workdir.enter(cwd, where="container")
+        exe = executable.open_executable(process["args"], env, ".", creds=executable.Creds.of(process))
+        executable.release_host_proc()  # nothing more is read through it: closed before the user's walk
+        if scopes:
+            restrict_scopes(scopes)  # as the init: still root in the container's user namespace
         if process.get("noNewPrivileges"):
             prctl.set_no_new_privs()
         elif seccomp:
             _load_seccomp(seccomp)
             seccomp = None
         proc_mod.become(process)
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise CannotExecute(f"process.cwd: cannot enter {cwd!r} in the container: {e.strerror}") from None
+        workdir.enter(cwd, where="container")  # as the user: its search permissions, as chdir would
         if seccomp:
             _load_seccomp(seccomp)
         preserved = range(3, 3 + preserve_fds)

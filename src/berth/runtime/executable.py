@@ -60,10 +60,21 @@ def hold_host_proc() -> None:
 
 
 def host_proc() -> int:
-    """The fd of :func:`hold_host_proc` (opened now if it was not: only right outside a guest)."""
+    """The fd of :func:`hold_host_proc` (opened now if it was not: only right outside a guest;
+    -1 once :func:`release_host_proc` closed it, so what still reads through it fails, EBADF,
+    instead of reading the guest's /proc)."""
     hold_host_proc()
     assert _host_proc is not None
     return _host_proc
+
+
+def release_host_proc() -> None:
+    """Close the fd of :func:`hold_host_proc` for good, once nothing more is read through it:
+    closed, not only close-on-exec, before the process enters its working directory or execs."""
+    global _host_proc
+    if _host_proc is not None and _host_proc >= 0:
+        os.close(_host_proc)
+    _host_proc = -1
 
 
 def proc_open(rel: str, flags: int) -> int:

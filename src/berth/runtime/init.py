@@ -20,6 +20,7 @@ from berth.errors import BerthError, CannotExecute, CommandNotFound, Unsupported
 from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
 from berth.linux.path import secure_join
+from berth.runtime import cwd as workdir
 from berth.runtime import executable, mounts, process, sync
 
 TYPE_CHECKING = False
@@ -55,6 +56,7 @@ class InitOptions:
         no_pivot: bool = False,
         new_keyring: bool = False,
         cgroup_mounts: list[tuple[str, str, str]] | None = None,
+        landlock_scopes: int = 0,
     ) -> None:
         self.state_dir = state_dir
         self.fifo = fifo
@@ -71,6 +73,7 @@ class InitOptions:
         self.no_pivot = no_pivot  # MS_MOVE + chroot instead of pivot_root (a rootfs on ramfs)
         self.new_keyring = new_keyring  # a session keyring of the container's own
         self.cgroup_mounts = cgroup_mounts  # the host's, read before the fork (mounts.host_cgroup_mounts)
+        self.landlock_scopes = landlock_scopes  # berth.runtime.scope: decided by the runtime
         self.fifo_fd = -1  # set by stage1
         self.idmapped: list[int] = []  # set by stage1 in a user namespace
         self.sysfs_fd: int | None = None  # set by stage1: the host's /sys, for a userns on its network
@@ -334,15 +337,11 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             mounts.enter_root(rootfs)
         process.seal_imports()  # from here on nothing may be imported from the guest
         cwd = proc.get("cwd") or "/"
-        if not os.path.isdir(cwd):
-            # As runc and docker: a working directory missing in the guest is created (by root),
-            # before the root turns read-only.
-            try:
-                os.makedirs(cwd, 0o755, exist_ok=True)
-            except OSError as e:
-                raise CannotExecute(
-                    f"process.cwd: cannot create {cwd!r} in the guest: {e.strerror}"
-                ) from None
+        # As runc and docker: a working directory missing in the guest is created (by root),
+        # before the root turns read-only.  Resolved in the guest's root without magic links
+        # (berth.runtime.cwd: we hold the host's /proc), and entered by fd: the command is looked
+        # up from there (".").  Entered again as the user once we are that user.
+        workdir.enter(cwd, create=True)
         if linux.get("sysctl"):
             _sysctl(linux["sysctl"])  # before /proc/sys turns read-only (as runc)
         mounts.mask_paths(linux.get("maskedPaths") or [])
@@ -373,9 +372,13 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
 
         env = process.with_home(list(proc.get("env") or []), int((proc.get("user") or {}).get("uid") or 0))
         creds = executable.Creds.of(proc, through_init=init is not None)  # tini looks it up again
-        exe = executable.open_executable(proc["args"], env, cwd, follow_link=True, creds=creds)
+        exe = executable.open_executable(proc["args"], env, ".", follow_link=True, creds=creds)
 
-        # Privileges: no_new_privs, seccomp, then the identity and capability sets.
+        # Privileges: the Landlock scope, no_new_privs, seccomp, then the identity and capability
+        # sets.  The scope first: still root with every capability of our user namespace, which
+        # landlock_restrict_self needs without no_new_privs, and before any seccomp filter.
+        if opts.landlock_scopes:
+            restrict_scopes(opts.landlock_scopes)
         seccomp_prog = opts.seccomp_program
         if proc.get("noNewPrivileges"):
             prctl.set_no_new_privs()
@@ -383,10 +386,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
             _load_seccomp(seccomp_prog)
             seccomp_prog = None
         process.become(proc)
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise CannotExecute(f"process.cwd: cannot enter {cwd!r} in the guest: {e.strerror}") from None
+        workdir.enter(cwd)  # as the user: the path walk checks its search permissions, as chdir would
 
         sync.send(sock, "ready")
         _wait_start(fifo_fd)
@@ -404,6 +404,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         for fd in preserved:
             os.set_inheritable(fd, True)
         process.close_fds_except({0, 1, 2, *preserved})
+        executable.release_host_proc()
         process.execute(exe, env, init_fd=init)
     except BaseException as e:
         _fail(sock, e)
@@ -434,7 +435,10 @@ _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 def _join_session_keyring() -> None:
     """A new anonymous session keyring (what runc does unless --no-new-keyring): the container
-    does not share the runtime's.  Skipped where the kernel's keyrings are missing."""
+    does not share the runtime's.  Skipped where the kernel's keyrings are missing or keyctl is
+    refused to us (a seccomp filter or an LSM above us refuses it to the guest too); any other
+    failure is fatal: a guest that filled its user's key quota (EDQUOT) would keep the keys of
+    whoever starts a process in it."""
     import ctypes
 
     from berth.linux.libc import libc
@@ -444,11 +448,19 @@ def _join_session_keyring() -> None:
         return
     if libc.syscall(nr, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         err = ctypes.get_errno()
-        if err not in (38, 13, 122):  # ENOSYS, EACCES, EDQUOT: as runc, not fatal
-            raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
+        if err not in (38, 1, 13):  # ENOSYS, EPERM, EACCES
+            raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING) (a new session keyring): {os.strerror(err)}")
 
 
 def _load_seccomp(program: bytes) -> None:
     from berth.linux.seccomp import load_bpf
 
     load_bpf(program)
+
+
+def restrict_scopes(scopes: int) -> None:
+    """A new Landlock domain with ``scopes`` for this process and all it forks (the binding is
+    imported by the runtime before the fork: past pivot_root nothing can be imported)."""
+    from berth.linux.landlock import restrict_scopes as restrict
+
+    restrict(scopes)
