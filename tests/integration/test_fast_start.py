@@ -282,6 +282,53 @@ def test_a_busy_exit_worker_does_not_hold_up_the_spares_request(guests: Guests) 
     guests("stop", "--timeout", "2", y)
 
 
+def _attach_ms(quiet: float) -> float:
+    """Milliseconds of a no-op attach of this process (into its own cgroup, as berth.cgroups.warm)
+    after ``quiet`` seconds without one of ours."""
+    from berth.cgroups import warm
+
+    procs = warm.procs_file()
+    assert procs is not None
+    time.sleep(quiet)
+    fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        t = time.perf_counter()
+        os.write(fd, b"0")
+        return (time.perf_counter() - t) * 1000
+    finally:
+        os.close(fd)
+
+
+def test_a_waiting_spare_keeps_the_cgroup_lock_warm(guests: Guests) -> None:
+    """A spare worker keeps the cgroup lock warm while it waits (a thread of no-op attaches of its
+    own, where it is: guestd's cgroups), so the next start makes its guest's cgroup without
+    waiting out the grace period of a cold lock; it serves that start as before, and with it its
+    keeper is gone.  (berth.guests.worker.spare_waits)"""
+    need_real_time()
+    n = guests.name("warm")
+    guests("create", n, "--cmd", "sleep 1000")
+    guests("start", n)
+    guests("stop", "--timeout", "2", n)
+    daemon = guests.daemon_pid()
+    first = guests.wait(lambda: spare(daemon), what="a spare worker")
+    assert len(list(Path(f"/proc/{first}/task").iterdir())) == 2  # the spare and its keeping thread
+    assert Path(f"/proc/{first}/cgroup").read_text() == Path(f"/proc/{daemon}/cgroup").read_text()
+    # Each attach 50 ms after our last (ours alone would have let the lock go cold): the minimum
+    # of a few, against cold ones once no spare is left (a loaded host has writers of its own).
+    kept = min(_attach_ms(0.05) for _ in range(3))
+    guests("start", n)
+    assert guests.info(n)["state"] == "running"
+    guests.wait(lambda: not Path(f"/proc/{first}").exists(), what="the spare to serve and exit")
+    guests("stop", "--timeout", "2", n)
+    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
+    cold = min(_attach_ms(0.3) for _ in range(3))
+    if cold < 2.0:
+        pytest.skip(
+            f"a cold attach takes {cold:.2f} ms here (other writers, or favordynmods): nothing to keep warm"
+        )
+    assert kept < cold / 2, (kept, cold)
+
+
 def test_only_a_thrown_away_upper_layer_is_volatile(guests: Guests) -> None:
     """berth run's overlay (its upper layer in the state dir, removed with the guest) skips
     overlayfs's syncs (the sync of the whole upper file system at the guest's end); a guest's

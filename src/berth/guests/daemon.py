@@ -4,8 +4,9 @@ Started on demand by the first berth command that needs it (double fork, setsid,
 ``<state root>/.guests/guestd.log``, cwd /), it is a child subreaper: each ``start`` request is done by
 a forked worker, whose container init is reparented to the daemon when the runtime's
 intermediate child exits.  While commands come, it forks the next worker ahead when idle (a
-spare, its pages copied while nobody waits), so a request waits neither for the fork nor for its
-copy-on-write faults; a few seconds after the last command the spare goes.
+spare, its pages copied while nobody waits, the cgroup lock kept warm while it waits), so a
+request waits neither for the fork, nor for its copy-on-write faults, nor for a cold cgroup lock
+(berth.guests.worker.spare_waits); a few seconds after the last command the spare goes.
 The daemon reaps guest inits, and for each exit forks a worker that records the status, cleans
 up and applies the restart policy.  Once a second it looks at the size of each running guest's
 console log and drops its oldest part above the guest's limit (:mod:`berth.guests.consolelog`).
@@ -428,6 +429,8 @@ def _spare(sock: socket.socket) -> int:
     import json
 
     _own_pages()
+    # After the pages are owned: the keeping thread's stack is not populated with them.
+    sys.modules["berth.guests.worker"].spare_waits(SPARE_KEEP)
     msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
     if not msg or not fds:
         return 0

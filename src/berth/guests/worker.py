@@ -75,6 +75,21 @@ def preload() -> int | None:
     return fd
 
 
+def spare_waits(keep: float) -> None:
+    """In a spare worker (forked ahead by guestd, waiting for a request; guestd lets it go
+    ``keep`` seconds after the last command at the latest): keep the cgroup lock warm while it
+    waits (:func:`berth.cgroups.warm.warm`).
+
+    The first write to a ``cgroup.procs`` after a quiet spell waits an RCU grace period (~10 ms
+    here) holding the kernel's ``cgroup_mutex``, and the new guest's cgroup cannot be made
+    (mkdir) until it is done: the launcher's own no-op attach starts that wait at the command's
+    start, and the worker reached its mkdir a few milliseconds before the wait ended.  With the
+    lock warm the mkdir does not wait.  Nothing about where any process is changes (no-op
+    attaches of the spare itself); the writes stop once a request came (:func:`serve`), with the
+    spare, or within ``keep``."""
+    warm.warm(keep=keep)
+
+
 def code_changed() -> None:
     """guestd: berth's source tree changed (its watch is readable): walk it again, once."""
     from berth.guests import specinputs
@@ -98,6 +113,7 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     lock, and replies one line per guest as it is done (with its ``name``): one worker, one
     fork of guestd for a whole batch; a failing guest does not stop the others."""
     os.environ["BERTH_FAULT"] = req.get("fault") or ""
+    warm.settle()  # a spare's keeper (spare_waits): a start's own warm() takes over at once
     ok = True
     todo = names(req) if req.get("op") == "start" else [req.get("name")]
     for name in todo:
