@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_guests import Guests, berth_cmd, guests  # noqa: F401  (the fixture)
+from test_guests import Guests, guests  # noqa: F401  (the fixture)
+from test_net import net_env  # noqa: F401  (the fixture)
 from test_oci_lifecycle import Runtime, rt  # noqa: F401  (the fixture)
-
-from helpers import free_subnet
 
 
 @pytest.fixture(autouse=True)
@@ -32,17 +31,6 @@ def _needs_scopes() -> None:
 
     if landlock.abi_version() < landlock.SCOPES_ABI:
         pytest.skip(f"this kernel's Landlock ABI is {landlock.abi_version()}: scopes need 6 (Linux 6.12)")
-
-
-@pytest.fixture
-def net_env(berth_env: dict[str, str], prefix: str) -> dict[str, str]:
-    berth_env.update(
-        BERTH_NET_PREFIX=prefix,
-        BERTH_BRIDGE=f"{prefix}br0",
-        BERTH_NFT_TABLE=prefix,
-        BERTH_SUBNET=free_subnet(),
-    )
-    return berth_env
 
 
 @contextlib.contextmanager
@@ -63,7 +51,11 @@ def _net(mode: str, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("mode", ["host", "ip"])
 def test_host_stack_guest_cannot_reach_host_abstract_socket(
-    berth, busybox_rootfs: Path, net_env: dict[str, str], unique: str, mode: str
+    berth,
+    busybox_rootfs: Path,
+    net_env: dict[str, str],  # noqa: F811
+    unique: str,
+    mode: str,
 ) -> None:
     name = f"h10a-{unique}-{mode}"
     net = _net(mode, net_env)
@@ -77,7 +69,10 @@ def test_host_stack_guest_cannot_reach_host_abstract_socket(
 
 
 def test_guest_processes_reach_each_others_abstract_sockets(
-    berth, busybox_rootfs: Path, net_env: dict[str, str], unique: str
+    berth,
+    busybox_rootfs: Path,
+    net_env: dict[str, str],  # noqa: F811
+    unique: str,
 ) -> None:
     """Within the guest's domain abstract sockets work as ever: one guest process listens, a
     later one (another program, forked by the guest's shell) connects."""
@@ -89,8 +84,7 @@ def test_guest_processes_reach_each_others_abstract_sockets(
 
 
 def _exec(g: Guests, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*berth_cmd(), "exec", *args], env=g.env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    return g("exec", *args, check=False, timeout=30)
 
 
 def _install_probe(g: Guests, n: str, probe_bin: Path) -> None:

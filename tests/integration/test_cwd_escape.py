@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_guests import Guests, berth_cmd, guests  # noqa: F401  (the fixture)
+from test_guests import Guests, guests  # noqa: F401  (the fixture)
 from test_oci_lifecycle import Runtime, rt  # noqa: F401  (the fixture)
 
 HOST_INIT = Path("/proc/1/comm").read_text().strip()
@@ -63,15 +63,7 @@ def test_berth_run_workdir_made_then_refused_leaves_nothing(berth, fresh_rootfs:
 
 
 def _exec(g: Guests, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*berth_cmd(), "exec", *args],
-        env=g.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return g("exec", *args, check=False, timeout=30)
 
 
 @pytest.mark.parametrize("userns", ["host", "auto"])

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_guests import Guests, berth_cmd, guests  # noqa: F401  (the fixture)
+from test_guests import Guests, guests  # noqa: F401  (the fixture)
 
 HELLO = '#include <stdio.h>\nint main(void) { puts("guest-elf-ran"); return 0; }\n'
 
@@ -204,15 +204,7 @@ def test_malformed_elf_is_one_line(berth, fresh_rootfs: Path, probe_bin: Path) -
 
 
 def _exec(g: Guests, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*berth_cmd(), "exec", *args],
-        env=g.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return g("exec", *args, check=False, timeout=30)
 
 
 def test_berth_exec_lookup_and_elf_interpreter(guests: Guests, probe_bin: Path, build_elf) -> None:  # noqa: F811
