@@ -184,3 +184,35 @@ def test_runtime_exec_follows_the_containers_keyring(rt, unique: str, flag: str)
     res = Result(["exec"], 0, out, "")
     held = [k for k in _keys(res) if unique in k]
     assert bool(held) == (flag == "--no-new-keyring"), out
+
+
+def test_a_guest_filling_its_key_quota_does_not_stop_exec(
+    guests: Guests,  # noqa: F811
+    probe_bin: Path,
+    unique: str,
+) -> None:
+    """A ``--userns auto`` guest fills its uid's key quota (add_key until EDQUOT, R21): a
+    ``berth exec`` from a caller with a session keyring of its own (any login's) still runs.  The
+    exec'd process's new keyring is made before it enters the guest's user namespace, charged to
+    the caller, not to the quota the guest filled (it failed with EDQUOT for good before)."""
+    g = guests
+    n = g.name("keyfill")
+    ring, key = f"{unique}-ring", f"{unique}-key"
+    # Every berth command in a keyring (guestd, if one of them starts it, too): a process with
+    # no session keyring of its own would be let past the quota (KEY_ALLOC_QUOTA_OVERRUN).
+    made = run_in_keyring([*berth_cmd(), "create", n, "--net", "none", "--userns", "auto", *UNCONFINED,
+                           "--no-lxcfs", "--cmd", "sh -c '/probe keyfill; exec sleep 100000'"], g.env, ring, key)  # fmt: skip
+    assert made.returncode == 0, made
+    dest = g.store / "guests" / n / "upper" / "probe"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(probe_bin.read_bytes())
+    os.chmod(dest, 0o755)
+    started = run_in_keyring([*berth_cmd(), "start", n], g.env, ring, key)
+    assert started.returncode == 0, started
+    log = g.store / "guests" / n / "console.log"
+    g.wait(lambda: "keyfill:" in log.read_text(), what="the guest to fill its key quota")
+    filled = Result(["console.log"], 0, log.read_text(), "")
+    assert filled.field("keyfill").endswith("EDQUOT"), filled  # the quota is full
+    res = run_in_keyring([*berth_cmd(), "exec", n, "--", "/bin/echo", "still-here"], g.env, ring, key)
+    assert res.returncode == 0, res
+    assert "still-here" in res.stdout, res

@@ -67,6 +67,7 @@ static const char *errname(int e)
     case ENXIO: return "ENXIO";
     case EOPNOTSUPP: return "EOPNOTSUPP";
     case ECONNREFUSED: return "ECONNREFUSED";
+    case EDQUOT: return "EDQUOT";
     default: return "E?";
     }
 }
@@ -415,6 +416,22 @@ static int cmd_keyring(void)
         else
             printf("key: %d (describe %s)\n", ids[i], d < 0 ? errname(errno) : "too long");
     }
+    return 0;
+}
+
+/* Add user keys to the session keyring until the kernel refuses one (EDQUOT: this uid's key
+ * quota is full; at most 100000 tries): `keyfill: N ERRNAME`. */
+static int cmd_keyfill(void)
+{
+    char desc[32], payload[1] = {'k'}; /* the key count fills up first (a byte left would fit a keyring) */
+    for (int i = 0; i < 100000; i++) {
+        snprintf(desc, sizeof desc, "fill-%d", i);
+        if (syscall(SYS_add_key, "user", desc, payload, sizeof payload, KEY_SPEC_SESSION_KEYRING) < 0) {
+            printf("keyfill: %d %s\n", i, errname(errno));
+            return 0;
+        }
+    }
+    printf("keyfill: 100000 none\n");
     return 0;
 }
 
@@ -923,7 +940,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: probe caps|seccomp|nnp|id|fds|chroot-escape MARKER|mount|raw-mount-proc|"
                     "mknod-block [b|c MAJ MIN]|init-module|finit-module|reboot|kexec|sysrq|core-pattern|"
-                    "kcore [FILE..]|keyctl|keyring|fallocate FD LEN|bpf|perf|ptrace-init|unshare-user|sys-write|hostname|hostname-set|"
+                    "kcore [FILE..]|keyctl|keyring|keyfill|fallocate FD LEN|bpf|perf|ptrace-init|unshare-user|sys-write|hostname|hostname-set|"
                     "ipc-list [KEY]|net-links|zombies [N]|pids|sleep-term|trap-term|tty|statfs PATH..|"
                     "cat FILE..|ls DIR..|write FILE..|env NAME..|cwd|exit N|kill-self SIG|"
                     "abstract-connect NAME|abstract-serve NAME [SECONDS]\n");
@@ -956,6 +973,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "kcore")) return cmd_kcore(n, rest);
     if (!strcmp(c, "keyctl")) return cmd_keyctl();
     if (!strcmp(c, "keyring")) return cmd_keyring();
+    if (!strcmp(c, "keyfill")) return cmd_keyfill();
     if (!strcmp(c, "fallocate") && n == 2) return cmd_fallocate(rest[0], rest[1]);
     if (!strcmp(c, "bpf")) return cmd_bpf();
     if (!strcmp(c, "perf")) return cmd_perf();

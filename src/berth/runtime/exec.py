@@ -217,6 +217,10 @@ def _stage1(
         for kind in NS_ORDER:
             if not _same_ns(kind, init_pid):
                 opened.append((kind, os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)))
+        if keyring:
+            # The caller's keys stay the caller's; joined before the guest's user namespace: charged
+            # to us, not to the guest's uid, whose key quota the guest can fill.
+            _join_session_keyring()
         for kind, fd in opened:
             setns(fd, flag_of[kind])
             os.close(fd)
@@ -226,7 +230,7 @@ def _stage1(
             os.setresuid(0, 0, 0)
         pid = os.fork()
         if pid == 0:
-            _stage2(process, seccomp, sock, preserve_fds, scopes, keyring)
+            _stage2(process, seccomp, sock, preserve_fds, scopes)
         sync.send(sock, "pid", pid=pid)
         os._exit(0)
     except BaseException as e:
@@ -239,13 +243,10 @@ def _stage2(
     sock: Any,
     preserve_fds: int,
     scopes: int = 0,
-    keyring: bool = True,
 ) -> None:
     """In the container: the process's settings, then exec."""
     try:
         os.setsid()
-        if keyring:
-            _join_session_keyring()  # the caller's keys stay the caller's
         proc_mod.warn = lambda text: sync.send(sock, "warning", msg=text)
         if process.get("terminal"):
             master, slave = open_pty("/dev/pts/ptmx")  # the container's devpts: we are in its root

@@ -184,6 +184,10 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
                 )
         # Opened while still the host's root: a user namespace's root may not reach the state dir.
         opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
+        if opts.new_keyring:
+            # Before any user namespace: the new keyring is charged to the runtime's user, not to
+            # a quota of the guest's own uid, which the guest can fill (berth exec likewise).
+            _join_session_keyring()
         flags, join = ns_flags(spec)
         _join(join)
         if flags & Clone.NEWUSER and not flags & Clone.NEWNET and mounts.wants_sysfs(spec):
@@ -361,8 +365,6 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         # Warnings (an rlimit lowered) go to the runtime, which logs them, not to the guest's stderr.
         process.warn = lambda text: sync.send(sock, "warning", msg=text)
         process.set_rlimits(proc.get("rlimits") or [], strict=opts.strict_rlimits)
-        if opts.new_keyring:
-            _join_session_keyring()
         if linux.get("personality"):
             set_personality(linux["personality"])
         process.set_oom_score_adj(proc.get("oomScoreAdj"))
@@ -437,8 +439,9 @@ def _join_session_keyring() -> None:
     """A new anonymous session keyring (what runc does unless --no-new-keyring): the container
     does not share the runtime's.  Skipped where the kernel's keyrings are missing or keyctl is
     refused to us (a seccomp filter or an LSM above us refuses it to the guest too); any other
-    failure is fatal: a guest that filled its user's key quota (EDQUOT) would keep the keys of
-    whoever starts a process in it."""
+    failure is fatal, EDQUOT too (the process would keep its starter's keys).  Called before the
+    process enters the guest's user namespace, so the keyring is charged to the runtime's user:
+    a guest that fills its own uid's key quota cannot make a start or an exec fail."""
     import ctypes
 
     from berth.linux.libc import libc
