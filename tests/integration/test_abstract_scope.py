@@ -227,3 +227,20 @@ def test_oci_signal_scope(rt: Runtime, unique: str) -> None:  # noqa: F811
     rt.write(c)
     p = rt("run", unique + "b", check=False, stdin=subprocess.DEVNULL)
     assert "signal-refused" in p.stdout, p
+
+
+def test_oci_restore_of_a_scoped_bundle_is_refused(rt: Runtime, unique: str, tmp_path: Path) -> None:  # noqa: F811
+    """berth-runtime restore of a bundle whose annotation asks for a Landlock scope: refused in
+    one line naming the annotation, before any image is read or anything made (CRIU gives the
+    processes back with no domain; R21)."""
+    c = rt.config(["sleep", "100000"])
+    c["annotations"] = {"org.berth.landlock": "abstract-unix"}
+    rt.write(c)
+    images = tmp_path / "images"  # none there: the refusal comes first
+    images.mkdir()
+    p = rt("restore", "--bundle", str(rt.bundle), "--image-path", str(images), unique, check=False,
+           stdin=subprocess.DEVNULL)  # fmt: skip
+    assert p.returncode != 0, p
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "annotations.org.berth.landlock" in lines[0], p.stderr
+    assert rt("state", unique, check=False).returncode != 0

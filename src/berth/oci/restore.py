@@ -89,6 +89,7 @@ def main(ctx: Context, argv: list[str]) -> int:
     bundle = os.path.abspath(opts.get("bundle") or ".")
     images = os.path.abspath(opts.get("image_path") or "checkpoint")
     spec = create_verb.load(ctx, bundle)
+    _check_scope(spec)
     meta = ck.read_meta(images)
     _check_userns(images, meta, spec)
     criu = criu_mod.find()
@@ -168,6 +169,26 @@ def _record_spec(c: Any, spec: dict[str, Any]) -> None:
     bundle's (what ``state`` reports)."""
     c.data["annotations"] = spec.get("annotations") or {}
     c.save()
+
+
+def _check_scope(spec: dict[str, Any]) -> None:
+    """A bundle asking for a Landlock scope this kernel has (``org.berth.landlock``:
+    berth.runtime.scope) is not restored: CRIU gives the processes back without a Landlock domain
+    and nothing can put them in one later (a scoped container is never checkpointed either)."""
+    from berth.errors import UnsupportedError
+    from berth.runtime import scope
+
+    asked = scope.wanted(spec.get("annotations"))  # (a bad value: one line naming the annotation)
+    if not asked:
+        return
+    from berth.linux.landlock import abi_version
+
+    scopes, _why = scope.decide(asked, abi_version())
+    if scopes:
+        raise UnsupportedError(
+            f"annotations.{scope.ANNOTATION}: {scope.names(scopes)}: CRIU restores no Landlock domain, the "
+            "container would run unscoped; restore it from a bundle without the annotation, or create it afresh"
+        )
 
 
 def _check_userns(images: str, meta: dict[str, Any], spec: dict[str, Any]) -> None:
