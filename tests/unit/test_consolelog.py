@@ -123,6 +123,8 @@ def test_a_reader_that_lost_the_rest_of_a_line_ends_it(tmp_path) -> None:
         (6000, (16 << 20) + 6001, 16 << 20, True),
         (6000, 2 << 20, None, True),  # no limit (-1): EOF_SLACK
         (1 << 30, 4096, 16 << 20, False),  # sparse (truncated up): nothing allocated past the end
+        (64 << 20, (120 << 20), None, False),  # unbounded, 64 MiB: xfs's preallocation up to its size
+        (64 << 20, (128 << 20) + 4096, None, True),  # past twice its size: freed
     ],
 )
 def test_over_allocated(size: int, allocated: int, limit: int | None, over: bool) -> None:

@@ -266,9 +266,10 @@ def _copytruncate(fd: int, path: str, keep: int) -> tuple[int, int]:
 
 def over_allocated(size: int, allocated: int, limit: int | None) -> bool:
     """Whether a log of ``size`` bytes holding ``allocated`` bytes of disk (``st_blocks * 512``)
-    has more allocated past its end than it may: :data:`EOF_SLACK` or its ``limit`` (the larger;
-    xfs preallocates past the end of a growing file by itself, up to about its size)."""
-    slack = EOF_SLACK if limit is None else max(EOF_SLACK, limit)
+    has more allocated past its end than it may: :data:`EOF_SLACK`, its ``limit`` or its own size,
+    the largest (xfs preallocates past the end of a growing file by itself, up to about its size:
+    an unbounded log, ``limit`` None, of a busy guest is not truncated over and over for that)."""
+    slack = max(EOF_SLACK, limit or 0, size)
     return allocated > size + slack
 
 
