@@ -60,10 +60,19 @@ def _own_cgroups() -> bytes:
 
 
 def _move_self(procs: str, done: Any, keep: float = 0.0, stop: list[bool] | None = None) -> None:
+    import _thread
+
+    # On a v1 hierarchy this thread alone (its tid in ``tasks``: an explicit id takes the global
+    # lock, "0" there would not), so a supervisor's move of the process between our check and a
+    # write leaves the process where it was moved (only this thread, about to end, goes back);
+    # on cgroup2 (no ``tasks``) the process ("0": the writer's own, into the cgroup it is in).
+    tasks = os.path.join(os.path.dirname(procs), "tasks")
+    me = str(_thread.get_native_id()).encode()
+    target, data = (tasks, me) if os.path.exists(tasks) else (procs, b"0")
     try:
-        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, b"0")  # 0: the writer's own process, into the cgroup it is in
+            os.write(fd, data)
             if keep > 0 and stop is not None:
                 import time
 
@@ -74,7 +83,7 @@ def _move_self(procs: str, done: Any, keep: float = 0.0, stop: list[bool] | None
                     # Moved meanwhile (a supervisor, a test): a write would move it back.
                     if stop or _own_cgroups() != where:
                         break
-                    os.write(fd, b"0")
+                    os.write(fd, data)
         finally:
             os.close(fd)
     except OSError:
