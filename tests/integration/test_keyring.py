@@ -84,6 +84,14 @@ def _keys(res: Result) -> list[str]:
     return [ln for ln in res.lines() if ln.startswith("key: ")]
 
 
+def _install_probe(g: Guests, n: str, probe_bin: Path) -> None:
+    """The probe as /probe of guest ``n`` (into its upper layer, before its start)."""
+    dest = g.store / "guests" / n / "upper" / "probe"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(probe_bin.read_bytes())
+    os.chmod(dest, 0o755)
+
+
 def test_the_probe_sees_the_keyring_it_runs_in(probe_bin: Path, unique: str) -> None:
     """The control: run on the host in the test's keyring, the probe lists the test's key."""
     res = run_in_keyring([str(probe_bin), "keyring"], dict(os.environ), f"{unique}-ring", f"{unique}-key")
@@ -120,10 +128,7 @@ def test_created_guest_and_exec_have_keyrings_of_their_own(
     made = run_in_keyring([*berth_cmd(), "create", n, "--net", "none", *UNCONFINED, "--no-lxcfs",
                            "--cmd", "sh -c '/probe keyring; exec sleep 100000'"], g.env, ring, key)  # fmt: skip
     assert made.returncode == 0, made
-    dest = g.store / "guests" / n / "upper" / "probe"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(probe_bin.read_bytes())
-    os.chmod(dest, 0o755)
+    _install_probe(g, n, probe_bin)
     started = run_in_keyring([*berth_cmd(), "start", n], g.env, ring, key)
     assert started.returncode == 0, started
     log = g.store / "guests" / n / "console.log"
@@ -150,10 +155,7 @@ def test_restored_guest_has_a_keyring_of_its_own(guests: Guests, probe_bin: Path
     made = run_in_keyring([*berth_cmd(), "create", n, "--net", "none", *UNCONFINED, "--no-lxcfs",
                            "--cmd", f"sh -c '{loop}'"], g.env, ring, key)  # fmt: skip
     assert made.returncode == 0, made
-    dest = g.store / "guests" / n / "upper" / "probe"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(probe_bin.read_bytes())
-    os.chmod(dest, 0o755)
+    _install_probe(g, n, probe_bin)
     for verb in ("start", "checkpoint", "restore"):
         res = run_in_keyring([*berth_cmd(), verb, n], g.env, ring, key)
         assert res.returncode == 0, res
@@ -203,10 +205,7 @@ def test_a_guest_filling_its_key_quota_does_not_stop_exec(
     made = run_in_keyring([*berth_cmd(), "create", n, "--net", "none", "--userns", "auto", *UNCONFINED,
                            "--no-lxcfs", "--cmd", "sh -c '/probe keyfill; exec sleep 100000'"], g.env, ring, key)  # fmt: skip
     assert made.returncode == 0, made
-    dest = g.store / "guests" / n / "upper" / "probe"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(probe_bin.read_bytes())
-    os.chmod(dest, 0o755)
+    _install_probe(g, n, probe_bin)
     started = run_in_keyring([*berth_cmd(), "start", n], g.env, ring, key)
     assert started.returncode == 0, started
     log = g.store / "guests" / n / "console.log"
