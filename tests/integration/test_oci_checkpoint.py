@@ -266,7 +266,9 @@ def test_leave_running_and_restore_attached(rt: Runtime, unique: str, tmp_path: 
     rt.made.append(cid)
     try:
         try:
-            wait(lambda: len(pipe.counts()) >= 3, what="output of the restored container")
+            # (60 s: a restore of this guest takes ~0.5 s, but once in a CI run none came in 15 s,
+            # with nothing on stderr: slow or stuck is not known yet; the longer wait tells them apart)
+            wait(lambda: len(pipe.counts()) >= 3, timeout=60, what="output of the restored container")
         except AssertionError:
             proc.kill()
             proc.wait()
