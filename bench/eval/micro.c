@@ -4,11 +4,18 @@
  *   micro fork SECS            fork + _exit + waitpid
  *   micro exec SECS            fork + execv(this binary, "noop") + waitpid
  *   micro ctxsw SECS           context switch: 1-byte pipe ping-pong between two processes
+ *   micro ctxsw1 SECS          the same with both processes on one CPU (the lowest this process
+ *                              may use): every round trip is two real switches, no cross-CPU
+ *                              wake-up (which ctxsw, on an idle 2-CPU machine, mostly measures)
+ *   micro syscalls SECS        getpid, ctxsw and ctxsw1
+ *   micro seccomp TEST ARG...  install a one-instruction seccomp filter (SECCOMP_RET_ALLOW for
+ *                              every call) with no_new_privs, then run TEST: the kernel's own cost
+ *                              of a seccomp filter on the syscall path, whatever the filter says
  *   micro pagefault SECS       touch fresh anonymous pages (mmap 16 MiB, write one byte a page)
  *   micro files DIR SECS       create + close + unlink of an empty file in DIR (batches of 64);
  *                              also prints `micro files_inode ino=N`, the first file's inode
  *   micro all DIR [TMPDIR [FILES]] SECS
- *                              every test above, SECS each; with TMPDIR, files again there
+ *                              every test above (but syscalls and seccomp), SECS each; with TMPDIR, files again there
  *                              (reported as files_tmpfs); with FILES, each files test does
  *                              FILES creates+deletes (rounded up to 64) instead of running SECS
  *   micro cpu SECS             integer loop (xorshift), no memory traffic: ops/s
@@ -33,7 +40,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -94,8 +105,29 @@ static void t_fork(double secs, int do_exec) {
     report(do_exec ? "exec" : "fork", t - t0, n);
 }
 
-static void t_ctxsw(double secs) {
+/* Pin this process (and the children it forks from now on) to the lowest CPU it may run on. */
+static void one_cpu(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set)) die("sched_getaffinity");
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &set)) {
+            CPU_ZERO(&set);
+            CPU_SET(cpu, &set);
+            if (sched_setaffinity(0, sizeof set, &set)) die("sched_setaffinity");
+            return;
+        }
+    }
+    fprintf(stderr, "no CPU in the affinity mask\n");
+    exit(1);
+}
+
+static void t_ctxsw(double secs, int pinned) {
     int a[2], b[2];
+    cpu_set_t saved;
+    if (pinned) {
+        if (sched_getaffinity(0, sizeof saved, &saved)) die("sched_getaffinity");
+        one_cpu();
+    }
     if (pipe(a) || pipe(b)) die("pipe");
     pid_t p = fork();
     if (p < 0) die("fork");
@@ -118,9 +150,19 @@ static void t_ctxsw(double secs) {
         n += 1000;
     } while ((t = now()) - t0 < secs);
     close(a[1]);
+    close(b[0]);
     waitpid(p, NULL, 0);
+    if (pinned && sched_setaffinity(0, sizeof saved, &saved)) die("sched_setaffinity");
     /* one round trip = two switches */
-    report("ctxsw", t - t0, 2.0 * n);
+    report(pinned ? "ctxsw1" : "ctxsw", t - t0, 2.0 * n);
+}
+
+/* A filter that allows every system call: what any filter costs on the syscall path. */
+static void seccomp_allow_all(void) {
+    struct sock_filter insn[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog prog = {.len = 1, .filter = insn};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("prctl(PR_SET_NO_NEW_PRIVS)");
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) die("prctl(PR_SET_SECCOMP)");
 }
 
 static void t_pagefault(double secs) {
@@ -293,6 +335,12 @@ int main(int argc, char **argv) {
             printf("micro late_s=%.3f\n", -wait);
         }
     }
+    if (!strcmp(t, "seccomp") && argc >= 3) {
+        seccomp_allow_all();
+        argc--;
+        argv++;
+        t = argv[1];
+    }
     if (!strcmp(t, "noop")) return 0;
     if (!strcmp(t, "stamp")) {
         printf("micro stamp t=%.6f\n", now());
@@ -307,7 +355,13 @@ int main(int argc, char **argv) {
     if (!strcmp(t, "getpid")) t_getpid(secs);
     else if (!strcmp(t, "fork")) t_fork(secs, 0);
     else if (!strcmp(t, "exec")) t_fork(secs, 1);
-    else if (!strcmp(t, "ctxsw")) t_ctxsw(secs);
+    else if (!strcmp(t, "ctxsw")) t_ctxsw(secs, 0);
+    else if (!strcmp(t, "ctxsw1")) t_ctxsw(secs, 1);
+    else if (!strcmp(t, "syscalls")) {
+        t_getpid(secs);
+        t_ctxsw(secs, 0);
+        t_ctxsw(secs, 1);
+    }
     else if (!strcmp(t, "pagefault")) t_pagefault(secs);
     else if (!strcmp(t, "cpu")) t_cpu(secs);
     else if (argc == 4 && !strcmp(t, "files")) t_files(argv[2], secs, 0, "files");
@@ -323,14 +377,15 @@ int main(int argc, char **argv) {
         t_getpid(secs);
         t_fork(secs, 0);
         t_fork(secs, 1);
-        t_ctxsw(secs);
+        t_ctxsw(secs, 0);
+        t_ctxsw(secs, 1);
         t_pagefault(secs);
         t_files(argv[2], secs, count, "files");
         if (argc >= 5) t_files(argv[3], secs, count, "files_tmpfs");
     } else goto usage;
     return 0;
 usage:
-    fprintf(stderr, "usage: micro getpid|fork|exec|ctxsw|pagefault|cpu SECS | files|fileio DIR SECS"
+    fprintf(stderr, "usage: micro [seccomp] getpid|fork|exec|ctxsw|ctxsw1|syscalls|pagefault|cpu SECS | files|fileio DIR SECS"
                     " | all DIR [TMPDIR [FILES]] SECS"
                     " | memhog MIB SECS | cpuhog N SECS | forkbomb MAX SECS | run PATH ARG... | noop\n");
     return 2;
