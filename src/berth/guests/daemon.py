@@ -53,7 +53,8 @@ class Daemon:
         self.guests: dict[int, str] = {}  # init pid (our child) -> guest name
         self.adopted: dict[int, tuple[str, int]] = {}  # pidfd -> (name, pid) not our children
         self.workers: dict[int, dict] = {}  # worker pid -> its request
-        self.early: dict[int, int | None] = {}  # pids reaped before a worker told us whose they were
+        # pids reaped before a worker told us whose they were: their status and when (time.time())
+        self.early: dict[int, tuple[int | None, float]] = {}
         self.supervised: dict[int, object] = {}  # init pid -> ANON/MEMLOCK supervisor of its guest
         self.next_check = 0.0
         self.logs: dict[int, object] = {}  # init pid -> the look at its guest's console log
@@ -91,8 +92,12 @@ class Daemon:
         if rec.get("status") != "running" or not pid or pid in self.guests:
             return
         if pid in self.early:
-            self.exited(name, pid, self.early.pop(pid), rec)
-            return
+            code, when = self.early.pop(pid)
+            # Reaped before the run began: another process that had its pid (an orphan reparented
+            # to us), not this guest's init (pids are reused).
+            if when >= float(rec.get("started_at") or 0):
+                self.exited(name, pid, code, rec)
+                return
         if self._start_time(pid) != rec.get("start_time"):
             self.exited(name, pid, None, rec)
             return
@@ -276,6 +281,8 @@ class Daemon:
         )
 
     def reap(self) -> None:
+        import time
+
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -296,7 +303,7 @@ class Daemon:
             elif pid in self.guests:
                 self.exited(self.guests.pop(pid), pid, code)
             else:
-                self.early[pid] = code
+                self.early[pid] = (code, time.time())
                 if len(self.early) > 4096:
                     self.early.pop(next(iter(self.early)))
 
