@@ -76,8 +76,7 @@ def net(berth_env: dict[str, str], prefix: str, unique: str, check_clean):
     for name in g.mine():
         if not name.startswith("."):
             g("destroy", "--force", name, check=False)
-    for pid in test_guests._daemons(g.run_root):
-        os.kill(pid, signal.SIGKILL)
+    test_guests.kill_daemons(g.run_root)
     g("gc", check=False)
     g.wait(lambda: not test_guests.cgroup_dirs(berth_env["BERTH_CGROUP_PARENT"]), what="cgroups to go")
     test_guests.lxcfs_stop(point)
@@ -195,8 +194,7 @@ def test_guest_exit_and_crash_leave_nothing(net: NetGuests, prefix: str) -> None
     g.wait(lambda: len(_links(f"{prefix}v")) == 1, timeout=20, what="the exited guest's veth to go")
     # The supervisor and the guest die with SIGKILL: berth gc removes the network.
     pid = g.record(crash)["pid"]
-    for d in test_guests._daemons(g.run_root):
-        os.kill(d, signal.SIGKILL)
+    test_guests.kill_daemons(g.run_root)
     os.kill(pid, signal.SIGKILL)
     g.wait(lambda: not test_guests._pid_alive(pid), what="the guest to die")
     assert _links(prefix)  # nobody cleaned up yet

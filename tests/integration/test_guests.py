@@ -114,6 +114,16 @@ def _daemons(run_root: Path) -> list[int]:
     return pids
 
 
+def kill_daemons(run_root: Path) -> None:
+    """SIGKILL the supervisors of this test's state root and their workers (one that ends with
+    another is gone already: a spare's init forked ahead ends with the spare)."""
+    for pid in _daemons(run_root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def userns_ready(env: dict[str, str]) -> str:
     """What guests of ``berth create`` (unprivileged by default: --userns auto) need of the test's
     dirs: their mapped root reaches its state dir and its writable layer in the store (berth's
@@ -145,8 +155,7 @@ def guests(berth_env: dict[str, str], unique: str, check_clean):
     for name in g.mine():
         if not name.startswith("."):
             g("destroy", "--force", name, check=False)
-    for pid in _daemons(g.run_root):
-        os.kill(pid, signal.SIGKILL)
+    kill_daemons(g.run_root)
     g("gc", check=False)
     for entry in g.mine():  # half-made guests (.new-*) of this test: gc removes them
         raise AssertionError(f"left in the store: {entry}")

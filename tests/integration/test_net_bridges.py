@@ -206,8 +206,7 @@ def test_gc_after_a_crash_keeps_the_other_bridge(net: NetGuests, prefix: str) ->
     va, vb = _assert_up(g, a, prefix), _assert_up(g, b, prefix)
     # The supervisor and b's init die with SIGKILL: nobody unplugs b.
     pid = g.record(b.name)["pid"]
-    for d in test_guests._daemons(g.run_root):
-        os.kill(d, signal.SIGKILL)
+    test_guests.kill_daemons(g.run_root)
     os.kill(pid, signal.SIGKILL)
     g.wait(lambda: not test_guests._pid_alive(pid), what="b's init to die")
     assert _chain(prefix, f"prerouting-{b.bridge}")  # left by the crash
@@ -335,8 +334,7 @@ def test_hosts_bridge_loses_only_berths_addresses(net: NetGuests, prefix: str) -
         g("start", h)
         assert gw in _addrs(own)
         pid = g.record(h)["pid"]
-        for d in test_guests._daemons(g.run_root):
-            os.kill(d, signal.SIGKILL)
+        test_guests.kill_daemons(g.run_root)
         os.kill(pid, signal.SIGKILL)
         g.wait(lambda: not test_guests._pid_alive(pid), what="the init to die")
         g("gc")
