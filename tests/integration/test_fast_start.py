@@ -253,6 +253,67 @@ def test_a_spare_worker_serves_the_next_start(guests: Guests) -> None:
     guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
 
 
+def _ahead(spare_pid: int) -> int:
+    """The spare's init forked ahead (berth.runtime.zygote): its one child, pid 1 of a pid
+    namespace of its own; 0 if it has none (yet)."""
+    kids = Path(f"/proc/{spare_pid}/task/{spare_pid}/children").read_text().split()
+    if len(kids) != 1:
+        return 0
+    status = Path(f"/proc/{kids[0]}/status").read_text()
+    nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[1:]
+    assert nspid[-1] == "1" and len(nspid) == 2, nspid
+    return int(kids[0])
+
+
+def test_a_spare_forks_the_next_init_ahead(guests: Guests) -> None:
+    """The spare forks the next guest's init ahead, as pid 1 of a new pid namespace: a guest
+    without a user namespace gets it as its init (the start forks nothing), isolated as ever; a
+    guest with one gets a forked init, the one made ahead is ended; none is left behind."""
+    need_real_time()
+    n, u = guests.name("ahead"), guests.name("own-userns")
+    guests("create", n, "--cmd", "sleep 1000", "--userns", "host")
+    guests("create", u, "--cmd", "sleep 1000")  # --userns auto: pid 1 must be its user namespace's
+    guests("start", n)
+    guests("stop", "--timeout", "2", n)
+    daemon = guests.daemon_pid()
+    first = guests.wait(lambda: spare(daemon), what="a spare worker")
+    ahead = guests.wait(lambda: _ahead(first), what="the spare's init forked ahead")
+    assert Path(f"/proc/{ahead}/cgroup").read_text() == Path(f"/proc/{daemon}/cgroup").read_text()
+    guests("start", n)
+    pid = guests.record(n)["pid"]
+    assert pid == ahead  # the guest's init is the one forked ahead
+    v = view(pid)
+    assert v["ns"] == {
+        "mnt": True,
+        "pid": True,
+        "net": True,
+        "uts": True,
+        "ipc": True,
+        "cgroup": True,
+        "user": False,
+    }
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    # Docker's profile and capabilities, no_new_privs: as a forked init's
+    assert (status["Seccomp"], status["NoNewPrivs"], status["CapEff"]) == (
+        "2",
+        "1",
+        "00000000a80425fb",
+    ), status
+    assert all(line.endswith(f"/{n}") for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    out = guests("exec", n, "--", "cat", "/proc/1/comm").stdout  # pid 1 there: the guest's init
+    assert out == Path(f"/proc/{pid}/comm").read_text()
+
+    second = guests.wait(lambda: spare(daemon, other_than=first), what="the next spare")
+    unused = guests.wait(lambda: _ahead(second), what="the next init forked ahead")
+    guests("start", u)
+    assert guests.record(u)["pid"] != unused
+    assert not Path(f"/proc/{unused}").exists()  # ended and reaped by the worker
+    guests("stop", "--timeout", "2", n, u)
+    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
+    left = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    assert left == [], left  # no init forked ahead outlives its spare
+
+
 def test_a_busy_exit_worker_does_not_hold_up_the_spares_request(guests: Guests) -> None:
     """A worker forked while a spare waits (here: the exit worker of a guest whose lock is held)
     must not keep the spare's socket open: the next start, handed to the spare, runs at once."""

@@ -6,7 +6,10 @@ a forked worker, whose container init is reparented to the daemon when the runti
 intermediate child exits.  While commands come, it forks the next worker ahead when idle (a
 spare, its pages copied while nobody waits, the cgroup lock kept warm while it waits), so a
 request waits neither for the fork, nor for its copy-on-write faults, nor for a cold cgroup lock
-(berth.guests.worker.spare_waits); a few seconds after the last command the spare goes.
+(berth.guests.worker.spare_waits); the spare forks the next guest's init ahead in turn (pid 1
+of a new pid namespace, its pages copied too: berth.runtime.zygote), which a guest without a
+user namespace takes as its init, so its start forks nothing; a few seconds after the last
+command the spare goes, and its init made ahead with it.
 The daemon reaps guest inits, and for each exit forks a worker that records the status, cleans
 up and applies the restart policy.  Once a second it looks at the size of each running guest's
 console log and drops its oldest part above the guest's limit (:mod:`berth.guests.consolelog`).
@@ -94,7 +97,7 @@ class Daemon:
         if pid in self.early:
             code, when = self.early.pop(pid)
             # Reaped before the run began: another process that had its pid (an orphan reparented
-            # to us), not this guest's init (pids are reused).
+            # to us, the init a killed spare forked ahead), not this guest's init (pids are reused).
             if when >= float(rec.get("started_at") or 0):
                 self.exited(name, pid, code, rec)
                 return
@@ -435,42 +438,31 @@ def _spare(sock: socket.socket) -> int:
     """A spare worker's life: wait for a request (EOF: guestd let us go), serve it."""
     import json
 
-    _own_pages()
-    # After the pages are owned: the keeping thread's stack is not populated with them.
-    sys.modules["berth.guests.worker"].spare_waits(SPARE_KEEP)
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
-    if not msg or not fds:
-        return 0
-    conn = socket.socket(fileno=fds[0])
-    conn.settimeout(5)  # as guestd's accept set it for a forked worker
-    chunks = []
-    while True:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    sock.close()
-    return int(sys.modules["berth.guests.worker"].serve(json.loads(b"".join(chunks)), conn))
+    from berth.runtime import zygote  # (loaded by the worker's preload)
 
-
-def _own_pages() -> None:
-    """Copy the pages shared with guestd now (MADV_POPULATE_WRITE), while nobody waits: a
-    request's work then takes no copy-on-write fault for them (~4 us each here)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    # The next guest's init, forked ahead (its pages copied while nobody waits): a start whose
+    # guest can use it forks nothing (berth.runtime.zygote).  Before our own pages are copied
+    # (each copies its own) and before the keeping thread starts (we fork with one thread).
+    zygote.fork_ahead(close=[sock.fileno()])
     try:
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 2 or fields[1] != "rw-p":
-            continue
-        lo, hi = (int(x, 16) for x in fields[0].split("-"))
-        libc.madvise(lo, hi - lo, 23)  # MADV_POPULATE_WRITE (5.14+); failure: faults as before
+        zygote.own_pages()
+        # After the pages are owned: the keeping thread's stack is not populated with them.
+        sys.modules["berth.guests.worker"].spare_waits(SPARE_KEEP)
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+        if not msg or not fds:
+            return 0
+        conn = socket.socket(fileno=fds[0])
+        conn.settimeout(5)  # as guestd's accept set it for a forked worker
+        chunks = []
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        sock.close()
+        return int(sys.modules["berth.guests.worker"].serve(json.loads(b"".join(chunks)), conn))
+    finally:
+        zygote.discard()  # reaped here, unused: guestd never sees its pid (it may come back as a guest's)
 
 
 def main(state_root: str) -> int:

@@ -189,7 +189,7 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
     (:func:`berth.guests.specinputs.fresh_spec`); else both are read here."""
     import json
 
-    from berth.runtime import container
+    from berth.runtime import container, zygote
 
     if saved is None:
         config.load(store.config(name))  # still there and valid
@@ -261,6 +261,7 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
             use_init=use_init,
             seccomp_cache=os.path.join(store.root, "cache", "seccomp"),
             on_pid=record,
+            zygote=zygote.take(),  # guestd's spare forked the init ahead (berth.runtime.zygote)
         )
     except BaseException:
         if fifo_fd is not None:

@@ -47,7 +47,9 @@ _START_PATH = (
     "berth.runtime.process",
     "berth.runtime.resources",
     "berth.runtime.userns",
+    "berth.runtime.zygote",
     "berth.spec.jsontext",
+    "pickle",
 )
 
 
@@ -114,8 +116,16 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     fork of guestd for a whole batch; a failing guest does not stop the others."""
     os.environ["BERTH_FAULT"] = req.get("fault") or ""
     warm.settle()  # a spare's keeper (spare_waits): a start's own warm() takes over at once
+    try:
+        return _serve(req, conn, names(req) if req.get("op") == "start" else [req.get("name")])
+    finally:
+        from berth.runtime import zygote
+
+        zygote.discard()  # the init a spare forked ahead, if no start took it
+
+
+def _serve(req: dict[str, Any], conn: socket.socket | None, todo: list[Any]) -> int:
     ok = True
-    todo = names(req) if req.get("op") == "start" else [req.get("name")]
     for name in todo:
         reply = _one(req, name)
         if "names" in req:

@@ -23,12 +23,14 @@ from berth.errors import (
 )
 from berth.runtime import hooks, mounts, scope, sync
 from berth.runtime import state as st
-from berth.runtime.init import InitOptions, stage1
+from berth.runtime.init import InitOptions, in_place_fits, stage1
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from berth.runtime.zygote import Zygote
 
 _ERRORS = {127: CommandNotFound, 126: CannotExecute}
 
@@ -37,6 +39,12 @@ def _resources() -> Any:
     from berth.runtime import resources
 
     return resources
+
+
+def _zygote() -> Any:
+    from berth.runtime import zygote
+
+    return zygote
 
 
 def _cgroups() -> Any:
@@ -303,6 +311,7 @@ def create(
     new_keyring: bool = True,
     warn: Callable[[str], None] | None = None,
     on_pid: Callable[[Container], None] | None = None,
+    zygote: Zygote | None = None,
 ) -> Container:
     """Set up a container whose init waits for :meth:`Container.start`.
 
@@ -321,6 +330,10 @@ def create(
     joins a new anonymous session keyring, and so does every process :mod:`berth.runtime.exec`
     starts in the container: a guest holds none of its starter's keys (``berth run`` from a
     shell, guestd), which keyctl(2) would read where its seccomp profile lets it through.
+
+    ``zygote`` (guestd's spare worker: :mod:`berth.runtime.zygote`): an init forked ahead; it
+    becomes this container's init if the spec lets it (no user namespace, a new pid namespace),
+    and nothing is forked here; else it is ended and the init is forked as always.
     """
     warn = warn or _stderr_warn
     _check_sysctl_namespaces(spec.get("linux") or {})
@@ -340,7 +353,7 @@ def create(
         import subprocess  # noqa: F401 - the init runs this hook after pivot_root, where it cannot import
     sdir = st.reserve(state_root, cid)
     cg = None
-    pid = 0
+    pid = zygote_pid = 0
     res_lock = None
     parent_sock = child_sock = None
     linux = spec.get("linux") or {}
@@ -461,11 +474,17 @@ def create(
         _resources().unlock(res_lock)
         res_lock = None
         parent_sock, child_sock = sync.pair()
-        stage1_pid = os.fork()
-        if stage1_pid == 0:
-            parent_sock.close()
-            stage1(spec, opts, child_sock, cg)
-            os._exit(1)  # not reached
+        if zygote is not None and not (in_place_fits(spec) and preserve_fds == 0):
+            zygote.discard()
+            zygote = None
+        if zygote is not None and _zygote().hand_over(zygote, spec, opts, cg, child_sock):
+            stage1_pid, zygote_pid = 0, zygote.pid  # the init already: nothing to fork
+        else:
+            stage1_pid = os.fork()
+            if stage1_pid == 0:
+                parent_sock.close()
+                stage1(spec, opts, child_sock, cg)
+                os._exit(1)  # not reached
         child_sock.close()
         child_sock = None
         if init_fd is not None:
@@ -493,8 +512,9 @@ def create(
                             os.close(fd)
                 elif kind == "pid":
                     pid = msg["pid"]
-                    os.waitpid(stage1_pid, 0)
-                    stage1_pid = 0
+                    if stage1_pid:
+                        os.waitpid(stage1_pid, 0)
+                        stage1_pid = 0
                     if early and on_pid is not None:
                         _created(state_root, cid, data, pid)
                         on_pid(Container(state_root, cid, data))
@@ -540,6 +560,9 @@ def create(
             parent_sock = None
         return c
     except BaseException:
+        if zygote is not None and not zygote_pid:
+            zygote.discard()  # refused before it was handed the container: ended and reaped here
+        pid = pid or zygote_pid
         if not pid and parent_sock is not None:
             # The init's error may come before the intermediate child's "pid" message: collect it,
             # so the init is killed and reaped here, not left to finish on its own after we return.

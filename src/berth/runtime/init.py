@@ -159,52 +159,7 @@ def _host_root() -> bool:
 def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup: Any) -> None:
     """First child: cgroup, namespaces, then fork the container's pid 1 and exit."""
     try:
-        for sig in (
-            signal.SIGINT,
-            signal.SIGTERM,
-            signal.SIGHUP,
-            signal.SIGQUIT,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-        ):
-            signal.signal(sig, signal.SIG_DFL)
-        prctl.set_dumpable(False)
-        if cgroup is not None:
-            cgroup.add(os.getpid())
-            if mounts.cgroup_delegated(spec) and _host_root():
-                # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
-                # rootless runtime's cgroup is its user's already, delegated by its manager.)
-                linux = spec.get("linux") or {}
-                # name=systemd (v1) only for berth's system guests: the runtime spec forbids
-                # changing ownership on cgroup v1 for an OCI bundle's guest.
-                cgroup.delegate(
-                    _mapped_root(linux, "uidMappings"),
-                    _mapped_root(linux, "gidMappings"),
-                    v1=mounts.systemd_cgroup(spec),
-                )
-        # Opened while still the host's root: a user namespace's root may not reach the state dir.
-        opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
-        if opts.new_keyring:
-            # Before any user namespace: the new keyring is charged to the runtime's user, not to
-            # a quota of the guest's own uid, which the guest can fill (berth exec likewise).
-            _join_session_keyring()
-        flags, join = ns_flags(spec)
-        _join(join)
-        if flags & Clone.NEWUSER and not flags & Clone.NEWNET and mounts.wants_sysfs(spec):
-            # Still the host's root: a copy of the host's /sys without the mounts below it (from
-            # the guest's user namespace only a copy of them all, locked in, could be had).
-            opts.sysfs_fd = mounts.clone_sysfs()
-        if flags & Clone.NEWUSER:
-            unshare(Clone.NEWUSER)
-            sync.send(sock, "userns", pid=os.getpid())
-            msg, layers = sync.recv(sock)
-            if not msg or msg["type"] != "userns-done":
-                os._exit(1)
-            opts.idmapped = layers  # detached idmapped mounts: the overlay's lower layers or the rootfs
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-        if flags & ~Clone.NEWUSER:
-            unshare(flags & ~Clone.NEWUSER)
+        _enter(spec, opts, sock, cgroup, ns_flags(spec))
         pid = os.fork()
         if pid == 0:
             stage2(spec, opts, sock)
@@ -212,6 +167,96 @@ def stage1(spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup:
         os._exit(0)
     except BaseException as e:
         _fail(sock, e)
+
+
+def in_place_fits(spec: dict[str, Any]) -> bool:
+    """Can a process that is already pid 1 of a new pid namespace (made in the host's user
+    namespace) be this container's init (:func:`stage1_in_place`)?  Not with a user namespace
+    (it must own the pid namespace), nor with a pid namespace to join or none, nor with a time
+    namespace (it too takes effect in children only)."""
+    flags, join = ns_flags(spec)
+    kinds = {kind for kind, _path in join}
+    return (
+        bool(flags & Clone.NEWPID)
+        and not flags & (Clone.NEWUSER | Clone.NEWTIME)
+        and not kinds
+        & {
+            "user",
+            "pid",
+            "time",
+        }
+    )
+
+
+def stage1_in_place(
+    spec: dict[str, Any], opts: InitOptions, sock: socket.socket, cgroup: Any, pid: int
+) -> None:
+    """:func:`stage1` without its fork, in a process forked ahead as pid 1 of a new pid namespace
+    (berth.runtime.zygote, where :func:`in_place_fits`): it joins the cgroup and the other
+    namespaces itself, reports ``pid`` (its pid on the host) and goes on as :func:`stage2`."""
+    try:
+        flags, join = ns_flags(spec)
+        _enter(spec, opts, sock, cgroup, (flags & ~Clone.NEWPID, join))
+        sync.send(sock, "pid", pid=pid)
+    except BaseException as e:
+        _fail(sock, e)
+    stage2(spec, opts, sock)
+
+
+def _enter(
+    spec: dict[str, Any],
+    opts: InitOptions,
+    sock: socket.socket,
+    cgroup: Any,
+    namespaces: tuple[int, list[tuple[str, str]]],
+) -> None:
+    """stage1's part before its fork: signals, the cgroup, the keyring, the namespaces."""
+    for sig in (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+    prctl.set_dumpable(False)
+    if cgroup is not None:
+        cgroup.add(os.getpid())
+        if mounts.cgroup_delegated(spec) and _host_root():
+            # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
+            # rootless runtime's cgroup is its user's already, delegated by its manager.)
+            linux = spec.get("linux") or {}
+            # name=systemd (v1) only for berth's system guests: the runtime spec forbids
+            # changing ownership on cgroup v1 for an OCI bundle's guest.
+            cgroup.delegate(
+                _mapped_root(linux, "uidMappings"),
+                _mapped_root(linux, "gidMappings"),
+                v1=mounts.systemd_cgroup(spec),
+            )
+    # Opened while still the host's root: a user namespace's root may not reach the state dir.
+    opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
+    if opts.new_keyring:
+        # Before any user namespace: the new keyring is charged to the runtime's user, not to
+        # a quota of the guest's own uid, which the guest can fill (berth exec likewise).
+        _join_session_keyring()
+    flags, join = namespaces
+    _join(join)
+    if flags & Clone.NEWUSER and not flags & Clone.NEWNET and mounts.wants_sysfs(spec):
+        # Still the host's root: a copy of the host's /sys without the mounts below it (from
+        # the guest's user namespace only a copy of them all, locked in, could be had).
+        opts.sysfs_fd = mounts.clone_sysfs()
+    if flags & Clone.NEWUSER:
+        unshare(Clone.NEWUSER)
+        sync.send(sock, "userns", pid=os.getpid())
+        msg, layers = sync.recv(sock)
+        if not msg or msg["type"] != "userns-done":
+            os._exit(1)
+        opts.idmapped = layers  # detached idmapped mounts: the overlay's lower layers or the rootfs
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    if flags & ~Clone.NEWUSER:
+        unshare(flags & ~Clone.NEWUSER)
 
 
 def _lo_up() -> None:

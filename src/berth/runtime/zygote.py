@@ -1,0 +1,173 @@
+"""A guest's init forked ahead: pid 1 of a new pid namespace, waiting for its container.
+
+A container's start forks twice from a Python process of some megabytes (the runtime's
+intermediate child, then the init after ``unshare(CLONE_NEWPID)``), and each child pays a
+copy-on-write fault for every page of the parent it writes, Python's reference counts touching
+hundreds of them (~4 us a fault on a virtual machine: a few milliseconds a start).  guestd's
+spare worker, which waits for the next request anyway, forks the next init ahead instead
+(:func:`fork_ahead`): in a new pid namespace of its own (the spare's ``pid_for_children`` is set
+back at once), its pages copied while nobody waits (:func:`own_pages`).  A start whose guest can
+use it (:func:`berth.runtime.init.in_place_fits`: no user namespace, a new pid namespace, no
+time namespace) hands it the container (:func:`hand_over`), and it goes on as
+:func:`berth.runtime.init.stage1_in_place`, joining the cgroup and the other namespaces itself;
+the start forks nothing.  Unused, it ends with the spare (the end of its socket).
+
+What the init would have inherited at its fork it gets with the container: the starter's
+stdio (a guest's console log) and the descriptors its options name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from berth.linux.ns import Clone, setns, unshare
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from berth.runtime.init import InitOptions
+
+#: The largest container message (the spec, the options with the compiled seccomp program).
+MAX_MESSAGE = 4 << 20
+_POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (5.14+)
+READY = b"r"  # the init forked ahead has copied its pages: a start may take it
+
+
+def own_pages() -> None:
+    """Copy the pages shared with the parent now (MADV_POPULATE_WRITE), while nobody waits: the
+    work that follows takes no copy-on-write fault for them.  Best effort (older kernels fault)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "rw-p":
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        libc.madvise(lo, hi - lo, _POPULATE_WRITE)
+
+
+class Zygote:
+    """The init forked ahead: its pid on the host and our end of its socket."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def discard(self) -> None:
+        """End it (not used): kill and reap it."""
+        self.sock.close()
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+_ahead: Zygote | None = None
+
+
+def fork_ahead(close: list[int] | None = None) -> None:
+    """In guestd's spare worker (one thread, before it waits): fork the next guest's init now,
+    as pid 1 of a new pid namespace, kept for :func:`take`.  ``close``: descriptors the init must
+    not hold (the spare's socket to guestd).  Nothing is kept if the kernel refuses; an error
+    setting the spare's own ``pid_for_children`` back is raised (its later children would be
+    born in the init's namespace)."""
+    global _ahead
+    try:
+        own = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            unshare(Clone.NEWPID)
+        except OSError:
+            a.close()
+            b.close()
+            return
+        try:
+            pid = os.fork()
+        except BaseException:
+            setns(own, Clone.NEWPID)
+            raise
+        if pid == 0:
+            code = 1
+            try:
+                for fd in (a.detach(), own, *(close or ())):
+                    os.close(fd)
+                code = _wait(b)
+            finally:
+                os._exit(code)
+        setns(own, Clone.NEWPID)  # our next children are born beside us again
+        b.close()
+        _ahead = Zygote(pid, a)
+    finally:
+        os.close(own)
+
+
+def take() -> Zygote | None:
+    """The init forked ahead in this process (once), or None."""
+    global _ahead
+    z, _ahead = _ahead, None
+    return z
+
+
+def discard() -> None:
+    """End the init forked ahead if no start took it."""
+    z = take()
+    if z is not None:
+        z.discard()
+
+
+def hand_over(z: Zygote, spec: dict[str, Any], opts: InitOptions, cgroup: Any, sock: socket.socket) -> bool:
+    """Give ``z`` its container: the spec, the init's options, the cgroup and the init's end of
+    the sync socket, with our stdio.  False if it is not ready (still copying its pages: a start
+    right after the spare's fork would wait for that) or gone; it is ended then, and the caller
+    forks as before."""
+    import pickle
+
+    fds = [sock.fileno(), 0, 1, 2]
+    if opts.init_fd is not None:
+        fds.append(opts.init_fd)
+    try:
+        if z.sock.recv(1, socket.MSG_DONTWAIT) != READY:
+            raise EOFError  # it ended
+        data = pickle.dumps((spec, opts, cgroup, z.pid), protocol=pickle.HIGHEST_PROTOCOL)
+        socket.send_fds(z.sock, [data], fds)
+    except Exception:  # still copying its pages (BlockingIOError), died waiting, or what it
+        z.discard()  # needs does not travel: the caller forks as before
+        return False
+    z.sock.close()
+    return True
+
+
+def _wait(sock: socket.socket) -> int:
+    """The init forked ahead: copy our pages, wait for a container, become its init."""
+    import pickle
+
+    from berth.runtime import init
+
+    own_pages()
+    sock.send(READY)
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
+    sock.close()
+    if not data or len(fds) < 4:
+        return 0  # the spare let us go (or never used us)
+    spec, opts, cgroup, pid = pickle.loads(data)  # noqa: S301 - our own parent, same interpreter
+    child = socket.socket(fileno=fds[0])
+    for target, fd in zip((0, 1, 2), fds[1:4], strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    if opts.init_fd is not None:
+        opts.init_fd = fds[4]
+    init.stage1_in_place(spec, opts, child, cgroup, pid)
+    return 1  # not reached: the init execs or exits
