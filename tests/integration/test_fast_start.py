@@ -308,7 +308,15 @@ def test_a_spare_forks_the_next_init_ahead(guests: Guests) -> None:
     guests("start", u)
     assert guests.record(u)["pid"] != unused
     assert not Path(f"/proc/{unused}").exists()  # ended and reaped by the worker
-    guests("stop", "--timeout", "2", n, u)
+    # a host-network guest (its init gets a Landlock scope, whose binding the worker imports only
+    # for it, after the fork ahead: the init imports it too, before pivot_root)
+    h = guests.name("host-net")
+    guests("create", h, "--cmd", "sleep 1000", "--userns", "host", "--net", "host")
+    third = guests.wait(lambda: spare(daemon, other_than=second), what="a third spare")
+    ahead = guests.wait(lambda: _ahead(third), what="its init forked ahead")
+    guests("start", h)
+    assert guests.record(h)["pid"] == ahead and guests.info(h)["state"] == "running"
+    guests("stop", "--timeout", "2", n, u, h)
     guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
     left = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
     assert left == [], left  # no init forked ahead outlives its spare

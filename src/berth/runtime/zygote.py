@@ -141,13 +141,32 @@ def hand_over(z: Zygote, spec: dict[str, Any], opts: InitOptions, cgroup: Any, s
     try:
         if z.sock.recv(1, socket.MSG_DONTWAIT) != READY:
             raise EOFError  # it ended
-        data = pickle.dumps((spec, opts, cgroup, z.pid), protocol=pickle.HIGHEST_PROTOCOL)
+        import sys
+
+        # what we imported since its fork (lazily, for the init: it cannot import past pivot_root)
+        modules = [m for m in sys.modules if m != "__main__"]
+        data = pickle.dumps((spec, opts, cgroup, z.pid, modules), protocol=pickle.HIGHEST_PROTOCOL)
         socket.send_fds(z.sock, [data], fds)
     except Exception:  # still copying its pages (BlockingIOError), died waiting, or what it
         z.discard()  # needs does not travel: the caller forks as before
         return False
     z.sock.close()
     return True
+
+
+def _import_missing(modules: list[str]) -> None:
+    """Import what the starter imported after our fork: an init forked at the start would have
+    it (the runtime imports what the init needs past pivot_root, the Landlock binding, before
+    it forks).  Best effort: a module that fails here fails where the init uses it, as before."""
+    import importlib
+    import sys
+
+    for name in modules:
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # (see above)
+                continue
 
 
 def _wait(sock: socket.socket) -> int:
@@ -162,7 +181,8 @@ def _wait(sock: socket.socket) -> int:
     sock.close()
     if not data or len(fds) < 4:
         return 0  # the spare let us go (or never used us)
-    spec, opts, cgroup, pid = pickle.loads(data)  # noqa: S301 - our own parent, same interpreter
+    spec, opts, cgroup, pid, modules = pickle.loads(data)  # noqa: S301 - our own parent, same interpreter
+    _import_missing(modules)
     child = socket.socket(fileno=fds[0])
     for target, fd in zip((0, 1, 2), fds[1:4], strict=True):
         os.dup2(fd, target)
