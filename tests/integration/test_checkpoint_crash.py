@@ -347,9 +347,13 @@ def test_killed_restore_and_stateless_dirs_are_not_in_the_way(h: Host, unique: s
     _stateless(sdir)
     h("restore", name)
     h("stop", "-t", "1", name)
+    # guestd's exit worker removes the stopped guest's state after `stop` returns: wait for it,
+    # or it removes what _stateless makes while it is made (seen once in CI)
+    wait(lambda: not sdir.exists(), what="the stopped guest's state to be removed")
     _stateless(sdir)
     h("start", name)
     h("stop", "-t", "1", name)
+    wait(lambda: not sdir.exists(), what="the stopped guest's state to be removed")
     _stateless(sdir)
     h("gc")
     assert not sdir.exists(), list(sdir.iterdir())
