@@ -167,13 +167,46 @@ def test_compiled_stores_and_reuses(tmp_path, monkeypatch: pytest.MonkeyPatch) -
     path = sc.cache_path(cache, profile)
     with open(path, "rb") as f:
         assert f.read() == program
-    assert os.listdir(cache) == [os.path.basename(path)]  # no temporary left
+    alias = sc._alias_path(cache, profile)
+    assert alias is not None and os.path.basename(alias).startswith("m-")
+    # the program under its canonical key and under its marshal alias; no temporary left
+    assert sorted(os.listdir(cache)) == sorted(os.path.basename(p) for p in (path, alias))
+    with open(alias, "rb") as f:
+        assert f.read() == program
 
     def boom(*_a: object) -> bytes:
         raise AssertionError("recompiled")
 
     monkeypatch.setattr(sc, "compile_profile", boom)
     assert sc.compiled(profile, cache) == program
+
+
+def test_compiled_alias_is_looked_up_first_and_is_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = {"defaultAction": ALLOW, "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_LOG"}]}
+    b = {"syscalls": [{"action": "SCMP_ACT_LOG", "names": ["getpid"]}], "defaultAction": ALLOW}
+    program = sc.compiled(a, tmp_path)
+    # The alias answers without the canonical key (the start path's saving).
+    monkeypatch.setattr(sc, "cache_key", lambda _p: (_ for _ in ()).throw(AssertionError("canonical")))
+    assert sc.compiled(a, tmp_path) == program
+    monkeypatch.undo()
+    # An equal profile in another order: its own alias, the same stored program, no compile.
+    monkeypatch.setattr(sc, "compile_profile", lambda *_a: (_ for _ in ()).throw(AssertionError("compiled")))
+    assert sc._alias_path(tmp_path, a) != sc._alias_path(tmp_path, b)
+    assert sc.compiled(b, tmp_path) == program
+    monkeypatch.undo()
+    # A changed profile never gets another's program (its bytes differ).
+    c = {"defaultAction": ALLOW, "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}]}
+    assert sc._alias_path(tmp_path, c) != sc._alias_path(tmp_path, a)
+    assert sc.compiled(c, tmp_path) == sc.compile_profile(c) != program
+    # A damaged alias is not trusted: the program comes by the canonical key and the alias is mended.
+    alias = sc._alias_path(tmp_path, a)
+    with open(alias, "wb") as f:
+        f.write(b"garbage")
+    assert sc.compiled(a, tmp_path) == program
+    with open(alias, "rb") as f:
+        assert f.read() == program
+    # Not plain data: no alias, the canonical key as before.
+    assert sc._alias_path(tmp_path, {"defaultAction": ALLOW, "x": object()}) is None
 
 
 def test_compiled_replaces_corrupt_entry(tmp_path) -> None:
