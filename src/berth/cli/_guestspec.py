@@ -27,12 +27,18 @@ def check_resources(cfg: dict[str, Any], path: str) -> None:
 
 
 def load(store: Store, name: str) -> dict[str, Any]:
+    return load_raw(store, name)[1]
+
+
+def load_raw(store: Store, name: str) -> tuple[bytes, dict[str, Any]]:
+    """The config's bytes and the config parsed from them (checked)."""
     from berth.guests import config
 
     store.require(name)
-    cfg = config.load(store.config(name))
+    raw = config.read(store.config(name))
+    cfg = config.from_bytes(raw, store.config(name))
     check_resources(cfg, store.config(name))
-    return cfg
+    return raw, cfg
 
 
 def built_from(store: Store, name: str, inputs: str, *, lxcfs: bool) -> bool:
@@ -53,11 +59,15 @@ def built_from(store: Store, name: str, inputs: str, *, lxcfs: bool) -> bool:
 def build(store: Store, name: str, *, inputs: str | None = None) -> None:
     """Build ``name``'s spec from its config and save it as ``spec.json`` in the guest's dir
     (with ``inputs``, the digest of what it was built from, for :func:`built_from`)."""
+    from berth.guests.specinputs import config_summary
     from berth.guests.store import atomic_write
 
-    saved = make(store, name, load(store, name))
+    raw, cfg = load_raw(store, name)
+    saved = make(store, name, cfg)
     if inputs:
         saved["inputs"] = inputs
+        # what the digest reads of the config, for the next start's check without a parse
+        saved["config"] = config_summary(raw, cfg)
     # Not fsynced: derived from config.toml and rebuilt by every `berth start` (a spec.json lost
     # to a power cut reads as "no spec built", which the next start repairs).
     atomic_write(os.path.join(store.dir(name), "spec.json"), json.dumps(saved), durable=False)

@@ -329,13 +329,22 @@ def parse(text: str, path: str) -> dict[str, Any]:
 def load(path: str) -> dict[str, Any]:
     """The guest config at ``path``, checked (:func:`validate`); whatever is wrong with the file
     (missing, unreadable, not UTF-8, not TOML, a bad key) is one :class:`ConfigError` naming it."""
+    return from_bytes(read(path), path)
+
+
+def read(path: str) -> bytes:
+    """The bytes of the guest config at ``path`` (up to one past the largest allowed)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+            return f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, None, "missing") from None
     except OSError as e:
         raise ConfigError(path, None, f"cannot be read: {e.strerror or e}") from None
+
+
+def from_bytes(raw: bytes, path: str) -> dict[str, Any]:
+    """:func:`load` of the bytes ``raw`` read from ``path``."""
     if len(raw) > MAX_BYTES:
         raise ConfigError(path, None, f"larger than {MAX_BYTES >> 10} KiB: not a guest config")
     try:

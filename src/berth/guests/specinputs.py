@@ -175,26 +175,40 @@ def code_changed() -> None:
         _WATCH.refresh()
 
 
-def inputs(
-    s: Store, name: str, stamp: str, ids: tuple[int, int] | None, env: Mapping[str, str]
-) -> tuple[str, dict[str, Any]]:
-    """A digest of what a guest's spec is built from: its config, its template (identity, image
-    config, the files users and init are looked up in), its id range, the BERTH_* variables of
-    ``env`` (the command's environment) and the ones the guest's env names, the cgroup mode,
-    and berth's own code (``stamp``: :func:`code_stamp`); and the config."""
+def _sha256(data: bytes) -> Any:
     try:  # the builtin SHA-256: hashlib's OpenSSL binding costs ~5 ms to import
         from _sha256 import sha256  # Python 3.11
     except ImportError:  # pragma: no cover - Python 3.12+
         from hashlib import sha256
+    return sha256(data)
 
+
+def inputs(
+    s: Store,
+    name: str,
+    stamp: str,
+    ids: tuple[int, int] | None,
+    env: Mapping[str, str],
+    known: Any = None,
+) -> tuple[str, dict[str, Any]]:
+    """A digest of what a guest's spec is built from: its config, its template (identity, image
+    config, the files users and init are looked up in), its id range, the BERTH_* variables of
+    ``env`` (the command's environment) and the ones the guest's env names, the cgroup mode,
+    and berth's own code (``stamp``: :func:`code_stamp`); and the config (what of it the digest
+    reads: ``template``, ``env``, ``lxcfs``).
+
+    ``known``: the saved spec's :func:`config_summary`; if it was taken from the same bytes of
+    the config, it stands for the config, which is then not parsed (half a millisecond of a
+    start)."""
     from berth.guests import config
     from berth.rootfs import template
 
-    h = sha256(stamp.encode())
-    with open(s.config(name), "rb") as f:
-        raw = f.read()
+    h = _sha256(stamp.encode())
+    raw = config.read(s.config(name))
     h.update(raw)
-    cfg = config.load(s.config(name))
+    cfg = _summary_for(raw, known)
+    if cfg is None:
+        cfg = config.from_bytes(raw, s.config(name))  # the bytes hashed: no second read to differ
     tdir = template.template_dir(s.root, cfg["template"])
     for rel in (
         "",
@@ -219,6 +233,33 @@ def inputs(
     return h.hexdigest(), cfg
 
 
+def config_summary(raw: bytes, cfg: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`inputs` reads of the config ``cfg`` parsed from ``raw``, with the digest of
+    ``raw``: saved with the spec (spec.json's ``config``), for :func:`inputs`'s ``known``."""
+    return {
+        "sha256": _sha256(raw).hexdigest(),
+        "template": cfg["template"],
+        "env": [e for e in cfg.get("env", []) if "=" not in e],
+        "lxcfs": bool(cfg.get("lxcfs")),
+    }
+
+
+def _summary_for(raw: bytes, known: Any) -> dict[str, Any] | None:
+    """``known`` if it is a well-formed :func:`config_summary` of ``raw``, else None."""
+    if not isinstance(known, dict):
+        return None
+    env = known.get("env")
+    if (
+        known.get("sha256") != _sha256(raw).hexdigest()
+        or not isinstance(known.get("template"), str)
+        or not isinstance(env, list)
+        or not all(isinstance(e, str) for e in env)
+        or not isinstance(known.get("lxcfs"), bool)
+    ):
+        return None
+    return known
+
+
 def saved_matches(saved: Any, key: str, *, lxcfs: bool) -> bool:
     """Was the saved spec (spec.json's object) built from ``key``, and complete?  (A guest
     wanting ``lxcfs`` whose spec was built while lxcfs could not run is built again.)"""
@@ -240,10 +281,11 @@ def fresh_spec(s: Store, name: str, env: Mapping[str, str]) -> dict[str, Any] | 
 
     from berth.runtime import userns
 
-    key, cfg = inputs(s, name, code_stamp(), userns.allocations(s.root).get(name), env)
     try:
         with open(os.path.join(s.dir(name), "spec.json"), encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError):
         return None
+    known = saved.get("config") if isinstance(saved, dict) else None
+    key, cfg = inputs(s, name, code_stamp(), userns.allocations(s.root).get(name), env, known)
     return saved if saved_matches(saved, key, lxcfs=bool(cfg.get("lxcfs"))) else None
