@@ -322,6 +322,35 @@ def test_a_spare_forks_the_next_init_ahead(guests: Guests) -> None:
     assert left == [], left  # no init forked ahead outlives its spare
 
 
+def test_a_start_refused_after_the_hand_over_ends_the_init_made_ahead(guests: Guests) -> None:
+    """The init made ahead is handed its container before the cgroup is made (it joins it at the
+    worker's word): a limit the kernel refuses then (cpuset.cpus outside the parent's) fails the
+    start with one line, and leaves neither that init, nor the cgroup, nor a running record."""
+    need_real_time()
+    cpuset = Path("/sys/fs/cgroup/cpuset")
+    if not (cpuset / "cpuset.cpus").exists() or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs the v1 cpuset hierarchy and two CPUs")
+    ok, bad = guests.name("ok"), guests.name("cpuset")
+    guests("create", ok, "--cmd", "sleep 1000", "--userns", "host")
+    guests("create", bad, "--cmd", "sleep 1000", "--userns", "host", "--cpuset-cpus", "1")
+    parent = cpuset / guests.env["BERTH_CGROUP_PARENT"]
+    guests("start", ok)  # guestd up, the parent made; then CPU 0 alone for the guests under it
+    (parent / ok / "cpuset.cpus").write_text("0")
+    (parent / "cpuset.cpus").write_text("0")
+    daemon = guests.daemon_pid()
+    first = guests.wait(lambda: spare(daemon), what="a spare worker")
+    ahead = guests.wait(lambda: _ahead(first), what="the spare's init forked ahead")
+    time.sleep(0.3)  # its pages copied: it is ready to be handed a container
+    r = guests("start", bad, check=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cpuset" in lines[0], r.stderr
+    guests.wait(lambda: not Path(f"/proc/{ahead}").exists(), what="the init made ahead to be ended")
+    assert not (parent / bad).exists()
+    assert guests.info(bad)["state"] == "stopped"
+    guests("stop", "--timeout", "2", ok)  # (the emptied parent goes with it)
+
+
 def test_a_busy_exit_worker_does_not_hold_up_the_spares_request(guests: Guests) -> None:
     """A worker forked while a spare waits (here: the exit worker of a guest whose lock is held)
     must not keep the spare's socket open: the next start, handed to the spare, runs at once."""

@@ -426,6 +426,22 @@ def create(
             cgroup_mounts=host_cgroups,
             landlock_scopes=scopes,
         )
+        if zygote is not None and not (in_place_fits(spec) and preserve_fds == 0):
+            zygote.discard()
+            zygote = None
+        if zygote is not None:
+            # Now, not once the cgroup is made: it takes the container (unpickles it, joins the
+            # keyring) while we make the cgroup, and joins that, then its namespaces, at our word
+            # (what the kernel makes for them is charged to the guest's cgroup).
+            parent_sock, child_sock = sync.pair()
+            if _zygote().hand_over(zygote, spec, opts, cg, child_sock):
+                zygote_pid = zygote.pid
+            else:
+                zygote = None  # ended by hand_over: the init is forked below
+                parent_sock.close()
+                parent_sock = None
+            child_sock.close()
+            child_sock = None
         data: dict[str, Any] = {
             "ociVersion": spec.get("ociVersion", "1.2.0"),
             "id": cid,
@@ -473,20 +489,21 @@ def create(
             cg.set(linux["resources"])
         _resources().unlock(res_lock)
         res_lock = None
-        parent_sock, child_sock = sync.pair()
-        if zygote is not None and not (in_place_fits(spec) and preserve_fds == 0):
-            zygote.discard()
-            zygote = None
-        if zygote is not None and _zygote().hand_over(zygote, spec, opts, cg, child_sock):
-            stage1_pid, zygote_pid = 0, zygote.pid  # the init already: nothing to fork
+        stage1_pid = 0
+        if zygote_pid:  # the init already: nothing to fork; it joins the cgroup now
+            try:
+                sync.send(parent_sock, "cgroup", join=cg is not None)
+            except OSError:
+                pass  # it failed and ended: its error is read below
         else:
+            parent_sock, child_sock = sync.pair()
             stage1_pid = os.fork()
             if stage1_pid == 0:
                 parent_sock.close()
                 stage1(spec, opts, child_sock, cg)
                 os._exit(1)  # not reached
-        child_sock.close()
-        child_sock = None
+            child_sock.close()
+            child_sock = None
         if init_fd is not None:
             os.close(init_fd)
         console_fd = None

@@ -193,10 +193,12 @@ def stage1_in_place(
 ) -> None:
     """:func:`stage1` without its fork, in a process forked ahead as pid 1 of a new pid namespace
     (berth.runtime.zygote, where :func:`in_place_fits`): it joins the cgroup and the other
-    namespaces itself, reports ``pid`` (its pid on the host) and goes on as :func:`stage2`."""
+    namespaces itself, reports ``pid`` (its pid on the host) and goes on as :func:`stage2`.
+    Handed the container before its cgroup was made, it joins that (and then the namespaces)
+    at the runtime's ``cgroup`` message."""
     try:
         flags, join = ns_flags(spec)
-        _enter(spec, opts, sock, cgroup, (flags & ~Clone.NEWPID, join))
+        _enter(spec, opts, sock, cgroup, (flags & ~Clone.NEWPID, join), cgroup_later=True)
         sync.send(sock, "pid", pid=pid)
     except BaseException as e:
         _fail(sock, e)
@@ -209,8 +211,14 @@ def _enter(
     sock: socket.socket,
     cgroup: Any,
     namespaces: tuple[int, list[tuple[str, str]]],
+    *,
+    cgroup_later: bool = False,
 ) -> None:
-    """stage1's part before its fork: signals, the cgroup, the keyring, the namespaces."""
+    """stage1's part before its fork: signals, the cgroup, the keyring, the namespaces.
+
+    ``cgroup_later`` (the init forked ahead, handed its container before the runtime made the
+    cgroup): the cgroup is joined at the runtime's ``cgroup`` message, after the keyring and
+    before any namespace (what the kernel makes for those is charged to the guest's cgroup)."""
     for sig in (
         signal.SIGINT,
         signal.SIGTERM,
@@ -221,25 +229,20 @@ def _enter(
     ):
         signal.signal(sig, signal.SIG_DFL)
     prctl.set_dumpable(False)
-    if cgroup is not None:
-        cgroup.add(os.getpid())
-        if mounts.cgroup_delegated(spec) and _host_root():
-            # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
-            # rootless runtime's cgroup is its user's already, delegated by its manager.)
-            linux = spec.get("linux") or {}
-            # name=systemd (v1) only for berth's system guests: the runtime spec forbids
-            # changing ownership on cgroup v1 for an OCI bundle's guest.
-            cgroup.delegate(
-                _mapped_root(linux, "uidMappings"),
-                _mapped_root(linux, "gidMappings"),
-                v1=mounts.systemd_cgroup(spec),
-            )
+    if cgroup is not None and not cgroup_later:
+        _join_cgroup(spec, cgroup)
     # Opened while still the host's root: a user namespace's root may not reach the state dir.
     opts.fifo_fd = os.open(opts.fifo, os.O_PATH | os.O_CLOEXEC)
     if opts.new_keyring:
         # Before any user namespace: the new keyring is charged to the runtime's user, not to
         # a quota of the guest's own uid, which the guest can fill (berth exec likewise).
         _join_session_keyring()
+    if cgroup_later:
+        msg, _fds = sync.recv(sock)
+        if not msg or msg["type"] != "cgroup":
+            os._exit(1)  # the runtime gave up (its end closed): nothing to report to
+        if cgroup is not None and msg.get("join"):
+            _join_cgroup(spec, cgroup)
     flags, join = namespaces
     _join(join)
     if flags & Clone.NEWUSER and not flags & Clone.NEWNET and mounts.wants_sysfs(spec):
@@ -257,6 +260,22 @@ def _enter(
         os.setresuid(0, 0, 0)
     if flags & ~Clone.NEWUSER:
         unshare(flags & ~Clone.NEWUSER)
+
+
+def _join_cgroup(spec: dict[str, Any], cgroup: Any) -> None:
+    """Move into the guest's cgroup (delegated to its mapped root where the spec asks)."""
+    cgroup.add(os.getpid())
+    if mounts.cgroup_delegated(spec) and _host_root():
+        # Still the host's root here: hand the guest's cgroup to its mapped root.  (A
+        # rootless runtime's cgroup is its user's already, delegated by its manager.)
+        linux = spec.get("linux") or {}
+        # name=systemd (v1) only for berth's system guests: the runtime spec forbids
+        # changing ownership on cgroup v1 for an OCI bundle's guest.
+        cgroup.delegate(
+            _mapped_root(linux, "uidMappings"),
+            _mapped_root(linux, "gidMappings"),
+            v1=mounts.systemd_cgroup(spec),
+        )
 
 
 def _lo_up() -> None:

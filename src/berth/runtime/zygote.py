@@ -132,7 +132,11 @@ def hand_over(z: Zygote, spec: dict[str, Any], opts: InitOptions, cgroup: Any, s
     """Give ``z`` its container: the spec, the init's options, the cgroup and the init's end of
     the sync socket, with our stdio.  False if it is not ready (still copying its pages: a start
     right after the spare's fork would wait for that) or gone; it is ended then, and the caller
-    forks as before."""
+    forks as before.
+
+    Given before the cgroup is made: the init takes the container while the caller makes it,
+    and waits for the caller's ``cgroup`` message (``join``: False if there is none) before it
+    joins it and then its namespaces (:func:`berth.runtime.init.stage1_in_place`)."""
     import pickle
 
     fds = [sock.fileno(), 0, 1, 2]
