@@ -347,6 +347,8 @@ def throughput_table(tmp: Path) -> None:
                     ip_b,
                 ),
             ]
+        # The ip: guest's client connects from its own address (in the bridge's subnet, beside
+        # bridge guests: berth's masquerade leaves it alone) to the host's 127.0.0.1.
         gi = b0.guest("i", "--net", f"ip:{ipaddress.IPv4Network(b0.subnet)[200]}")
         paths.append(
             (

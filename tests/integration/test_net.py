@@ -607,6 +607,72 @@ def test_ip_mode_udp_connected_after_sendto_keeps_own_address(binder_rootfs, gue
     _assert_nothing_left(prefix)
 
 
+def test_ip_mode_address_in_a_bridges_subnet_is_not_masqueraded(
+    binder_rootfs, guests, net_env, prefix
+) -> None:
+    """An ``ip:`` guest whose address is in the subnet of a bridge with guests (berth puts the
+    address on that bridge) reaches the host's 127.0.0.1 from its own address: berth's
+    masquerade of the bridge guests' traffic leaving by another interface left it alone.  It
+    rewrote the guest's source, and the guest's egress filter (after NAT) dropped every packet:
+    the guest reached nothing but the bridge (the network bench's ``ip:`` row timed out)."""
+    net = ipaddress.IPv4Network(net_env["BERTH_SUBNET"])
+    own = str(net[27])
+    b = guests("--name", f"{prefix}nb", "--net", "bridge", "--", "sh", "-c", f"echo UP; sleep {30 * SLOW}")
+    b.wait_for("^UP")
+    rules = subprocess.run(["nft", "list", "table", "inet", prefix], capture_output=True, text=True).stdout
+    assert f"ip saddr {net} " in rules and "masquerade" in rules, rules  # the bridge's NAT is there
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(10 * SLOW)
+    port = srv.getsockname()[1]
+    try:
+        g = guests(
+            "--rootfs", str(binder_rootfs), "--net", f"ip:{own}", "--",
+            "timeout", str(5 * SLOW), "/binder", "connect", "127.0.0.1", str(port),
+        )  # fmt: skip
+        res = g.finish(timeout=20)
+        try:
+            conn, (peer, _port) = srv.accept()
+            conn.close()
+        except TimeoutError:
+            peer = None
+    finally:
+        srv.close()
+    assert f"connect 127.0.0.1: ok local {own}" in res.stdout, res
+    assert peer == own, (peer, res)  # its own address, not the host's instead
+    b.proc.send_signal(signal.SIGTERM)
+    b.finish()
+    _assert_nothing_left(prefix)
+
+
+def test_ip_mode_and_bridge_guests_never_share_an_address(guests, berth, net_env, prefix) -> None:
+    """An ``ip:`` guest's address in a bridge's subnet (berth puts it on the bridge: the host has
+    it) is no bridge guest's, chosen or picked, and an address a bridge guest has is refused to
+    an ``ip:`` guest: either way two would hold it (the host's one shadowing the guest's)."""
+    a = guests("--name", f"{prefix}ba", "--net", "bridge", "--", "sh", "-c",
+               f"echo ADDR $(ip -4 -o addr show eth0 | awk '{{print $4}}'); sleep {30 * SLOW}")  # fmt: skip
+    held = a.wait_for(r"^ADDR ").split()[1].split("/")[0]
+    res = berth("--net", f"ip:{held}", "--", "true", check_clean=False, timeout=30 * SLOW)
+    assert res.returncode == 125, res
+    assert f"net: address {held} is taken" in res.error_line(), res
+    own = str(ipaddress.IPv4Address(held) + 1)  # the next one a bridge guest would be given
+    i = guests("--net", f"ip:{own}", "--", "sh", "-c", f"echo UP; sleep {30 * SLOW}")
+    i.wait_for("^UP")
+    res = berth("--net", "bridge", "--ip", own, "--", "true", check_clean=False, timeout=30 * SLOW)
+    assert res.returncode == 125, res
+    assert f"ip: {own} is taken" in res.error_line(), res
+    b = guests("--name", f"{prefix}bb", "--net", "bridge", "--", "sh", "-c",
+               "echo ADDR $(ip -4 -o addr show eth0 | awk '{print $4}')")  # fmt: skip
+    got = b.wait_for(r"^ADDR ").split()[1].split("/")[0]
+    assert got not in (held, own), got
+    b.finish()
+    for g in (a, i):
+        g.proc.send_signal(signal.SIGTERM)
+        g.finish()
+    _assert_nothing_left(prefix)
+
+
 def test_nft_teardown_without_sbin_on_path(prefix: str) -> None:
     """guestd may run with a PATH without /usr/sbin: a bridge's chains and the table still go
     (nft.exists found no nft there and the teardown did nothing: the table stayed for good)."""

@@ -106,6 +106,23 @@ def test_leases_persist(tmp_path) -> None:
         assert db.lease("a", "10.0.0.0/24", None, persist=True) == kept
 
 
+def test_running_ip_guests_addresses_are_taken_on_the_bridge(tmp_path) -> None:
+    """A running ip: guest's address (the host has it on the bridge) is no bridge guest's to
+    lease; it is free again once the ip: guest is gone, and its own lookup leaves it out."""
+    with addr.Leases(str(tmp_path), "br").locked() as db:
+        db.active["i"] = {"mode": "ip", "addrs": ["10.0.0.2", "192.0.2.9"]}
+        db.active["b"] = {"mode": "bridge", "ip": "10.0.0.5"}  # (its lease holds it, not this)
+        assert db.taken_addrs() == {"10.0.0.2", "192.0.2.9"}
+        assert db.taken_addrs(but="i") == set()
+        assert db.taken_addrs(key="ip6") == set()
+        assert db.lease("a", "10.0.0.0/24", None, persist=False)["ip"] == "10.0.0.3"
+        with pytest.raises(UsageError, match="10.0.0.2 is taken"):
+            db.lease("c", "10.0.0.0/24", "10.0.0.2", persist=False)
+        assert db.taken_addrs(but="i") == {"10.0.0.3"}  # the lease of a
+        del db.active["i"]
+        assert db.lease("c", "10.0.0.0/24", None, persist=False)["ip"] == "10.0.0.2"
+
+
 def test_ruleset_shape() -> None:
     rules = nft.ruleset("bt", "btbr0", "10.9.0.0/24", [("10.9.0.2", 8080, 80, "tcp")], ["btv1"])
     items = [i["add"] for i in rules["nftables"]]
@@ -236,6 +253,22 @@ def test_ruleset_publishes_on_ipv4_and_ipv6() -> None:
         if "rule" in i and any(e.get("dnat", {}).get("family") == "ip6" for e in i["rule"]["expr"])
     ]
     assert all(any(e.get("match", {}).get("right") == "::1" for e in r["expr"]) for r in v6rules)
+
+
+def test_masquerade_leaves_the_hosts_own_addresses_alone() -> None:
+    """The bridge guests' traffic out is masqueraded, not the host's own from an address in the
+    subnet (an ip: guest's on the bridge: its egress filter dropped the rewritten packets)."""
+    rules = nft.ruleset("bt", "btbr0", "10.9.0.0/24", [], subnet6="fd00:9::/64")
+    masq = [
+        i["add"]["rule"] for i in rules["nftables"] if i["add"].get("rule", {}).get("comment") == "guests out"
+    ]
+    assert len(masq) == 2
+    for r in masq:
+        fib = [e["match"] for e in r["expr"] if "fib" in e.get("match", {}).get("left", {})]
+        assert fib == [
+            {"op": "!=", "left": {"fib": {"result": "type", "flags": ["saddr"]}}, "right": "local"}
+        ]
+        assert "masquerade" in r["expr"][-1]
 
 
 def test_u32_keys_for_ipv6() -> None:

@@ -96,7 +96,18 @@ class Leases:
         return self.data.setdefault("active", {})
 
     def taken_addrs(self, but: str | None = None, key: str = "ip") -> set[str]:
-        return {v[key] for k, v in self.leases.items() if k != but and v.get(key)}
+        """The addresses guests other than ``but`` hold on the bridge: the leases' (``key``: ``ip``
+        or ``ip6``) and, for IPv4, the running ``ip:`` guests' own, which the host has (berth put
+        them on the bridge when it lacked them): a bridge guest given one would share it."""
+        out = {v[key] for k, v in self.leases.items() if k != but and v.get(key)}
+        if key == "ip":
+            out |= {
+                a
+                for k, r in self.active.items()
+                if k != but and r.get("mode") == "ip"
+                for a in r.get("addrs") or []
+            }
+        return out
 
     def taken_indexes(self, but: str | None = None) -> set[int]:
         return {int(v["index"]) for k, v in self.leases.items() if k != but and "index" in v}

@@ -89,11 +89,7 @@ def check(store: str, name: str, opts: NetOptions) -> None:
             with _flock(_ports_lock(db)):
                 _check_ports(db, name, opts.publish)
         else:
-            for rec_name, rec in db.active.items():
-                if rec_name != name and set(rec.get("addrs", [])) & set(opts.addrs):
-                    raise UsageError(
-                        "net", f"address {sorted(set(rec['addrs']) & set(opts.addrs))[0]} is taken"
-                    )
+            _check_addrs_free(db, name, opts.addrs)
 
 
 def _check_host(store: str, opts: NetOptions) -> None:
@@ -110,6 +106,16 @@ def _check_host(store: str, opts: NetOptions) -> None:
             for net in (opts.subnet, opts.subnet6):
                 if net is not None:
                     bridge.check_subnet_free(ipr, net, opts.bridge, ours)
+
+
+def _check_addrs_free(db: ipam.Leases, name: str, addrs: tuple[str, ...] | list[str]) -> None:
+    """Refuse an ``ip:`` guest an address another guest on the bridge holds: a running ``ip:``
+    guest's, or a bridge guest's lease (a persistent one while the guest is stopped too): berth
+    would put it on the bridge, the host's then, and the bridge guest would lose it."""
+    taken = db.taken_addrs(but=name)
+    for a in addrs:
+        if a in taken:
+            raise UsageError("net", f"address {a} is taken by another guest")
 
 
 def _ours(path: str) -> set[str]:
@@ -407,9 +413,7 @@ def _setup_ip(db: ipam.Leases, name: str, pid: int, container: Any, opts: NetOpt
 
     from berth.net import ipisolate
 
-    for other, r in db.active.items():
-        if other != name and set(r.get("addrs", [])) & set(opts.addrs):
-            raise UsageError("net", f"an address of {', '.join(opts.addrs)} is taken by {other}")
+    _check_addrs_free(db, name, opts.addrs)
     rec = {**_record(name, pid, opts), "addrs": list(opts.addrs), "added": []}
     db.active[name] = rec
     db.save()

@@ -92,6 +92,9 @@ def ruleset(
       published port goes to the guest: to its IPv4 address, or its IPv6 address over IPv6.
     * ``postrouting`` (nat): the guests' traffic leaving by another interface is masqueraded; so is
       loopback-sourced traffic DNAT'ed onto the bridge (the guest must answer the bridge's address).
+      The host's own traffic from an address in the subnet is not: an ``ip:`` guest's address that
+      berth put on the bridge (its egress filter, which runs after NAT, would drop the rewritten
+      packet: the guest could reach nothing but the bridge), or the gateway's.
     * a ``bridge`` family table of the same name, chain ``forward``: frames from or to an isolated
       guest's port are dropped between bridge ports (bridge port isolation alone only separates
       isolated ports from each other); the host, reached through the bridge device, stays reachable.
@@ -131,6 +134,8 @@ def ruleset(
                     "expr": [
                         _match(_payload(fam, "saddr"), _prefix(net)),
                         _match({"meta": {"key": "oifname"}}, bridge, "!="),
+                        # not from an address of the host's own (an ip: guest's): see above
+                        _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!="),
                         {"masquerade": None},
                     ],
                 }
