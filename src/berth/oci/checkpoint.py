@@ -3,8 +3,9 @@
 The dump itself is :func:`berth.runtime.checkpoint.dump`; what this verb adds is what an OCI
 container holds from outside itself, recorded in the images' ``berth.json`` for ``restore``:
 
-* the init's stdio (``descriptors``, as runc's descriptors.json): pipes from conmon or the
-  shim are re-attached to the restoring runtime's own stdio;
+* the init's stdio (``descriptors``, as runc's descriptors.json; recorded when the init was
+  made: :mod:`berth.oci.stdio`): pipes from conmon or the shim are re-attached to the restoring
+  runtime's own stdio;
 * bind mounts from the host (``/etc/hosts``, volumes): ``--external mnt[DEST]:DEST`` here,
   ``mnt[DEST]:SOURCE`` (the new bundle's source) at restore;
 * a network namespace the container joined by path (podman's netns): external, re-joined at
@@ -98,18 +99,8 @@ def joined_netns(spec: dict[str, Any]) -> str | None:
     return None
 
 
-def descriptors(pid: int) -> list[str]:
-    """What the init's fds 0, 1 and 2 are (runc's descriptors.json)."""
-    out = []
-    for fd in range(3):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            out.append("")
-    return out
-
-
 def main(ctx: Context, argv: list[str]) -> int:
+    from berth.oci import stdio
     from berth.runtime import checkpoint as ck
     from berth.runtime import criu as criu_mod
     from berth.runtime.container import Container
@@ -161,7 +152,9 @@ def main(ctx: Context, argv: list[str]) -> int:
         args.append(f"--manage-cgroups={mode}")
     extra = {
         "oci": True,
-        "descriptors": descriptors(c.pid) if c.pid else [],
+        # As create (or restore) recorded them: now, a shell of the container may have its fd 1
+        # elsewhere for a while (berth.oci.stdio); read now only for a container without them.
+        "descriptors": stdio.recorded(c.data) or (stdio.descriptors(c.pid) if c.pid else []),
         "binds": [m["destination"] for m in binds],
         "netns": netns,
         "empty_ns": opts["empty_ns"],

@@ -173,7 +173,7 @@ def create(
         from berth.linux import prctl
 
         prctl.set_child_subreaper(True)
-    return container.create(
+    c = container.create(
         cid,
         spec,
         state_root=ctx.root,
@@ -188,3 +188,9 @@ def create(
         new_keyring=not opts.get("no_new_keyring"),
         warn=ctx.log.warn,
     )
+    # The init's stdio now, while it waits for start (a checkpoint records these: berth.oci.stdio).
+    from berth.oci import stdio
+
+    stdio.record(c.data, c.pid)
+    c.save()
+    return c

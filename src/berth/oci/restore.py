@@ -65,10 +65,10 @@ USAGE = """usage: berth-runtime restore [OPTIONS] ID
   --empty-ns network      a new, empty network namespace (as the checkpoint's --empty-ns)
   --no-subreaper, --no-pivot, --no-new-keyring, --auto-dedup   accepted
 """
-STDIO_KINDS = ("pipe:", "socket:")
 
 
 def main(ctx: Context, argv: list[str]) -> int:
+    from berth.oci import stdio
     from berth.oci.checkpoint import CGROUP_MODES, NETNS_KEY, bind_mounts, joined_netns
     from berth.runtime import checkpoint as ck
     from berth.runtime import container
@@ -122,9 +122,7 @@ def main(ctx: Context, argv: list[str]) -> int:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             opened.append(fd)
             inherit.append((fd, NETNS_KEY))
-        for fd, what in enumerate(meta.get("descriptors") or []):
-            if what.startswith(STDIO_KINDS):
-                inherit.append((fd, what))
+        inherit += stdio.inherited(meta.get("descriptors"))
         detach = bool(opts.get("detach"))
         if not detach and not opts.get("no_subreaper"):
             from berth.linux import prctl
@@ -166,8 +164,12 @@ def main(ctx: Context, argv: list[str]) -> int:
 
 def _record_spec(c: Any, spec: dict[str, Any]) -> None:
     """The restored state keeps the old container's berth fields; the annotations are the new
-    bundle's (what ``state`` reports)."""
+    bundle's (what ``state`` reports); its stdio is this command's (what the restored init was
+    handed: the next checkpoint records it, :mod:`berth.oci.stdio`)."""
+    from berth.oci import stdio
+
     c.data["annotations"] = spec.get("annotations") or {}
+    stdio.record(c.data, "self")
     c.save()
 
 
