@@ -1270,6 +1270,13 @@ def _mem_mib(pids: list[int]) -> tuple[float, float]:
 # guestd. No network, lxcfs or user namespace (--userns host, as the eval's network guests).
 GUEST_FLAGS = ("--net", "none", "--userns", "host", "--no-lxcfs")
 GUESTD = "berth start (guestd)"
+# The same start with guestd idle for IDLE_GAP s before it: no spare worker (guestd forks one for
+# the request; berth.guests.daemon.SPARE_KEEP) and the kernel's cgroup lock cold (its first attach
+# waits an RCU grace period: berth.cgroups.warm).  GUESTD's start follows it by BURST_GAP s, as a
+# start in a batch or a script does: the spare and its init forked ahead are ready, the lock warm.
+GUESTD_IDLE = "berth start (guestd idle)"
+IDLE_GAP = 3.0
+BURST_GAP = 0.3
 BERTH_RUN = "berth run"
 
 
@@ -1399,7 +1406,7 @@ class _Guests:
 def density(env: Env, cfg: Config) -> Section:
     s = Section("4. Density and start-up")
     n = cfg.density_n
-    guests = _Guests(env, max(n + 1, cfg.idle_guests))
+    guests = _Guests(env, max(2 * n + 2, cfg.idle_guests))  # two guestd starts a round
     try:
         guests.create()
         _density(env, cfg, s, n, guests)
@@ -1412,15 +1419,28 @@ def density(env: Env, cfg: Config) -> Section:
 
 def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None:
     pending = iter(guests.names)
+    last = [time.monotonic()]  # when guestd last had a command (guests.create's `berth list`)
+
+    def guestd_start(gap: float, at_least: bool) -> float:
+        """A guestd start ``gap`` s after its last command: at least that (idle), or exactly."""
+        wait = last[0] + gap - time.monotonic()
+        if wait > 0 or not at_least:
+            time.sleep(max(0.0, wait))
+        try:
+            return guests.start(next(pending))
+        finally:
+            last[0] = time.monotonic()
+
     starts: dict[str, Callable[[], object]] = {
         "native": lambda: subprocess.run([str(env.micro), "noop"], check=True),
         BERTH_RUN: lambda: _check(env.run("berth", lambda _b: ["noop"]), "berth run"),
-        GUESTD: lambda: guests.start(next(pending)),
+        GUESTD_IDLE: lambda: guestd_start(IDLE_GAP, True),
+        GUESTD: lambda: guestd_start(BURST_GAP, False),
         "runc": lambda: _check(env.runc(["noop"]), "runc run"),
         env.kernel: lambda: uml.run("true", memory_mb=256, timeout=60),
         "gvisor": lambda: gvisor.run("true", timeout=60),
     }
-    avail = {BERTH_RUN: "berth", GUESTD: "berth"}
+    avail = {BERTH_RUN: "berth", GUESTD: "berth", GUESTD_IDLE: "berth"}
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
     for rep in range(n + 1):
@@ -1499,7 +1519,7 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             ]
         )
     for col in (env.kernel, "gvisor"):
-        for b in (GUESTD, BERTH_RUN):
+        for b in (GUESTD, GUESTD_IDLE, BERTH_RUN):
             if times.get(col) and times.get(b):
                 r = med(times[col]) / med(times[b])
                 s.targets.append((f"{b}: start ≥ 10× faster than {col}", f"{floor_text(r, 1)}×", r >= 10))
@@ -1515,7 +1535,10 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"{GUESTD}: `berth start NAME` of a created guest until its busybox init runs (guestd up: the "
             f"command's fast path, berth.guests.fastclient, in the compiled `berth` launcher where a C compiler "
             f"was found at setup: no Python in the command; guestd's worker checks the spec and starts the "
-            f"guest); ms, median "
+            f"guest) {BURST_GAP:g} s after guestd's last command, as in a batch or a script (its spare "
+            f"worker and the init it forked ahead ready, the kernel's cgroup lock warm); {GUESTD_IDLE}: "
+            f"the same with guestd idle for {IDLE_GAP:g} s before it (no spare: guestd forks the worker; "
+            f"the cgroup lock cold, its first attach waits an RCU grace period); ms, median "
             f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
             f"guest ~3 s after its start; {GUESTD}: {cfg.idle_guests} busybox system guests (`berth create "
             f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
