@@ -11,25 +11,25 @@ from berth.oci import stdio
 
 def test_descriptors_of_a_process() -> None:
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # fd 1 a pipe, fd 0 closed
+    if pid == 0:  # fd 1 a pipe, fd 0 closed; then it says so and waits
         os.dup2(w, 1)
         os.close(0)
+        os.write(ready_w, b"r")
         os.read(r, 1)
         os._exit(0)
+    os.close(ready_w)
     try:
         want = f"pipe:[{os.fstat(w).st_ino}]"
-        deadline = 100
-        while stdio.descriptors(pid)[0] and deadline:  # (the child's close(0))
-            os.sched_yield()
-            deadline -= 1
+        assert os.read(ready_r, 1) == b"r"
         got = stdio.descriptors(pid)
         assert got[0] == "" and got[1] == want and got[2] == os.readlink("/proc/self/fd/2")
     finally:
         os.write(w, b"x")
         os.waitpid(pid, 0)
-        os.close(r)
-        os.close(w)
+        for fd in (r, w, ready_r):
+            os.close(fd)
 
 
 def test_record_and_read_back() -> None:
