@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,7 @@ class FakeGuestd:
 
     def __init__(self, run: str, script) -> None:
         self.requests: list[dict] = []
+        self.fds: list[int] = []  # how many descriptors came with each request
         self.script = script
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(os.path.join(run, ".guests", "guestd.sock"))
@@ -64,13 +68,18 @@ class FakeGuestd:
                 return
             with conn:
                 buf = b""
+                got = []
                 while not buf.endswith(b"\n"):
-                    chunk = conn.recv(65536)
+                    chunk, fds, _flags, _addr = socket.recv_fds(conn, 65536, 8)
+                    got += fds
                     if not chunk:
                         break
                     buf += chunk
+                for fd in got:
+                    os.close(fd)
                 req = json.loads(buf)
                 self.requests.append(req)
+                self.fds.append(len(got))
                 for line in self.script(req):
                     conn.sendall(line.encode() + b"\n")
 
@@ -90,7 +99,7 @@ def handed_over(r: subprocess.CompletedProcess, args: list[str]) -> bool:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["list"], ["run", "--", "true"], ["start"], ["start", "--help"], ["start", "-t", "g1"],
+    [[], ["list"], ["run"], ["run", "--help"], ["run", "-i", "-h", "--", "x"], ["start"], ["start", "--help"], ["start", "-t", "g1"],
      ["start", "../g1"], ["start", "g1", "nope"], ["start", "a" * 49]],
 )  # fmt: skip
 def test_hands_over_what_it_does_not_do(launcher: Path, store: dict[str, str], args: list[str]) -> None:
@@ -220,4 +229,92 @@ def test_non_utf8_environment_hands_over(launcher: Path, store: dict[str, str]) 
         assert r.returncode == 0 and r.stdout == b"-IS HANDOVER start g1\n"
         assert guestd.requests == []
     finally:
+        guestd.close()
+
+
+def test_run_request_and_exit_status(launcher: Path, store: dict[str, str]) -> None:
+    """berth run: one request with the arguments, environment and context, and the command's
+    stdin, stdout, stderr and cwd; the exit status is the worker's last line."""
+    guestd = FakeGuestd(
+        store["BERTH_RUN"], lambda req: [json.dumps({"worker": os.getpid()}), "not json", '{"exit": 7}']
+    )
+    try:
+        args = ["run", "--rm", "-e", "A=é", "--", "sh", "-c", 'echo "$A"']
+        r = run(launcher, args, store)
+        assert (r.returncode, r.stdout, r.stderr) == (7, "", "")
+        (req,) = guestd.requests
+        assert guestd.fds == [4]
+        ctx = req.pop("context")
+        assert req == {
+            "op": "run",
+            "argv": args[1:],
+            "env": store,
+            "store": store["BERTH_ROOT"],
+            "cgroup_parent": "p/q",
+        }
+        from berth.cli import run_guestd
+
+        assert ctx == run_guestd.context()  # the same text as guestd's worker makes of itself
+    finally:
+        guestd.close()
+
+
+def test_run_fallback_hands_over(launcher: Path, store: dict[str, str]) -> None:
+    guestd = FakeGuestd(
+        store["BERTH_RUN"], lambda req: [json.dumps({"worker": os.getpid()}), '{"fallback": true}']
+    )
+    try:
+        assert handed_over(run(launcher, ["run", "-t", "--", "true"], store), ["run", "-t", "--", "true"])
+        assert len(guestd.requests) == 1
+    finally:
+        guestd.close()
+
+
+def test_run_without_guestd_hands_over(launcher: Path, store: dict[str, str]) -> None:
+    assert handed_over(run(launcher, ["run", "--", "true"], store), ["run", "--", "true"])
+
+
+def test_run_worker_gone_without_a_status(launcher: Path, store: dict[str, str]) -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    guestd = FakeGuestd(store["BERTH_RUN"], lambda req: [json.dumps({"worker": p.pid})])
+    try:
+        r = run(launcher, ["run", "--", "true"], store)
+        assert r.returncode == 125
+        assert r.stderr.startswith(
+            "berth: the guest supervisor's worker ended without the guest's exit status"
+        )
+    finally:
+        guestd.close()
+
+
+def test_run_forwards_signals_to_the_worker(launcher: Path, store: dict[str, str]) -> None:
+    """A signal to the launcher goes to guestd's worker (here a process that reports it)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time\n"
+         "signal.signal(signal.SIGUSR1, lambda *a: print('got', signal.SIGUSR1.value, flush=True))\n"
+         "print('ready', flush=True)\ntime.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    asked = threading.Event()
+
+    def script(req):
+        yield json.dumps({"worker": worker.pid})
+        asked.set()
+        line = worker.stdout.readline()  # the forwarded signal
+        yield json.dumps({"exit": 128 + int(line.split()[1])})
+
+    guestd = FakeGuestd(store["BERTH_RUN"], script)
+    p = subprocess.Popen([str(launcher), "run", "--", "true"], env=store, stderr=subprocess.PIPE)
+    try:
+        assert asked.wait(20)
+        time.sleep(0.2)  # the launcher read the worker's pid
+        p.send_signal(signal.SIGUSR1)
+        assert p.wait(timeout=20) == 128 + signal.SIGUSR1
+    finally:
+        for q in (p, worker):
+            if q.poll() is None:
+                q.kill()
+                q.wait()
         guestd.close()

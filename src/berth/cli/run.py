@@ -58,6 +58,11 @@ when it ends.  Exit status: the command's (128+N if killed by signal N); 125 ber
 """
 
 
+#: In guestd's worker (berth.cli.run_guestd): the socket to the compiled launcher, which the
+#: cleanup after the C waiter (berth _run-exit) writes the exit status to.
+REPLY_FD: int | None = None
+
+
 def _take(argv: list[str], i: int, opt: str) -> tuple[str, int]:
     if "=" in opt and opt.startswith("--"):
         return opt.split("=", 1)[1], i
@@ -531,7 +536,7 @@ def _cleanup_argv(
     from berth import cli
     from berth.cli import run_exit
 
-    args = run_exit.argv(state_root, cgroup_parent, store, name, net, userns_owner)
+    args = run_exit.argv(state_root, cgroup_parent, store, name, net, userns_owner, REPLY_FD)
     debug = ["--debug"] if cli.DEBUG else []  # a failing cleanup's traceback, as berth run's own
     return [sys.executable, "-IS", launcher, *debug, run_exit.VERB, *args]
 

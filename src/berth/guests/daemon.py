@@ -68,6 +68,7 @@ class Daemon:
         self.spares: set[int] = set()  # spare workers not reaped yet and not given a request
         self.listener: socket.socket | None = None  # the command socket (serve)
         self.last_request = -SPARE_KEEP  # monotonic time of the last command's request
+        self.runs: set[int] = set()  # workers doing a `berth run` (they last as long as its guest)
 
     # -- run records ----------------------------------------------------------------------
     def _record(self, name: str) -> dict:
@@ -190,7 +191,9 @@ class Daemon:
                 self.watch(f[:-5])
 
     # -- workers ----------------------------------------------------------------------------
-    def fork_worker(self, req: dict, conn: socket.socket | None) -> int:
+    def fork_worker(self, req: dict, conn: socket.socket | None, fds: list[int] | None = None) -> int:
+        """Fork a worker for ``req``; ``fds``: the asker's descriptors (a run's stdio and its
+        working directory), which the worker inherits (the caller closes guestd's)."""
         # Fork-server: load the worker's modules once (on the first request, so an idle daemon
         # stays small); every worker then starts without ~50 ms of imports.
         if "berth.guests.worker" not in sys.modules:
@@ -203,6 +206,8 @@ class Daemon:
             try:
                 self._close_spare_in_child()
                 _worker_signals()
+                if fds is not None:
+                    req["fds"] = fds
                 code = sys.modules["berth.guests.worker"].serve(req, conn)
             except BaseException as e:
                 _log(f"worker {req.get('op')} {req.get('name') or req.get('names')}: {e}")
@@ -247,8 +252,9 @@ class Daemon:
             self.spare[1].close()
             self.spare = None
 
-    def hand_to_spare(self, req: dict, conn: socket.socket) -> int | None:
-        """Give the request to the spare worker: its pid, or None (no spare, or it is gone)."""
+    def hand_to_spare(self, req: dict, conn: socket.socket, fds: list[int] | None = None) -> int | None:
+        """Give the request to the spare worker (with ``fds``, as :meth:`fork_worker`): its pid,
+        or None (no spare, or it is gone)."""
         if self.spare is None:
             return None
         import json
@@ -256,7 +262,7 @@ class Daemon:
         pid, sock = self.spare
         self.spare = None
         try:
-            socket.send_fds(sock, [b"r"], [conn.fileno()])
+            socket.send_fds(sock, [b"r"], [conn.fileno(), *(fds or ())])
             sock.sendall(json.dumps(req).encode())
         except OSError:
             return None  # it died waiting: reaped as a spare
@@ -301,7 +307,8 @@ class Daemon:
                 if self.spare is not None and pid == self.spare[0]:
                     self.drop_spare()  # died waiting (killed): another is forked when idle
             elif req is not None:
-                for name in req.get("names") or [req["name"]]:
+                self.runs.discard(pid)
+                for name in worker_names(req):
                     self.watch(name)
             elif pid in self.guests:
                 self.exited(self.guests.pop(pid), pid, code)
@@ -316,10 +323,12 @@ class Daemon:
 
         conn, _ = listener.accept()
         conn.settimeout(5)
+        fds: list[int] = []  # descriptors the asker sent (a run's: berth.cli.run_guestd)
         try:
             buf = b""
             while not buf.endswith(b"\n"):
-                chunk = conn.recv(65536)
+                chunk, got, _flags, _addr = socket.recv_fds(conn, 65536, RUN_FDS)
+                fds += got
                 if not chunk:
                     break
                 buf += chunk
@@ -329,11 +338,17 @@ class Daemon:
             if req.get("op") == "ping":
                 conn.sendall(b'{"ok": true, "pid": %d}\n' % os.getpid())
                 return
+            req.pop("fds", None)  # (set by guestd alone: the descriptors that came with the request)
+            run = req.get("op") == "run"
+            if run and len(fds) != RUN_FDS:
+                raise ValueError(f"a run needs {RUN_FDS} descriptors, it came with {len(fds)}")
             req["state_root"] = self.root
             self.last_request = time.monotonic()
-            pid = self.hand_to_spare(req, conn)
+            pid = self.hand_to_spare(req, conn, fds if run else None)
             if pid is None:
-                pid = self.fork_worker(req, conn)
+                pid = self.fork_worker(req, conn, fds if run else None)
+            if run:
+                self.runs.add(pid)
             # The asker watches the worker: the guest's processes hold a copy of this socket
             # until they exec, so a worker that dies would never close it.  (The worker's
             # replies may come before this line: the asker takes them in any order.)
@@ -345,6 +360,8 @@ class Daemon:
             _log(f"bad request: {e}")
         finally:
             conn.close()
+            for fd in fds:
+                os.close(fd)
 
     def serve(self) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -379,7 +396,8 @@ class Daemon:
             keep = self.last_request + SPARE_KEEP - now
             if self.spare is not None and keep <= 0:
                 self.drop_spare()
-            want_spare = self.spare is None and not self.workers and keep > SPARE_IDLE
+            busy = len(self.workers) > len(self.runs)  # a run's worker waits for its guest: not busy
+            want_spare = self.spare is None and not busy and keep > SPARE_IDLE
             if want_spare or self.spare is not None:
                 wake = SPARE_IDLE if want_spare else keep
                 timeout = wake if timeout is None else min(timeout, wake)
@@ -387,7 +405,7 @@ class Daemon:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
-            if want_spare and not ready and not self.workers:
+            if want_spare and not ready and len(self.workers) == len(self.runs):
                 self.fork_spare()  # idle for SPARE_IDLE: fork the next worker now
             if self.supervised and time.monotonic() >= self.next_check:
                 self.check_limits()
@@ -412,6 +430,14 @@ class Daemon:
                     self.exited(name, pid, None)
 
 
+def worker_names(req: dict) -> list[str]:
+    """The guests whose records a worker's end may change (none for a run: its guest is not one
+    of the store's)."""
+    if req.get("op") == "run":
+        return []
+    return list(req.get("names") or [req["name"]])
+
+
 def _end(sock: socket.socket) -> None:
     """Shut our side of a spare's socket down, then close it: the spare sees the end even if a
     copy of this descriptor is still open somewhere."""
@@ -422,6 +448,8 @@ def _end(sock: socket.socket) -> None:
     sock.close()
 
 
+#: The descriptors a ``run`` request comes with: the command's stdin, stdout, stderr and cwd.
+RUN_FDS = 4
 SPARE_IDLE = 0.02  # seconds guestd is idle (no worker running) before it forks a spare worker
 # Seconds a spare is kept after the last command's request: a spare holds a copy of guestd's pages
 # (~10 MiB here), which a guestd that only supervises running guests does not pay for.
@@ -448,7 +476,7 @@ def _spare(sock: socket.socket) -> int:
         zygote.own_pages()
         # After the pages are owned: the keeping thread's stack is not populated with them.
         sys.modules["berth.guests.worker"].spare_waits(SPARE_KEEP)
-        msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1 + RUN_FDS)
         if not msg or not fds:
             return 0
         conn = socket.socket(fileno=fds[0])
@@ -460,7 +488,10 @@ def _spare(sock: socket.socket) -> int:
                 break
             chunks.append(chunk)
         sock.close()
-        return int(sys.modules["berth.guests.worker"].serve(json.loads(b"".join(chunks)), conn))
+        req = json.loads(b"".join(chunks))
+        if len(fds) > 1:
+            req["fds"] = fds[1:]
+        return int(sys.modules["berth.guests.worker"].serve(req, conn))
     finally:
         zygote.discard()  # reaped here, unused: guestd never sees its pid (it may come back as a guest's)
 

@@ -23,8 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
@@ -127,7 +129,7 @@ static const char *env_or(const char *key, const char *dflt) {
 
 /* ---- replies: flat JSON objects of strings, numbers, booleans and null ----------------- */
 struct reply {
-    int has_worker, worker, ok, stale, status, done;
+    int has_worker, worker, ok, stale, status, done, fallback, has_exit, exit;
     char name[NAME_MAX_LEN + 1];
     struct buf error;
 };
@@ -218,6 +220,7 @@ static int parse_line(const char *p, struct reply *r) {
             p += v ? 4 : 5;
             if (!strcmp(k, "ok")) r->ok = v;
             if (!strcmp(k, "stale")) r->stale = v;
+            if (!strcmp(k, "fallback")) r->fallback = v;
         } else if (!strncmp(p, "null", 4)) {
             p += 4;
         } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
@@ -228,6 +231,7 @@ static int parse_line(const char *p, struct reply *r) {
             p = end;
             if (!strcmp(k, "worker")) { r->worker = (int)v; r->has_worker = 1; }
             if (!strcmp(k, "status")) r->status = (int)v;
+            if (!strcmp(k, "exit")) { r->exit = (int)v; r->has_exit = 1; }
         } else {
             free(key.p);
             return 0;  /* a nested value: not a reply of this protocol */
@@ -353,11 +357,232 @@ static void warm(void) {
     }
 }
 
+/* The environment as JSON (as Python's os.environ: the first of a repeated name). */
+static void env_json(struct buf *env) {
+    puts_(env, "{");
+    int first = 1;
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq || eq == *e) continue;
+        if (!utf8_ok((const unsigned char *)*e)) python();
+        size_t klen = (size_t)(eq - *e);
+        int dup = 0;
+        for (char **f = environ; f < e && !dup; f++)
+            dup = !strncmp(*f, *e, klen + 1);
+        if (dup) continue;
+        if (!first) puts_(env, ",");
+        first = 0;
+        json_str(env, *e, klen);
+        puts_(env, ":");
+        json_str(env, eq + 1, strlen(eq + 1));
+    }
+    puts_(env, "}");
+}
+
+static void guestd_addr(const char *state, struct sockaddr_un *addr) {
+    char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    if (snprintf(sock_path, sizeof sock_path, "%s/.guests/guestd.sock", state) >= (int)sizeof sock_path) python();
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    memcpy(addr->sun_path, sock_path, sizeof sock_path);
+}
+
+/* ---- berth run through guestd ---------------------------------------------------------- */
+/* As berth.runtime.run.FORWARDED: what berth run forwards to its guest. */
+static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+#define NFORWARDED (int)(sizeof forwarded / sizeof forwarded[0])
+static int sig_r = -1, sig_w = -1;
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char c = (unsigned char)sig;
+    if (write(sig_w, &c, 1) < 0) { /* full: a storm of signals; the guest has plenty */ }
+    errno = saved;
+}
+
+/* The command to Python: the forwarded signals back to their default; one caught meanwhile
+ * (before anything was made) is raised again, as it would have reached the Python launcher. */
+static void python_run(void) {
+    for (int i = 0; i < NFORWARDED; i++) signal(forwarded[i], SIG_DFL);
+    unsigned char c;
+    while (sig_r >= 0 && read(sig_r, &c, 1) == 1) raise(c);
+    python();
+}
+
+/* What a process gives the children it forks that guestd's worker must have too for it to run
+ * this command's guest (berth.cli.run_guestd.context, the same text): the namespaces, the
+ * /proc/self/status lines of the umask, no_new_privs, seccomp, capabilities and CPU and memory
+ * affinity, the resource limits, oom_score_adj, the nice value and the scheduling policy. */
+static int context(struct buf *out) {
+    static const char *ns[] = {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"};
+    static const char *keys[] = {"Umask:", "NoNewPrivs:", "Seccomp:", "Seccomp_filters:", "CapInh:", "CapPrm:",
+                                 "CapEff:", "CapBnd:", "CapAmb:", "Cpus_allowed_list:", "Mems_allowed_list:"};
+    char path[64], link[256];
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        snprintf(path, sizeof path, "/proc/self/ns/%s", ns[i]);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n < 0) n = 0;
+        link[n] = 0;
+        puts_(out, link);
+        puts_(out, "\n");
+    }
+    const char *files[] = {"/proc/self/status", "/proc/self/limits", "/proc/self/oom_score_adj"};
+    for (int f = 0; f < 3; f++) {
+        FILE *fp = fopen(files[f], "re");
+        if (!fp) return 0;
+        char line[1024];
+        while (fgets(line, sizeof line, fp)) {
+            int want = f > 0;
+            for (size_t k = 0; !want && k < sizeof keys / sizeof keys[0]; k++)
+                want = !strncmp(line, keys[k], strlen(keys[k]));
+            if (want) puts_(out, line);
+        }
+        fclose(fp);
+    }
+    char tail[64];
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, 0);
+    if (errno) return 0;
+    snprintf(tail, sizeof tail, "nice %d\npolicy %d\n", nice, sched_getscheduler(0));
+    puts_(out, tail);
+    return 1;
+}
+
+/* `berth run ARGS`: guestd's worker runs it (berth.cli.run_guestd) with this command's
+ * stdin, stdout, stderr, working directory and environment; this process forwards its signals
+ * to that worker and exits with the guest's status.  Python runs it instead (the same
+ * command, from the start) when guestd is not up, an argument or the environment is not plain
+ * UTF-8, a descriptor of the three is closed, or the worker answers `fallback` (a terminal to
+ * relay, help, a usage error: Python's messages). */
+static int run_fast(int argc, char **argv, const char *root, const char *state, const char *parent) {
+    for (int i = 2; i < argc; i++) {
+        if (!utf8_ok((const unsigned char *)argv[i])) python();
+        if (!strcmp(argv[i], "--")) break;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) python();
+    }
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0) python();
+    if (!utf8_ok((const unsigned char *)root) || !utf8_ok((const unsigned char *)parent)) python();
+    struct buf req = {0};
+    puts_(&req, "{\"op\":\"run\",\"argv\":[");
+    for (int i = 2; i < argc; i++) {
+        if (i > 2) puts_(&req, ",");
+        json_str(&req, argv[i], strlen(argv[i]));
+    }
+    puts_(&req, "],\"env\":");
+    env_json(&req);
+    puts_(&req, ",\"store\":");
+    json_str(&req, root, strlen(root));
+    puts_(&req, ",\"cgroup_parent\":");
+    json_str(&req, parent, strlen(parent));
+    struct buf ctx = {0};
+    if (!context(&ctx) || !utf8_ok((const unsigned char *)ctx.p)) python();
+    puts_(&req, ",\"context\":");
+    json_str(&req, ctx.p, ctx.len);
+    free(ctx.p);
+    puts_(&req, "}\n");
+
+    struct sockaddr_un addr;
+    guestd_addr(state, &addr);
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cwd < 0) python();
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) python(); /* guestd is not up */
+
+    /* Signals from here on are queued on a pipe and sent to the worker once it is known. */
+    int sp[2];
+    if (pipe2(sp, O_CLOEXEC | O_NONBLOCK) != 0) python();
+    sig_r = sp[0];
+    sig_w = sp[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    for (int i = 0; i < NFORWARDED; i++) sigaction(forwarded[i], &sa, NULL);
+
+    int fds[4] = {0, 1, 2, cwd};
+    char cbuf[CMSG_SPACE(sizeof fds)];
+    memset(cbuf, 0, sizeof cbuf);
+    struct iovec iov = {req.p, req.len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    ssize_t n;
+    do n = sendmsg(s, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) python_run();
+    for (size_t off = (size_t)n; off < req.len;) {
+        n = send(s, req.p + off, req.len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) python_run();
+        off += (size_t)n;
+    }
+    free(req.p);
+    close(cwd);
+
+    struct buf in = {0};
+    int pidfd = -1, dead = 0;
+    unsigned char pending[256];
+    int npending = 0;
+    for (;;) {
+        char *nl;
+        while (in.len && (nl = memchr(in.p, '\n', in.len))) {
+            *nl = 0;
+            struct reply r;
+            int parsed = parse_line(in.p, &r);
+            size_t used = (size_t)(nl + 1 - in.p);
+            memmove(in.p, nl + 1, in.len - used);
+            in.len -= used;
+            if (!parsed) continue; /* not of this protocol: skipped */
+            free(r.error.p);
+            if (r.fallback) python_run(); /* nothing was made: Python runs the command */
+            if (r.has_exit) return r.exit;
+            if (r.has_worker && pidfd == -1) {
+                pidfd = (int)syscall(SYS_pidfd_open, r.worker, 0);
+                if (pidfd < 0) pidfd = -2; /* gone already: its reply, if any, is in the socket */
+            }
+        }
+        if (dead) break;
+        /* Signals caught meanwhile go to the worker (berth run's process there). */
+        unsigned char c;
+        while (read(sp[0], &c, 1) == 1)
+            if (npending < (int)sizeof pending) pending[npending++] = c;
+        if (pidfd >= 0) {
+            for (int i = 0; i < npending; i++) syscall(SYS_pidfd_send_signal, pidfd, (int)pending[i], NULL, 0);
+            npending = 0;
+        }
+        struct pollfd pfd[3] = {{s, POLLIN, 0}, {sp[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
+        int ready = pidfd == -2 ? 0 : poll(pfd, pidfd >= 0 ? 3 : 2, -1);
+        if (ready < 0 && errno != EINTR) break;
+        if (ready > 0 && pfd[0].revents) {
+            char chunk[4096];
+            n = recv(s, chunk, sizeof chunk, 0);
+            if (n <= 0) { dead = 1; continue; }
+            put(&in, chunk, (size_t)n);
+        } else if (pidfd == -2 || (ready > 0 && pidfd >= 0 && pfd[2].revents)) {
+            /* The worker is gone: what it wrote is in the socket; read that, then stop. */
+            char chunk[4096];
+            while ((n = recv(s, chunk, sizeof chunk, MSG_DONTWAIT)) > 0) put(&in, chunk, (size_t)n);
+            dead = 1;
+        }
+    }
+    fprintf(stderr, "berth: the guest supervisor's worker ended without the guest's exit status "
+                    "(see %s/.guests/guestd.log)\n", state);
+    return 125;
+}
+
 int main(int argc, char **argv) {
     orig_argv = argv;
-    if (argc < 3 || strcmp(argv[1], "start") != 0) python();
+    if (argc < 3 || (strcmp(argv[1], "start") != 0 && strcmp(argv[1], "run") != 0)) python();
     const char *fault = getenv("BERTH_FAULT");
     if (fault && *fault) python();
+    if (!strcmp(argv[1], "run"))
+        return run_fast(argc, argv, env_or("BERTH_ROOT", "/var/lib/berth"), env_or("BERTH_RUN", "/run/berth"),
+                        env_or("BERTH_CGROUP_PARENT", "berth"));
     warm();
     const char *root = env_or("BERTH_ROOT", "/var/lib/berth");
     const char *state = env_or("BERTH_RUN", "/run/berth");
@@ -403,32 +628,11 @@ int main(int argc, char **argv) {
     }
     long size = (count + (count < workers ? count : workers) - 1) / (count < workers ? count : workers);
 
-    /* The environment as JSON (as Python's os.environ: the first of a repeated name). */
     struct buf env = {0};
-    puts_(&env, "{");
-    int first = 1;
-    for (char **e = environ; *e; e++) {
-        const char *eq = strchr(*e, '=');
-        if (!eq || eq == *e) continue;
-        if (!utf8_ok((const unsigned char *)*e)) python();
-        size_t klen = (size_t)(eq - *e);
-        int dup = 0;
-        for (char **f = environ; f < e && !dup; f++)
-            dup = !strncmp(*f, *e, klen + 1);
-        if (dup) continue;
-        if (!first) puts_(&env, ",");
-        first = 0;
-        json_str(&env, *e, klen);
-        puts_(&env, ":");
-        json_str(&env, eq + 1, strlen(eq + 1));
-    }
-    puts_(&env, "}");
+    env_json(&env);
     if (!utf8_ok((const unsigned char *)root) || !utf8_ok((const unsigned char *)parent)) python();
-
-    char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    if (snprintf(sock_path, sizeof sock_path, "%s/.guests/guestd.sock", state) >= (int)sizeof sock_path) python();
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    memcpy(addr.sun_path, sock_path, sizeof sock_path);
+    struct sockaddr_un addr;
+    guestd_addr(state, &addr);
 
     int nbatch = (int)((count + size - 1) / size);
     int *socks = calloc((size_t)nbatch, sizeof(int));

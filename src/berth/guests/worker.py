@@ -20,6 +20,7 @@ from berth.runtime import container as _container  # noqa: F401
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from typing import Any
 
 BACKOFF_MAX = 5.0
@@ -50,7 +51,23 @@ _START_PATH = (
     "berth.runtime.zygote",
     "berth.spec.jsontext",
     "pickle",
+    # berth run's: the module registers its request ("run") in HANDLERS
+    "berth.cli.run_guestd",
+    "berth.cli.resources",
+    "berth.linux.caps",
+    "berth.runtime.run",
+    "berth.spec.defaults",
+    "berth.spec.seccomp",
+    "berth.spec.validate",
+    "berth.policy.units",
+    "select",
+    "threading",
 )
+
+
+#: Requests served by an upper layer's module (imported by :func:`preload`, which registers
+#: itself): op -> function(request, connection) -> exit code of the worker.
+HANDLERS: dict[str, Callable[[dict[str, Any], socket.socket | None], int]] = {}
 
 
 def preload() -> int | None:
@@ -69,6 +86,12 @@ def preload() -> int | None:
             importlib.import_module(mod)
         except ImportError:  # an optional part (libseccomp missing): the worker reports it
             pass
+    try:  # Docker's profile resolved for its default capabilities: berth run's (run), once
+        from berth.spec import seccomp
+
+        seccomp.default_profile()
+    except Exception:  # an optional part missing: the run reports it
+        pass
     from berth.guests import specinputs
 
     fd = specinputs.watch_code()
@@ -114,6 +137,13 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     A start of several guests (``names``) starts them one after the other, each under its
     lock, and replies one line per guest as it is done (with its ``name``): one worker, one
     fork of guestd for a whole batch; a failing guest does not stop the others."""
+    handler = HANDLERS.get(req.get("op"))
+    if handler is not None:
+        return handler(req, conn)
+    if req.get("op") == "run":  # (its module did not load: the Python launcher runs it)
+        if conn is not None:
+            reply(conn, {"fallback": True})
+        return 0
     os.environ["BERTH_FAULT"] = req.get("fault") or ""
     warm.settle()  # a spare's keeper (spare_waits): a start's own warm() takes over at once
     try:
@@ -122,6 +152,14 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
         from berth.runtime import zygote
 
         zygote.discard()  # the init a spare forked ahead, if no start took it
+
+
+def reply(conn: socket.socket, msg: dict[str, Any]) -> None:
+    """One line to the command that asked (gone: nothing)."""
+    try:
+        conn.sendall(json.dumps(msg).encode() + b"\n")
+    except OSError:
+        pass  # the command is gone
 
 
 def _serve(req: dict[str, Any], conn: socket.socket | None, todo: list[Any]) -> int:

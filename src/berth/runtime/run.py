@@ -30,6 +30,23 @@ WAITER = "berth-wait"
 WAITER_AFTER = 0.5
 
 
+#: In guestd's worker (berth.cli.run_guestd): the socket to the command that asked; the C
+#: waiter kills the guest if it is closed (the command was killed), as :func:`hang_up` does before.
+HANGUP_FD: int | None = None
+_forward: Callable[[int, Any], None] | None = None  # run()'s signal forwarding, once it runs
+_hung_up = False
+
+
+def hang_up() -> None:
+    """The command that asked for this run is gone (guestd's worker): kill the guest, as a
+    ``berth run`` process's guest dies with it; the run then cleans up as after any end."""
+    global _hung_up
+    _hung_up = True  # (a run() that has not begun yet kills its guest once it is made)
+    forward = _forward
+    if forward is not None:
+        forward(signal.SIGKILL, None)
+
+
 def waiter_path() -> str | None:
     """The C waiter beside the venv's interpreter (tools/launcher.sh builds it), if it is there."""
     path = os.path.join(os.path.dirname(sys.executable), WAITER)
@@ -74,6 +91,10 @@ def run(
         else:
             pending.append(sig)
 
+    global _forward
+    _forward = forward
+    if _hung_up:
+        pending.append(signal.SIGKILL)
     for sig in FORWARDED:
         signal.signal(sig, forward)
     # The guest's init is reparented to us when the intermediate child exits.
@@ -96,6 +117,7 @@ def run(
             use_init=use_init,
             watch_parent=True,
             seccomp_cache=seccomp_cache,
+            zygote=_ahead(),
         )
     finally:
         warm.settle()  # the init attached itself (berth.cgroups.warm, from berth.cli.run)
@@ -131,6 +153,13 @@ def run(
                 prctl.set_child_subreaper(False)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)
+
+
+def _ahead() -> Any:
+    """The init guestd's spare worker forked ahead (berth.runtime.zygote), if this process is
+    one (a run guestd's worker does: berth.cli.run_guestd), else None."""
+    zygote = sys.modules.get("berth.runtime.zygote")
+    return zygote.take() if zygote is not None else None
 
 
 def finish(
@@ -182,7 +211,8 @@ def _exec_waiter(pid: int, cleanup_argv: Sequence[str]) -> None:
                 pass
     # (pthread_sigmask runs the Python handlers of signals caught before the block: forwarded.)
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
-    argv = [waiter, str(pid), ",".join(str(int(s)) for s in FORWARDED), *cleanup_argv]
+    hangup = [] if HANGUP_FD is None else ["--hangup", str(HANGUP_FD)]
+    argv = [waiter, *hangup, str(pid), ",".join(str(int(s)) for s in FORWARDED), *cleanup_argv]
     try:
         os.execv(waiter, argv)
     except OSError:

@@ -1,6 +1,6 @@
 /* berth-wait: what `berth run` keeps in memory while its guest runs.
  *
- *   berth-wait PID SIGNALS CMD [ARG...]
+ *   berth-wait [--hangup FD] PID SIGNALS CMD [ARG...]
  *
  * berth.runtime.run execs this once the guest's init (PID, our child: we are its subreaper, and it
  * dies with us by PR_SET_PDEATHSIG) runs its command.  The process stays the same, so the init stays
@@ -13,15 +13,21 @@
  * a signal sent between the guest's start and here is delivered once the handlers are installed.
  * They are blocked again before the cleanup is exec'd, which installs its own handlers.
  *
+ * --hangup FD (a berth run of guestd's worker, berth.cli.run_guestd): the socket to the command
+ * that asked; if it is closed before the guest ends (the command was killed), the guest is killed,
+ * as a berth run's guest dies with it.
+ *
  * Built by tools/launcher.sh beside the Python launcher; without it berth run waits in Python.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,8 +49,17 @@ static int number(const char *s, const char *end, long *out) {
 }
 
 int main(int argc, char **argv) {
+    long hangup = -1;
+    if (argc >= 3 && !strcmp(argv[1], "--hangup")) {
+        if (number(argv[2], argv[2] + strlen(argv[2]), &hangup) < 0) {
+            fprintf(stderr, "berth-wait: --hangup: %s is not a descriptor\n", argv[2]);
+            return 125;
+        }
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 4) {
-        fprintf(stderr, "usage: berth-wait PID SIGNALS CMD [ARG...] (started by berth run)\n");
+        fprintf(stderr, "usage: berth-wait [--hangup FD] PID SIGNALS CMD [ARG...] (started by berth run)\n");
         return 125;
     }
     long pid;
@@ -78,6 +93,21 @@ int main(int argc, char **argv) {
      * again, a forwarded one still finds the init's pid, not a reused one. */
     int code = 255; /* as container.wait_exit: 255 when the init is not our child */
     int ended = 0;
+    if (hangup >= 0) {
+        /* Until the init ends: a hangup of the asker's socket kills it (then it ends). */
+        int pidfd = (int)syscall(SYS_pidfd_open, target, 0);
+        while (pidfd >= 0) {
+            struct pollfd pfd[2] = {{pidfd, POLLIN, 0}, {(int)hangup, POLLRDHUP, 0}};
+            int n = poll(pfd, hangup >= 0 ? 2 : 1, -1);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 || pfd[0].revents) break;
+            if (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+                kill(target, SIGKILL);
+                hangup = -1;
+            }
+        }
+        if (pidfd >= 0) close(pidfd);
+    }
     for (;;) {
         siginfo_t si;
         memset(&si, 0, sizeof si);

@@ -1,0 +1,139 @@
+"""``berth run`` served by guestd's worker for the compiled launcher (src/berth/guests/fastclient.c),
+which starts no Python: registered as the worker's ``run`` request (berth.guests.worker.HANDLERS)
+when guestd preloads this module."""
+
+from __future__ import annotations
+
+import os
+
+from berth.guests import worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
+
+
+def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
+    """``berth run`` for the compiled launcher (src/berth/guests/fastclient.c), which started
+    no Python: the command's arguments after ``run`` (``argv``), its environment (``env``) and
+    its stdin, stdout, stderr and working directory (``fds``, passed with the request) become
+    this worker's, and the run goes on here as berth.cli.run does it, with this worker for
+    berth run's process: the launcher forwards its signals to this pid, and the last line is
+    ``{"exit": STATUS}``.  If the guest still runs after berth.runtime.run.WAITER_AFTER, this
+    process becomes the C waiter, and the cleanup after it (``berth _run-exit``) writes that
+    line.  Options the launcher cannot serve (a terminal to relay, help, a usage error: the
+    Python launcher gives its message) are answered ``{"fallback": true}`` before anything is
+    made, and the launcher hands the command to Python."""
+    fds = req.get("fds") or []
+    if conn is None or len(fds) != 4:
+        return 1
+    from berth.runtime import zygote
+
+    try:
+        ok = _run_fits(req, fds)
+    except BaseException:
+        ok = False
+    if not ok:
+        zygote.discard()
+        worker.reply(conn, {"fallback": True})
+        return 0
+    import sys
+    import threading
+
+    from berth import cli
+    from berth.cli import run as cli_run
+    from berth.runtime import run as runner
+
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)  # (inheritable: the guest's stdio, as a berth run process's)
+    for fd in fds:
+        os.close(fd)
+    conn.settimeout(None)
+    conn.set_inheritable(True)
+    cli_run.REPLY_FD = conn.fileno()  # the C waiter's cleanup (berth _run-exit) replies
+    runner.HANGUP_FD = conn.fileno()  # and the C waiter watches it
+    threading.Thread(target=_watch_asker, args=(conn,), daemon=True).start()
+    status = 125
+    try:
+        status = cli.main(["run", *req["argv"]])
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        zygote.discard()  # if the guest did not take it
+        worker.reply(conn, {"exit": status})
+    return 0
+
+
+def _watch_asker(conn: socket.socket) -> None:
+    """A run's: if the command that asked is killed (its socket closed), kill the guest."""
+    import select
+
+    from berth.runtime import run as runner
+
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLRDHUP)
+    while True:
+        events = poller.poll()
+        if any(
+            ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, ev in events
+        ):
+            runner.hang_up()
+            return
+
+
+#: The namespaces a process's children are born in (berth run --net host: the command's network).
+_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+#: The /proc/self/status lines a forked child inherits the meaning of.
+_STATUS_KEYS = (
+    "Umask:", "NoNewPrivs:", "Seccomp:", "Seccomp_filters:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:",
+    "CapAmb:", "Cpus_allowed_list:", "Mems_allowed_list:",
+)  # fmt: skip
+
+
+def context() -> str:
+    """What this process hands down to its children that a guest of ``berth run`` inherits from
+    the command (fastclient.c's ``context``, the same text): its namespaces, umask, no_new_privs,
+    seccomp, capabilities, CPU and memory affinity, resource limits, oom_score_adj, nice value
+    and scheduling policy.  A run whose command differs in any of these is the Python launcher's,
+    so that the guest is what it would have been."""
+    out = []
+    for ns in _NAMESPACES:
+        try:
+            out.append(os.readlink(f"/proc/self/ns/{ns}") + "\n")
+        except OSError:
+            out.append("\n")
+    with open("/proc/self/status") as f:
+        out += [line for line in f if line.startswith(_STATUS_KEYS)]
+    for path in ("/proc/self/limits", "/proc/self/oom_score_adj"):
+        with open(path) as f:
+            out.append(f.read())
+    out.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0)}\npolicy {os.sched_getscheduler(0)}\n")
+    return "".join(out)
+
+
+def _run_fits(req: dict[str, Any], fds: list[int]) -> bool:
+    """Take the command's environment and working directory; can this worker run it?  (It was
+    asked from where this worker's children are born as the command's would be (:func:`context`),
+    its options parse, and it needs no terminal.)"""
+    from berth.cli import run as cli_run
+
+    argv = req.get("argv")
+    env = req.get("env")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv) or not isinstance(env, dict):
+        return False
+    if req.get("context") != context():
+        return False
+    if any(a in ("-h", "--help") for a in argv):
+        return False
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in env.items()})
+    os.fchdir(fds[3])
+    o = cli_run.parse(list(argv))
+    return not o["tty"]
+
+
+worker.HANDLERS["run"] = serve

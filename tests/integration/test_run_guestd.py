@@ -1,0 +1,140 @@
+"""`berth run` through guestd (the compiled launcher, src/berth/guests/fastclient.c, and
+berth.guests.worker.run): with guestd up, the launcher starts no Python; guestd's worker runs the
+guest with the command's stdio, working directory and environment, the command's signals reach
+the guest, its exit status is the command's, and everything the run made is gone when it
+returns.  A command that guestd's worker could not run as it would have run (a terminal, another
+umask or CPU affinity than guestd's, help) is the Python launcher's, with the same result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import test_guests
+from test_fast_start import LAUNCHER, PY_LAUNCHER, compiled_launcher
+from test_guests import Guests
+
+guests = test_guests.guests  # the fixture: guestd and the guests are gone at teardown, nothing leaked
+
+pytestmark = pytest.mark.skipif(
+    not compiled_launcher() or not shutil.which("strace"),
+    reason="needs the compiled launcher (a C compiler at install) and strace",
+)
+
+# What a guest sees of itself: its capabilities, seccomp, no_new_privs, hostname length, root
+# entries, id map, mount count, cgroup lines and cwd.
+VIEW = (
+    "grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status; hostname | wc -c; ls /; "
+    "cat /proc/self/uid_map; wc -l < /proc/self/mountinfo; wc -l < /proc/self/cgroup; pwd; echo $HOME"
+)
+
+
+def up(g: Guests) -> None:
+    """guestd up (a guest started and stopped: the Python path spawns guestd)."""
+    n = g.name("d")
+    g("create", n)
+    g("start", n)
+    g("stop", "--timeout", "0", n)
+    assert g.daemon_pid()
+
+
+def traced(g: Guests, tmp: Path, args: list[str], **kw) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``berth run ARGS`` by the compiled launcher under strace (execve of this process only):
+    the result and the programs it executed (python if it handed over)."""
+    out = tmp / "execs"
+    r = subprocess.run(
+        ["strace", "-qq", "-e", "trace=execve", "-o", str(out), str(LAUNCHER), "run", *args],
+        env=kw.pop("env", g.env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,
+    )
+    execs = [line.split('"')[1] for line in out.read_text().splitlines() if "execve(" in line and '"' in line]
+    return r, execs
+
+
+def runs_left(g: Guests) -> list[str]:
+    """State directories of runs (not the store's guests' nor guestd's)."""
+    mine = set(g.mine())
+    return [d for d in os.listdir(g.run_root) if not d.startswith(".") and d not in mine]
+
+
+def test_run_through_guestd_starts_no_python_and_is_the_same_guest(guests: Guests, tmp_path: Path) -> None:
+    up(guests)
+    work = tmp_path / "wd"
+    work.mkdir()
+    r, execs = traced(guests, tmp_path, ["-w", "/tmp", "--", "sh", "-c", VIEW + "; echo err >&2; exit 7"])
+    assert execs == [str(LAUNCHER)], execs  # guestd's worker ran it
+    assert r.returncode == 7, r.stderr
+    assert r.stderr == "err\n"
+    py = subprocess.run(
+        [str(PY_LAUNCHER), "run", "-w", "/tmp", "--", "sh", "-c", VIEW + "; echo err >&2; exit 7"],
+        env=guests.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (py.returncode, py.stderr) == (7, "err\n")
+    assert r.stdout == py.stdout  # the same capabilities, filters, mounts, ids and cgroups
+    assert "Seccomp:\t2" in r.stdout and "/tmp\n/root\n" in r.stdout
+    assert runs_left(guests) == []
+
+
+def test_run_through_guestd_takes_the_commands_stdin_cwd_and_environment(
+    guests: Guests, tmp_path: Path
+) -> None:
+    up(guests)
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(guests.store / "templates" / "busybox" / "rootfs", rootfs, symlinks=True)
+    env = {**guests.env, "FROM_CMD": "yes it is"}
+    r, execs = traced(
+        guests, tmp_path, ["-i", "--rootfs", "rootfs", "-e", "FROM_CMD", "--", "sh", "-c", 'cat; echo "$FROM_CMD"'],
+        input="through stdin\n", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert execs == [str(LAUNCHER)], execs
+    assert (r.returncode, r.stdout) == (0, "through stdin\nyes it is\n"), r.stderr
+    assert runs_left(guests) == []
+
+
+@pytest.mark.parametrize("seconds", [0.2, 1.5])  # in the worker, and after it became the C waiter
+def test_signals_reach_the_guest_and_a_killed_command_kills_it(guests: Guests, seconds: float) -> None:
+    up(guests)
+    for sig, want in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)):
+        p = subprocess.Popen(
+            [str(LAUNCHER), "run", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; sleep 30 & wait"],
+            env=guests.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(seconds)
+            p.send_signal(sig)
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if sig == signal.SIGTERM:  # forwarded to the guest's init (tini), which passes it on
+            assert (p.returncode, out) == (3, "got TERM\n"), err
+        else:
+            assert p.returncode == want
+        # Either way the run ends and cleans up: no state, no cgroup, no process left.
+        guests.wait(lambda: runs_left(guests) == [], timeout=20, what="the run to be removed")
+
+
+def test_what_guestd_cannot_run_as_asked_is_pythons(guests: Guests, tmp_path: Path) -> None:
+    up(guests)
+    cases = [
+        (["--", "sh", "-c", "umask"], {"preexec_fn": lambda: os.umask(0o077)}, "0077\n"),
+        (["-t", "--", "true"], {}, ""),  # a terminal to relay
+        (["--", "true"], {"preexec_fn": lambda: os.sched_setaffinity(0, {0})}, ""),
+    ]
+    for args, kw, out in cases:
+        r, execs = traced(guests, tmp_path, args, stdin=subprocess.DEVNULL, **kw)
+        assert len(execs) == 2 and "python" in execs[1], (args, execs)
+        assert (r.returncode, r.stdout) == (0, out), (args, r.stderr)
+    r, execs = traced(guests, tmp_path, ["--bogus"], stdin=subprocess.DEVNULL)
+    assert "python" in execs[-1]
+    assert r.returncode == 125 and r.stderr == "berth: --bogus: unknown option (see 'berth run --help')\n"
+    assert runs_left(guests) == []
