@@ -34,6 +34,8 @@ from bench.lab.kernel import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 BERTH = str(REPO / ".venv" / "bin" / "berth")
+# The Python launcher: berth-py beside a compiled `berth` (tools/launcher.sh), else `berth` itself.
+BERTH_PY = BERTH + "-py" if os.path.exists(BERTH + "-py") else BERTH
 MICRO_SRC = Path(__file__).with_name("micro.c")
 # The lab's runners start `<dir>/loops ARGS` (gVisor binds <dir> at /lab): the micro binary is
 # installed under that name, with the tools and their libraries beside it.
@@ -234,6 +236,7 @@ class Env:
         opts: Sequence[str] = (),
         start_at: float | None = None,
         timeout: float = 600,
+        launcher: str = BERTH,
     ) -> subprocess.CompletedProcess[str]:
         if col == "native":
             env = dict(os.environ)
@@ -248,7 +251,7 @@ class Env:
                 cwd=self.native_dir,
             )
         if col == "berth":
-            cmd = [BERTH, "run", "--rm", *opts]
+            cmd = [launcher, "run", "--rm", *opts]
             if start_at:
                 cmd += ["-e", f"MICRO_START_AT={start_at:.3f}"]
             cmd += ["--", "/lab/loops", *args("/lab")]
@@ -1277,7 +1280,12 @@ GUESTD = "berth start (guestd)"
 GUESTD_IDLE = "berth start (guestd idle)"
 IDLE_GAP = 3.0
 BURST_GAP = 0.3
+# `berth run` with guestd up: the compiled launcher hands the run to guestd's worker
+# (berth.cli.run_guestd), BURST_GAP s after guestd's last command, or after IDLE_GAP s idle;
+# BERTH_RUN_PY: the Python launcher (as without guestd or without a C compiler at setup).
 BERTH_RUN = "berth run"
+BERTH_RUN_IDLE = "berth run (guestd idle)"
+BERTH_RUN_PY = "berth run (Python)"
 
 
 class _Guests:
@@ -1417,30 +1425,63 @@ def density(env: Env, cfg: Config) -> Section:
     return s
 
 
+def _run_memory(env: Env, launcher: str) -> tuple[float, float]:
+    """RSS and PSS (MiB) of one idle ``berth run --rm -- sleep`` 3 s after it began: the launcher
+    and its descendants, the guest's processes (its cgroup) and the process that waits for the
+    guest (its init's parent: guestd's worker, become berth-wait, when guestd ran it)."""
+    from berth.cgroups import open_cgroup
+
+    name = f"{env.tag}-m{secrets.token_hex(3)}"
+    p = subprocess.Popen(
+        [launcher, "run", "--rm", "--name", name, "--", "/bin/sleep", "6"],
+        env=env.env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)
+        guest = open_cgroup(f"{env.tag}/{name}").pids()
+        if not guest:
+            raise LabError(f"berth run --name {name}: no process in its cgroup after 3 s")
+        pids = set(peers.tree_pids(p.pid)) | set(guest)
+        pids |= {int(Path(f"/proc/{q}/stat").read_text().rsplit(")", 1)[1].split()[1]) for q in guest}
+        return _mem_mib(sorted(pids - {0, 1}))
+    finally:
+        p.wait(timeout=60)
+
+
 def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None:
     pending = iter(guests.names)
     last = [time.monotonic()]  # when guestd last had a command (guests.create's `berth list`)
 
-    def guestd_start(gap: float, at_least: bool) -> float:
-        """A guestd start ``gap`` s after its last command: at least that (idle), or exactly."""
+    def after(gap: float, at_least: bool, fn: Callable[[], Any]) -> Any:
+        """``fn`` (a command to guestd) ``gap`` s after guestd's last command: at least that
+        (idle), or exactly; its time (a float) or its result, timed by the caller."""
         wait = last[0] + gap - time.monotonic()
         if wait > 0 or not at_least:
             time.sleep(max(0.0, wait))
+        t = time.monotonic()
         try:
-            return guests.start(next(pending))
+            r = fn()
+            return r if isinstance(r, float) else time.monotonic() - t
         finally:
             last[0] = time.monotonic()
 
+    def berth_run(launcher: str = BERTH) -> object:
+        return _check(env.run("berth", lambda _b: ["noop"], launcher=launcher), "berth run")
+
     starts: dict[str, Callable[[], object]] = {
         "native": lambda: subprocess.run([str(env.micro), "noop"], check=True),
-        BERTH_RUN: lambda: _check(env.run("berth", lambda _b: ["noop"]), "berth run"),
-        GUESTD_IDLE: lambda: guestd_start(IDLE_GAP, True),
-        GUESTD: lambda: guestd_start(BURST_GAP, False),
+        BERTH_RUN_PY: lambda: berth_run(BERTH_PY),
+        GUESTD_IDLE: lambda: after(IDLE_GAP, True, lambda: guests.start(next(pending))),
+        GUESTD: lambda: after(BURST_GAP, False, lambda: guests.start(next(pending))),
+        BERTH_RUN: lambda: after(BURST_GAP, False, berth_run),
         "runc": lambda: _check(env.runc(["noop"]), "runc run"),
         env.kernel: lambda: uml.run("true", memory_mb=256, timeout=60),
         "gvisor": lambda: gvisor.run("true", timeout=60),
+        BERTH_RUN_IDLE: lambda: after(IDLE_GAP, True, berth_run),
     }
-    avail = {BERTH_RUN: "berth", GUESTD: "berth", GUESTD_IDLE: "berth"}
+    avail = {b: "berth" for b in (BERTH_RUN, BERTH_RUN_IDLE, BERTH_RUN_PY, GUESTD, GUESTD_IDLE)}
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
     for rep in range(n + 1):
@@ -1455,7 +1496,8 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
                 continue
             if rep:
                 # runc: `runc run` alone, without the bench's own overlay mount around it;
-                # guestd: its own timing (berth start until the guest's init runs)
+                # guestd: its own timing (berth start until the guest's init runs, a run's
+                # command alone: not the wait before it)
                 dt = (
                     env.runc_seconds if col == "runc" else r if isinstance(r, float) else time.monotonic() - t
                 )
@@ -1474,15 +1516,11 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
         charged[GUESTD] = med(idle["memcg"])
     except (LabError, OSError, subprocess.SubprocessError) as e:
         s.notes.append(f"idle memory of the guestd guests failed: {str(e).splitlines()[0][:200]}")
-    p = subprocess.Popen(
-        [BERTH, "run", "--rm", "--", "/bin/sleep", "6"],
-        env=env.env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-    )
-    time.sleep(3)
-    mem[BERTH_RUN] = _mem_mib(peers.tree_pids(p.pid))
-    p.wait(timeout=60)
+    for col, launcher in ((BERTH_RUN, BERTH), (BERTH_RUN_PY, BERTH_PY)):
+        try:
+            mem[col] = _run_memory(env, launcher)
+        except (LabError, OSError, subprocess.SubprocessError) as e:
+            s.notes.append(f"idle memory of {col} failed: {str(e).splitlines()[0][:200]}")
     try:
         out = io.StringIO()
         if env.has(env.kernel) or env.has("gvisor"):
@@ -1519,11 +1557,11 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             ]
         )
     for col in (env.kernel, "gvisor"):
-        for b in (GUESTD, GUESTD_IDLE, BERTH_RUN):
+        for b in (GUESTD, GUESTD_IDLE, BERTH_RUN, BERTH_RUN_IDLE, BERTH_RUN_PY):
             if times.get(col) and times.get(b):
                 r = med(times[col]) / med(times[b])
                 s.targets.append((f"{b}: start ≥ 10× faster than {col}", f"{floor_text(r, 1)}×", r >= 10))
-        for b in (GUESTD, BERTH_RUN):
+        for b in (GUESTD, BERTH_RUN, BERTH_RUN_PY):
             if col in mem and b in mem:
                 r = mem[col][1] / mem[b][1]
                 s.targets.append(
@@ -1545,9 +1583,14 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"plus guestd's (with any worker it keeps), / {cfg.idle_guests}, and the host's used memory (MemTotal − MemAvailable) growth "
             f"/ {cfg.idle_guests} (kernel side included; other processes' churn shows in it) and what the guests' "
             f"memory cgroups are charged / {cfg.idle_guests} (memcg: their pages, page cache and kernel "
-            f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: "
-            "`berth run --rm -- sleep` (its front end is counted: after the guest's first 0.5 s it is "
-            "berth-wait, a small C waiter, no longer Python); UML/gVisor: the processes of one idle guest.",
+            f"objects, not guestd), median of {len(idle.get('pss', []))}; {BERTH_RUN}: `berth run --rm "
+            f"-- micro noop` by the compiled launcher with guestd up (the launcher hands the run to a worker "
+            f"of guestd's, with its stdio: berth.cli.run_guestd) {BURST_GAP:g} s after guestd's last command; "
+            f"{BERTH_RUN_IDLE}: the same after {IDLE_GAP:g} s idle; {BERTH_RUN_PY}: the Python launcher "
+            f"(berth-py; as without guestd, or without a C compiler at setup); their idle memory: "
+            "`berth run --rm -- sleep`, the launcher, the process that waits for the guest (after the "
+            "guest's first 0.5 s berth-wait, a small C waiter: guestd's worker, or the Python launcher's "
+            "own process) and the guest's; UML/gVisor: the processes of one idle guest.",
             [
                 "column",
                 "start ms",

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 # What a guest sees of itself: its capabilities, seccomp, no_new_privs, hostname length, root
-# entries, id map, mount count, cgroup lines and cwd.
+# entries, id map, mount count, cgroup lines, cwd and its init's descriptors (stdio alone).
 VIEW = (
-    "grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status; hostname | wc -c; ls /; "
+    "grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status; hostname | wc -c; ls /; ls /proc/1/fd; "
     "cat /proc/self/uid_map; wc -l < /proc/self/mountinfo; wc -l < /proc/self/cgroup; pwd; echo $HOME"
 )
 
@@ -79,7 +79,7 @@ def test_run_through_guestd_starts_no_python_and_is_the_same_guest(guests: Guest
     )  # fmt: skip
     assert (py.returncode, py.stderr) == (7, "err\n")
     assert r.stdout == py.stdout  # the same capabilities, filters, mounts, ids and cgroups
-    assert "Seccomp:\t2" in r.stdout and "/tmp\n/root\n" in r.stdout
+    assert "Seccomp:\t2" in r.stdout and "/tmp\n/root\n" in r.stdout and "\n0\n1\n2\n" in r.stdout
     assert runs_left(guests) == []
 
 

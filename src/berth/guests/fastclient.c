@@ -484,6 +484,7 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
 
     struct sockaddr_un addr;
     guestd_addr(state, &addr);
+    warm(); /* the guest's init attaches itself to its cgroup soon: the lock's wait starts now */
     int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cwd < 0) python();
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
