@@ -138,3 +138,44 @@ def test_what_guestd_cannot_run_as_asked_is_pythons(guests: Guests, tmp_path: Pa
     assert "python" in execs[-1]
     assert r.returncode == 125 and r.stderr == "berth: --bogus: unknown option (see 'berth run --help')\n"
     assert runs_left(guests) == []
+
+
+def test_a_run_request_without_its_descriptors_is_refused(guests: Guests) -> None:
+    """guestd takes a run only with the command's four descriptors (stdio and cwd): else it
+    closes the connection without a worker, and keeps serving."""
+    import json
+    import socket
+
+    up(guests)
+    path = str(guests.run_root / ".guests" / "guestd.sock")
+    req = {"op": "run", "argv": ["--", "true"], "env": {}, "store": str(guests.store), "cgroup_parent": "x"}
+    for fds in ([], [0, 1]):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            socket.send_fds(s, [json.dumps({**req, "fds": [0, 1, 2, 3]}).encode() + b"\n"], fds)
+            s.settimeout(10)
+            assert s.recv(4096) == b""  # closed: no worker's line
+    r = subprocess.run(
+        [str(LAUNCHER), "run", "--", "sh", "-c", "exit 5"], env=guests.env, capture_output=True, timeout=60
+    )
+    assert r.returncode == 5
+    assert runs_left(guests) == []
+
+
+def test_a_worker_without_the_run_module_hands_back(tmp_path: Path) -> None:
+    """If berth.cli.run_guestd did not register itself, a run is answered ``fallback``."""
+    import json
+    import socket
+
+    from berth.guests import worker
+
+    saved = dict(worker.HANDLERS)
+    worker.HANDLERS.clear()
+    a, b = socket.socketpair()
+    try:
+        assert worker.serve({"op": "run"}, a) == 0
+        assert json.loads(b.recv(4096)) == {"fallback": True}
+    finally:
+        worker.HANDLERS.update(saved)
+        a.close()
+        b.close()

@@ -50,6 +50,8 @@ def test_argv_with_net_and_userns() -> None:
     [
         (["/run/b", "p/q", "/store", "g1", "-", "-"], "STATUS"),  # one missing
         (["/run/b", "p/q", "/store", "g1", "-", "-", "x"], "'x' is not a number"),
+        (["/run/b", "p/q", "/store", "g1", "-", "-", "fd", "0"], "REPLY_FD 'fd' is not a number"),
+        (["/run/b", "p/q", "/store", "g1", "-", "-", "3", "0", "9"], "REPLY_FD"),  # one too many
     ],
 )
 def test_bad_arguments(args: list[str], why: str) -> None:
@@ -74,3 +76,31 @@ def test_cleanup_of_a_guest_whose_state_is_gone_still_unplugs_it(tmp_path) -> No
         for s, h in saved.items():
             signal.signal(s, h)
     assert seen == [("bgone1", None)]
+
+
+def test_argv_with_a_reply_descriptor() -> None:
+    """guestd's worker (berth.cli.run_guestd): the launcher's socket comes before the status."""
+    assert run_exit.argv("/run/b", "p/q", "/store", "g1", None, None, 7)[-1] == "7"
+
+
+def test_the_reply_comes_after_the_cleanup(tmp_path) -> None:
+    """The status line goes to REPLY_FD once the guest is cleaned up; a failed cleanup's line
+    carries berth's own status for it (as berth.cli.main gives it), not the guest's."""
+    import os
+    import signal
+
+    from berth.runtime import run as runner
+
+    saved = {s: signal.getsignal(s) for s in runner.FORWARDED}
+    r, w = os.pipe()
+    try:
+        assert run_exit.main([str(tmp_path), "berth", str(tmp_path), "bgone2", "-", "-", str(w), "42"]) == 42
+        assert os.read(r, 100) == b'{"exit": 42}\n'
+        with pytest.raises(ValueError):  # a NET argument that is not JSON: the cleanup fails
+            run_exit.main([str(tmp_path), "berth", str(tmp_path), "bgone3", "{", "-", str(w), "0"])
+        assert os.read(r, 100) == b'{"exit": 125}\n'  # berth's internal error, as berth.cli.main
+    finally:
+        os.close(r)
+        os.close(w)
+        for s, h in saved.items():
+            signal.signal(s, h)
