@@ -179,3 +179,26 @@ def test_a_worker_without_the_run_module_hands_back(tmp_path: Path) -> None:
         worker.HANDLERS.update(saved)
         a.close()
         b.close()
+
+
+def test_a_guestd_older_than_the_code_on_disk_leaves_runs_to_python(guests: Guests, tmp_path: Path) -> None:
+    """guestd keeps the code it loaded: once berth's code on disk changed (here a module added,
+    then removed again), a run is the Python launcher's, which runs the new code."""
+    import berth
+
+    up(guests)
+    probe = Path(berth.__file__).parent / f"_probe_{guests.tag.replace('-', '_')}.py"
+    try:
+        probe.write_text("# a change of berth's code (test_run_guestd)\n")
+        r, execs = traced(guests, tmp_path, ["--", "true"], stdin=subprocess.DEVNULL)
+        assert r.returncode == 0 and len(execs) == 2 and "python" in execs[1], execs
+    finally:
+        probe.unlink(missing_ok=True)
+    r, execs = guests.wait(
+        lambda: (res := traced(guests, tmp_path, ["--", "true"], stdin=subprocess.DEVNULL))[1]
+        == [str(LAUNCHER)]
+        and res,
+        what="guestd to run berth run again once the code is as it loaded it",
+    )
+    assert r.returncode == 0
+    assert runs_left(guests) == []

@@ -118,7 +118,7 @@ def context() -> str:
 def _run_fits(req: dict[str, Any], fds: list[int]) -> bool:
     """Take the command's environment and working directory; can this worker run it?  (It was
     asked from where this worker's children are born as the command's would be (:func:`context`),
-    its options parse, and it needs no terminal.)"""
+    guestd runs the code on disk, its options parse, and it needs no terminal.)"""
     from berth.cli import run as cli_run
 
     argv = req.get("argv")
@@ -127,6 +127,10 @@ def _run_fits(req: dict[str, Any], fds: list[int]) -> bool:
         return False
     if req.get("context") != context():
         return False
+    from berth.guests import specinputs
+
+    if worker.LOADED_STAMP is None or specinputs.code_stamp() != worker.LOADED_STAMP:
+        return False  # berth changed on disk since guestd loaded it: the new code runs it
     if any(a in ("-h", "--help") for a in argv):
         return False
     os.environ.clear()

@@ -65,6 +65,10 @@ _START_PATH = (
 )
 
 
+#: berth's code stamp (berth.guests.specinputs.code_stamp) when guestd loaded it (preload): a
+#: request whose handling should be the code on disk now can tell that guestd runs older code.
+LOADED_STAMP: str | None = None
+
 #: Requests served by an upper layer's module (imported by :func:`preload`, which registers
 #: itself): op -> function(request, connection) -> exit code of the worker.
 HANDLERS: dict[str, Callable[[dict[str, Any], socket.socket | None], int]] = {}
@@ -95,6 +99,8 @@ def preload() -> int | None:
     from berth.guests import specinputs
 
     fd = specinputs.watch_code()
+    global LOADED_STAMP
+    LOADED_STAMP = specinputs.code_stamp()
     gc.collect()
     gc.freeze()
     return fd
