@@ -29,6 +29,7 @@
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -326,9 +327,9 @@ static int replies(int s, char **names, int count, struct reply *out) {
 /* berth.cgroups.warm in C: a child moves itself into the cgroup it is in already (a no-op) so
  * that the kernel's wait for the first cgroup attach of a while (an RCU grace period) passes while
  * guestd's worker prepares the guest, not when the guest's init attaches itself. */
-static void warm(void) {
+static pid_t warm(void) {
     FILE *f = fopen("/proc/self/cgroup", "re");
-    if (!f) return;
+    if (!f) return -1;
     char line[4096], procs[4096 + 64] = "";
     struct stat st;
     while (fgets(line, sizeof line, f)) {
@@ -349,12 +350,14 @@ static void warm(void) {
         procs[0] = 0;
     }
     fclose(f);
-    if (!procs[0]) return;
-    if (fork() == 0) {
+    if (!procs[0]) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
         int fd = open(procs, O_WRONLY | O_CLOEXEC);
         if (fd >= 0 && write(fd, "0", 1) < 0) _exit(1); /* 0: this child, into the cgroup it is in */
         _exit(0);
     }
+    return pid;
 }
 
 /* The environment as JSON (as Python's os.environ: the first of a repeated name). */
@@ -392,6 +395,7 @@ static void guestd_addr(const char *state, struct sockaddr_un *addr) {
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 #define NFORWARDED (int)(sizeof forwarded / sizeof forwarded[0])
 static int sig_r = -1, sig_w = -1;
+static pid_t warmer = -1; /* warm()'s child, reaped once it is done (a run may last) */
 
 static void on_signal(int sig) {
     int saved = errno;
@@ -403,6 +407,7 @@ static void on_signal(int sig) {
 /* The command to Python: the forwarded signals back to their default; one caught meanwhile
  * (before anything was made) is raised again, as it would have reached the Python launcher. */
 static void python_run(void) {
+    if (warmer > 0) waitpid(warmer, NULL, 0);
     for (int i = 0; i < NFORWARDED; i++) signal(forwarded[i], SIG_DFL);
     unsigned char c;
     while (sig_r >= 0 && read(sig_r, &c, 1) == 1) raise(c);
@@ -484,7 +489,7 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
 
     struct sockaddr_un addr;
     guestd_addr(state, &addr);
-    warm(); /* the guest's init attaches itself to its cgroup soon: the lock's wait starts now */
+    warmer = warm(); /* the guest's init attaches itself to its cgroup soon: the lock's wait starts now */
     int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cwd < 0) python();
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -556,8 +561,9 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
             for (int i = 0; i < npending; i++) syscall(SYS_pidfd_send_signal, pidfd, (int)pending[i], NULL, 0);
             npending = 0;
         }
+        if (warmer > 0 && waitpid(warmer, NULL, WNOHANG) != 0) warmer = -1;
         struct pollfd pfd[3] = {{s, POLLIN, 0}, {sp[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
-        int ready = pidfd == -2 ? 0 : poll(pfd, pidfd >= 0 ? 3 : 2, -1);
+        int ready = pidfd == -2 ? 0 : poll(pfd, pidfd >= 0 ? 3 : 2, warmer > 0 ? 5 : -1);
         if (ready < 0 && errno != EINTR) break;
         if (ready > 0 && pfd[0].revents) {
             char chunk[4096];
