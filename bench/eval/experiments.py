@@ -1534,7 +1534,18 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
         s.notes.append(f"lab footprint (UML/gVisor idle memory) failed: {str(e).splitlines()[0][:200]}")
     nan = float("nan")
     rows = []
-    for col in starts:
+    shown = (
+        "native",
+        GUESTD,
+        GUESTD_IDLE,
+        BERTH_RUN,
+        BERTH_RUN_IDLE,
+        BERTH_RUN_PY,
+        "runc",
+        env.kernel,
+        "gvisor",
+    )
+    for col in sorted(starts, key=lambda c: shown.index(c) if c in shown else len(shown)):
         t = times.get(col, [])
         rss, pss = mem.get(col, (nan, nan))
         rows.append(
