@@ -202,3 +202,27 @@ def test_a_guestd_older_than_the_code_on_disk_leaves_runs_to_python(guests: Gues
     )
     assert r.returncode == 0
     assert runs_left(guests) == []
+
+
+def test_an_interrupt_at_any_moment_of_the_start_leaves_nothing(guests: Guests) -> None:
+    """SIGINT (a terminal's ^C) to the launcher while guestd's worker makes the guest: the run
+    ends with 130 (the worker's KeyboardInterrupt, or the guest's shell killed by it), and
+    nothing of it is left."""
+    up(guests)
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04):
+        p = subprocess.Popen(
+            [str(LAUNCHER), "run", "--", "sh", "-c", "sleep 30"],
+            env=guests.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(delay)
+            p.send_signal(signal.SIGINT)
+            _out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, err)
+        guests.wait(
+            lambda: runs_left(guests) == [], timeout=20, what=f"the run interrupted after {delay}s to go"
+        )

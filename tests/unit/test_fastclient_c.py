@@ -318,3 +318,32 @@ def test_run_forwards_signals_to_the_worker(launcher: Path, store: dict[str, str
                 q.kill()
                 q.wait()
         guestd.close()
+
+
+def test_run_a_worker_ended_by_the_forwarded_signal_ends_the_launcher_so(
+    launcher: Path, store: dict[str, str]
+) -> None:
+    """The worker dies of the signal the launcher forwarded, before it had a guest to forward it
+    to (no exit line): the launcher ends by that signal, as a berth run process would have."""
+    worker = subprocess.Popen(["sleep", "30"])
+    asked = threading.Event()
+
+    def script(req):
+        yield json.dumps({"worker": worker.pid})
+        asked.set()
+        worker.wait(timeout=20)
+
+    guestd = FakeGuestd(store["BERTH_RUN"], script)
+    p = subprocess.Popen([str(launcher), "run", "--", "true"], env=store, stderr=subprocess.PIPE)
+    try:
+        assert asked.wait(20)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == -signal.SIGTERM
+        assert worker.wait(timeout=20) == -signal.SIGTERM
+    finally:
+        for q in (p, worker):
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+        guestd.close()

@@ -28,10 +28,19 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     fds = req.get("fds") or []
     if conn is None or len(fds) != 4:
         return 1
+    import signal
+
     from berth.runtime import zygote
 
+    # As in a berth run process: SIGINT (the launcher's, forwarded) is KeyboardInterrupt until
+    # the run forwards it to the guest, so what was made so far is removed (berth.cli.main: 130).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         ok = _run_fits(req, fds)
+    except KeyboardInterrupt:
+        zygote.discard()
+        worker.reply(conn, {"exit": 130})  # interrupted before anything was made
+        return 0
     except BaseException:
         ok = False
     if not ok:

@@ -489,15 +489,15 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
 
     struct sockaddr_un addr;
     guestd_addr(state, &addr);
-    warmer = warm(); /* the guest's init attaches itself to its cgroup soon: the lock's wait starts now */
     int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cwd < 0) python();
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) != 0) python(); /* guestd is not up */
+    warmer = warm(); /* the guest's init attaches itself to its cgroup soon: the lock's wait starts now */
 
     /* Signals from here on are queued on a pipe and sent to the worker once it is known. */
     int sp[2];
-    if (pipe2(sp, O_CLOEXEC | O_NONBLOCK) != 0) python();
+    if (pipe2(sp, O_CLOEXEC | O_NONBLOCK) != 0) python_run();
     sig_r = sp[0];
     sig_w = sp[1];
     struct sigaction sa;
@@ -533,7 +533,7 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
     struct buf in = {0};
     int pidfd = -1, dead = 0;
     unsigned char pending[256];
-    int npending = 0;
+    int npending = 0, last_sig = 0;
     for (;;) {
         char *nl;
         while (in.len && (nl = memchr(in.p, '\n', in.len))) {
@@ -558,7 +558,10 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
         while (read(sp[0], &c, 1) == 1)
             if (npending < (int)sizeof pending) pending[npending++] = c;
         if (pidfd >= 0) {
-            for (int i = 0; i < npending; i++) syscall(SYS_pidfd_send_signal, pidfd, (int)pending[i], NULL, 0);
+            for (int i = 0; i < npending; i++) {
+                syscall(SYS_pidfd_send_signal, pidfd, (int)pending[i], NULL, 0);
+                last_sig = pending[i];
+            }
             npending = 0;
         }
         if (warmer > 0 && waitpid(warmer, NULL, WNOHANG) != 0) warmer = -1;
@@ -576,6 +579,12 @@ static int run_fast(int argc, char **argv, const char *root, const char *state, 
             while ((n = recv(s, chunk, sizeof chunk, MSG_DONTWAIT)) > 0) put(&in, chunk, (size_t)n);
             dead = 1;
         }
+    }
+    if (last_sig) {
+        /* The signal forwarded last ended the worker before it could forward it to a guest (as
+         * it would have ended a berth run process then): end the same way. */
+        for (int i = 0; i < NFORWARDED; i++) signal(forwarded[i], SIG_DFL);
+        raise(last_sig);
     }
     fprintf(stderr, "berth: the guest supervisor's worker ended without the guest's exit status "
                     "(see %s/.guests/guestd.log)\n", state);

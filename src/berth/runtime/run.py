@@ -68,7 +68,8 @@ def run(
     cleanup_argv: Sequence[str] | None = None,
 ) -> int:
     """Create and start the guest, forward signals to it, relay its terminal, and return its
-    exit status after everything it made is gone.
+    exit status after everything it made is gone.  A forwarded signal that comes before the
+    guest's command was started ends the run there (128+N): the command never runs.
 
     ``on_created`` runs once the guest exists (its namespaces and cgroup are there, its command
     not yet started): where the network is plugged in.  ``on_exit`` runs after the guest ended,
@@ -121,20 +122,30 @@ def run(
         )
     finally:
         warm.settle()  # the init attached itself (berth.cgroups.warm, from berth.cli.run)
-    try:
-        if on_created is not None:
-            on_created(c)
+
+    def release() -> None:
+        # The command runs (exec'd): signals go to it from now on, and those that came while
+        # it was being started go now.  (Before, its init, pid 1 of its namespace, would drop
+        # them: it has no handler until the command, or tini, sets one.)
+        c.start()
         target["pid"] = c.pid
         for sig in pending:
             os.kill(c.pid, sig)
+        pending.clear()
+
+    try:
+        if on_created is not None:
+            on_created(c)
+        if pending:
+            return 128 + pending[0]  # a signal before the command was started: it never runs
         if c.console_fd is not None:
             from berth.runtime.console import Relay
 
             with Relay(c.console_fd) as relay:
-                c.start()
+                release()
                 relay.pump()
         else:
-            c.start()
+            release()
         if (c.data.get("berth") or {}).get("limits"):
             from berth.runtime import supervise
 
