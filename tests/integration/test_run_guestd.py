@@ -162,13 +162,15 @@ def test_a_run_request_without_its_descriptors_is_refused(guests: Guests) -> Non
     assert runs_left(guests) == []
 
 
-def test_a_worker_without_the_run_module_hands_back(tmp_path: Path) -> None:
-    """If berth.cli.run_guestd did not register itself, a run is answered ``fallback``."""
+def test_a_worker_without_the_run_module_hands_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If berth.cli.run_guestd could not be loaded (or did not register), a run is answered
+    ``fallback``."""
     import json
     import socket
 
     from berth.guests import worker
 
+    monkeypatch.setattr(worker, "_RUN_PATH", ())
     saved = dict(worker.HANDLERS)
     worker.HANDLERS.clear()
     a, b = socket.socketpair()

@@ -69,6 +69,7 @@ class Daemon:
         self.listener: socket.socket | None = None  # the command socket (serve)
         self.last_request = -SPARE_KEEP  # monotonic time of the last command's request
         self.runs: set[int] = set()  # workers doing a `berth run` (they last as long as its guest)
+        self.run_loaded = False  # berth run's modules imported (load)
 
     # -- run records ----------------------------------------------------------------------
     def _record(self, name: str) -> dict:
@@ -191,15 +192,22 @@ class Daemon:
                 self.watch(f[:-5])
 
     # -- workers ----------------------------------------------------------------------------
-    def fork_worker(self, req: dict, conn: socket.socket | None, fds: list[int] | None = None) -> int:
-        """Fork a worker for ``req``; ``fds``: the asker's descriptors (a run's stdio and its
-        working directory), which the worker inherits (the caller closes guestd's)."""
-        # Fork-server: load the worker's modules once (on the first request, so an idle daemon
-        # stays small); every worker then starts without ~50 ms of imports.
+    def load(self, run: bool = False) -> None:
+        """Load the workers' modules once (on the first request, so an idle daemon stays
+        small); those of ``berth run`` at the first run request."""
         if "berth.guests.worker" not in sys.modules:
             import berth.guests.worker
 
             self.code_fd = berth.guests.worker.preload()
+        if run and not self.run_loaded:
+            sys.modules["berth.guests.worker"].load_run(freeze=True)
+            self.run_loaded = True
+
+    def fork_worker(self, req: dict, conn: socket.socket | None, fds: list[int] | None = None) -> int:
+        """Fork a worker for ``req``; ``fds``: the asker's descriptors (a run's stdio and its
+        working directory), which the worker inherits (the caller closes guestd's)."""
+        # Fork-server: every worker starts without ~50 ms of imports.
+        self.load()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -344,6 +352,8 @@ class Daemon:
                 raise ValueError(f"a run needs {RUN_FDS} descriptors, it came with {len(fds)}")
             req["state_root"] = self.root
             self.last_request = time.monotonic()
+            if run:
+                self.load(run=True)  # (the spare, if forked before, loads them itself)
             pid = self.hand_to_spare(req, conn, fds if run else None)
             if pid is None:
                 pid = self.fork_worker(req, conn, fds if run else None)

@@ -51,7 +51,11 @@ _START_PATH = (
     "berth.runtime.zygote",
     "berth.spec.jsontext",
     "pickle",
-    # berth run's: the module registers its request ("run") in HANDLERS
+)
+# What a `berth run` imports (berth.cli.run_guestd: it registers its request, "run", in HANDLERS):
+# guestd imports it at its first run request (load_run), so that a guestd that only starts
+# guests does not hold it.
+_RUN_PATH = (
     "berth.cli.run_guestd",
     "berth.cli.resources",
     "berth.linux.caps",
@@ -90,12 +94,6 @@ def preload() -> int | None:
             importlib.import_module(mod)
         except ImportError:  # an optional part (libseccomp missing): the worker reports it
             pass
-    try:  # Docker's profile resolved for its default capabilities: berth run's (run), once
-        from berth.spec import seccomp
-
-        seccomp.default_profile()
-    except Exception:  # an optional part missing: the run reports it
-        pass
     from berth.guests import specinputs
 
     fd = specinputs.watch_code()
@@ -104,6 +102,29 @@ def preload() -> int | None:
     gc.collect()
     gc.freeze()
     return fd
+
+
+def load_run(freeze: bool) -> None:
+    """Import what a ``berth run`` needs (:data:`_RUN_PATH`) and resolve Docker's seccomp profile
+    for its default capabilities once: in guestd at its first run request (``freeze``: as
+    :func:`preload`), or in a worker forked before that."""
+    import gc
+    import importlib
+
+    for mod in _RUN_PATH:
+        try:
+            importlib.import_module(mod)
+        except ImportError:  # an optional part: the run reports it
+            pass
+    try:
+        from berth.spec import seccomp
+
+        seccomp.default_profile()
+    except Exception:  # an optional part missing (libseccomp): the run reports it
+        pass
+    if freeze:
+        gc.collect()
+        gc.freeze()
 
 
 def spare_waits(keep: float) -> None:
@@ -143,6 +164,8 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     A start of several guests (``names``) starts them one after the other, each under its
     lock, and replies one line per guest as it is done (with its ``name``): one worker, one
     fork of guestd for a whole batch; a failing guest does not stop the others."""
+    if req.get("op") == "run" and "run" not in HANDLERS:
+        load_run(freeze=False)  # forked before guestd's first run request
     handler = HANDLERS.get(req.get("op"))
     if handler is not None:
         return handler(req, conn)
