@@ -142,8 +142,12 @@ def _run_fits(req: dict[str, Any], fds: list[int]) -> bool:
         return False  # berth changed on disk since guestd loaded it: the new code runs it
     if any(a in ("-h", "--help") for a in argv):
         return False
-    os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in env.items()})
+    want = {str(k): str(v) for k, v in env.items()}
+    for key in [k for k in os.environ if k not in want]:  # (a difference: most are guestd's too)
+        del os.environ[key]
+    for key, value in want.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
     os.fchdir(fds[3])
     o = cli_run.parse(list(argv))
     return not o["tty"]
