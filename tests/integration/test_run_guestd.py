@@ -228,3 +228,39 @@ def test_an_interrupt_at_any_moment_of_the_start_leaves_nothing(guests: Guests) 
         guests.wait(
             lambda: runs_left(guests) == [], timeout=20, what=f"the run interrupted after {delay}s to go"
         )
+
+
+def test_a_bridge_run_through_guestd_is_plugged_and_leaves_nothing(
+    guests: Guests, prefix: str, tmp_path: Path
+) -> None:
+    """--net bridge through guestd's worker (python -I -S: pyroute2 from berth's environment):
+    the guest has its address and reaches its gateway; its veth, bridge and nft table go with it."""
+    from test_run_waiter import _named
+
+    from helpers import free_subnet
+
+    if not (os.path.exists("/usr/sbin/nft") or os.path.exists("/sbin/nft")):
+        pytest.skip("nft is not installed")
+    up(guests)
+    env = dict(
+        guests.env,
+        BERTH_NET_PREFIX=prefix,
+        BERTH_BRIDGE=f"{prefix}gbr",
+        BERTH_NFT_TABLE=f"{prefix}g",
+        BERTH_SUBNET=free_subnet(),
+    )
+    gateway = env["BERTH_SUBNET"].rsplit(".", 1)[0] + ".1"
+    try:
+        r, execs = traced(
+            guests, tmp_path,
+            ["--net", "bridge", "--", "sh", "-c", f"ip -4 addr show eth0 | grep -q 'inet 10\\.' && ping -c1 -W2 {gateway} >/dev/null && echo NET"],
+            env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert execs == [str(LAUNCHER)], execs
+        assert (r.returncode, r.stdout) == (0, "NET\n"), r.stderr
+        assert _named(prefix) == []
+    finally:
+        from berth import net as berth_net
+
+        berth_net.gc(env["BERTH_ROOT"], berth_net.parse("bridge", env=env))
+    assert runs_left(guests) == []

@@ -52,7 +52,10 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
 
     from berth import cli
     from berth.cli import run as cli_run
+    from berth.guests import instance
     from berth.runtime import run as runner
+
+    instance.site_packages()  # guestd has none (python -I -S): pyroute2 for --net bridge, ip:
 
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)  # (inheritable: the guest's stdio, as a berth run process's)

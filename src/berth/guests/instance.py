@@ -49,18 +49,23 @@ def net() -> Any:
     site-packages), and the network code needs pyroute2 from the environment berth is installed in."""
     try:
         import pyroute2  # noqa: F401
-    except ImportError:  # guestd's python is the venv's: its site-packages (found from the executable)
-        import sys
-
-        venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
-        path = os.path.join(
-            venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages"
-        )
-        if path not in sys.path and os.path.isdir(os.path.join(path, "pyroute2")):
-            sys.path.append(path)
+    except ImportError:
+        site_packages()
     import berth.net
 
     return berth.net
+
+
+def site_packages() -> None:
+    """In guestd's workers (``python -I -S``): the site-packages of the environment berth is
+    installed in (guestd's python is the venv's: found from the executable) on the import path,
+    for what needs a third-party package (pyroute2: the network; a ``berth run`` served there)."""
+    import sys
+
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    path = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+    if path not in sys.path and os.path.isdir(os.path.join(path, "pyroute2")):
+        sys.path.append(path)
 
 
 def _unplug(store: Store, name: str, rec: dict[str, Any]) -> None:
