@@ -264,3 +264,47 @@ def test_a_bridge_run_through_guestd_is_plugged_and_leaves_nothing(
 
         berth_net.gc(env["BERTH_ROOT"], berth_net.parse("bridge", env=env))
     assert runs_left(guests) == []
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and every process under it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_run_through_guestd_imports_nothing(guests: Guests, tmp_path: Path) -> None:
+    """Once guestd loaded the run path (at its first run request), neither the worker nor the
+    guest's init forked ahead opens a module of berth's (an import costs ~1 ms in each, on
+    every run: berth.worker's _RUN_PATH must name all that a run imports)."""
+    up(guests)
+    first = subprocess.run([str(LAUNCHER), "run", "--", "true"], env=guests.env, stdin=subprocess.DEVNULL)
+    assert first.returncode == 0  # guestd loads the run path; its next spare has it
+    guests.wait(lambda: len(_family(guests.daemon_pid())) >= 3, what="guestd's spare and its init ahead")
+    out = tmp_path / "opens"
+    pids = [a for p in _family(guests.daemon_pid()) for a in ("-p", str(p))]
+    tracer = subprocess.Popen(
+        ["strace", "-qq", "-f", "-e", "trace=openat,open", "-o", str(out), *pids], stderr=subprocess.PIPE
+    )
+    try:
+        guests.wait(lambda: out.exists(), what="strace to attach")
+        time.sleep(0.5)
+        r = subprocess.run(
+            [str(LAUNCHER), "run", "--", "sh", "-c", "exit 4"],
+            env=guests.env,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        assert r.returncode == 4
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    opened = out.read_text()
+    assert "openat(" in opened  # it traced the run (the guest's files, the state dir)
+    modules = [line for line in opened.splitlines() if "/berth/" in line and (".py" in line)]
+    assert modules == []
+    assert runs_left(guests) == []

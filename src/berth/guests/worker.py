@@ -57,6 +57,8 @@ _START_PATH = (
 # guests does not hold it.
 _RUN_PATH = (
     "berth.cli.run_guestd",
+    "berth.cli.run",
+    "berth.cli.run_exit",
     "berth.cli.resources",
     "berth.linux.caps",
     "berth.runtime.run",
