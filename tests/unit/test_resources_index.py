@@ -76,3 +76,23 @@ def test_a_damaged_index_is_rebuilt(tmp_path: Path) -> None:
     assert load(tmp_path).cpu == {"b": ["p", SHARE]}
     (tmp_path / resources.INDEX).write_text('{"seen": [], "cpu": 3}')
     assert load(tmp_path).cpu == {"b": ["p", SHARE]}
+
+
+def test_a_guest_with_the_default_share_writes_no_index(tmp_path: Path) -> None:
+    """berth run's guests (the default share, made and removed in a few ms): their create and
+    delete leave the index as it is, and a later load still reads a default guest that lives on."""
+    guest(tmp_path, "a", SHARE, parent="q")
+    load(tmp_path).save()
+    index = tmp_path / resources.INDEX
+    before = (index.stat().st_ino, index.read_text())
+    st.reserve(str(tmp_path), "r")
+    fd, extra = resources.place(str(tmp_path), "r", "p/r", {}, {})
+    resources.unlock(fd)
+    assert extra == {"cpu": dict(resources.DEFAULT)}
+    assert (index.stat().st_ino, index.read_text()) == before  # a save renames a new file in
+    st.write(str(tmp_path), "r", {"id": "r", "status": "running", "pid": 0, "berth": {"cgroup": "p/r"}})
+    assert set(load(tmp_path).seen) == {"a", "r"}  # not saved: read by the next load
+    shutil.rmtree(tmp_path / "r")
+    resources.forget(str(tmp_path), "r", "p/r", None)
+    assert (index.stat().st_ino, index.read_text()) == before
+    assert load(tmp_path).cpu == {"a": ["q", SHARE]}

@@ -245,9 +245,9 @@ class _Index:
         self.dirty = True
 
     def forget(self, cid: str) -> None:
-        self.seen.pop(cid, None)
-        self.cpu.pop(cid, None)
-        self.dirty = True
+        had = self.seen.pop(cid, None) is not None
+        if self.cpu.pop(cid, None) is not None or had:
+            self.dirty = True
 
     def others(self, parent: str, exclude: str) -> bool:
         """Is a container other than ``exclude`` under ``parent`` recorded with a CPU request?"""
@@ -350,7 +350,10 @@ def place(
     try:
         parent = os.path.dirname(cgpath.strip("/"))
         index = _Index(state_root).load()
-        index.note(cid, _inode(state_root, cid), cgpath, rec)  # counted from now (state: creating)
+        if not _is_default(rec):
+            index.note(cid, _inode(state_root, cid), cgpath, rec)  # counted from now (state: creating)
+        # (a guest with the default share is left for a later load to note: nothing counts it,
+        # and a short one, berth run's, is gone before: no write of the index for it)
         index.save()
         if _is_default(rec) and not index.others(parent, cid):
             return fd, extra  # nobody asks for more than the default share: nothing to write
