@@ -633,6 +633,13 @@ class Cgroup:
     def _rmtree(top: str, deadline: float) -> None:
         """rmdir ``top`` and its sub-cgroups, deepest first; EBUSY (a task still exiting) is retried."""
         try:
+            os.rmdir(top)  # the common case, no sub-cgroup: no listing of its control files
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass  # sub-cgroups (or a task still exiting): deepest first
+        try:
             walk = list(os.walk(top, topdown=False))
         except OSError:
             return
