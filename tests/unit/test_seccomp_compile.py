@@ -374,3 +374,21 @@ def test_bpf_hot_syscalls_are_cached_and_paths_short(amd64_default: bytes) -> No
         cached, steps = const_allow(amd64_default, nr_of(name))
         assert not cached, name  # argument checks: the filter runs ...
         assert steps <= 40, (name, steps)  # ... but only a short search
+
+
+def test_compiled_copies_the_program_for_exec(tmp_path) -> None:
+    """``copy_to``: the container's copy is the cache's file (a hard link) when it is on the same
+    file system, first compile and cache hit alike; without a usable cache it is written."""
+    a = {"defaultAction": ALLOW, "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_LOG"}]}
+    cache = tmp_path / "cache"
+    for n in (1, 2):  # compiled and stored, then read from the alias
+        dest = tmp_path / f"c{n}.bpf"
+        program = sc.compiled(a, cache, copy_to=str(dest))
+        assert dest.read_bytes() == program
+        assert dest.stat().st_nlink > 1
+    (tmp_path / "nocache").write_text("a file, not a directory")
+    dest = tmp_path / "c3.bpf"
+    assert sc.compiled(a, tmp_path / "nocache", copy_to=str(dest)) == program
+    assert dest.read_bytes() == program and dest.stat().st_nlink == 1
+    with pytest.raises(FileExistsError):  # never over a file already there
+        sc.compiled(a, cache, copy_to=str(dest))

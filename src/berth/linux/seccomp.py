@@ -518,7 +518,10 @@ def cache_path(cache_dir: str | os.PathLike[str], profile: dict[str, Any]) -> st
 
 
 def compiled(
-    profile: dict[str, Any], cache_dir: str | os.PathLike[str], field: str = "linux.seccomp"
+    profile: dict[str, Any],
+    cache_dir: str | os.PathLike[str],
+    field: str = "linux.seccomp",
+    copy_to: str | None = None,
 ) -> bytes:
     """The BPF program for ``profile``: read from ``cache_dir``, or compiled once and stored there.
 
@@ -535,6 +538,7 @@ def compiled(
     if alias is not None:
         data = _read_program(alias)
         if data is not None:
+            _copy(alias, data, copy_to)
             return data
     path = cache_path(cache_dir, profile)
     program = _read_program(path)
@@ -543,7 +547,27 @@ def compiled(
         _store(path, program)
     if alias is not None:
         _store(alias, program)
+    _copy(path, program, copy_to)
     return program
+
+
+def _copy(source: str, program: bytes, dest: str | None) -> None:
+    """``program`` (read from the cache's ``source``) to the new file ``dest`` (a container's, for
+    exec): a hard link to the cache's file if it can be (a file written on ext4 and replaced
+    costs a flush of its data; a stored program is never written again: one replacing it is
+    the same program), else written."""
+    if dest is None:
+        return
+    try:
+        os.link(source, dest)
+        return
+    except OSError:  # the cache is elsewhere (another file system), or was not stored
+        pass
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, program)
+    finally:
+        os.close(fd)
 
 
 def _alias_path(cache_dir: str | os.PathLike[str], profile: dict[str, Any]) -> str | None:

@@ -167,7 +167,11 @@ class Container:
                     raise ContainerInitError(
                         f"container {self.id!r}: init did not start within {timeout:.0f}s"
                     )
-            # Released: the fifo ends when the command is exec'd (close-on-exec), or carries the
+            # Released: running from now on (as runc's; the init may fail its exec: it is stopped
+            # then, below).  Recorded while the init execs, not after.
+            os.unlink(fifo)
+            self._record_status(st.RUNNING)
+            # The fifo ends when the command is exec'd (close-on-exec), or carries the
             # error that stopped the init first (a startContainer hook, the execve itself).  As
             # runc's, ``start`` waits for that (a hook without a timeout that hangs, or an init
             # stopped before its exec, hang it), unless the annotation bounds the wait.  Not for
@@ -181,7 +185,6 @@ class Container:
                 failed, pending = None, True
         finally:
             os.close(fd)
-        os.unlink(fifo)
         if failed is not None:
             self._stopped_by(failed)
         if pending:
@@ -190,7 +193,6 @@ class Container:
                 "(a startContainer hook still running, or its init stopped): started anyway; "
                 "a later failure goes to the container's stderr"
             )
-        self._record_status(st.RUNNING)
         later = self.data.get("berth", {}).get("hooks")
         if later and later.get("poststart"):
             hooks.run_or_warn(later, "poststart", self.oci_state(), warn or _stderr_warn)
@@ -381,9 +383,11 @@ def create(
         if linux.get("seccomp"):
             from berth.linux.seccomp import compiled
 
-            program = compiled(linux["seccomp"], seccomp_cache or os.path.join(state_root, ".seccomp-cache"))
-            with open(os.path.join(sdir, "seccomp.bpf"), "wb") as f:  # for exec
-                f.write(program)
+            program = compiled(
+                linux["seccomp"],
+                seccomp_cache or os.path.join(state_root, ".seccomp-cache"),
+                copy_to=os.path.join(sdir, "seccomp.bpf"),  # for exec
+            )
         init_fd = None
         if use_init:
             from berth.runtime.process import init_bound, init_memfd
