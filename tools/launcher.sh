@@ -27,9 +27,12 @@ done
 cp -f "$venv/bin/berth" "$venv/bin/berth-py.tmp"
 mv -f "$venv/bin/berth-py.tmp" "$venv/bin/berth-py"
 cc=$(command -v cc || command -v gcc || true)
-if [ -n "$cc" ] && "$cc" -O2 -Wall -Wextra -Wno-sign-compare \
+launcher() {  # $1: extra flags.  Static where libc.a is there: no dynamic loader at each command
+  "$cc" -O2 -Wall -Wextra -Wno-sign-compare $1 \
     -DBERTH_PYTHON="\"$venv/bin/python\"" -DBERTH_SCRIPT="\"$venv/bin/berth-py\"" \
-    -o "$venv/bin/berth.tmp" "$src/berth/guests/fastclient.c"; then
+    -o "$venv/bin/berth.tmp" "$src/berth/guests/fastclient.c"
+}
+if [ -n "$cc" ] && { launcher -static 2>/dev/null || launcher ""; }; then
   mv -f "$venv/bin/berth.tmp" "$venv/bin/berth"
 else
   rm -f "$venv/bin/berth.tmp"
