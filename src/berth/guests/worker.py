@@ -79,6 +79,9 @@ LOADED_STAMP: str | None = None
 #: itself): op -> function(request, connection) -> exit code of the worker.
 HANDLERS: dict[str, Callable[[dict[str, Any], socket.socket | None], int]] = {}
 
+#: What those modules do ahead in a spare worker, before it waits for a request.
+AHEAD: list[Callable[[], None]] = []
+
 
 def preload() -> int | None:
     """Run once in guestd (the fork-server) before its first worker: import the start path and
@@ -140,7 +143,9 @@ def spare_waits(keep: float) -> None:
     start, and the worker reached its mkdir a few milliseconds before the wait ended.  With the
     lock warm the mkdir does not wait.  Nothing about where any process is changes (no-op
     attaches of the spare itself); the writes stop once a request came (:func:`serve`), with the
-    spare, or within ``keep``."""
+    spare, or within ``keep``.  First what the request handlers do ahead (:data:`AHEAD`)."""
+    for fn in AHEAD:
+        fn()
     warm.warm(keep=keep)
 
 

@@ -58,9 +58,10 @@ def own_pages() -> None:
 class Zygote:
     """The init forked ahead: its pid on the host and our end of its socket."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, modules: frozenset[str] = frozenset()) -> None:
         self.pid = pid
         self.sock = sock
+        self.modules = modules  # what it has imported: ours when we forked it
 
     def discard(self) -> None:
         """End it (not used): kill and reap it."""
@@ -109,7 +110,9 @@ def fork_ahead(close: list[int] | None = None) -> None:
                 os._exit(code)
         setns(own, Clone.NEWPID)  # our next children are born beside us again
         b.close()
-        _ahead = Zygote(pid, a)
+        import sys
+
+        _ahead = Zygote(pid, a, frozenset(sys.modules))
     finally:
         os.close(own)
 
@@ -148,7 +151,7 @@ def hand_over(z: Zygote, spec: dict[str, Any], opts: InitOptions, cgroup: Any, s
         import sys
 
         # what we imported since its fork (lazily, for the init: it cannot import past pivot_root)
-        modules = [m for m in sys.modules if m != "__main__"]
+        modules = [m for m in sys.modules if m not in z.modules and m != "__main__"]
         data = pickle.dumps((spec, opts, cgroup, z.pid, modules), protocol=pickle.HIGHEST_PROTOCOL)
         socket.send_fds(z.sock, [data], fds)
     except Exception:  # still copying its pages (BlockingIOError), died waiting, or what it
