@@ -308,3 +308,22 @@ def test_a_run_through_guestd_imports_nothing(guests: Guests, tmp_path: Path) ->
     modules = [line for line in opened.splitlines() if "/berth/" in line and (".py" in line)]
     assert modules == []
     assert runs_left(guests) == []
+
+
+def test_a_runs_name_is_free_at_its_answer_and_its_state_goes_soon_after(guests: Guests) -> None:
+    """guestd's worker answers once the run's state directory is renamed to a tombstone (the
+    name is free: the same name runs again at once), and removes the tombstone after."""
+    up(guests)
+    name = guests.name("r")
+    for code in (3, 0):
+        r = subprocess.run(
+            [str(LAUNCHER), "run", "--name", name, "--", "sh", "-c", f"head -c 100000 /dev/zero > /big; exit {code}"],
+            env=guests.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert r.returncode == code, r.stderr
+        assert not (guests.run_root / name).exists()
+    guests.wait(
+        lambda: not [e for e in os.listdir(guests.run_root) if e.startswith(".gone-")],
+        what="the runs' tombstones to be removed",
+    )
+    assert runs_left(guests) == []

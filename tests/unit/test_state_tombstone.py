@@ -28,6 +28,17 @@ def test_remove_tree_leaves_nothing(tmp_path: Path) -> None:
     assert os.path.isdir("/etc")
 
 
+def test_bury_frees_the_name_and_remove_grave_removes_it_later(tmp_path: Path) -> None:
+    _tree(tmp_path / "c1", 3)
+    grave = st.bury(str(tmp_path / "c1"))
+    assert grave is not None and os.path.basename(grave).startswith(f"{st.TOMBSTONE}{os.getpid()}-")
+    assert os.listdir(tmp_path) == [os.path.basename(grave)]  # the name is free, the tree whole
+    assert len(os.listdir(grave)) == 5
+    st.remove_grave(grave)
+    assert os.listdir(tmp_path) == []
+    assert st.bury(str(tmp_path / "c1")) is None  # gone already
+
+
 def test_killed_remove_leaves_a_tombstone_not_a_half_dir(tmp_path: Path) -> None:
     """A remover killed after its 10th unlink: the container's name is free (no half state
     directory without state.json under it); a later sweep removes the tombstone."""

@@ -65,6 +65,7 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     conn.set_inheritable(True)
     cli_run.REPLY_FD = conn.fileno()  # the C waiter's cleanup (berth _run-exit) replies
     runner.HANGUP_FD = conn.fileno()  # and the C waiter watches it
+    runner.GRAVES = []  # the state directory's tombstone is removed after the answer
     threading.Thread(target=_watch_asker, args=(conn,), daemon=True).start()
     status = 125
     try:
@@ -77,7 +78,22 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
                 pass
         zygote.discard()  # if the guest did not take it
         worker.reply(conn, {"exit": status})
+        _remove_graves(runner.GRAVES)
     return 0
+
+
+def _remove_graves(graves: list[str]) -> None:
+    """The run's state directory, renamed to a tombstone before the answer (its id was free
+    then): removed now that the command has its status.  What is left if this worker is killed
+    meanwhile is berth gc's (berth.runtime.state.sweep)."""
+    from berth.runtime import state
+
+    for grave in graves:
+        try:
+            state.remove_grave(grave)
+        except OSError:
+            pass  # (gc's)
+    graves.clear()
 
 
 def _watch_asker(conn: socket.socket) -> None:

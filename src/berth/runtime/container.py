@@ -271,9 +271,17 @@ class Container:
         except ProcessLookupError:
             pass
 
-    def delete(self, *, force: bool = False, warn: Callable[[str], None] | None = None) -> None:
+    def delete(
+        self,
+        *,
+        force: bool = False,
+        warn: Callable[[str], None] | None = None,
+        graves: list[str] | None = None,
+    ) -> None:
         """Remove the container: its processes (with ``force``), cgroup and state directory;
-        then the spec's poststop hooks."""
+        then the spec's poststop hooks.  ``graves``: the state directory is only renamed to a
+        tombstone (gone under its name at once: the id is free) and the tombstone's path added
+        there, for the caller to remove later (:func:`berth.runtime.state.remove_grave`)."""
         status = self.status()
         if not st.can_delete(status) and not force:
             raise StateError(f"container {self.id!r} is {status}: stop it first or use --force")
@@ -289,7 +297,14 @@ class Container:
         if later and later.get("poststop"):
             state = {**self.oci_state(), "status": st.STOPPED, "pid": 0}
             hooks.run_or_warn(later, "poststop", state, warn or _stderr_warn)
-        st.remove_tree(self.dir)
+        if graves is None:
+            st.remove_tree(self.dir)
+        else:
+            grave = st.bury(self.dir)
+            if grave == self.dir:
+                st.remove_grave(grave)  # it could not be moved: removed in place, now
+            elif grave is not None:
+                graves.append(grave)
         berth = self.data.get("berth") or {}
         _resources().forget(self.root, self.id, berth.get("cgroup") or "", berth.get("cpu"))
 

@@ -71,14 +71,28 @@ def remove_tree(path: str) -> None:
     directory is renamed to a tombstone first (:data:`TOMBSTONE`), so ``path`` is gone at once
     and whole, even if this process is killed during the removal (:func:`sweep` takes what a
     killed one left)."""
+    grave = bury(path)
+    if grave is not None:
+        _remove(grave)
+
+
+def bury(path: str) -> str | None:
+    """The first half of :func:`remove_tree`: ``path`` renamed to a tombstone, whose path is
+    returned for :func:`remove_grave` (``path`` itself if it cannot be moved, a mount point
+    say: it is still there then), or None if ``path`` is gone already."""
     top, base = os.path.split(path.rstrip("/"))
     grave = os.path.join(top, f"{TOMBSTONE}{os.getpid()}-{os.urandom(3).hex()}-{base}")
     try:
         os.rename(path, grave)
     except FileNotFoundError:
-        return
+        return None
     except OSError:  # a mount point, say: removed in place
-        grave = path
+        return path
+    return grave
+
+
+def remove_grave(grave: str) -> None:
+    """The second half of :func:`remove_tree`: remove what :func:`bury` returned."""
     _remove(grave)
 
 
