@@ -434,7 +434,17 @@ def main(argv: list[str]) -> int:
     finally:
         if hold is not None:
             hold.release()
-            hold.ended()
+            _later(hold.ended)
+
+
+def _later(fn: Any) -> None:
+    """``fn`` now, or after the command's answer if the run is guestd's (berth.runtime.run.LATER)."""
+    runner = sys.modules.get("berth.runtime.run")
+    later = getattr(runner, "LATER", None)
+    if later is None:
+        fn()
+    else:
+        later.append(fn)
 
 
 def apply_userns(spec: dict[str, Any], rng: tuple[int, int], overlay: dict[str, Any] | None) -> None:

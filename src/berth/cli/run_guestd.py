@@ -65,7 +65,7 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     conn.set_inheritable(True)
     cli_run.REPLY_FD = conn.fileno()  # the C waiter's cleanup (berth _run-exit) replies
     runner.HANGUP_FD = conn.fileno()  # and the C waiter watches it
-    runner.GRAVES = []  # the state directory's tombstone is removed after the answer
+    runner.LATER = []  # the run's state directory's tombstone (...) is removed after the answer
     threading.Thread(target=_watch_asker, args=(conn,), daemon=True).start()
     status = 125
     try:
@@ -78,22 +78,23 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
                 pass
         zygote.discard()  # if the guest did not take it
         worker.reply(conn, {"exit": status})
-        _remove_graves(runner.GRAVES)
+        _after_answer(runner.LATER)
     return 0
 
 
-def _remove_graves(graves: list[str]) -> None:
-    """The run's state directory, renamed to a tombstone before the answer (its id was free
-    then): removed now that the command has its status.  What is left if this worker is killed
-    meanwhile is berth gc's (berth.runtime.state.sweep)."""
-    from berth.runtime import state
+def _after_answer(later: list[Any]) -> None:
+    """What the run left for after the answer (berth.runtime.run.LATER): its state directory,
+    renamed to a tombstone before it (its id was free then), the other guests' CPU weights
+    without it, its template use entry.  Each is done even if one fails; what is left if this
+    worker is killed meanwhile is berth gc's (tombstones: berth.runtime.state.sweep) or the next
+    create's (the resources index drops a gone guest)."""
+    import sys
 
-    for grave in graves:
+    while later:
         try:
-            state.remove_grave(grave)
-        except OSError:
-            pass  # (gc's)
-    graves.clear()
+            later.pop(0)()
+        except Exception as e:  # reported, and the rest still done
+            sys.stderr.write(f"berth: warning: after the run: {e}\n")
 
 
 def _watch_asker(conn: socket.socket) -> None:

@@ -276,12 +276,13 @@ class Container:
         *,
         force: bool = False,
         warn: Callable[[str], None] | None = None,
-        graves: list[str] | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> None:
         """Remove the container: its processes (with ``force``), cgroup and state directory;
-        then the spec's poststop hooks.  ``graves``: the state directory is only renamed to a
-        tombstone (gone under its name at once: the id is free) and the tombstone's path added
-        there, for the caller to remove later (:func:`berth.runtime.state.remove_grave`)."""
+        then the spec's poststop hooks.  ``deferred``: the state directory is only renamed to a
+        tombstone (gone under its name at once: the id is free), and the rest (the tombstone's
+        removal, the other guests' CPU weights without this one) is added there for the caller
+        to do after it answered."""
         status = self.status()
         if not st.can_delete(status) and not force:
             raise StateError(f"container {self.id!r} is {status}: stop it first or use --force")
@@ -297,16 +298,21 @@ class Container:
         if later and later.get("poststop"):
             state = {**self.oci_state(), "status": st.STOPPED, "pid": 0}
             hooks.run_or_warn(later, "poststop", state, warn or _stderr_warn)
-        if graves is None:
-            st.remove_tree(self.dir)
-        else:
-            grave = st.bury(self.dir)
-            if grave == self.dir:
-                st.remove_grave(grave)  # it could not be moved: removed in place, now
-            elif grave is not None:
-                graves.append(grave)
         berth = self.data.get("berth") or {}
-        _resources().forget(self.root, self.id, berth.get("cgroup") or "", berth.get("cpu"))
+
+        def forget() -> None:
+            _resources().forget(self.root, self.id, berth.get("cgroup") or "", berth.get("cpu"))
+
+        if deferred is None:
+            st.remove_tree(self.dir)
+            forget()
+            return
+        grave = st.bury(self.dir)
+        if grave == self.dir:
+            st.remove_grave(grave)  # it could not be moved: removed in place, now
+        elif grave is not None:
+            deferred.append(lambda: st.remove_grave(grave))
+        deferred.append(forget)
 
 
 def create(

@@ -33,10 +33,10 @@ WAITER_AFTER = 0.5
 #: In guestd's worker (berth.cli.run_guestd): the socket to the command that asked; the C
 #: waiter kills the guest if it is closed (the command was killed), as :func:`hang_up` does before.
 HANGUP_FD: int | None = None
-#: Set (to a list) by a caller that answers before it removes a finished run's state directory
-#: (guestd's run worker, berth.cli.run_guestd): :func:`finish` only renames it to a tombstone
-#: (its id is free at once) and adds the tombstone here, for the caller to remove after.
-GRAVES: list[str] | None = None
+#: Set (to a list) by a caller that answers its command before it finishes a run's removal
+#: (guestd's run worker, berth.cli.run_guestd): what can wait until after the answer is added
+#: there (:meth:`berth.runtime.container.Container.delete`'s ``deferred``; the template use entry).
+LATER: list[Callable[[], None]] | None = None
 _forward: Callable[[int, Any], None] | None = None  # run()'s signal forwarding, once it runs
 _hung_up = False
 
@@ -206,7 +206,7 @@ def finish(
             on_exit(c)
     finally:
         cg = c.cgroup()
-        c.delete(force=True, graves=GRAVES)
+        c.delete(force=True, deferred=LATER)
         if cg is not None and cg.path.startswith(cgroup_parent.strip("/") + "/"):
             # The parent goes with the last guest under it (a racing create retries).
             cg.remove_empty_parents(cgroup_parent)
