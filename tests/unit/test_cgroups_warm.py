@@ -74,8 +74,9 @@ def test_warm_keep_is_bounded() -> None:
 
 def test_settle_stops_every_keeper() -> None:
     """Two warm(keep=) without a settle() between (a batch of starts): one settle() stops both."""
-    first = warm.warm(keep=10.0)
-    second = warm.warm(keep=10.0)
+    warm.settle()
+    first = warm.warm(keep=0.2)
+    second = warm.warm(keep=10.0)  # the first ends too soon to be enough: a second keeper
     assert first is not None and second is not None
     try:
         time.sleep(0.05)
@@ -83,6 +84,26 @@ def test_settle_stops_every_keeper() -> None:
     finally:
         warm.settle()
     assert first.acquire(timeout=2) and second.acquire(timeout=2), "settle() left a keeper running"
+
+
+def test_a_keeper_that_keeps_long_enough_is_not_doubled() -> None:
+    """A guestd spare's keeper (berth.guests.worker.spare_waits) serves the run it is handed: the
+    run's own warm(keep=) starts no second thread while it keeps ENOUGH more; after a settle()
+    it does again."""
+    warm.settle()
+    first = warm.warm(keep=10.0)
+    try:
+        assert first is not None
+        assert warm.warm(keep=2.0) is None
+    finally:
+        warm.settle()
+    assert first.acquire(timeout=2)
+    again = warm.warm(keep=2.0)
+    try:
+        assert again is not None
+    finally:
+        warm.settle()
+    assert again.acquire(timeout=2)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="moves the test's process between cgroups (root)")

@@ -49,6 +49,10 @@ def procs_file() -> str | None:
 KEEP_EVERY = 0.004
 #: The stop flags of the keeping threads not settled yet (a flag is a list: non-empty = stop).
 _live: list[list[bool]] = []
+#: Until when (time.monotonic) a keeping thread not settled yet keeps the lock warm.
+_kept_until = 0.0
+#: A keeping thread that goes on for this long (s) is enough for a container's creation.
+ENOUGH = 0.5
 
 
 def _own_cgroups() -> bytes:
@@ -100,15 +104,23 @@ def warm(keep: float = 0.0) -> Any:
     :data:`KEEP_EVERY`, stopped early if the process is moved to another cgroup), until
     :func:`settle`: for a caller whose container's first attach may come later than the lock
     stays warm after a single write (a loaded host, a slow start).  Each write blocks the
-    host's forks for its duration, so callers keep it only around a container's creation."""
+    host's forks for its duration, so callers keep it only around a container's creation.
+    Nothing is started (None) if a keeping thread of this process keeps it for ``keep`` or
+    :data:`ENOUGH` more already (a guestd spare's, berth.guests.worker.spare_waits, for the run
+    it was handed)."""
     import _thread
+    import time
 
+    global _kept_until
+    if keep > 0 and _live and _kept_until >= time.monotonic() + min(keep, ENOUGH):
+        return None
     procs = procs_file()
     if procs is None:
         return None
     stop: list[bool] = []
     if keep > 0:
         _live.append(stop)
+        _kept_until = max(_kept_until, time.monotonic() + keep)
     done = _thread.allocate_lock()
     done.acquire()
     _thread.start_new_thread(_move_self, (procs, done, keep, stop))
@@ -117,5 +129,7 @@ def warm(keep: float = 0.0) -> Any:
 
 def settle() -> None:
     """Stop every keeping thread (the container's init has attached itself)."""
+    global _kept_until
+    _kept_until = 0.0
     while _live:
         _live.pop().append(True)
