@@ -66,7 +66,11 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
     cli_run.REPLY_FD = conn.fileno()  # the C waiter's cleanup (berth _run-exit) replies
     runner.HANGUP_FD = conn.fileno()  # and the C waiter watches it
     runner.LATER = []  # the run's state directory's tombstone (...) is removed after the answer
-    threading.Thread(target=_watch_asker, args=(conn,), daemon=True).start()
+    if _watcher[0] == os.getpid():  # started ahead by the spare: told which socket
+        os.write(_watcher[1], b"%d" % conn.fileno())
+        os.close(_watcher[1])
+    else:
+        threading.Thread(target=_watch_asker, args=(conn.fileno(),), daemon=True).start()
     status = 125
     try:
         status = cli.main(["run", *req["argv"]])
@@ -97,14 +101,14 @@ def _after_answer(later: list[Any]) -> None:
             sys.stderr.write(f"berth: warning: after the run: {e}\n")
 
 
-def _watch_asker(conn: socket.socket) -> None:
-    """A run's: if the command that asked is killed (its socket closed), kill the guest."""
+def _watch_asker(fd: int) -> None:
+    """A run's: if the command that asked is killed (its socket ``fd`` closed), kill the guest."""
     import select
 
     from berth.runtime import run as runner
 
     poller = select.poll()
-    poller.register(conn.fileno(), select.POLLRDHUP)
+    poller.register(fd, select.POLLRDHUP)
     while True:
         events = poller.poll()
         if any(
@@ -179,9 +183,30 @@ _ahead: tuple[int, str] = (0, "")
 
 def context_ahead() -> None:
     """In a spare worker, before it waits: its :func:`context`, which nothing of its own changes
-    until the request (a run's worker compares it with the command's)."""
-    global _ahead
+    until the request (a run's worker compares it with the command's); and the thread that will
+    watch the command's socket (:func:`_watch_asker`), started now, waiting to be told which."""
+    import _thread
+
+    global _ahead, _watcher
     _ahead = (os.getpid(), context())
+    r, w = os.pipe2(os.O_CLOEXEC)
+    _thread.start_new_thread(_watch_when_told, (r,))
+    _watcher = (os.getpid(), w)
+
+
+#: (pid, the write end of the pipe the watching thread started ahead reads) (:func:`context_ahead`).
+_watcher: tuple[int, int] = (0, -1)
+
+
+def _watch_when_told(r: int) -> None:
+    """The watching thread started ahead: the socket's descriptor comes through ``r`` (nothing:
+    the spare served another request)."""
+    try:
+        told = os.read(r, 32)
+    finally:
+        os.close(r)
+    if told:
+        _watch_asker(int(told))
 
 
 worker.HANDLERS["run"] = serve
