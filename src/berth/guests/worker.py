@@ -145,7 +145,10 @@ def spare_waits(keep: float) -> None:
     attaches of the spare itself); the writes stop once a request came (:func:`serve`), with the
     spare, or within ``keep``.  First what the request handlers do ahead (:data:`AHEAD`)."""
     for fn in AHEAD:
-        fn()
+        try:
+            fn()
+        except Exception:  # best effort: the request does it then
+            pass
     warm.warm(keep=keep)
 
 
