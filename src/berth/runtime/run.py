@@ -111,18 +111,6 @@ def run(
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-    early: list[int] = []
-
-    def let_go(c: container.Container) -> None:
-        # Nothing to do between the create and the start (no network to plug in, no terminal to
-        # relay) and no signal yet: the fifo's reader, opened now, lets the init go as soon as it
-        # is ready (as berth start's, berth.guests.instance), not after a round trip through us.
-        # The start has begun then: a signal from now on goes to the command once it runs.
-        if on_created is None and not terminal and not pending:
-            early.append(
-                os.open(os.path.join(c.dir, "exec.fifo"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            )
-
     try:
         c = container.create(
             name,
@@ -135,12 +123,7 @@ def run(
             watch_parent=True,
             seccomp_cache=seccomp_cache,
             zygote=_ahead(),
-            on_pid=let_go,
         )
-    except BaseException:
-        for fd in early:
-            os.close(fd)
-        raise
     finally:
         warm.settle()  # the init attached itself (berth.cgroups.warm, from berth.cli.run)
 
@@ -148,7 +131,7 @@ def run(
         # The command runs (exec'd): signals go to it from now on, and those that came while
         # it was being started go now.  (Before, its init, pid 1 of its namespace, would drop
         # them: it has no handler until the command, or tini, sets one.)
-        c.start(fifo_fd=early.pop() if early else None)
+        c.start()
         target["pid"] = c.pid
         for sig in pending:
             os.kill(c.pid, sig)
@@ -157,7 +140,7 @@ def run(
     try:
         if on_created is not None:
             on_created(c)
-        if pending and not early:
+        if pending:
             return 128 + pending[0]  # a signal before the command was started: it never runs
         if c.console_fd is not None:
             from berth.runtime.console import Relay
@@ -178,8 +161,6 @@ def run(
         return container.wait_exit(c.pid)
     finally:
         target["pid"] = 0
-        for fd in early:  # (not taken by a start)
-            os.close(fd)
         try:
             finish(c, cgroup_parent, on_exit)
         finally:
