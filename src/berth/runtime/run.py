@@ -132,6 +132,11 @@ def run(
         # it was being started go now.  (Before, its init, pid 1 of its namespace, would drop
         # them: it has no handler until the command, or tini, sets one.)
         c.start()
+        if pending:
+            # Exec'd, but tini (or the command) may not have its signals blocked or caught yet:
+            # pid 1 of its namespace, it would drop one sent now (a ^C lost, the run going on).
+            # (Signals meanwhile are queued too.)
+            _until_taken(c.pid, pending, INIT_SIGNALS_WAIT)
         target["pid"] = c.pid
         for sig in pending:
             os.kill(c.pid, sig)
@@ -168,6 +173,34 @@ def run(
                 prctl.set_child_subreaper(False)
         # If the guest's init died before wait_exit (a failed start), it is still our zombie.
         container.reap(c.pid)
+
+
+#: How long (s) a signal that came while the guest was started waits for the guest's init to
+#: block or catch it (:func:`_until_taken`) before it is sent anyway.
+INIT_SIGNALS_WAIT = 0.5
+
+
+def _until_taken(pid: int, sigs: list[int], seconds: float) -> None:
+    """Wait until ``pid`` blocks or catches each of ``sigs`` (its SigBlk and SigCgt), at most
+    ``seconds``; return at once if it is gone."""
+    import time
+
+    want = 0
+    for sig in sigs:
+        want |= 1 << (sig - 1)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        except OSError:
+            return
+        if fields.get(b"State", b"").strip().startswith((b"Z", b"X")):
+            return  # it ended: nothing will take them
+        taken = int(fields.get(b"SigBlk", b"0").strip(), 16) | int(fields.get(b"SigCgt", b"0").strip(), 16)
+        if taken & want == want or time.monotonic() >= deadline:
+            return
+        time.sleep(0.0002)
 
 
 def _ahead() -> Any:
