@@ -59,6 +59,24 @@ def traced(g: Guests, tmp: Path, args: list[str], **kw) -> tuple[subprocess.Comp
     return r, execs
 
 
+def signalled(g: Guests, cmd: list[str], delay: float, sig: int) -> tuple[int, str, str]:
+    """``berth run -- CMD`` by the compiled launcher, sent ``sig`` after ``delay`` s: its exit
+    status (negative: killed by that signal), stdout and stderr.  Killed if it outlives 30 s."""
+    p = subprocess.Popen(
+        [str(LAUNCHER), "run", "--", *cmd],
+        env=g.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(delay)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out, err
+
+
 def runs_left(g: Guests) -> list[str]:
     """State directories of runs (not the store's guests' nor guestd's)."""
     mine = set(g.mine())
@@ -103,22 +121,13 @@ def test_run_through_guestd_takes_the_commands_stdin_cwd_and_environment(
 def test_signals_reach_the_guest_and_a_killed_command_kills_it(guests: Guests, seconds: float) -> None:
     up(guests)
     for sig, want in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)):
-        p = subprocess.Popen(
-            [str(LAUNCHER), "run", "--", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; sleep 30 & wait"],
-            env=guests.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            time.sleep(seconds)
-            p.send_signal(sig)
-            out, err = p.communicate(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        code, out, err = signalled(
+            guests, ["sh", "-c", "trap 'echo got TERM; exit 3' TERM; sleep 30 & wait"], seconds, sig
+        )
         if sig == signal.SIGTERM:  # forwarded to the guest's init (tini), which passes it on
-            assert (p.returncode, out) == (3, "got TERM\n"), err
+            assert (code, out) == (3, "got TERM\n"), err
         else:
-            assert p.returncode == want
+            assert code == want
         # Either way the run ends and cleans up: no state, no cgroup, no process left.
         guests.wait(lambda: runs_left(guests) == [], timeout=20, what="the run to be removed")
 
@@ -212,19 +221,8 @@ def test_an_interrupt_at_any_moment_of_the_start_leaves_nothing(guests: Guests) 
     nothing of it is left."""
     up(guests)
     for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04):
-        p = subprocess.Popen(
-            [str(LAUNCHER), "run", "--", "sh", "-c", "sleep 30"],
-            env=guests.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            time.sleep(delay)
-            p.send_signal(signal.SIGINT)
-            _out, err = p.communicate(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, err)
+        code, _out, err = signalled(guests, ["sh", "-c", "sleep 30"], delay, signal.SIGINT)
+        assert code in (130, -signal.SIGINT), (delay, code, err)
         guests.wait(
             lambda: runs_left(guests) == [], timeout=20, what=f"the run interrupted after {delay}s to go"
         )

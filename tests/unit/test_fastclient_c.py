@@ -87,6 +87,13 @@ class FakeGuestd:
         self.sock.close()
 
 
+def dead_worker_guestd(store: dict[str, str]) -> FakeGuestd:
+    """A guestd that names a worker which is gone already (ended and reaped)."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return FakeGuestd(store["BERTH_RUN"], lambda req: [json.dumps({"worker": p.pid})])
+
+
 def run(launcher: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(launcher), *args], env=env, capture_output=True, text=True, timeout=30, check=False
@@ -199,9 +206,7 @@ def test_stale_hands_over(launcher: Path, store: dict[str, str]) -> None:
 
 
 def test_dead_worker_is_an_error_for_each_guest(launcher: Path, store: dict[str, str]) -> None:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    guestd = FakeGuestd(store["BERTH_RUN"], lambda req: [json.dumps({"worker": p.pid})])
+    guestd = dead_worker_guestd(store)
     try:
         r = run(launcher, ["start", "g1", "g2"], store)
         line = "the guest supervisor's worker died without a reply"
@@ -275,9 +280,7 @@ def test_run_without_guestd_hands_over(launcher: Path, store: dict[str, str]) ->
 
 
 def test_run_worker_gone_without_a_status(launcher: Path, store: dict[str, str]) -> None:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    guestd = FakeGuestd(store["BERTH_RUN"], lambda req: [json.dumps({"worker": p.pid})])
+    guestd = dead_worker_guestd(store)
     try:
         r = run(launcher, ["run", "--", "true"], store)
         assert r.returncode == 125
