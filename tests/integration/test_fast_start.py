@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 import pytest
@@ -197,10 +198,10 @@ def test_fast_start_of_several_and_errors(guests: Guests) -> None:
 
 
 def need_real_time() -> None:
-    """The spare worker's tests need a CPU of real speed: guestd forks a spare only within
-    SPARE_KEEP (2 s) of the last command's request, and :func:`spare` tells it from a worker at
-    work by the latter being done within 0.2 s.  Under an emulated CPU (``make test-v2`` under
-    TCG, some 30 times slower) a command's own workers outlast both windows."""
+    """The spare worker's tests need a CPU of real speed: its keeper of the cgroup lock stops
+    SPARE_KEEP (2 s) after its fork, and :func:`spare` tells it from a worker at work by the
+    latter being done within 0.2 s.  Under an emulated CPU (``make test-v2`` under TCG, some 30
+    times slower) a command's own workers outlast both windows."""
     if not timing_matters():
         pytest.skip("emulated CPU: guestd's spare-worker windows (2 s, 0.2 s) are wall-clock")
 
@@ -232,7 +233,8 @@ def spare(daemon: int, other_than: int = 0) -> int:
 def test_a_spare_worker_serves_the_next_start(guests: Guests) -> None:
     """guestd, idle, forks the next worker ahead (a spare): the next start is its request (it
     exits once done), another is forked when guestd is idle again, a start after the spare was
-    killed still runs (a worker forked for it), and once commands stop the spare goes."""
+    killed still runs (a worker forked for it), and once commands stop a spare waits (it stays:
+    test_a_waiting_spare_keeps_the_cgroup_lock_warm)."""
     need_real_time()
     n = guests.name("spare")
     guests("create", n, "--cmd", "sleep 1000")
@@ -250,7 +252,7 @@ def test_a_spare_worker_serves_the_next_start(guests: Guests) -> None:
     assert guests.info(n)["state"] == "running"
     guests("stop", "--timeout", "2", n)
     assert guests.daemon_pid() == daemon
-    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
+    guests.wait(lambda: spare(daemon, other_than=second), what="a spare once the commands stop")
 
 
 def _ahead(spare_pid: int) -> int:
@@ -317,9 +319,55 @@ def test_a_spare_forks_the_next_init_ahead(guests: Guests) -> None:
     guests("start", h)
     assert guests.record(h)["pid"] == ahead and guests.info(h)["state"] == "running"
     guests("stop", "--timeout", "2", n, u, h)
-    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
-    left = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
-    assert left == [], left  # no init forked ahead outlives its spare
+    fourth = guests.wait(lambda: spare(daemon, other_than=third), what="a spare once the commands stop")
+    ahead = guests.wait(lambda: _ahead(fourth), what="its init forked ahead")
+    os.kill(fourth, signal.SIGKILL)
+    # no init forked ahead outlives its spare (the end of its socket: it exits, guestd reaps it)
+    guests.wait(
+        lambda: not Path(f"/proc/{ahead}").exists(), what="the init forked ahead to end with its spare"
+    )
+
+
+def _dirty(pid: int) -> tuple[int, int]:
+    """A process's private dirty and anonymous memory (kB)."""
+    rows = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return int(rows["Private_Dirty"].split()[0]), int(rows["Anonymous"].split()[0])
+
+
+def test_a_spare_copies_ahead_only_the_pages_its_kind_wrote(guests: Guests) -> None:
+    """guestd's workers and the inits forked ahead record the pages they wrote (berth.runtime.pages):
+    a spare and its init copy those ahead, not all of guestd's (a spare that waits however long
+    all is quiet holds its own copy of those alone); a new guestd does not use an old one's
+    records (other addresses)."""
+    need_real_time()
+    from berth.runtime import pages
+
+    n = guests.name("pages")
+    guests("create", n, "--cmd", "sleep 1000", "--userns", "host")
+    for _ in range(2):  # the second start's init is one forked ahead: it records what it wrote
+        guests("start", n)
+        guests("stop", "--timeout", "2", n)
+    home = guests.run_root / ".guests"
+    for record in (pages.WORKERS, pages.INITS):
+        got = pages.load(str(home / record))
+        assert got is not None and len(got) >= 2, record
+    daemon = guests.daemon_pid()
+    first = guests.wait(lambda: spare(daemon), what="a spare worker")
+    # its keeping thread starts once its pages are copied
+    guests.wait(lambda: len(list(Path(f"/proc/{first}/task").iterdir())) == 2, what="the spare's copy")
+    own, anon = _dirty(first)
+    assert own < 0.75 * anon, (own, anon)  # all of them: ~anon
+
+    # a new guestd: an old record (here one with a range no process maps) is not merged into its own
+    test_guests.kill_daemons(guests.run_root)
+    guests.wait(lambda: not test_guests._daemons(guests.run_root), what="guestd to end")
+    stale = array("Q", [pages.PAGE, 2 * pages.PAGE])
+    (home / pages.WORKERS).write_bytes(stale.tobytes())
+    guests("start", n)
+    assert guests.daemon_pid() not in (0, daemon)
+    got = guests.wait(lambda: pages.load(str(home / pages.WORKERS)), what="the new guestd's record")
+    assert list(got[:2]) != list(stale), list(got[:4])
+    guests("stop", "--timeout", "2", n)
 
 
 def test_a_start_refused_after_the_hand_over_ends_the_init_made_ahead(guests: Guests) -> None:
@@ -401,7 +449,8 @@ def test_a_waiting_spare_keeps_the_cgroup_lock_warm(guests: Guests) -> None:
     """A spare worker keeps the cgroup lock warm while it waits (a thread of no-op attaches of its
     own, where it is: guestd's cgroups), so the next start makes its guest's cgroup without
     waiting out the grace period of a cold lock; it serves that start as before, and with it its
-    keeper is gone.  (berth.guests.worker.spare_waits)"""
+    keeper is gone.  The next spare's keeper stops SPARE_KEEP after its fork, the spare stays.
+    (berth.guests.worker.spare_waits)"""
     need_real_time()
     n = guests.name("warm")
     guests("create", n, "--cmd", "sleep 1000")
@@ -418,7 +467,11 @@ def test_a_waiting_spare_keeps_the_cgroup_lock_warm(guests: Guests) -> None:
     assert guests.info(n)["state"] == "running"
     guests.wait(lambda: not Path(f"/proc/{first}").exists(), what="the spare to serve and exit")
     guests("stop", "--timeout", "2", n)
-    guests.wait(lambda: not spares(daemon), what="no spare once the commands stop")
+    second = guests.wait(lambda: spare(daemon, other_than=first), what="the next spare")
+    guests.wait(
+        lambda: len(list(Path(f"/proc/{second}/task").iterdir())) == 1, what="its keeper to stop", timeout=10
+    )
+    assert spare(daemon) == second  # it stays, without its keeper
     cold = min(_attach_ms(0.3) for _ in range(3))
     if cold < 2.0:
         pytest.skip(

@@ -67,7 +67,7 @@ class Daemon:
         self.spare: tuple[int, socket.socket] | None = None  # a worker forked ahead, waiting
         self.spares: set[int] = set()  # spare workers not reaped yet and not given a request
         self.listener: socket.socket | None = None  # the command socket (serve)
-        self.last_request = -SPARE_KEEP  # monotonic time of the last command's request
+        self.asked = False  # a command came (the spare worker is forked from then on)
         self.runs: set[int] = set()  # workers doing a `berth run` (they last as long as its guest)
         self.run_loaded = False  # berth run's modules imported (load)
 
@@ -216,7 +216,9 @@ class Daemon:
                 _worker_signals()
                 if fds is not None:
                     req["fds"] = fds
+                rec = sys.modules["berth.runtime.pages"].Recorder(path=self.pages_record())
                 code = sys.modules["berth.guests.worker"].serve(req, conn)
+                rec.done()  # the pages it wrote: the next spare copies them ahead
             except BaseException as e:
                 _log(f"worker {req.get('op')} {req.get('name') or req.get('names')}: {e}")
             finally:
@@ -238,7 +240,7 @@ class Daemon:
                 if self.listener is not None:
                     self.listener.close()  # guestd's alone: a spare must not keep it open
                 _worker_signals()
-                code = _spare(b)
+                code = _spare(b, os.path.join(self.root, ".guests"))
             except BaseException as e:
                 _log(f"spare worker: {e}")
             finally:
@@ -246,6 +248,10 @@ class Daemon:
         b.close()
         self.spare = (pid, a)
         self.spares.add(pid)
+
+    def pages_record(self) -> str:
+        """Where the workers record the pages they write (berth.runtime.pages)."""
+        return os.path.join(self.root, ".guests", sys.modules["berth.runtime.pages"].WORKERS)
 
     def drop_spare(self) -> None:
         """Let the spare go (it exits at the end of its socket; reaped as any child)."""
@@ -327,7 +333,6 @@ class Daemon:
 
     def accept(self, listener: socket.socket) -> None:
         import json
-        import time
 
         conn, _ = listener.accept()
         conn.settimeout(5)
@@ -351,7 +356,7 @@ class Daemon:
             if run and len(fds) != RUN_FDS:
                 raise ValueError(f"a run needs {RUN_FDS} descriptors, it came with {len(fds)}")
             req["state_root"] = self.root
-            self.last_request = time.monotonic()
+            self.asked = True
             if run:
                 self.load(run=True)  # (the spare, if forked before, loads them itself)
             pid = self.hand_to_spare(req, conn, fds if run else None)
@@ -402,15 +407,14 @@ class Daemon:
             if self.logs:
                 wait = max(0.0, self.next_log_check - now)
                 timeout = wait if timeout is None else min(timeout, wait)
-            # A spare while commands come (SPARE_KEEP after the last one): none when all is quiet.
-            keep = self.last_request + SPARE_KEEP - now
-            if self.spare is not None and keep <= 0:
-                self.drop_spare()
+            # A spare once a command came, kept however long all is quiet: a command after a
+            # pause is the usual one.  It holds its own copy of only the pages a worker writes
+            # (berth.runtime.pages), and its keeper of the cgroup lock stops SPARE_KEEP after
+            # its fork (berth.guests.worker.spare_waits).
             busy = len(self.workers) > len(self.runs)  # a run's worker waits for its guest: not busy
-            want_spare = self.spare is None and not busy and keep > SPARE_IDLE
-            if want_spare or self.spare is not None:
-                wake = SPARE_IDLE if want_spare else keep
-                timeout = wake if timeout is None else min(timeout, wake)
+            want_spare = self.spare is None and not busy and self.asked
+            if want_spare:
+                timeout = SPARE_IDLE if timeout is None else min(timeout, SPARE_IDLE)
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -461,8 +465,8 @@ def _end(sock: socket.socket) -> None:
 #: The descriptors a ``run`` request comes with: the command's stdin, stdout, stderr and cwd.
 RUN_FDS = 4
 SPARE_IDLE = 0.02  # seconds guestd is idle (no worker running) before it forks a spare worker
-# Seconds a spare is kept after the last command's request: a spare holds a copy of guestd's pages
-# (~10 MiB here), which a guestd that only supervises running guests does not pay for.
+# Seconds a spare keeps the cgroup lock warm after its fork (berth.guests.worker.spare_waits): each
+# of its no-op attaches blocks the host's forks for a moment, so it is kept only around commands.
 SPARE_KEEP = 2.0
 
 
@@ -472,20 +476,22 @@ def _worker_signals() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def _spare(sock: socket.socket) -> int:
+def _spare(sock: socket.socket, home: str) -> int:
     """A spare worker's life: wait for a request (EOF: guestd let us go), serve it."""
     import json
 
-    from berth.runtime import zygote  # (loaded by the worker's preload)
+    from berth.runtime import pages, zygote  # (loaded by the worker's preload)
 
     # The next guest's init, forked ahead (its pages copied while nobody waits): a start whose
     # guest can use it forks nothing (berth.runtime.zygote).  Before our own pages are copied
     # (each copies its own) and before the keeping thread starts (we fork with one thread).
-    zygote.fork_ahead(close=[sock.fileno()])
+    zygote.fork_ahead(close=[sock.fileno()], home=home)
     try:
-        zygote.own_pages()
+        # The pages the last worker that faulted recorded: copied now, while nobody waits.
+        pages.own(pages.load(os.path.join(home, pages.WORKERS)))
         # After the pages are owned: the keeping thread's stack is not populated with them.
         sys.modules["berth.guests.worker"].spare_waits(SPARE_KEEP)
+        rec = pages.Recorder(path=os.path.join(home, pages.WORKERS))
         msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1 + RUN_FDS)
         if not msg or not fds:
             return 0
@@ -501,7 +507,9 @@ def _spare(sock: socket.socket) -> int:
         req = json.loads(b"".join(chunks))
         if len(fds) > 1:
             req["fds"] = fds[1:]
-        return int(sys.modules["berth.guests.worker"].serve(req, conn))
+        code = int(sys.modules["berth.guests.worker"].serve(req, conn))
+        rec.done()
+        return code
     finally:
         zygote.discard()  # reaped here, unused: guestd never sees its pid (it may come back as a guest's)
 
@@ -518,6 +526,13 @@ def main(state_root: str) -> int:
         return 0  # another daemon serves this state root
     with open(os.path.join(home, PID), "w") as f:
         f.write(str(os.getpid()))
+    from berth.runtime import pages
+
+    for name in (pages.WORKERS, pages.INITS):  # an earlier guestd's addresses: not ours
+        try:
+            os.unlink(os.path.join(home, name))
+        except FileNotFoundError:
+            pass
     _subreaper()
     Daemon(state_root).serve()
     return 0

@@ -48,6 +48,7 @@ _START_PATH = (
     "berth.runtime.process",
     "berth.runtime.resources",
     "berth.runtime.userns",
+    "berth.runtime.pages",
     "berth.runtime.zygote",
     "berth.spec.jsontext",
     "pickle",

@@ -21,7 +21,7 @@ from berth.linux import prctl
 from berth.linux.ns import NAMESPACES, Clone, setns, unshare
 from berth.linux.path import secure_join
 from berth.runtime import cwd as workdir
-from berth.runtime import executable, mounts, process, sync
+from berth.runtime import executable, mounts, pages, process, sync
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -440,6 +440,7 @@ def stage2(spec: dict[str, Any], opts: InitOptions, sock: socket.socket) -> None
         creds = executable.Creds.of(proc, through_init=init is not None)  # tini looks it up again
         exe = executable.open_executable(proc["args"], env, ".", follow_link=True, creds=creds)
 
+        pages.finish()  # an init forked ahead records what it wrote (berth.runtime.pages)
         # Privileges: the Landlock scope, no_new_privs, seccomp, then the identity and capability
         # sets.  The scope first: still root with every capability of our user namespace, which
         # landlock_restrict_self needs without no_new_privs, and before any seccomp filter.

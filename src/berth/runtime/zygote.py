@@ -6,7 +6,8 @@ copy-on-write fault for every page of the parent it writes, Python's reference c
 hundreds of them (~4 us a fault on a virtual machine: a few milliseconds a start).  guestd's
 spare worker, which waits for the next request anyway, forks the next init ahead instead
 (:func:`fork_ahead`): in a new pid namespace of its own (the spare's ``pid_for_children`` is set
-back at once), its pages copied while nobody waits (:func:`own_pages`).  A start whose guest can
+back at once), the pages an init writes copied while nobody waits (berth.runtime.pages: as the
+last init forked ahead recorded them).  A start whose guest can
 use it (:func:`berth.runtime.init.in_place_fits`: no user namespace, a new pid namespace, no
 time namespace) hands it the container (:func:`hand_over`), and it goes on as
 :func:`berth.runtime.init.stage1_in_place`, joining the cgroup and the other namespaces itself;
@@ -31,28 +32,7 @@ if TYPE_CHECKING:
 
 #: The largest container message (the spec, the options with the compiled seccomp program).
 MAX_MESSAGE = 4 << 20
-_POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (5.14+)
 READY = b"r"  # the init forked ahead has copied its pages: a start may take it
-
-
-def own_pages() -> None:
-    """Copy the pages shared with the parent now (MADV_POPULATE_WRITE), while nobody waits: the
-    work that follows takes no copy-on-write fault for them.  Best effort (older kernels fault)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    try:
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 2 or fields[1] != "rw-p":
-            continue
-        lo, hi = (int(x, 16) for x in fields[0].split("-"))
-        libc.madvise(lo, hi - lo, _POPULATE_WRITE)
 
 
 class Zygote:
@@ -76,10 +56,12 @@ class Zygote:
 _ahead: Zygote | None = None
 
 
-def fork_ahead(close: list[int] | None = None) -> None:
+def fork_ahead(close: list[int] | None = None, home: str | None = None) -> None:
     """In guestd's spare worker (one thread, before it waits): fork the next guest's init now,
     as pid 1 of a new pid namespace, kept for :func:`take`.  ``close``: descriptors the init must
-    not hold (the spare's socket to guestd).  Nothing is kept if the kernel refuses; an error
+    not hold (the spare's socket to guestd).  ``home``: guestd's directory, where the record of
+    the pages an init writes is (berth.runtime.pages.INITS): the init copies them ahead, and records them
+    again if it had to fault for more.  Nothing is kept if the kernel refuses; an error
     setting the spare's own ``pid_for_children`` back is raised (its later children would be
     born in the init's namespace)."""
     global _ahead
@@ -105,7 +87,7 @@ def fork_ahead(close: list[int] | None = None) -> None:
             try:
                 for fd in (a.detach(), own, *(close or ())):
                     os.close(fd)
-                code = _wait(b)
+                code = _wait(b, home)
             finally:
                 os._exit(code)
         setns(own, Clone.NEWPID)  # our next children are born beside us again
@@ -176,13 +158,19 @@ def _import_missing(modules: list[str]) -> None:
                 continue
 
 
-def _wait(sock: socket.socket) -> int:
-    """The init forked ahead: copy our pages, wait for a container, become its init."""
+def _wait(sock: socket.socket, home: str | None = None) -> int:
+    """The init forked ahead: copy the pages an init writes, wait for a container, become its
+    init (which records its pages if it faulted for more: berth.runtime.pages.finish)."""
     import pickle
 
-    from berth.runtime import init
+    from berth.runtime import init, pages
 
-    own_pages()
+    if home is not None:
+        path = os.path.join(home, pages.INITS)
+        pages.own(pages.load(path))
+        out = pages.open_record(path)
+        if out is not None:
+            pages.pending = pages.Recorder(out=out)
     sock.send(READY)
     data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
     sock.close()
