@@ -338,7 +338,7 @@ def test_a_spare_copies_ahead_only_the_pages_its_kind_wrote(guests: Guests) -> N
     """guestd's workers and the inits forked ahead record the pages they wrote (berth.runtime.pages):
     a spare and its init copy those ahead, not all of guestd's (a spare that waits however long
     all is quiet holds its own copy of those alone); a new guestd does not use an old one's
-    records (other addresses)."""
+    records (other addresses), nor leaves a killed recorder's temporary."""
     need_real_time()
     from berth.runtime import pages
 
@@ -363,8 +363,10 @@ def test_a_spare_copies_ahead_only_the_pages_its_kind_wrote(guests: Guests) -> N
     guests.wait(lambda: not test_guests._daemons(guests.run_root), what="guestd to end")
     stale = array("Q", [pages.PAGE, 2 * pages.PAGE])
     (home / pages.WORKERS).write_bytes(stale.tobytes())
+    (home / f"{pages.WORKERS}.99999999").write_bytes(b"")  # a killed recorder's temporary
     guests("start", n)
     assert guests.daemon_pid() not in (0, daemon)
+    assert not (home / f"{pages.WORKERS}.99999999").exists()
     got = guests.wait(lambda: pages.load(str(home / pages.WORKERS)), what="the new guestd's record")
     assert list(got[:2]) != list(stale), list(got[:4])
     guests("stop", "--timeout", "2", n)

@@ -528,11 +528,15 @@ def main(state_root: str) -> int:
         f.write(str(os.getpid()))
     from berth.runtime import pages
 
-    for name in (pages.WORKERS, pages.INITS):  # an earlier guestd's addresses: not ours
-        try:
-            os.unlink(os.path.join(home, name))
-        except FileNotFoundError:
-            pass
+    # An earlier guestd's records (other addresses: not ours), and what a killed recorder left.
+    for name in os.listdir(home):
+        record, _, pid = name.partition(".pages")
+        leftover = pid[:1] == "." and pid[1:].isdigit()  # a recorder's temporary (berth.runtime.pages)
+        if record + ".pages" in (pages.WORKERS, pages.INITS) and (not pid or leftover):
+            try:
+                os.unlink(os.path.join(home, name))
+            except FileNotFoundError:
+                pass
     _subreaper()
     Daemon(state_root).serve()
     return 0
