@@ -1273,10 +1273,11 @@ def _mem_mib(pids: list[int]) -> tuple[float, float]:
 # guestd. No network, lxcfs or user namespace (--userns host, as the eval's network guests).
 GUEST_FLAGS = ("--net", "none", "--userns", "host", "--no-lxcfs")
 GUESTD = "berth start (guestd)"
-# The same start with guestd idle for IDLE_GAP s before it: no spare worker (guestd forks one for
-# the request; berth.guests.daemon.SPARE_KEEP) and the kernel's cgroup lock cold (its first attach
-# waits an RCU grace period: berth.cgroups.warm).  GUESTD's start follows it by BURST_GAP s, as a
-# start in a batch or a script does: the spare and its init forked ahead are ready, the lock warm.
+# The same start with guestd idle for IDLE_GAP s before it: its spare worker and the init forked
+# ahead wait still (kept however long guestd is quiet: berth.guests.daemon), but the spare's keeper
+# of the kernel's cgroup lock stopped (SPARE_KEEP), so the lock is cold (its first attach waits an
+# RCU grace period: berth.cgroups.warm), and the other columns run in the gap.  GUESTD's start
+# follows it by BURST_GAP s, as a start in a batch or a script does: the lock is warm too.
 GUESTD_IDLE = "berth start (guestd idle)"
 IDLE_GAP = 3.0
 BURST_GAP = 0.3
@@ -1586,8 +1587,9 @@ def _density(env: Env, cfg: Config, s: Section, n: int, guests: _Guests) -> None
             f"was found at setup: no Python in the command; guestd's worker checks the spec and starts the "
             f"guest) {BURST_GAP:g} s after guestd's last command, as in a batch or a script (its spare "
             f"worker and the init it forked ahead ready, the kernel's cgroup lock warm); {GUESTD_IDLE}: "
-            f"the same with guestd idle for {IDLE_GAP:g} s before it (no spare: guestd forks the worker; "
-            f"the cgroup lock cold, its first attach waits an RCU grace period); ms, median "
+            f"the same with guestd idle for {IDLE_GAP:g} s before it (its spare and init ahead still "
+            f"waiting, the cgroup lock cold: its first attach waits an RCU grace period; the other columns "
+            f"run in the gap); ms, median "
             f"(min–max) of {n}, interleaved after a warm-up. Idle memory: host RSS/PSS (MiB) per idle "
             f"guest ~3 s after its start; {GUESTD}: {cfg.idle_guests} busybox system guests (`berth create "
             f"NAME {' '.join(GUEST_FLAGS)}`) started by one `berth start`, PSS and RSS of their processes "
