@@ -76,10 +76,12 @@ def receiver(b: Host, fault: str = "", allow: tuple[str, ...] = HOST_USERNS) -> 
     return p
 
 
-def migrate(a: Host, name: str, *extra: str) -> subprocess.CompletedProcess:
+def migrate(
+    a: Host, name: str, *extra: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         in_ns(a.netns, a, "migrate", name, "--to", f"10.213.0.2:{PORT}", "--timeout", "30", *extra),  # type: ignore[attr-defined]
-        env=a.env, capture_output=True, text=True, timeout=120, check=False,
+        env={**a.env, **(env_extra or {})}, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
 
@@ -154,6 +156,114 @@ def test_receiver_killed_guest_stays_on_source(hosts: tuple[Host, Host], unique:
     wait(lambda: len(a.replies(name)) > n + 2, what="the connection to answer on A")
     time.sleep(0.2)
     b_has_nothing(b, name)
+    a("destroy", "--force", name)
+
+
+def images_left(name: str) -> list[Path]:
+    return list(Path("/dev/shm").glob(f".migrate-{name}-*"))
+
+
+@pytest.mark.parametrize("point", ["migrate:spawned", "migrate:dumped", "migrate:sent"])
+def test_sender_killed_before_commit_guest_runs_on_source(
+    hosts: tuple[Host, Host], unique: str, point: str
+) -> None:
+    """berth migrate killed after the dump (the guest's processes gone, its images whole here):
+    the receiver drops what it got once the stream ends without the commit, even a guest it had
+    restored; the next command on the source restores the guest there from the images, its
+    processes and connection as they were."""
+    a, b = hosts
+    name = f"{unique}-k"
+    start_guest(a, name)
+    r = receiver(b)
+    out = migrate(a, name, env_extra={"BERTH_FAULT": point})
+    assert out.returncode == -9, out
+    r.wait(60)
+    assert r.returncode != 0, "the receiver kept a guest the source never committed"
+    if point == "migrate:sent":  # it had restored the guest, and waited for the commit
+        assert "committed" in (r.stderr.read() if r.stderr else "")
+    b_has_nothing(b, name)
+    assert (a.store / "guests" / name / ".migrate.pending").exists()
+    if point == "migrate:spawned":  # killed while its CRIU dumps: that CRIU goes on to its end
+        import json
+
+        criu = json.loads((a.store / "guests" / name / ".migrate.pending").read_text())["criu_pid"]
+        wait(lambda: not Path(f"/proc/{criu}").exists(), timeout=60, what="the migrate's CRIU to end")
+        a("list")  # the next command settles it: resumed by CRIU, or restored from the whole dump
+    else:
+        assert a.record(name).get("status") == "migrating"
+        a("list")  # the next command settles it
+        assert a.record(name).get("restored_from")  # restored from the images, not started again
+    rec = a.record(name)
+    assert rec["status"] == "running" and rec["pid"], rec
+    c, n = a.count(name), len(a.replies(name))
+    wait(lambda: a.count(name) > c + 3, what="the guest to run on A")
+    wait(lambda: len(a.replies(name)) > n + 2, what="its connection to answer on A")
+    assert not (a.store / "guests" / name / ".migrate.pending").exists()
+    assert not images_left(name)
+    b_has_nothing(b, name)
+    a("destroy", "--force", name)
+
+
+def test_sender_killed_after_commit_guest_runs_on_destination_only(
+    hosts: tuple[Host, Host], unique: str
+) -> None:
+    """berth migrate killed once it told the receiver to keep the guest, before it removed its
+    own copy: the guest runs on B; A's next command leaves its copy stopped, not restored."""
+    a, b = hosts
+    name = f"{unique}-c"
+    start_guest(a, name)
+    r = receiver(b)
+    out = migrate(a, name, env_extra={"BERTH_FAULT": "migrate:committed"})
+    assert out.returncode == -9, out
+    rc = r.wait(60)
+    assert rc == 0, r.stderr.read() if r.stderr else ""
+    rec_b = b.record(name)
+    assert rec_b["status"] == "running" and rec_b["pid"], rec_b
+    c = b.count(name)
+    wait(lambda: b.count(name) > c + 3, what="the guest to run on B")
+    listing = a("list")
+    assert name in listing.stdout
+    rec = a.record(name)
+    assert rec["status"] == "stopped" and not rec.get("pid") and rec.get("migrated_to"), rec
+    assert not images_left(name)
+    assert not (a.store / "guests" / name / ".migrate.pending").exists()
+    assert not list(Path("/sys/fs/cgroup/pids").glob(f"{a.parent}/{name}"))
+    a("destroy", "--force", name)
+    b("destroy", "--force", name)
+
+
+def test_receiver_killed_after_it_kept_the_guest(hosts: tuple[Host, Host], unique: str) -> None:
+    """The receiver's worker killed once it kept the guest, before it said so: the guest runs
+    on B; A cannot tell whether B kept it, so its copy stays stopped with the images, and
+    berth migrate says where they are (one line)."""
+    import shutil
+
+    a, b = hosts
+    name = f"{unique}-u"
+    start_guest(a, name)
+    r = receiver(b, fault="receive:committed")
+    try:
+        out = migrate(a, name)
+        r.wait(60)
+        assert out.returncode != 0, out
+        assert len(out.stderr.strip().splitlines()) == 1 and "did not confirm" in out.stderr, out.stderr
+        rec_b = b.record(name)
+        assert rec_b["status"] == "running" and rec_b["pid"], rec_b
+        c = b.count(name)
+        wait(lambda: b.count(name) > c + 3, what="the guest to run on B")
+        rec = a.record(name)
+        assert rec["status"] == "stopped" and not rec.get("pid") and rec.get("migrated_to"), rec
+        left = images_left(name)
+        assert len(left) == 1 and str(left[0]) in out.stderr, (left, out.stderr)
+        assert not (a.store / "guests" / name / ".migrate.pending").exists()
+        # What the message says to do, had B not kept it: the guest back on A, as it was.
+        b("destroy", "--force", name)
+        a("restore", name, "--image", str(left[0]))
+        c = a.count(name)
+        wait(lambda: a.count(name) > c + 3, what="the guest restored on A from the images kept")
+    finally:
+        for d in images_left(name):
+            shutil.rmtree(d, ignore_errors=True)
     a("destroy", "--force", name)
 
 

@@ -26,6 +26,21 @@ def alive(rec: dict[str, Any]) -> bool:
     return bool(pid) and st.alive({"pid": pid, "berth": {"start_time": rec.get("start_time")}})
 
 
+#: The marks a checkpoint and a migration of a guest leave in its directory while under way
+#: (berth.guests.migrate.PENDING, MIGRATING): left by one cut short, for berth.guests.migrate.settle.
+CHECKPOINT_MARK = ".checkpoint.pending"
+MIGRATE_MARK = ".migrate.pending"
+
+
+def cut_short(store: Store, name: str) -> bool:
+    """A checkpoint or a migration of ``name`` is under way or was cut short: there is
+    something for berth.guests.migrate.settle to do."""
+    gdir = store.dir(name)
+    return os.path.lexists(os.path.join(gdir, CHECKPOINT_MARK)) or os.path.lexists(
+        os.path.join(gdir, MIGRATE_MARK)
+    )
+
+
 def running(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "running" and alive(rec)
 
@@ -206,10 +221,15 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
     spec, use_init = saved["spec"], saved["use_init"]
     net_opts = config.net_from_dict(saved.get("net"))
     overlay: dict[str, Any] = {"lower": saved["lower"]}
-    if os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending")):
+    if cut_short(store, name):
         from berth.guests import migrate
 
-        migrate.settle(store, name, wait=True)  # a checkpoint cut short: committed or dropped first
+        # A checkpoint cut short: committed or dropped first; a migration: refused while under
+        # way, else settled (the guest may run again here, restored from its images).
+        migrate.settle(store, name, wait=True)
+        now = store.read_run(name)
+        if running(now):
+            return int(now["pid"])  # restored here from its images: it runs
     rec = store.read_run(name)
     cleanup(store, name, rec)
     loop = ""

@@ -288,14 +288,14 @@ def reconcile(store: Store, name: str) -> dict[str, Any]:
     when nobody holds the guest's lock, cleaned) as stopped; a checkpoint of it cut short
     settled (berth.guests.migrate.settle)."""
     rec = store.read_run(name)
-    pending = os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending"))
+    pending = instance.cut_short(store, name)
     live = instance.running(rec)
     if not pending and (rec.get("status") not in ("running", "starting") or live):
         return rec
     if pending:
         from berth.guests import migrate
 
-        if migrate.under_way(store, name):  # a killed checkpoint's CRIU at work: not to be touched
+        if migrate.under_way(store, name):  # a killed checkpoint's CRIU, a migrate, at work: untouched
             return rec
     lock = store.lock(name)
     if not lock.acquire(blocking=False):  # a command or worker is at it: show, do not touch
@@ -307,7 +307,7 @@ def reconcile(store: Store, name: str) -> dict[str, Any]:
         if pending:
             from berth.guests import migrate
 
-            migrate.settle(store, name)  # a checkpoint cut short: committed or dropped
+            migrate.settle(store, name)  # a checkpoint cut short: committed or dropped; a migration
         rec = store.read_run(name)
         if rec.get("status") in ("running", "starting") and not instance.running(rec):
             rec.update(status="stopped", finished_at=rec.get("finished_at") or time.time())
@@ -464,10 +464,10 @@ def stop(store: Store, names: list[str], *, timeout: float = 10.0) -> None:
         for lock in locks:
             lock.acquire()
         for n in names:  # a checkpoint cut short while the guest runs on: dropped before it ends
-            if os.path.lexists(os.path.join(store.dir(n), ".checkpoint.pending")):
+            if instance.cut_short(store, n):
                 from berth.guests import migrate
 
-                migrate.settle(store, n, wait=True)
+                migrate.settle(store, n, wait=True)  # (refused while a migrate of it runs)
         recs = {n: store.update_run(n, desired="stopped") for n in names}
         for n, rec in recs.items():
             if instance.alive(rec):

@@ -15,15 +15,22 @@ re-reads the record and follows the new init with a pidfd).
            them), {"remove": what went from the upper layer}, a tree of the upper layer (live:
            only what changed since the pre-copy), then the digest
     RESULT {"ok": true, "times"} once the guest runs on the destination, or {"ok": false, "error"}
-    COMMIT {"ok": true}                         the source destroyed its copy
+    COMMIT {"commit": true}                     sender -> receiver: keep the guest (a stream
+                                                that ends before it: the receiver drops it)
+    KEPT   {"kept": true}                       receiver -> sender: kept (or {"ok": false, "error"}:
+                                                dropped); none: the sender keeps its images
 
 Frames are an 8-byte big-endian length and a body; every body (but the digest) goes into one
 SHA-256 checked by the receiver before it restores.  Trees go entry by entry
 (:mod:`berth.guests.transfer`), written as they arrive.  The receiver works in a hidden staging
 directory of its store (the CRIU images in a private tmpfs directory) and moves it in place only
-when the restore succeeded; any failure or a broken connection removes it.  The source keeps the
-images until the RESULT: if anything fails before, it restores the guest from them in place
-(same processes, connections, counters).
+when the restore succeeded; any failure or a broken connection removes it, also after the
+restore, until the COMMIT.  The source keeps the images until the RESULT: if anything fails
+before, it restores the guest from them in place (same processes, connections, counters).  A
+``berth migrate`` killed at any point leaves a mark in the guest's directory
+(:data:`MIGRATING`); the next command on the guest settles it (:func:`settle_migration`): the
+guest runs on the source (resumed by CRIU, or restored from the images) unless the COMMIT was
+being sent, and then on the destination only.
 
 **Downtime** is freeze to RESULT: the CRIU dump (into /dev/shm), the images and the upper
 layer's delta over the stream, the CRIU restore (from a tmpfs).  What need not be in it is kept
@@ -253,7 +260,7 @@ def checkpoint(
 # (see checkpoint); after a settle that found the guest's processes ended without a whole dump,
 # {"lost": true, "time", "images"}: restore refuses those images (another image directory, say
 # of a migration, is not older than the lost state).
-PENDING = ".checkpoint.pending"
+PENDING = instance.CHECKPOINT_MARK
 
 
 def _pending_path(store: Store, name: str) -> str:
@@ -273,11 +280,15 @@ def _read_pending(store: Store, name: str) -> dict[str, Any] | None:
 
 def _criu_alive(pend: dict[str, Any]) -> bool:
     """The CRIU of the checkpoint ``pend`` still runs (its berth was killed)."""
-    pid = pend.get("criu_pid")
+    return _runs(pend.get("criu_pid"), pend.get("criu_start"))
+
+
+def _runs(pid: Any, start_time: Any) -> bool:
+    """The process ``pid`` started at ``start_time`` (:func:`_proc_start`) runs, not a zombie."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     start = _proc_start(pid)
-    if start is None or start != pend.get("criu_start"):
+    if start is None or start != start_time:
         return False
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -287,9 +298,13 @@ def _criu_alive(pend: dict[str, Any]) -> bool:
 
 
 def under_way(store: Store, name: str) -> bool:
-    """A CRIU dump of ``name`` runs (its berth was killed): nothing of the guest to be touched."""
+    """A CRIU dump of ``name`` runs (its berth was killed), or a ``berth migrate`` of it: nothing
+    of the guest to be touched."""
     pend = _read_pending(store, name)
-    return bool(pend and not pend.get("lost") and _criu_alive(pend))
+    if pend and not pend.get("lost") and _criu_alive(pend):
+        return True
+    mig = _read_migrating(store, name)
+    return bool(mig and (_runs(mig.get("by"), mig.get("by_start")) or _criu_alive(mig)))
 
 
 CRIU_WAIT = 120.0  # seconds a command waits for the CRIU of a killed checkpoint to end
@@ -359,10 +374,11 @@ def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
     says the guest's last state is lost (:func:`restore` refuses an older checkpoint).  They
     ended before that step: CRIU did not end them (it resumes them when the step fails), the
     guest ran on and ended on its own: the new dump is dropped.  Also removes the
-    ``.checkpoint.new-*``/``.checkpoint.old-*`` directories a killed checkpoint left."""
+    ``.checkpoint.new-*``/``.checkpoint.old-*`` directories a killed checkpoint left, and
+    settles a migration cut short first (:func:`settle_migration`)."""
     from berth.runtime import state as st
 
-    done = []
+    done = settle_migration(store, name, wait=wait)
     pend = _read_pending(store, name)
     if pend is not None and not pend.get("lost"):
         if _criu_alive(pend):
@@ -406,6 +422,125 @@ def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
     if os.path.isdir(gdir):
         done += [f"removed {p}" for p in st.sweep(gdir)]
     return done
+
+
+# A migration under way (or cut short) of a guest, in its directory: {"id" (the dump's, in its
+# berth.json), "images", "to", "pid", "start_time" (the guest's init), "by", "by_start" (the
+# berth migrate's process), "criu_pid", "criu_start", "committed", "time"} (see migrate).
+MIGRATING = instance.MIGRATE_MARK
+
+
+def _migrating_path(store: Store, name: str) -> str:
+    return os.path.join(store.dir(name), MIGRATING)
+
+
+def _read_migrating(store: Store, name: str) -> dict[str, Any] | None:
+    try:
+        with open(_migrating_path(store, name)) as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        m = None
+    return m if isinstance(m, dict) else {}
+
+
+def _mark_migrating(store: Store, name: str, mig: dict[str, Any]) -> None:
+    atomic_write(_migrating_path(store, name), json.dumps(mig))
+
+
+def _unmark_migrating(store: Store, name: str) -> None:
+    try:
+        os.unlink(_migrating_path(store, name))
+    except FileNotFoundError:
+        pass
+
+
+def settle_migration(store: Store, name: str, *, wait: bool = False) -> list[str]:
+    """Finish what a ``berth migrate`` of ``name`` killed half-way left (its lock held by the
+    caller); what was done.  The migrate still runs: nothing is touched, or with ``wait`` (a
+    command that goes on with the guest: start, stop) a :class:`StateError` says so.  Its CRIU
+    still dumps: as :func:`settle`.  Then, by what the mark and the guest's processes say:
+
+    - the destination was told to keep the guest (``committed``): it runs there; the copy here
+      stays, stopped (``migrated_to`` in its record), for ``berth destroy``;
+    - the guest's processes run (the dump failed or was cut short: CRIU resumed them): the guest
+      runs on here;
+    - they ended with the dump whole: nothing was committed, so the destination dropped (or
+      drops, when its stream ends) what it received, and the guest is restored here from the
+      images, its processes as they were;
+    - they ended without a whole dump: its last state is lost; it is stopped.
+
+    The images go (kept, and named in the error, only when the restore here fails)."""
+    from berth.runtime import state as st
+
+    mig = _read_migrating(store, name)
+    if mig is None:
+        return []
+    to = mig.get("to") or "?"
+    if _runs(mig.get("by"), mig.get("by_start")):
+        if wait:
+            raise StateError(f"guest {name!r} is being migrated to {to} (berth migrate, pid {mig['by']})")
+        return []
+    if _criu_alive(mig):
+        if not wait:
+            return []
+        _wait_criu(name, mig)
+    images, dump_id = str(mig.get("images") or ""), str(mig.get("id") or "")
+    alive = st.alive({"pid": mig.get("pid") or 0, "berth": {"start_time": mig.get("start_time")}})
+    rec = store.read_run(name)
+    keep = False
+    try:
+        if mig.get("committed"):
+            rec = store.update_run(
+                name, pid=0, status="stopped", desired="stopped", migrated_to=to, dumping=False
+            )
+            instance.cleanup(store, name, rec)
+            if mig.get("acked"):
+                return [f"{name} runs at {to}: its migration there was cut short after {to} kept it; "
+                        f"the copy here is stopped (berth destroy {name} removes it)"]  # fmt: skip
+            keep = True  # told to keep it, but it did not say it did: it may run there, or nowhere
+            return [unconfirmed(name, to, images)]
+        if alive:
+            _unstick(store, name, rec, mig, images)  # CRIU's lock table, its freeze
+            store.update_run(name, dumping=False)
+            return [f"dropped the migration of {name} to {to} cut short (the guest runs on here)"]
+        instance.cleanup(store, name, rec)  # the dumped guest's container, cgroup and network
+        store.update_run(name, pid=0, status="stopped", dumping=False)
+        if not (images and dump_id and _whole(images, dump_id)):
+            store.update_run(name, desired="stopped")
+            return [f"migration of {name} to {to} cut short after the guest ended: its last state is lost"]
+        try:
+            _restore_locked(store, name, images, criu=_criu(store))
+        except BaseException as e:
+            keep = True
+            store.update_run(name, desired="stopped")
+            raise StateError(
+                f"guest {name!r}: its migration to {to} was cut short and restoring it here failed: "
+                f"{e or type(e).__name__}; its images are in {images}"
+            ) from e
+        _tell_guestd(store, name)
+        return [f"restored {name} here: its migration to {to} was cut short before it was committed"]
+    finally:
+        if not keep and images and os.path.basename(images).startswith(f".migrate-{name}-"):
+            shutil.rmtree(images, ignore_errors=True)
+        _unmark_migrating(store, name)
+
+
+def _settle_own(store: Store, name: str, mig: dict[str, Any]) -> list[str]:
+    """:func:`settle_migration` by the berth migrate that made the mark ``mig`` (ending it)."""
+    mig.update(by=0)
+    _mark_migrating(store, name, mig)
+    return settle_migration(store, name)
+
+
+def unconfirmed(name: str, to: str, images: str) -> str:
+    """What a migration whose destination was told to keep the guest but did not confirm it
+    leaves: the copy here stopped, the images kept."""
+    return (
+        f"{to} was told to keep {name} but did not confirm it: check whether it runs there; the "
+        f"copy here is stopped, its images are in {images} (berth restore {name} --image {images})"
+    )
 
 
 def _unstick(store: Store, name: str, rec: dict[str, Any], pend: dict[str, Any], new: str) -> None:
@@ -949,6 +1084,7 @@ def migrate(
     s = Stream(sock)
     images = _scratch(store, f".migrate-{name}-")
     dumped = False
+    mig: dict[str, Any] = {}  # the mark (settle_migration), once the dump is about to start
     try:
         if struct.unpack(">Q", s._exact(8))[0] != NONCE_BYTES:
             raise BerthError(f"migrate {name}: {to} is not a berth receiver (or an older one)")
@@ -978,20 +1114,53 @@ def migrate(
             tail = transfer.Tail(s, images, "images")
             pump = threading.Thread(target=tail.run, daemon=True)
             pump.start()
+            # Marked before CRIU runs: whatever point this command is killed at from here, the
+            # next command on the guest finds it running on one host (settle_migration).
+            mig.update(
+                {
+                    "id": os.urandom(8).hex(),
+                    "images": images,
+                    "to": to,
+                    "pid": c.pid,
+                    "start_time": (c.data.get("berth") or {}).get("start_time"),
+                    "by": os.getpid(),
+                    "by_start": _proc_start(os.getpid()),
+                    "paused": c.status() == "paused",
+                    "criu_freezes": False,
+                    "committed": False,
+                    "time": time.time(),
+                }
+            )
+            _mark_migrating(store, name, mig)
+
+            def spawned(pid: int) -> None:  # a migrate killed from here on leaves CRIU at work
+                mig.update(criu_pid=pid, criu_start=_proc_start(pid))
+                _mark_migrating(store, name, mig)
+                fault("migrate:spawned")
+
+            def freezes() -> None:
+                mig.update(criu_freezes=True)
+                _mark_migrating(store, name, mig)
+
             # The record says "running" until the dump is whole (as checkpoint's): a migrate
             # killed during it leaves a guest that runs on and is seen to, not one gc cleans up.
             store.update_run(name, dumping=True)  # exec and kill wait (instance.dumping)
             try:
-                meta = _dump(store, name, spec, c, images, criu)
+                meta = _dump(
+                    store, name, spec, c, images, criu, dump_id=mig["id"], on_spawn=spawned, on_freeze=freezes
+                )
             except BaseException:
                 tail.stop()
                 pump.join()
                 store.update_run(name, dumping=False)
+                # The guest runs on (CRIU resumed it), or its processes ended without a whole dump.
+                _settle_own(store, name, mig)
                 raise
             finally:
                 tail.stop()
             dumped = True
             store.update_run(name, pid=0, status="migrating", dumping=False)  # guestd's exit worker: not ours
+            fault("migrate:dumped")
             times["dump"] = time.monotonic() - t_freeze
             # Of which CRIU by its own log, and berth's copy of the tmpfs mounts.
             times["dump_criu"] = _criu_seconds(os.path.join(images, "dump.log"))
@@ -1009,6 +1178,7 @@ def migrate(
                 transfer.send_tree(s, {"upper": upper}, only=only)
                 s.send(_final_digest(s, token, nonce).encode(), hashed=False)
                 times["sent"] = time.monotonic() - t_freeze
+                fault("migrate:sent")
             finally:
                 ck.forget(c)
                 store.update_run(name, status="migrating", desired="stopped")
@@ -1019,26 +1189,46 @@ def migrate(
         times["downtime"] = time.monotonic() - t_freeze
         for k, v in (result.get("times") or {}).items():
             times[f"dest_{k}"] = float(v)
-        # The guest runs on the destination: only now is it removed here.
+        # The guest runs on the destination, which keeps it once told to (the COMMIT) and says
+        # so: marked first, so a migrate killed from here on does not restore it here too (the
+        # copy here stays stopped: settle_migration).
+        mig.update(committed=True)
+        _mark_migrating(store, name, mig)
+        dumped = False
+        try:
+            s.send_json({"commit": True})
+            answer: dict[str, Any] | None = s.recv_json()
+        except (BerthError, OSError, ValueError):
+            answer = None
+        if answer is not None and answer.get("kept") is not True:
+            # It dropped the guest (its answer to a failure after the RESULT): resumed here.
+            mig.update(committed=False)
+            _mark_migrating(store, name, mig)
+            dumped = True
+            raise BerthError(f"migrate {name}: the destination failed: {answer.get('error')}")
+        if answer is None:
+            with store.lock(name):
+                why = _settle_own(store, name, mig)  # (committed, not acknowledged)
+            raise BerthError(f"migrate {name}: {why[0] if why else 'its destination did not answer'}")
+        mig.update(acked=True)
+        _mark_migrating(store, name, mig)
+        fault("migrate:committed")
         from berth.guests import lifecycle
 
-        lifecycle.destroy(store, name, force=True)
-        dumped = False
+        lifecycle.destroy(store, name, force=True)  # (its mark goes with its directory)
         from berth.runtime import checkpoint as ck
 
         ck.drop_lock_table(images)  # CRIU's lock of its connections here: the restore there cannot lift it
-        try:
-            s.send_json({"commit": True})
-        except OSError:
-            pass
         times["total"] = time.monotonic() - t0
         times["bytes"] = float(s.sent)
         return times
     except BaseException as e:
         if dumped:
-            # Resume here from our own images: the destination has nothing (or will drop it).
+            # Resume here from our own images: the destination has nothing (or drops it when
+            # the stream ends: it was not told to keep it).
             try:
                 with store.lock(name):
+                    _unmark_migrating(store, name)
                     _restore_locked(store, name, images, criu=criu)
                 _tell_guestd(store, name)
             except BaseException as e2:
@@ -1048,7 +1238,8 @@ def migrate(
         raise
     finally:
         sock.close()
-        shutil.rmtree(images, ignore_errors=True)
+        if not (mig.get("committed") and not mig.get("acked")):  # (else they stay: unconfirmed)
+            shutil.rmtree(images, ignore_errors=True)
 
 
 def _criu_seconds(log: str) -> float:
@@ -1567,16 +1758,25 @@ def _receive_one(
             )
         phases["restored"] = time.monotonic() - t_final
         phases["restore_criu"] = _criu_seconds(os.path.join(store.state_root, name, "criu", "restore.log"))
-        _tell(progress, "running", name)
         try:
             s.send_json({"ok": True, "times": phases})
-        except OSError:
-            pass  # the source may decide we failed and resume there: see the note in the module
-        _tell_guestd(store, name)
+            # Kept only once the source says so: a source cut off (killed, its host gone, the
+            # stream broken) before it did resumes the guest there from its own images
+            # (settle_migration), so the guest runs on one host, not two.
+            commit = s.recv_json()
+        except (OSError, ValueError) as e:
+            raise StateError(
+                f"the source went before it committed the migration ({e or type(e).__name__})"
+            ) from None
+        if not isinstance(commit, dict) or commit.get("commit") is not True:
+            raise StateError("the source did not commit the migration")
+        _tell(progress, "running", name)  # kept from now on, whatever happens to this worker
+        fault("receive:committed")
         try:
-            s.recv_json()  # COMMIT
-        except (OSError, ValueError):
-            pass
+            s.send_json({"kept": True})
+        except OSError:
+            pass  # the source leaves its copy stopped, its images kept (migrate.unconfirmed)
+        _tell_guestd(store, name)
         return name
     except BaseException as e:
         if placed:
