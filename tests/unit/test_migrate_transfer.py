@@ -14,6 +14,7 @@ import pytest
 
 from berth.errors import BerthError
 from berth.guests import transfer
+from berth.linux import sparse
 from berth.runtime import checkpoint as ck
 
 
@@ -317,3 +318,82 @@ def test_safe_reopen_path_wants_the_device_itself(tmp_path: Path) -> None:
     finally:
         migrate.REOPEN_DEVICES.clear()
         migrate.REOPEN_DEVICES.update(saved)
+
+
+def _extents(path: Path) -> list[list[int]]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = sparse.data_extents(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    assert found is not None
+    return found
+
+
+def test_a_sparse_file_goes_as_its_data_and_stays_sparse(tmp_path: Path) -> None:
+    """A 1 GiB file with three stretches of data: only those go on the wire, the rest arrives
+    as holes (the same bytes read back, the same extents, no blocks for the holes)."""
+    src = tmp_path / "src" / "upper"
+    src.mkdir(parents=True)
+    big = src / "db"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)
+        for off in (0, 300 << 20, (1 << 30) - 5000):
+            f.seek(off)
+            f.write(os.urandom(5000))
+    if os.stat(big).st_blocks * 512 > 1 << 20:
+        pytest.skip("this filesystem does not keep holes")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    tx, rx = _pair()
+    t = threading.Thread(target=lambda: (transfer.send_tree(tx, {"upper": str(src)}), tx.sock.close()))
+    t.start()
+    try:
+        transfer.recv_tree(rx, {"upper": str(dst)})
+    finally:
+        rx.sock.close()
+        t.join()
+    assert tx.sent < 1 << 20, tx.sent  # not 1 GiB
+    got = dst / "upper" / "db"
+    assert os.stat(got).st_size == 1 << 30
+    assert os.stat(got).st_blocks * 512 < 1 << 20
+    assert _extents(got) == _extents(big) and len(_extents(big)) == 3
+    with open(big, "rb") as a, open(got, "rb") as b:
+        for off, length in _extents(big):
+            a.seek(off)
+            b.seek(off)
+            assert a.read(length) == b.read(length)
+        b.seek(200 << 20)
+        assert b.read(4096) == bytes(4096)  # a hole reads as zeros
+
+
+@pytest.mark.parametrize(
+    "extents",
+    [
+        [[0, 5], [3, 5]],  # overlapping
+        [[5, 5], [0, 5]],  # out of order
+        [[0, 0]],  # empty
+        [[10, 100]],  # beyond the size
+        [[0, True]],  # not an int
+        [[0, 1, 2]],  # not a pair
+        ["0-5"],
+        [[0, 1]] * (sparse.MAX_EXTENTS + 1),
+    ],
+)
+def test_hostile_extents_are_refused(tmp_path: Path, extents: list) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    def send(s: transfer.Stream) -> None:
+        s.send(json.dumps({"n": "upper", "t": "d", "m": 0o755, "u": 0, "g": 0, "mt": 0}).encode())
+        s.send(
+            json.dumps(
+                {"n": "upper/f", "t": "f", "s": 20, "e": extents, "m": 0o644, "u": 0, "g": 0, "mt": 0}
+            ).encode()
+        )
+        s.send(b"x" * 10)
+        s.send(b"")
+
+    with pytest.raises(BerthError, match="field 'e'"):
+        _send_recv(send, {"upper": str(dst)})
+    assert not (dst / "upper" / "f").exists()
