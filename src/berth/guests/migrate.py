@@ -363,7 +363,7 @@ def _commit(store: Store, name: str, pend: dict[str, Any], *, running: bool) -> 
     os.unlink(_pending_path(store, name))
 
 
-def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
+def settle(store: Store, name: str, *, wait: bool = False, refuse: bool | None = None) -> list[str]:
     """Finish what a checkpoint of ``name`` killed half-way left (its lock held by the caller);
     what was done, for gc.  Its CRIU still runs (the berth that ran it was killed): nothing is
     touched, or with ``wait`` (a command that goes on with the guest) it is waited for first
@@ -378,7 +378,7 @@ def settle(store: Store, name: str, *, wait: bool = False) -> list[str]:
     settles a migration cut short first (:func:`settle_migration`)."""
     from berth.runtime import state as st
 
-    done = settle_migration(store, name, wait=wait)
+    done = settle_migration(store, name, wait=wait, refuse=refuse)
     pend = _read_pending(store, name)
     if pend is not None and not pend.get("lost"):
         if _criu_alive(pend):
@@ -456,11 +456,12 @@ def _unmark_migrating(store: Store, name: str) -> None:
         pass
 
 
-def settle_migration(store: Store, name: str, *, wait: bool = False) -> list[str]:
+def settle_migration(store: Store, name: str, *, wait: bool = False, refuse: bool | None = None) -> list[str]:
     """Finish what a ``berth migrate`` of ``name`` killed half-way left (its lock held by the
-    caller); what was done.  The migrate still runs: nothing is touched, or with ``wait`` (a
-    command that goes on with the guest: start, stop) a :class:`StateError` says so.  Its CRIU
-    still dumps: as :func:`settle`.  Then, by what the mark and the guest's processes say:
+    caller); what was done.  The migrate still runs: nothing is touched, or with ``refuse``
+    (by default ``wait``: a command that goes on with the guest, start, stop) a
+    :class:`StateError` says so.  Its CRIU still dumps: as :func:`settle`.  Then, by what the
+    mark and the guest's processes say:
 
     - the destination was told to keep the guest (``committed``): it runs there; the copy here
       stays, stopped (``migrated_to`` in its record), for ``berth destroy``;
@@ -479,7 +480,7 @@ def settle_migration(store: Store, name: str, *, wait: bool = False) -> list[str
         return []
     to = mig.get("to") or "?"
     if _runs(mig.get("by"), mig.get("by_start")):
-        if wait:
+        if wait if refuse is None else refuse:
             raise StateError(f"guest {name!r} is being migrated to {to} (berth migrate, pid {mig['by']})")
         return []
     if _criu_alive(mig):
@@ -519,7 +520,7 @@ def settle_migration(store: Store, name: str, *, wait: bool = False) -> list[str
                 f"guest {name!r}: its migration to {to} was cut short and restoring it here failed: "
                 f"{e or type(e).__name__}; its images are in {images}"
             ) from e
-        _tell_guestd(store, name)
+        _nudge_guestd(store, name)
         return [f"restored {name} here: its migration to {to} was cut short before it was committed"]
     finally:
         if not keep and images and os.path.basename(images).startswith(f".migrate-{name}-"):
@@ -995,6 +996,15 @@ def _tell_guestd(store: Store, name: str) -> None:
         client.receive(
             client.send(store, {"op": "exited", "name": name, "pid": -1, "code": None}), timeout=30
         )
+    except (BerthError, OSError):
+        pass  # guestd adopts every running guest when it starts
+
+
+def _nudge_guestd(store: Store, name: str) -> None:
+    """:func:`_tell_guestd` without waiting for its answer: for a caller holding the guest's
+    lock, which guestd's worker for the request waits for (guestd's own exit worker, too)."""
+    try:
+        client.send(store, {"op": "exited", "name": name, "pid": -1, "code": None}).close()
     except (BerthError, OSError):
         pass  # guestd adopts every running guest when it starts
 

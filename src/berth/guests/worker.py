@@ -321,10 +321,12 @@ def exited(store: Store, name: str, pid: int, code: int | None) -> None:
     from berth.guests import config
 
     with store.lock(name, wait=300):
-        if os.path.lexists(os.path.join(store.dir(name), ".checkpoint.pending")):
+        if instance.cut_short(store, name):
             from berth.guests import migrate
 
-            migrate.settle(store, name, wait=True)  # a checkpoint cut short: committed, or not its end
+            # A checkpoint cut short: committed, or not its end; a migrate killed after its
+            # CRIU ended the guest: restored here (a migrate at work: left to it).
+            migrate.settle(store, name, wait=True, refuse=False)
         rec = store.read_run(name)
         if rec.get("pid") != pid or instance.alive(rec):
             return  # a newer run, or already handled by a berth command
