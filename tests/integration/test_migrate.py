@@ -3,6 +3,8 @@ cgroup parents, two network namespaces joined by a veth (the stream goes over it
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -205,6 +207,27 @@ def test_sender_killed_before_commit_guest_runs_on_source(
     assert not images_left(name)
     b_has_nothing(b, name)
     a("destroy", "--force", name)
+
+
+def test_destroy_drops_what_a_migrate_cut_short_kept(hosts: tuple[Host, Host], unique: str) -> None:
+    """A guest whose migrate was killed after its dump, destroyed before any other command:
+    its images go with it (nothing of it left in /dev/shm), and it is not restored first."""
+    a, b = hosts
+    name = f"{unique}-d"
+    a.create_plain(name, "sleep 1000")
+    a("start", name)
+    # No guestd on A from here: its exit worker would settle (restore) the guest on its own.
+    os.kill(int((a.run / ".guests" / "guestd.pid").read_text()), signal.SIGKILL)
+    r = receiver(b)
+    out = migrate(a, name, env_extra={"BERTH_FAULT": "migrate:sent"})
+    assert out.returncode == -9, out
+    r.wait(60)
+    assert images_left(name)
+    a("destroy", "--force", name)
+    assert not images_left(name)
+    assert not (a.store / "guests" / name).exists()
+    assert not list(Path("/sys/fs/cgroup/pids").glob(f"{a.parent}/{name}"))
+    b_has_nothing(b, name)
 
 
 def test_sender_killed_after_commit_guest_runs_on_destination_only(

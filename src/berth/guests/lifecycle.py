@@ -216,6 +216,10 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
     store.require(name)
     with store.lock(name):
         rec = store.read_run(name)
+        if instance.cut_short(store, name):
+            from berth.guests import migrate
+
+            migrate.drop_migration(store, name)  # the images a migrate cut short kept (refused while at work)
         if instance.running(rec):
             if not force:
                 raise StateError(f"guest {name!r} is running: stop it first or use --force")

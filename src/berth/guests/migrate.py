@@ -528,6 +528,22 @@ def settle_migration(store: Store, name: str, *, wait: bool = False, refuse: boo
         _unmark_migrating(store, name)
 
 
+def drop_migration(store: Store, name: str) -> None:
+    """The mark and images a ``berth migrate`` of ``name`` cut short left, dropped (its lock
+    held by the caller: the guest is being destroyed); refused while that migrate runs."""
+    mig = _read_migrating(store, name)
+    if mig is None:
+        return
+    if _runs(mig.get("by"), mig.get("by_start")) or _criu_alive(mig):
+        raise StateError(
+            f"guest {name!r} is being migrated to {mig.get('to') or '?'} (berth migrate, pid {mig.get('by')})"
+        )
+    images = str(mig.get("images") or "")
+    if images and os.path.basename(images).startswith(f".migrate-{name}-"):
+        shutil.rmtree(images, ignore_errors=True)
+    _unmark_migrating(store, name)
+
+
 def _settle_own(store: Store, name: str, mig: dict[str, Any]) -> list[str]:
     """:func:`settle_migration` by the berth migrate that made the mark ``mig`` (ending it)."""
     mig.update(by=0)
@@ -1220,15 +1236,16 @@ def migrate(
             with store.lock(name):
                 why = _settle_own(store, name, mig)  # (committed, not acknowledged)
             raise BerthError(f"migrate {name}: {why[0] if why else 'its destination did not answer'}")
-        mig.update(acked=True)
+        # Kept there: what is left here is this migrate's to remove (and, if it is killed now,
+        # the next command's: the mark says so, and no longer names a migrate at work).
+        mig.update(acked=True, by=0)
         _mark_migrating(store, name, mig)
         fault("migrate:committed")
         from berth.guests import lifecycle
-
-        lifecycle.destroy(store, name, force=True)  # (its mark goes with its directory)
         from berth.runtime import checkpoint as ck
 
         ck.drop_lock_table(images)  # CRIU's lock of its connections here: the restore there cannot lift it
+        lifecycle.destroy(store, name, force=True)  # (its mark, and the images, go with it)
         times["total"] = time.monotonic() - t0
         times["bytes"] = float(s.sent)
         return times
