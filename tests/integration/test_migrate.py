@@ -254,6 +254,9 @@ def test_sender_killed_after_commit_guest_runs_on_destination_only(
     assert not images_left(name)
     assert not (a.store / "guests" / name / ".migrate.pending").exists()
     assert not list(Path("/sys/fs/cgroup/pids").glob(f"{a.parent}/{name}"))
+    again = a("start", name, check=False)  # the stale copy would be a second guest with its address
+    assert again.returncode != 0 and "was migrated to" in again.stderr, again
+    assert not a.record(name).get("pid")
     a("destroy", "--force", name)
     b("destroy", "--force", name)
 

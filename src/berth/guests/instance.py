@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from berth.errors import BerthError, NotFoundError
+from berth.errors import BerthError, NotFoundError, StateError
 from berth.guests import config, disk
 from berth.guests.store import Store, fault
 
@@ -230,6 +230,12 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
         now = store.read_run(name)
         if running(now):
             return int(now["pid"])  # restored here from its images: it runs
+    moved = store.read_run(name).get("migrated_to")
+    if moved:
+        raise StateError(
+            f"guest {name!r} was migrated to {moved}: the copy here is stale (its address and "
+            f"state are the migrated guest's); berth destroy {name} removes it"
+        )
     rec = store.read_run(name)
     cleanup(store, name, rec)
     loop = ""

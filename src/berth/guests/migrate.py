@@ -488,11 +488,13 @@ def settle_migration(store: Store, name: str, *, wait: bool = False, refuse: boo
             return []
         _wait_criu(name, mig)
     images, dump_id = str(mig.get("images") or ""), str(mig.get("id") or "")
-    alive = st.alive({"pid": mig.get("pid") or 0, "berth": {"start_time": mig.get("start_time")}})
     rec = store.read_run(name)
+    # (its record too: a damaged mark names no init, and a guest that runs is never taken down)
+    alive = st.alive({"pid": mig.get("pid") or 0, "berth": {"start_time": mig.get("start_time")}})
+    alive = alive or instance.running(rec)
     keep = False
     try:
-        if mig.get("committed"):
+        if mig.get("committed") and not alive:
             rec = store.update_run(
                 name, pid=0, status="stopped", desired="stopped", migrated_to=to, dumping=False
             )
