@@ -261,6 +261,31 @@ def test_sender_killed_after_commit_guest_runs_on_destination_only(
     b("destroy", "--force", name)
 
 
+@pytest.mark.parametrize("fault", ["receive:restored", "receive:restored+parent"])
+def test_receiver_killed_before_the_commit_drops_the_guest(
+    hosts: tuple[Host, Host], unique: str, fault: str
+) -> None:
+    """The receiver's worker killed once the guest runs on B, before the sender's commit (and
+    berth receive with it: nobody cleans up after the worker then): B's next command drops the
+    guest there, and the sender resumes it on A; it runs on A only."""
+    a, b = hosts
+    name = f"{unique}-r"
+    start_guest(a, name)
+    r = receiver(b, fault=fault)
+    out = migrate(a, name)
+    r.wait(60)
+    assert out.returncode != 0, out
+    rec = a.record(name)
+    assert rec["status"] == "running" and rec["pid"], rec
+    c = a.count(name)
+    wait(lambda: a.count(name) > c + 3, what="the guest to run on A")
+    if fault.endswith("+parent"):
+        assert (b.store / "guests" / name / ".receive.pending").exists()  # left: nobody cleaned up
+        b("list")  # the next command on B settles it
+    b_has_nothing(b, name)
+    a("destroy", "--force", name)
+
+
 def test_receiver_killed_after_it_kept_the_guest(hosts: tuple[Host, Host], unique: str) -> None:
     """The receiver's worker killed once it kept the guest, before it said so: the guest runs
     on B; A cannot tell whether B kept it, so its copy stays stopped with the images, and

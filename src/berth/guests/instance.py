@@ -30,15 +30,14 @@ def alive(rec: dict[str, Any]) -> bool:
 #: (berth.guests.migrate.PENDING, MIGRATING): left by one cut short, for berth.guests.migrate.settle.
 CHECKPOINT_MARK = ".checkpoint.pending"
 MIGRATE_MARK = ".migrate.pending"
+RECEIVE_MARK = ".receive.pending"  # a guest received here, not committed yet (berth.guests.migrate.RECEIVING)
 
 
 def cut_short(store: Store, name: str) -> bool:
-    """A checkpoint or a migration of ``name`` is under way or was cut short: there is
-    something for berth.guests.migrate.settle to do."""
+    """A checkpoint, a migration or a receive of ``name`` is under way or was cut short: there
+    is something for berth.guests.migrate.settle to do."""
     gdir = store.dir(name)
-    return os.path.lexists(os.path.join(gdir, CHECKPOINT_MARK)) or os.path.lexists(
-        os.path.join(gdir, MIGRATE_MARK)
-    )
+    return any(os.path.lexists(os.path.join(gdir, m)) for m in (CHECKPOINT_MARK, MIGRATE_MARK, RECEIVE_MARK))
 
 
 def running(rec: dict[str, Any]) -> bool:
@@ -230,6 +229,7 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
         now = store.read_run(name)
         if running(now):
             return int(now["pid"])  # restored here from its images: it runs
+        store.require(name)  # (a receive cut short before its commit: the guest went)
     moved = store.read_run(name).get("migrated_to")
     if moved:
         raise StateError(

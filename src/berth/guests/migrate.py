@@ -378,7 +378,10 @@ def settle(store: Store, name: str, *, wait: bool = False, refuse: bool | None =
     settles a migration cut short first (:func:`settle_migration`)."""
     from berth.runtime import state as st
 
-    done = settle_migration(store, name, wait=wait, refuse=refuse)
+    done = settle_receive(store, name, refuse=wait if refuse is None else refuse)
+    if not os.path.isdir(store.dir(name)):
+        return done  # a receive cut short before its commit: the guest went
+    done += settle_migration(store, name, wait=wait, refuse=refuse)
     pend = _read_pending(store, name)
     if pend is not None and not pend.get("lost"):
         if _criu_alive(pend):
@@ -528,6 +531,50 @@ def settle_migration(store: Store, name: str, *, wait: bool = False, refuse: boo
         if not keep and images and os.path.basename(images).startswith(f".migrate-{name}-"):
             shutil.rmtree(images, ignore_errors=True)
         _unmark_migrating(store, name)
+
+
+# A guest received here whose sender has not committed it yet, in its directory (placed with
+# it): {"by", "by_start" (the receive's worker), "committed", "time"} (see _receive_one).
+RECEIVING = instance.RECEIVE_MARK
+
+
+def _receiving_path(store: Store, name: str) -> str:
+    return os.path.join(store.dir(name), RECEIVING)
+
+
+def _mark_receiving(path: str, committed: bool) -> None:
+    me = {
+        "by": os.getpid(),
+        "by_start": _proc_start(os.getpid()),
+        "committed": committed,
+        "time": time.time(),
+    }
+    atomic_write(path, json.dumps(me), durable=False)
+
+
+def settle_receive(store: Store, name: str, *, refuse: bool = False) -> list[str]:
+    """What a receive of ``name`` killed with its ``berth receive`` left (its lock held by the
+    caller): the guest, restored, goes unless its sender had committed it (the sender resumes
+    it there: it runs on one host); what was done.  The receive still runs: nothing is touched,
+    or with ``refuse`` a :class:`StateError` says so."""
+    try:
+        with open(_receiving_path(store, name)) as f:
+            mark = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        mark = {}
+    if not isinstance(mark, dict):
+        mark = {}
+    if _runs(mark.get("by"), mark.get("by_start")):
+        if refuse:
+            raise StateError(f"guest {name!r} is being received (berth receive, pid {mark['by']})")
+        return []
+    if mark.get("committed"):
+        os.unlink(_receiving_path(store, name))
+        return []
+    _undo(store, name)
+    return [f"dropped {name}: its receive here was cut short before its sender committed it"]
 
 
 def drop_migration(store: Store, name: str) -> None:
@@ -1588,7 +1635,10 @@ def _clean_after_worker(store: Store, words: list[str]) -> None:
                     _release_ids(store, value)
         elif kind == "placed" and "running" not in words:
             with store.lock(value):
-                _undo(store, value)
+                if os.path.lexists(_receiving_path(store, value)):
+                    settle_receive(store, value)  # undone, unless its sender had committed it
+                else:
+                    _undo(store, value)  # (killed before it moved the guest in place)
 
 
 def _release_claims(store: Store, words: list[str], pid: int) -> None:
@@ -1761,6 +1811,7 @@ def _receive_one(
         atomic_write(os.path.join(staging, "config.toml"), hello["config"])  # 0600: its env's secrets
         atomic_write(os.path.join(staging, "spec.json"), spec_text, durable=False)
         os.mkdir(os.path.join(staging, "work"), 0o700)
+        _mark_receiving(os.path.join(staging, RECEIVING), committed=False)  # placed with it
         with store.lock(name):
             if os.path.lexists(store.dir(name)):
                 raise ExistsError(f"guest {name!r} appeared here during the migration")
@@ -1785,6 +1836,7 @@ def _receive_one(
                 foreign=True,
                 timings=phases,
             )
+        fault("receive:restored")
         phases["restored"] = time.monotonic() - t_final
         phases["restore_criu"] = _criu_seconds(os.path.join(store.state_root, name, "criu", "restore.log"))
         try:
@@ -1799,12 +1851,16 @@ def _receive_one(
             ) from None
         if not isinstance(commit, dict) or commit.get("commit") is not True:
             raise StateError("the source did not commit the migration")
-        _tell(progress, "running", name)  # kept from now on, whatever happens to this worker
+        # Kept from now on, whatever happens to this worker (and to berth receive: the mark).
+        _mark_receiving(_receiving_path(store, name), committed=True)
+        _tell(progress, "running", name)
         fault("receive:committed")
         try:
             s.send_json({"kept": True})
         except OSError:
             pass  # the source leaves its copy stopped, its images kept (migrate.unconfirmed)
+        with store.lock(name):
+            os.unlink(_receiving_path(store, name))
         _tell_guestd(store, name)
         return name
     except BaseException as e:

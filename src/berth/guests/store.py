@@ -202,10 +202,14 @@ def upgrade_modes(root: str) -> list[str]:
 
 
 def fault(point: str) -> None:
-    """Fault injection for the crash tests: SIGKILL ourselves at ``point`` if BERTH_FAULT names it."""
-    if os.environ.get("BERTH_FAULT") == point:
+    """Fault injection for the crash tests: SIGKILL ourselves at ``point`` if BERTH_FAULT names
+    it (``POINT+parent``: our parent first, as when both are killed at once)."""
+    want = os.environ.get("BERTH_FAULT")
+    if want in (point, f"{point}+parent"):
         import signal
 
+        if want != point:
+            os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
