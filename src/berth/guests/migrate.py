@@ -1773,6 +1773,7 @@ def _receive_one(
     scratch = _scratch(store, f".incoming-{name}-")
     _tell(progress, "staging", scratch)
     placed = False
+    kept = False
     netns = None
     plugged = None
     try:
@@ -1859,11 +1860,17 @@ def _receive_one(
             s.send_json({"kept": True})
         except OSError:
             pass  # the source leaves its copy stopped, its images kept (migrate.unconfirmed)
-        with store.lock(name):
-            os.unlink(_receiving_path(store, name))
+        kept = True  # the source may have removed its copy: nothing from here undoes this one
+        try:
+            with store.lock(name):
+                os.unlink(_receiving_path(store, name))
+        except (BerthError, OSError):
+            pass  # (settle_receive drops a committed mark)
         _tell_guestd(store, name)
         return name
     except BaseException as e:
+        if kept:
+            raise
         if placed:
             _undo(store, name)
         else:
