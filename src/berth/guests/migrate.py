@@ -116,6 +116,7 @@ header says so: ``"memory": false`` and why).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -1504,7 +1505,18 @@ def receive(
         raise SystemExit(128 + signum)  # through the cleanup below: no worker outlives us
 
     signal.signal(signal.SIGTERM, stop)
-    srv = socket.create_server(parse_addr(listen))
+    # A signal that comes just before the select below would wait for the next connection to be
+    # handled (Python runs handlers between bytecodes): its wakeup byte ends the select instead.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+    except ValueError:  # not the main thread (a caller's own thread): no signals to wait for
+        old_wakeup = None
+    try:
+        srv = socket.create_server(parse_addr(listen))
+    except BaseException:
+        _close_wakeup(wake_r, wake_w, old_wakeup)
+        raise
     got: list[str] = []
     # Each worker: its progress pipe and the words it sent.  Served at once (up to MAX_WORKERS):
     # a peer that connects and stalls holds its own worker (until PREAUTH_SECONDS), no one else.
@@ -1533,10 +1545,13 @@ def receive(
                     )
             fds = {rfd: pid for pid, (rfd, _w) in workers.items()}
             accept = ending is None and len(workers) < MAX_WORKERS
-            wanted = list(fds) + ([srv.fileno()] if accept else [])
+            wanted = [wake_r, *fds] + ([srv.fileno()] if accept else [])
             timeout = None if ending is None else max(ending - time.monotonic(), 0.0)
             readable, _, _ = select.select(wanted, [], [], timeout)
             for fd in readable:
+                if fd == wake_r:
+                    _drain(wake_r)  # (the handler ran, or runs now: SIGTERM ends us)
+                    continue
                 if fd == srv.fileno():
                     pid, rfd = _serve(store, srv, token, build, allow)
                     workers[pid] = (rfd, bytearray())
@@ -1560,6 +1575,24 @@ def receive(
         for pid, (rfd, words) in workers.items():
             _kill(pid)
             _reap(store, pid, rfd, words)
+        _close_wakeup(wake_r, wake_w, old_wakeup)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _close_wakeup(wake_r: int, wake_w: int, old: int | None) -> None:
+    import signal
+
+    if old is not None:
+        signal.set_wakeup_fd(old)
+    os.close(wake_r)
+    os.close(wake_w)
 
 
 def _kill(pid: int) -> None:
@@ -1597,6 +1630,8 @@ def _serve(
         import signal
 
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)  # (berth receive's: this worker's signals are its own)
         os.close(rfd)
         srv.close()
         code = 1
