@@ -268,15 +268,21 @@ def _pending_path(store: Store, name: str) -> str:
     return os.path.join(store.dir(name), PENDING)
 
 
-def _read_pending(store: Store, name: str) -> dict[str, Any] | None:
+def _read_mark(path: str, damaged: dict[str, Any]) -> dict[str, Any] | None:
+    """A mark's object (:data:`PENDING`, :data:`MIGRATING`, :data:`RECEIVING`); None if there is
+    none, ``damaged`` if it cannot be read as one."""
     try:
-        with open(_pending_path(store, name)) as f:
-            p = json.load(f)
+        with open(path) as f:
+            m = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        p = None
-    return p if isinstance(p, dict) else {"lost": True, "time": None}
+        m = None
+    return m if isinstance(m, dict) else damaged
+
+
+def _read_pending(store: Store, name: str) -> dict[str, Any] | None:
+    return _read_mark(_pending_path(store, name), {"lost": True, "time": None})
 
 
 def _criu_alive(pend: dict[str, Any]) -> bool:
@@ -439,14 +445,7 @@ def _migrating_path(store: Store, name: str) -> str:
 
 
 def _read_migrating(store: Store, name: str) -> dict[str, Any] | None:
-    try:
-        with open(_migrating_path(store, name)) as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        m = None
-    return m if isinstance(m, dict) else {}
+    return _read_mark(_migrating_path(store, name), {})
 
 
 def _mark_migrating(store: Store, name: str, mig: dict[str, Any]) -> None:
@@ -558,15 +557,9 @@ def settle_receive(store: Store, name: str, *, refuse: bool = False) -> list[str
     caller): the guest, restored, goes unless its sender had committed it (the sender resumes
     it there: it runs on one host); what was done.  The receive still runs: nothing is touched,
     or with ``refuse`` a :class:`StateError` says so."""
-    try:
-        with open(_receiving_path(store, name)) as f:
-            mark = json.load(f)
-    except FileNotFoundError:
+    mark = _read_mark(_receiving_path(store, name), {})
+    if mark is None:
         return []
-    except (OSError, ValueError):
-        mark = {}
-    if not isinstance(mark, dict):
-        mark = {}
     if _runs(mark.get("by"), mark.get("by_start")):
         if refuse:
             raise StateError(f"guest {name!r} is being received (berth receive, pid {mark['by']})")
