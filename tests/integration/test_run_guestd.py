@@ -325,3 +325,30 @@ def test_a_runs_name_is_free_at_its_answer_and_its_state_goes_soon_after(guests:
         what="the runs' tombstones to be removed",
     )
     assert runs_left(guests) == []
+
+
+@pytest.mark.parametrize("seconds", [0, 1.0])  # answered by guestd's worker, and by the C waiter's cleanup
+def test_the_commands_pipes_end_when_it_exits(guests: Guests, seconds: float) -> None:
+    """Whoever reads a run's output through a pipe sees its end when the command exits: guestd's
+    worker (or the cleanup after its C waiter) lets the command's stdio go before the answer, not
+    at its own exit after the cleanup that follows it."""
+    up(guests)
+    for _ in range(3):
+        p = subprocess.Popen(
+            [str(LAUNCHER), "run", "--rm", "--", "sh", "-c", f"sleep {seconds}; echo out; echo err >&2"],
+            env=guests.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert p.wait(timeout=30) == 0
+            for pipe, want in ((p.stdout, b"out\n"), (p.stderr, b"err\n")):
+                assert pipe is not None
+                os.set_blocking(pipe.fileno(), False)
+                got = b""
+                while chunk := os.read(pipe.fileno(), 4096):  # BlockingIOError: another holds it
+                    got += chunk
+                assert got == want
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+    guests.wait(lambda: runs_left(guests) == [], timeout=20, what="the runs to be removed")

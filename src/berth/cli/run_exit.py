@@ -82,6 +82,9 @@ def main(args: list[str]) -> int:
             _reply(int(reply), e.exit_status if isinstance(e, BerthError) else 125)
         raise
     if reply is not None:
+        from berth.runtime import stdio
+
+        stdio.let_go()  # the launcher's pipes end with it, not with this process's exit
         _reply(int(reply), int(status))
     return int(status)
 

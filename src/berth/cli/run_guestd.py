@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from berth.guests import worker
+from berth.runtime import stdio  # (loaded with this module: the run path imports nothing)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
 
     instance.site_packages()  # guestd has none (python -I -S): pyroute2 for --net bridge, ip:
 
+    log = os.dup(2)  # guestd's log: this worker's stderr again once the command has its answer
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)  # (inheritable: the guest's stdio, as a berth run process's)
     for fd in fds:
@@ -81,6 +83,7 @@ def serve(req: dict[str, Any], conn: socket.socket | None) -> int:
             except (OSError, ValueError):
                 pass
         zygote.discard()  # if the guest did not take it
+        stdio.let_go(log)
         worker.reply(conn, {"exit": status})
         _after_answer(runner.LATER)
     return 0

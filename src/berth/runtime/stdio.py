@@ -306,3 +306,20 @@ class Forward:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def let_go(log: int | None = None) -> None:
+    """Before the answer of guestd's worker (berth.cli.run_guestd) or of the cleanup after its C
+    waiter (berth _run-exit): this process lets the command's stdin, stdout and stderr go (/dev/null
+    in their place; stderr ``log``, closed here, if given).  The command exits at the answer, and
+    whoever reads its output through a pipe sees the end then, not when this process has done
+    its cleanup after the answer and exited (~2.5 ms later: ``berth run ... | cmd``, a caller's
+    ``subprocess.run(capture_output=True)``).  What is written after it goes to guestd's log."""
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        for target in (0, 1, 2):
+            os.dup2(log if target == 2 and log is not None else null, target)
+    finally:
+        os.close(null)
+        if log is not None:
+            os.close(log)
