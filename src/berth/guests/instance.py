@@ -230,13 +230,13 @@ def start(store: Store, name: str, *, restarts: int = 0, saved: dict[str, Any] |
         if running(now):
             return int(now["pid"])  # restored here from its images: it runs
         store.require(name)  # (a receive cut short before its commit: the guest went)
-    moved = store.read_run(name).get("migrated_to")
+    rec = store.read_run(name)
+    moved = rec.get("migrated_to")
     if moved:
         raise StateError(
             f"guest {name!r} was migrated to {moved}: the copy here is stale (its address and "
             f"state are the migrated guest's); berth destroy {name} removes it"
         )
-    rec = store.read_run(name)
     cleanup(store, name, rec)
     loop = ""
     has_disk = os.path.exists(store.image(name))
