@@ -3,6 +3,7 @@ cgroup parents, two network namespaces joined by a veth (the stream goes over it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -284,6 +285,58 @@ def test_receiver_killed_before_the_commit_drops_the_guest(
         b("list")  # the next command on B settles it
     b_has_nothing(b, name)
     a("destroy", "--force", name)
+
+
+def test_destroy_on_the_destination_is_refused_while_the_receive_waits_for_the_commit(
+    hosts: tuple[Host, Host], unique: str
+) -> None:
+    """The receiver's worker held once the guest runs on B, before the sender's commit: berth
+    destroy of it on B is refused (one line; the receive would keep a guest that is gone), and
+    the migration then ends as usual."""
+    import json
+
+    a, b = hosts
+    name = f"{unique}-w"
+    start_guest(a, name)
+    r = receiver(b, fault="receive:restored+stop")
+    mark = b.store / "guests" / name / ".receive.pending"
+    sender = subprocess.Popen(
+        in_ns(a.netns, a, "migrate", name, "--to", f"10.213.0.2:{PORT}", "--timeout", "30"),  # type: ignore[attr-defined]
+        env=a.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    held = 0
+    try:
+
+        def stopped() -> bool:
+            nonlocal held
+            try:
+                held = json.loads(mark.read_text())["by"]
+                return Path(f"/proc/{held}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait(stopped, what="the receiver's worker to stop before the commit")
+        refused = b("destroy", "--force", name, check=False)
+        assert refused.returncode != 0, refused
+        assert len(refused.stderr.strip().splitlines()) == 1 and "being received" in refused.stderr, refused
+        assert (b.store / "guests" / name).is_dir()
+        os.kill(held, signal.SIGCONT)
+        out, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        assert r.wait(60) == 0
+    finally:
+        if held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(held, signal.SIGCONT)  # (a failure above: never left stopped)
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    rec = b.record(name)
+    assert rec["status"] == "running" and rec["pid"], rec
+    c = b.count(name)
+    wait(lambda: b.count(name) > c + 3, what="the guest to run on B")
+    assert not (a.store / "guests" / name).exists()
+    b("destroy", "--force", name)
 
 
 def test_receiver_killed_after_it_kept_the_guest(hosts: tuple[Host, Host], unique: str) -> None:

@@ -219,6 +219,11 @@ def destroy(store: Store, name: str, *, force: bool = False) -> None:
         if instance.cut_short(store, name):
             from berth.guests import migrate
 
+            # Refused while a receive of it waits for its sender's commit (the receive would
+            # keep a guest that is gone); one cut short before it: the guest went with it.
+            migrate.settle_receive(store, name, refuse=True)
+            if not os.path.isdir(store.dir(name)):
+                return
             migrate.drop_migration(store, name)  # the images a migrate cut short kept (refused while at work)
         if instance.running(rec):
             if not force:

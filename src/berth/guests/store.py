@@ -203,9 +203,14 @@ def upgrade_modes(root: str) -> list[str]:
 
 def fault(point: str) -> None:
     """Fault injection for the crash tests: SIGKILL ourselves at ``point`` if BERTH_FAULT names
-    it (``POINT+parent``: our parent first, as when both are killed at once)."""
+    it (``POINT+parent``: our parent first, as when both are killed at once; ``POINT+stop``:
+    SIGSTOP instead, held there until the test sends SIGCONT)."""
     want = os.environ.get("BERTH_FAULT")
-    if want in (point, f"{point}+parent"):
+    if want == f"{point}+stop":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif want in (point, f"{point}+parent"):
         import signal
 
         if want != point:
