@@ -38,3 +38,10 @@ def test_the_mark_counts_only_while_the_lock_is_held(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
         os.close(r)
     assert not dumping(store, "g", {"dumping": True})  # the command is gone: the mark is stale
+
+
+def test_guestd_looks_for_the_receive_mark_berth_writes() -> None:
+    """guestd (which imports none of berth's modules) names the receive mark itself."""
+    from berth.guests import daemon, instance, migrate
+
+    assert daemon.RECEIVE_MARK == instance.RECEIVE_MARK == migrate.RECEIVING

@@ -75,11 +75,15 @@ def connect(store: Store, *, timeout: float = 10.0) -> socket.socket:
     return s
 
 
-def send(store: Store, req: dict[str, Any]) -> socket.socket:
+def send(store: Store, req: dict[str, Any], *, start: bool = True) -> socket.socket:
+    """``req`` sent to guestd, started first if it is not running (``start=False``: a
+    :class:`BerthError` then)."""
     req = {**req, "store": store.root, "cgroup_parent": store.cgroup_parent}
     if os.environ.get("BERTH_FAULT"):
         req["fault"] = os.environ["BERTH_FAULT"]
-    s = connect(store)
+    s = connect(store) if start else _connect(store)
+    if s is None:
+        raise BerthError("the guest supervisor is not running")
     s.sendall(json.dumps(req).encode() + b"\n")
     return s
 

@@ -34,6 +34,8 @@ SOCK = "guestd.sock"
 PID = "guestd.pid"
 LOCK = "guestd.lock"
 LOG = "guestd.log"
+#: The mark of a guest received here and not committed yet (berth.guests.instance.RECEIVE_MARK).
+RECEIVE_MARK = ".receive.pending"
 
 
 def _subreaper() -> None:
@@ -55,6 +57,8 @@ class Daemon:
         self.root = state_root
         self.guests: dict[int, str] = {}  # init pid (our child) -> guest name
         self.adopted: dict[int, tuple[str, int]] = {}  # pidfd -> (name, pid) not our children
+        # pidfd -> (name, pid) of a berth receive's worker whose guest waits for its sender's commit
+        self.receiving: dict[int, tuple[str, int]] = {}
         self.workers: dict[int, dict] = {}  # worker pid -> its request
         # pids reaped before a worker told us whose they were: their status and when (time.time())
         self.early: dict[int, tuple[int | None, float]] = {}
@@ -93,6 +97,7 @@ class Daemon:
     def watch(self, name: str) -> None:
         """Follow the run ``name``'s record points at (after a worker ended, or at adoption)."""
         rec = self._record(name)
+        self.watch_receive(name, rec)
         pid = rec.get("pid") or 0
         if rec.get("status") != "running" or not pid or pid in self.guests:
             return
@@ -124,6 +129,37 @@ class Daemon:
         self.adopted[fd] = (name, pid)
         self.supervise(name, pid, rec)
         self.watch_log(name, pid, rec)
+
+    def watch_receive(self, name: str, rec: dict) -> None:
+        """A guest received here whose sender has not committed it yet (its mark names the
+        receive's worker, which tells us once the guest runs: berth.guests.migrate): follow that
+        worker too.  Killed before the commit (and berth receive with it, or nobody would drop
+        the guest), the guest is dropped at once by an exit worker (settle_receive), not at the
+        next command about it here, while its sender resumes it on its own host."""
+        import json
+
+        if not rec.get("store"):
+            return
+        try:
+            with open(os.path.join(rec["store"], "guests", name, RECEIVE_MARK)) as f:
+                mark = json.load(f)
+        except (OSError, ValueError):
+            return
+        by = mark.get("by") if isinstance(mark, dict) else None
+        if mark.get("committed") or not isinstance(by, int) or by <= 0:
+            return
+        if (name, by) in self.receiving.values():
+            return
+        try:
+            fd = os.pidfd_open(by)
+        except OSError:
+            fd = -1
+        if fd >= 0 and str(self._start_time(by)) == str(mark.get("by_start")):
+            self.receiving[fd] = (name, by)
+            return
+        if fd >= 0:
+            os.close(fd)
+        self.exited(name, -1, None, rec)  # gone already: what it left is settled now
 
     # -- ANON / MEMLOCK supervision (berth.runtime.supervise), for guests that set a limit -----
     def supervise(self, name: str, pid: int, rec: dict) -> None:
@@ -399,7 +435,7 @@ class Daemon:
         while True:
             # The code watch first: a change is taken in (the spare dropped) before a request
             # that came with it is handed over (select keeps this order in what it returns).
-            fds = [listener.fileno(), rfd, *self.adopted]
+            fds = [listener.fileno(), rfd, *self.adopted, *self.receiving]
             if self.code_fd is not None:
                 fds.insert(0, self.code_fd)
             now = time.monotonic()
@@ -442,6 +478,10 @@ class Daemon:
                     name, pid = self.adopted.pop(fd)
                     os.close(fd)
                     self.exited(name, pid, None)
+                elif fd in self.receiving:
+                    name, _pid = self.receiving.pop(fd)
+                    os.close(fd)
+                    self.exited(name, -1, None)  # (a no-op once it kept the guest and said so)
 
 
 def worker_names(req: dict) -> list[str]:

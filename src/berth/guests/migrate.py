@@ -1059,11 +1059,12 @@ def _tell_guestd(store: Store, name: str) -> None:
         pass  # guestd adopts every running guest when it starts
 
 
-def _nudge_guestd(store: Store, name: str) -> None:
+def _nudge_guestd(store: Store, name: str, *, start: bool = True) -> None:
     """:func:`_tell_guestd` without waiting for its answer: for a caller holding the guest's
-    lock, which guestd's worker for the request waits for (guestd's own exit worker, too)."""
+    lock, which guestd's worker for the request waits for (guestd's own exit worker, too).
+    ``start=False``: only if guestd runs (nothing is started or waited for)."""
     try:
-        client.send(store, {"op": "exited", "name": name, "pid": -1, "code": None}).close()
+        client.send(store, {"op": "exited", "name": name, "pid": -1, "code": None}, start=start).close()
     except (BerthError, OSError):
         pass  # guestd adopts every running guest when it starts
 
@@ -1865,9 +1866,14 @@ def _receive_one(
                 foreign=True,
                 timings=phases,
             )
-        fault("receive:restored")
         phases["restored"] = time.monotonic() - t_final
         phases["restore_criu"] = _criu_seconds(os.path.join(store.state_root, name, "criu", "restore.log"))
+        # guestd, if it runs here (once a guest was started or received here), follows this
+        # worker from now on: killed before the commit (berth receive with it), the guest is
+        # dropped at once (Daemon.watch_receive), not at the next command about it here, while
+        # its sender resumes it.  (Not started for this: no wait, nothing added to the downtime.)
+        _nudge_guestd(store, name, start=False)
+        fault("receive:restored")
         try:
             s.send_json({"ok": True, "times": phases})
             # Kept only once the source says so: a source cut off (killed, its host gone, the
