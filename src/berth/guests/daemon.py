@@ -97,7 +97,10 @@ class Daemon:
     def watch(self, name: str) -> None:
         """Follow the run ``name``'s record points at (after a worker ended, or at adoption)."""
         rec = self._record(name)
-        self.watch_receive(name, rec)
+        try:
+            self.watch_receive(name, rec)
+        except Exception as e:  # never the end of guestd: the next command settles it
+            _log(f"receive of {name}: {e}")
         pid = rec.get("pid") or 0
         if rec.get("status") != "running" or not pid or pid in self.guests:
             return
@@ -145,8 +148,10 @@ class Daemon:
                 mark = json.load(f)
         except (OSError, ValueError):
             return
-        by = mark.get("by") if isinstance(mark, dict) else None
-        if mark.get("committed") or not isinstance(by, int) or by <= 0:
+        if not isinstance(mark, dict):
+            return  # (damaged: the next command's settle drops it)
+        by = mark.get("by")
+        if mark.get("committed") or not isinstance(by, int) or isinstance(by, bool) or by <= 0:
             return
         if (name, by) in self.receiving.values():
             return
